@@ -1,0 +1,49 @@
+"""Stage outputs on disk: weights as safetensors with meta.json beside them, written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def fingerprint(obj) -> str:
+    """A short stable hash of a JSON-able object (config slices, data identity, ...)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _fsync_rename(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    _fsync_rename(tmp, path)
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
+    """model.safetensors first, meta.json last: meta.json is the marker that the folder is complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    _fsync_rename(tmp, folder / "model.safetensors")
+    write_json(folder / "meta.json", meta)
+
+
+def load_weights(folder: Path) -> dict:
+    return load_file(str(Path(folder) / "model.safetensors"))

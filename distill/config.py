@@ -1,0 +1,230 @@
+"""The typed configuration schema, and its validation: the only place that reads raw (Hydra) config.
+
+Recipes are YAML composed by Hydra; `validate` merges the composed tree onto these dataclasses, which rejects
+unknown keys and wrong types, then checks ranges and choices. Every failure is one line naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from distill.errors import ConfigError
+
+
+
+def _f(default: Any = None, *, factory: Any = None, doc: str = "", **rules: Any) -> Any:
+    """A schema field with a help line and range rules (gt, ge, lt, le, choices)."""
+    meta = dict(rules, doc=doc)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class OptimCfg:
+    name: str = _f("sgd", doc="sgd | adamw | adam", choices=("sgd", "adamw", "adam"))
+    lr: float = _f(0.1, doc="learning rate per 256 images; scaled linearly with the global batch", gt=0)
+    momentum: float = _f(0.9, doc="SGD momentum", ge=0, lt=1)
+    nesterov: bool = _f(True, doc="Nesterov momentum for SGD")
+    betas: List[float] = _f(factory=lambda: [0.9, 0.999], doc="Adam/AdamW betas")
+    weight_decay: float = _f(5e-4, doc="weight decay", ge=0)
+    decay_bias_norm: bool = _f(False, doc="also decay biases and norm parameters (off: no decay on them)")
+    switch_to_sgd_epoch: Optional[int] = _f(None, doc="Adam/AdamW only: switch to SGD from this epoch on", ge=1)
+    switch_lr: float = _f(0.1, doc="SGD lr per 256 images after the switch", gt=0)
+
+
+@dataclass
+class SchedCfg:
+    name: str = _f("cosine", doc="cosine | step | exponential | constant",
+                   choices=("cosine", "step", "exponential", "constant"))
+    warmup_epochs: float = _f(0.0, doc="linear warmup length in epochs (may be fractional)", ge=0)
+    warmup_lr: float = _f(0.0, doc="lr at the first warmup step (absolute)", ge=0)
+    min_lr: float = _f(0.0, doc="cosine floor (absolute)", ge=0)
+    decay_epochs: float = _f(30.0, doc="step: epochs between decays", gt=0)
+    decay_rate: float = _f(0.1, doc="step: factor per decay; exponential: factor per epoch", gt=0, le=1)
+
+
+@dataclass
+class MixCfg:
+    mixup_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for mixup; 0 disables mixup", ge=0)
+    cutmix_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for cutmix; 0 disables cutmix", ge=0)
+    prob: float = _f(1.0, doc="probability that a batch is mixed at all", ge=0, le=1)
+    switch_prob: float = _f(0.5, doc="with both enabled, probability of cutmix instead of mixup", ge=0, le=1)
+
+
+@dataclass
+class TrainCfg:
+    """The trick set; every training stage has one."""
+    epochs: int = _f(10, doc="training epochs", ge=0)
+    batch_size: int = _f(128, doc="images per process per step", ge=1)
+    grad_accum: int = _f(1, doc="gradient accumulation steps", ge=1)
+    optim: OptimCfg = _f(factory=OptimCfg)
+    sched: SchedCfg = _f(factory=SchedCfg)
+    label_smoothing: float = _f(0.0, doc="label smoothing epsilon", ge=0, lt=1)
+    mix: MixCfg = _f(factory=MixCfg)
+    clip_grad: Optional[float] = _f(None, doc="clip the gradient norm to this value", gt=0)
+    drop_rate: float = _f(0.0, doc="dropout before the classifier", ge=0, lt=1)
+    init: str = _f("kaiming", doc="kaiming | xavier | orthogonal | timm (the model's own)",
+                   choices=("kaiming", "xavier", "orthogonal", "timm"))
+    zero_gamma: bool = _f(True, doc="zero the last BN gamma of each residual block")
+    channels_last: bool = _f(True, doc="channels_last memory format")
+    log_every: int = _f(50, doc="steps between progress-bar loss updates", ge=1)
+
+
+@dataclass
+class FinetuneCfg:
+    epochs: int = _f(0, doc="fine-tune a loaded teacher on the recipe's data for this many epochs", ge=0)
+    lr: float = _f(0.01, doc="fine-tuning lr per 256 images", gt=0)
+
+
+@dataclass
+class TeacherCfg(TrainCfg):
+    source: str = _f("train", doc="train (from scratch) | timm (hub weights or a local checkpoint file)",
+                     choices=("train", "timm"))
+    model: str = _f("resnet20", doc="timm model name (CIFAR ResNets: resnet8 ... resnet110, resnet8x4, resnet32x4)")
+    pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights")
+    checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file")
+    finetune: FinetuneCfg = _f(factory=FinetuneCfg)
+
+
+@dataclass
+class DataCfg:
+    source: str = _f("auto", doc="auto | demo | hub | parquet | imagefolder | disk",
+                     choices=("auto", "demo", "hub", "parquet", "imagefolder", "disk"))
+    path: Optional[str] = _f(None, doc="hub name, or a local parquet file/folder, imagefolder or save_to_disk folder")
+    hub_config: Optional[str] = _f(None, doc="hub data set configuration name")
+    train_split: str = _f("train", doc="split to train on")
+    val_split: Optional[str] = _f(None, doc="validation split; null carves one from train")
+    val_size: float = _f(0.1, doc="carved validation size: a fraction (<1) or a count", gt=0)
+    split_seed: int = _f(0, doc="seed of the validation carve")
+    train_size: Optional[int] = _f(None, doc="use only the first N training images (after the carve)", ge=1)
+    image_column: str = _f("image", doc="image column")
+    label_column: str = _f("label", doc="label column (ClassLabel gives the class names)")
+    image_size: int = _f(32, doc="side of the square network input", ge=1)
+    transform: str = _f("cifar", doc="cifar (pad-crop + flip) | imagenet (random-resized-crop + flip)",
+                        choices=("cifar", "imagenet"))
+    padding: int = _f(4, doc="cifar: pad before the random crop", ge=0)
+    flip: bool = _f(True, doc="random horizontal flip")
+    scale: List[float] = _f(factory=lambda: [0.08, 1.0], doc="imagenet: RandomResizedCrop area range")
+    crop_pct: float = _f(0.875, doc="imagenet eval: center crop fraction", gt=0, le=1)
+    mean: Optional[List[float]] = _f(None, doc="per-channel mean; null computes it from the training split")
+    std: Optional[List[float]] = _f(None, doc="per-channel std; null computes it from the training split")
+    per_image_norm: bool = _f(False, doc="standardise each image's channels instead of mean/std")
+    stats_images: int = _f(5000, doc="images used to compute mean/std", ge=1)
+    num_workers: int = _f(2, doc="DataLoader workers per process", ge=0)
+    on_bad_image: str = _f("error", doc="error | skip (count and report) an image that fails to decode",
+                           choices=("error", "skip"))
+
+
+# Each stage module registers its name here; `stage=all` runs them in this order.
+STAGES = ("teacher",)
+
+
+@dataclass
+class Config:
+    name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)")
+    stage: str = _f("all", doc="which stage(s) to run", choices=STAGES + ("all",))
+    seed: int = _f(0, doc="global seed")
+    run_root: str = _f("runs", doc="root folder of run outputs")
+    precision: str = _f("auto", doc="mixed precision: auto (bf16 on a GPU that has it) | no | bf16 | fp16",
+                        choices=("auto", "no", "bf16", "fp16"))
+    data: DataCfg = _f(factory=DataCfg)
+    teacher: TeacherCfg = _f(factory=TeacherCfg)
+
+
+def validate(raw: DictConfig | dict) -> Config:
+    """Merge raw config onto the schema and check every rule; raise ConfigError naming the key."""
+    if isinstance(raw, DictConfig):
+        try:
+            raw = OmegaConf.to_container(raw, resolve=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e)) from None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from None
+    _check_rules(cfg, "")
+    _check_cross(cfg)
+    return cfg
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(getattr(e, "msg", None) or e).strip().splitlines()[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def _check_rules(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_rules(value, key + ".")
+            continue
+        if value is None:
+            continue
+        m = f.metadata
+        if "choices" in m and value not in m["choices"]:
+            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(m['choices'])}")
+        for rule, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
+                               ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
+            if rule in m and not ok(value, m[rule]):
+                raise ConfigError(f"{key}: {value} must be {word} {m[rule]}")
+
+
+def _check_cross(cfg: Config) -> None:
+    d = cfg.data
+    if (d.mean is None) != (d.std is None):
+        raise ConfigError("data.mean/data.std: give both or neither")
+    for key in ("mean", "std"):
+        v = getattr(d, key)
+        if v is not None and len(v) != 3:
+            raise ConfigError(f"data.{key}: needs 3 values (R, G, B), got {len(v)}")
+    if d.std is not None and min(d.std) <= 0:
+        raise ConfigError("data.std: every value must be > 0")
+    if len(d.scale) != 2 or not 0 < d.scale[0] <= d.scale[1] <= 1:
+        raise ConfigError(f"data.scale: needs [min, max] with 0 < min <= max <= 1, got {d.scale}")
+    if d.source != "demo" and not d.path:
+        raise ConfigError(f"data.path: required for data.source={d.source}")
+    if d.val_size >= 1 and d.val_size != int(d.val_size):
+        raise ConfigError(f"data.val_size: {d.val_size} is neither a fraction < 1 nor a whole count")
+    t = cfg.teacher
+    if t.optim.switch_to_sgd_epoch is not None and t.optim.name == "sgd":
+        raise ConfigError("teacher.optim.switch_to_sgd_epoch: only for adam/adamw")
+    if len(t.optim.betas) != 2:
+        raise ConfigError("teacher.optim.betas: needs two values")
+    if t.source == "train" and t.epochs < 1:
+        raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")
+
+
+def schema_keys(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """Every settable key with its help line, for `--help` text and for checking command-line overrides."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            out.update(schema_keys(sub, key + "."))
+        else:
+            out[key] = f.metadata.get("doc", "")
+    return out
+
+
+def check_overrides(args: list[str], groups: set[str]) -> None:
+    """Reject a command-line override of a key the schema does not have, in one line, before Hydra composes.
+    `+key=...` additions, Hydra's own keys and config-group choices pass through (validation sees them later)."""
+    keys = schema_keys()
+    for arg in args:
+        if arg.startswith(("-", "+")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("~")
+        if key.startswith("hydra") or key.split("@")[0] in groups:
+            continue
+        if key not in keys and not any(k.startswith(key + ".") for k in keys):
+            close = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            raise ConfigError(f"{key}: no such setting{hint}")

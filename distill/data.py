@@ -1,0 +1,254 @@
+"""Data through Hugging Face `datasets`: sources, the validation carve, label checks, and index-carrying items."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from distill.config import DataCfg
+from distill.errors import DataError
+
+log = logging.getLogger("distill")
+
+
+
+@dataclass
+class DataBundle:
+    train: datasets.Dataset
+    val: datasets.Dataset
+    class_names: list[str]
+    image_column: str
+    label_column: str
+    identity: dict = field(default_factory=dict)  # what identifies these splits, for stage fingerprints
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# ---------------------------------------------------------------- sources
+
+def demo_dataset() -> datasets.Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 real scans, shipped inside the package: no download)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()},
+        features=features)
+
+
+def detect_source(cfg: DataCfg) -> str:
+    if cfg.source != "auto":
+        return cfg.source
+    p = Path(cfg.path)
+    if p.is_file():
+        if p.suffix == ".parquet":
+            return "parquet"
+        raise DataError(f"data.path: {p} is a file but not .parquet; give a parquet file, an imagefolder, "
+                        "a save_to_disk folder or a hub name")
+    if p.is_dir():
+        if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+            return "disk"
+        if any(p.glob("*.parquet")) or any(p.glob("*/*.parquet")):
+            return "parquet"
+        return "imagefolder"
+    if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1:
+        raise DataError(f"data.path: no such file or directory: {cfg.path}")
+    return "hub"
+
+
+def _load_splits(cfg: DataCfg, source: str) -> datasets.DatasetDict:
+    if source == "demo":
+        return datasets.DatasetDict({"train": demo_dataset()})
+    path = cfg.path
+    if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
+        raise DataError(f"data.path: no such file or directory: {path}")
+    try:
+        if source == "parquet":
+            if Path(path).is_file():
+                return datasets.load_dataset("parquet", data_files={cfg.train_split: path})
+            return datasets.load_dataset("parquet", data_dir=path)
+        if source == "imagefolder":
+            return datasets.load_dataset("imagefolder", data_dir=path)
+        if source == "disk":
+            loaded = datasets.load_from_disk(path)
+            if isinstance(loaded, datasets.Dataset):
+                return datasets.DatasetDict({cfg.train_split: loaded})
+            return loaded
+        return datasets.load_dataset(path, cfg.hub_config)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line for the user, whatever the library raised
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        hint = ("; offline? point data.path at local files (a parquet file or folder, an imagefolder, or a "
+                "save_to_disk folder)") if source == "hub" else ""
+        raise DataError(f"data.path: could not load '{path}' as {source}: {first}{hint}") from None
+
+
+# ---------------------------------------------------------------- checks
+
+def _check_columns(ds: datasets.Dataset, cfg: DataCfg, split: str) -> None:
+    for key in ("image_column", "label_column"):
+        col = getattr(cfg, key)
+        if col not in ds.column_names:
+            raise DataError(f"data.{key}: no column '{col}' in split '{split}'; columns: {', '.join(ds.column_names)}")
+    if not isinstance(ds.features[cfg.image_column], datasets.Image):
+        raise DataError(f"data.image_column: column '{cfg.image_column}' holds {ds.features[cfg.image_column]}, "
+                        "not images")
+
+
+def _labels(ds: datasets.Dataset, column: str) -> np.ndarray:
+    return np.asarray(ds.with_format("numpy", columns=[column])[column])
+
+
+def _class_names(ds: datasets.Dataset, cfg: DataCfg) -> list[str]:
+    feature = ds.features[cfg.label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    labels = _labels(ds, cfg.label_column)
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"data.label_column: column '{cfg.label_column}' holds {feature}, not integer class ids "
+                        "or a ClassLabel")
+    return [str(i) for i in range(int(labels.max()) + 1)]
+
+
+def check_labels(ds: datasets.Dataset, column: str, num_classes: int, split: str) -> None:
+    """Every label must lie in [0, num_classes); checked on the host before any training."""
+    labels = _labels(ds, column)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"data: label {labels[i]} of sample {i} in split '{split}' is outside [0, {num_classes}) "
+                        f"({bad.size} such samples)")
+
+
+def load(cfg: DataCfg) -> DataBundle:
+    """Load the train and validation splits; carve validation from train when there is none."""
+    source = detect_source(cfg)
+    splits = _load_splits(cfg, source)
+    if cfg.train_split not in splits:
+        raise DataError(f"data.train_split: no split '{cfg.train_split}'; splits: {', '.join(splits)}")
+    train = splits[cfg.train_split]
+    _check_columns(train, cfg, cfg.train_split)
+    if not isinstance(train.features[cfg.label_column], datasets.ClassLabel) and \
+            train.features[cfg.label_column].dtype == "string":
+        train = train.class_encode_column(cfg.label_column)
+    if cfg.val_split is not None:
+        if cfg.val_split not in splits:
+            raise DataError(f"data.val_split: no split '{cfg.val_split}'; splits: {', '.join(splits)}")
+        val = splits[cfg.val_split]
+        _check_columns(val, cfg, cfg.val_split)
+    else:
+        size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
+        if (size if isinstance(size, int) else int(size * len(train))) < 1 or \
+                (isinstance(size, int) and size >= len(train)):
+            raise DataError(f"data.val_size: {cfg.val_size} does not fit a training split of {len(train)} images")
+        stratify = cfg.label_column if isinstance(train.features[cfg.label_column], datasets.ClassLabel) else None
+        parts = train.train_test_split(test_size=size, seed=cfg.split_seed, stratify_by_column=stratify)
+        train, val = parts["train"], parts["test"]
+    if cfg.train_size is not None and cfg.train_size < len(train):
+        train = train.select(range(cfg.train_size))
+    names = _class_names(train, cfg)
+    check_labels(train, cfg.label_column, len(names), "train")
+    check_labels(val, cfg.label_column, len(names), "validation")
+    identity = {"source": source, "path": cfg.path, "hub_config": cfg.hub_config,
+                "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
+                "train_rows": len(train), "val_rows": len(val), "classes": names}
+    return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity)
+
+
+# ---------------------------------------------------------------- torch side
+
+class ImageDataset(Dataset):
+    """Items {'image', 'label', 'index'}; `index` is the row in the split (the cache keys soft labels by it).
+    With skip_bad, an image that fails to decode yields None, which `collate` drops and counts."""
+
+    def __init__(self, ds: datasets.Dataset, image_column: str, label_column: str, transform, split: str,
+                 skip_bad: bool = False):
+        self.ds, self.image_column, self.label_column = ds, image_column, label_column
+        self.transform, self.split, self.skip_bad = transform, split, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        try:
+            row = self.ds[i]
+            image = self.transform(row[self.image_column].convert("RGB"))
+        except Exception as e:  # noqa: BLE001 - decoding errors come in many types
+            if self.skip_bad:
+                return None
+            raise DataError(f"data: image {i} of split '{self.split}' could not be decoded ({type(e).__name__}: "
+                            f"{e}); set data.on_bad_image=skip to skip such images") from None
+        return {"image": image, "label": int(row[self.label_column]), "index": i}
+
+
+def collate(items: list) -> dict:
+    kept = [it for it in items if it is not None]
+    batch = default_collate(kept) if kept else {"image": torch.empty(0), "label": torch.empty(0, dtype=torch.long),
+                                                "index": torch.empty(0, dtype=torch.long)}
+    batch["skipped"] = torch.tensor(len(items) - len(kept))
+    return batch
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32  # DataLoader derives it from its generator: deterministic per worker
+    np.random.seed(seed)
+    import random
+    random.seed(seed)
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int, seed: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=num_workers,
+                      collate_fn=collate, worker_init_fn=_seed_worker, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
+
+
+def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) -> dict:
+    """Mean/std from the recipe, or computed once from the training split (eval view, first `stats_images`
+    images) and recorded in `record`, keyed by the split's fingerprint so a later run reads it back."""
+    if cfg.per_image_norm:
+        return {"per_image": True, "mean": None, "std": None}
+    if cfg.mean is not None:
+        return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
+    from distill import artifacts, transforms
+
+    key = artifacts.fingerprint([bundle.identity["train_fingerprint"], cfg.image_size, cfg.transform,
+                                 cfg.crop_pct, cfg.stats_images])
+    saved = artifacts.read_json(record) if record else None
+    if saved and saved.get("key") == key:
+        return saved["normalization"]
+    subset = bundle.train.select(range(min(cfg.stats_images, len(bundle.train))))
+    ds = ImageDataset(subset, bundle.image_column, bundle.label_column, transforms.build(cfg, False, None, None),
+                      "train", skip_bad=True)
+    mean, std = transforms.channel_stats(make_loader(ds, 256, False, cfg.num_workers, 0))
+    norm = {"per_image": False, "mean": mean, "std": std}
+    log.info(f"data: computed mean {mean} std {std} from {len(subset)} training images")
+    if record:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(record, {"key": key, "normalization": norm})
+    return norm
+
+
+def loaders(bundle: DataBundle, cfg: DataCfg, norm: dict, batch_size: int, seed: int,
+            eval_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Train loader (random augmentation, shuffled, drop_last) and validation loader (eval view, in order)."""
+    from distill import transforms
+
+    skip = cfg.on_bad_image == "skip"
+    train = ImageDataset(bundle.train, bundle.image_column, bundle.label_column,
+                         transforms.build(cfg, True, norm["mean"], norm["std"]), "train", skip)
+    val = ImageDataset(bundle.val, bundle.image_column, bundle.label_column,
+                       transforms.build(cfg, False, norm["mean"], norm["std"]), "validation", skip)
+    return (make_loader(train, batch_size, True, cfg.num_workers, seed),
+            make_loader(val, eval_batch_size or batch_size, False, cfg.num_workers, seed))

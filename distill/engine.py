@@ -1,0 +1,180 @@
+"""The one training/evaluation loop every stage uses; the stage passes in the model and the objective.
+
+An objective is `objective(logits, batch, mix) -> loss`: the engine draws the batch's mixing (a pure function of
+seed, process, epoch and step), mixes the images, runs the model, and hands the mixing to the objective so that it
+mixes its targets the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from distill import tricks
+from distill.config import TrainCfg
+from distill.errors import TrainingError
+
+log = logging.getLogger("distill")
+
+Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None"], torch.Tensor]
+
+
+@dataclass
+class Fit:
+    """What `fit` needs besides the model: the recipe's trick set and where the stage writes."""
+    cfg: TrainCfg
+    epochs: int
+    lr_per_256: float
+    out_dir: Path
+    name: str  # "teacher", "student", ... for logs and error messages
+    seed: int
+
+
+def _inputs(batch: dict, channels_last: bool) -> torch.Tensor:
+    x = batch["image"]
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader, acc: Accelerator, channels_last: bool = True) -> dict:
+    """Top-1, top-5 and CE loss over the whole split; gather_for_metrics drops the padding DDP adds."""
+    model.eval()
+    correct1 = correct5 = loss_sum = 0.0
+    count = 0
+    for batch in loader:
+        logits = model(_inputs(batch, channels_last)).float()
+        y = batch["label"]
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit1, hit5 = top[:, 0] == y, (top == y[:, None]).any(1)
+        loss = F.cross_entropy(logits, y, reduction="none")
+        hit1, hit5, loss = acc.gather_for_metrics((hit1, hit5, loss))
+        correct1 += hit1.sum().item()
+        correct5 += hit5.sum().item()
+        loss_sum += loss.sum().item()
+        count += hit1.numel()
+    return {"top1": 100.0 * correct1 / max(count, 1), "top5": 100.0 * correct5 / max(count, 1),
+            "val_loss": loss_sum / max(count, 1), "val_count": count}
+
+
+def _save_checkpoint(acc: Accelerator, folder: Path, epoch: int) -> Path:
+    """accelerate's save_state writes in place: write into a temporary folder, then rename; keep the newest."""
+    final = folder / f"epoch-{epoch:04d}"
+    tmp = folder / f".tmp-epoch-{epoch:04d}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), safe_serialization=True)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        tmp.rename(final)
+        for old in folder.glob("epoch-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: Objective,
+        acc: Accelerator) -> tuple[torch.nn.Module, dict]:
+    """Train for job.epochs, evaluating after each epoch; returns the unwrapped model and the last metrics."""
+    cfg = job.cfg
+    global_batch = cfg.batch_size * acc.num_processes * cfg.grad_accum
+    lr = tricks.scaled_lr(job.lr_per_256, global_batch)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = tricks.build_optimizer(model, cfg.optim, lr)
+    model, optimizer, train_loader, val_loader = acc.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = len(train_loader) // cfg.grad_accum
+    if steps_per_epoch < 1:
+        raise TrainingError(f"{job.name}: batch_size {cfg.batch_size} x {acc.num_processes} process(es) x "
+                            f"grad_accum {cfg.grad_accum} is more than the {len(train_loader.dataset)} training images")
+    schedule = tricks.build_schedule(optimizer, cfg.sched, job.epochs, steps_per_epoch)
+    metrics_path, ckpt_dir = job.out_dir / "metrics.jsonl", job.out_dir / "checkpoints"
+    if acc.is_main_process:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path.unlink(missing_ok=True)
+    log.info(f"{job.name}: {job.epochs} epochs x {steps_per_epoch} steps, global batch {global_batch}, "
+             f"lr {lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}")
+    step, last_ckpt, metrics = 0, None, {}
+    for epoch in range(job.epochs):
+        if cfg.optim.switch_to_sgd_epoch is not None and epoch == cfg.optim.switch_to_sgd_epoch:
+            sgd = tricks.build_optimizer(acc.unwrap_model(model), cfg.optim,
+                                         tricks.scaled_lr(cfg.optim.switch_lr, global_batch), use_sgd=True)
+            optimizer = acc.prepare_optimizer(sgd)
+            schedule = tricks.build_schedule(optimizer, cfg.sched, job.epochs, steps_per_epoch)
+            log.info(f"{job.name}: switched to SGD at epoch {epoch}")
+        schedule.step_update(step)
+        model.train()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=acc.device)
+        first_bad = torch.full((), -1, device=acc.device, dtype=torch.long)  # no host sync per step
+        seen, skipped = 0, torch.zeros((), device=acc.device, dtype=torch.long)
+        start = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"{job.name} {epoch + 1}/{job.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not acc.is_main_process)
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(bar):
+            x = _inputs(batch, cfg.channels_last)
+            rng = np.random.default_rng([job.seed, acc.process_index, epoch, i])
+            mix = tricks.draw_mix(rng, cfg.mix, x.shape[0], x.shape[-2], x.shape[-1])
+            sync = (i + 1) % cfg.grad_accum == 0
+            with contextlib.nullcontext() if sync else acc.no_sync(model):
+                loss = objective(model(tricks.mix_images(x, mix)), batch, mix)
+                acc.backward(loss / cfg.grad_accum)
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+            loss_sum += torch.where(bad, torch.zeros_like(loss_sum), loss.detach().float())
+            seen += x.shape[0]
+            skipped += batch["skipped"]
+            if sync:
+                if cfg.clip_grad:
+                    acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                schedule.step_update(step)
+                if step % cfg.log_every == 0 or i + 1 == len(train_loader):
+                    _check_finite(first_bad, job, last_ckpt)
+                    bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+        _check_finite(first_bad, job, last_ckpt)
+        elapsed, skipped = time.perf_counter() - start, int(acc.reduce(skipped, reduction="sum").item())
+        metrics = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                   "loss": loss_sum.item() / max(len(train_loader), 1),
+                   "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": skipped,
+                   **evaluate(model, val_loader, acc, cfg.channels_last)}
+        log.info(f"{job.name} epoch {epoch + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "
+                 f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% | {metrics['images_per_s']:.0f} img/s")
+        if skipped:
+            log.warning(f"{job.name}: skipped {skipped} images that failed to decode this epoch")
+        if acc.is_main_process:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        last_ckpt = _save_checkpoint(acc, ckpt_dir, epoch + 1)
+    acc.wait_for_everyone()
+    return acc.unwrap_model(model), metrics
+
+
+def _check_finite(first_bad: torch.Tensor, job: Fit, last_ckpt: Path | None) -> None:
+    bad_step = int(first_bad.item())
+    if bad_step >= 0:
+        where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint yet"
+        raise TrainingError(f"{job.name}: non-finite loss at step {bad_step + 1}; stopped ({where})")
+
+
+def finish(acc: Accelerator, out_dir: Path) -> None:
+    """After a stage's weights are saved its checkpoints are no longer needed."""
+    if acc.is_main_process:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    acc.wait_for_everyone()

@@ -1,0 +1,98 @@
+"""Model creation through timm, weight initialisation, and loading of checkpoint files."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from distill import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets in timm's registry)
+from distill.errors import CheckpointError
+
+
+
+def create(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool = False) -> nn.Module:
+    if name not in timm.list_models() and not pretrained:
+        raise CheckpointError(f"model '{name}' is not a timm model name (see timm.list_models())")
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+    except (OSError, RuntimeError, ValueError) as e:
+        if not pretrained:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"could not fetch the hub weights of '{name}' ({first}); offline, point teacher.checkpoint "
+            "at a local .safetensors/.pth file") from None
+
+
+def init_weights(model: nn.Module, scheme: str, zero_gamma: bool) -> None:
+    """Re-initialise a model trained from scratch. `timm` keeps the model's own init."""
+    if scheme != "timm":
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if scheme == "kaiming":
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif scheme == "xavier":
+                    nn.init.xavier_normal_(m.weight)
+                elif scheme == "orthogonal":
+                    nn.init.orthogonal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if scheme == "kaiming":  # the classifier sees no ReLU after it: a small normal keeps logits near 0
+            head = model.get_classifier() if hasattr(model, "get_classifier") else None
+            if isinstance(head, nn.Linear):
+                nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features))
+    if zero_gamma:  # timm's residual blocks and ours expose zero_init_last()
+        for m in model.modules():
+            if hasattr(m, "zero_init_last"):
+                m.zero_init_last()
+
+
+def _classifier_rows(model: nn.Module, state: dict) -> int | None:
+    name = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    names = name if isinstance(name, (list, tuple)) else [name]
+    for n in names:
+        w = state.get(f"{n}.weight")
+        if w is not None:
+            return int(w.shape[0])
+    return None
+
+
+def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 0.0) -> tuple[nn.Module, bool]:
+    """Build `name` and load a local checkpoint with timm's loader (safetensors, or torch files with
+    weights_only=True; unsafe pickles are refused). Returns (model, head_was_reset): when the checkpoint's class
+    count differs from the data's, the classifier is replaced and must be fine-tuned."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"teacher.checkpoint: no such file: {path}")
+    try:
+        state = timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
+    except RuntimeError as e:
+        if "weights_only" in str(e):
+            raise CheckpointError(f"teacher.checkpoint: {path} was refused: loading it needs unsafe unpickling "
+                                  "(it could run code); save its state_dict with torch.save or as .safetensors") from None
+        raise CheckpointError(f"teacher.checkpoint: {path} could not be read: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a torn or foreign file: say which file, not a 40-line traceback
+        raise CheckpointError(f"teacher.checkpoint: {path} could not be read ({type(e).__name__}: {e})") from None
+    probe = create(name, num_classes=1)
+    ckpt_classes = _classifier_rows(probe, state) or num_classes
+    model = create(name, num_classes=ckpt_classes, drop_rate=drop_rate)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        def show(keys):
+            return "[" + ", ".join(keys[:5]) + (f", ... +{len(keys) - 5}" if len(keys) > 5 else "") + "]"
+        raise CheckpointError(f"teacher.checkpoint: {path} does not fit {name}: missing keys "
+                              f"{show(result.missing_keys)}, unexpected keys {show(result.unexpected_keys)}")
+    if ckpt_classes != num_classes:
+        model.reset_classifier(num_classes)
+        return model, True
+    return model, False
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,86 @@
+"""Entry point: compose a recipe with Hydra, validate it once, then run the chosen stages.
+
+    python distill/run.py                                   # the demo recipe, every stage, on CPU
+    python distill/run.py recipe=NAME stage=teacher teacher.epochs=3
+    accelerate launch distill/run.py recipe=NAME            # several GPUs or machines
+    python distill/run.py --help                            # recipes and every setting
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # started as a file: import `distill` as a package, and stop distill/ shadowing others
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import logging  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from distill import config  # noqa: E402
+from distill.errors import UserError  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+log = logging.getLogger("distill")
+
+
+def stage_functions() -> dict:
+    """Stage name -> run(cfg, accelerator, data, normalization, run_dir); `stage=all` runs them in order."""
+    from distill import teacher
+    return {"teacher": teacher.run}
+
+
+def execute(cfg: config.Config) -> None:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from distill import data
+
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    acc = Accelerator(mixed_precision=precision,
+                      dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
+                        format="%(message)s", force=True)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-save INFO lines drown our progress
+    run_dir = Path(cfg.run_root) / cfg.name
+    bundle = data.load(cfg.data)
+    log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
+             f"classes ({bundle.identity['source']})")
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+        norm = data.normalization(cfg.data, bundle, run_dir / "data_stats.json")
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        norm = data.normalization(cfg.data, bundle, run_dir / "data_stats.json")  # reads what main recorded
+    fns = stage_functions()
+    for name in (fns if cfg.stage == "all" else [cfg.stage]):
+        fns[name](cfg, acc, bundle, norm, run_dir)
+    acc.end_training()
+
+
+@hydra.main(version_base="1.3", config_path=str(RECIPES), config_name="config")
+def _hydra_main(raw: DictConfig) -> None:
+    try:
+        execute(config.validate(raw))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
+    try:
+        config.check_overrides(sys.argv[1:], groups)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

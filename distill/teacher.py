@@ -1,0 +1,80 @@
+"""Stage 1, teacher: train from scratch, or load a timm model (hub weights or a local checkpoint) and optionally
+fine-tune it. Output: <run>/teacher/{model.safetensors, meta.json, metrics.jsonl}."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from distill import artifacts, data, engine, models, tricks
+from distill.config import Config
+from distill.errors import ConfigError
+from distill.losses import soft_cross_entropy
+
+log = logging.getLogger("distill")
+
+
+def ce_objective(num_classes: int, label_smoothing: float) -> engine.Objective:
+    """Cross-entropy against label-smoothed one-hot targets, mixed like the images."""
+    def objective(logits, batch, mix):
+        target = tricks.smooth_one_hot(batch["label"], num_classes, label_smoothing)
+        return soft_cross_entropy(logits, tricks.mix_targets(target, mix))
+    return objective
+
+
+def fingerprint(cfg: Config, bundle: data.DataBundle, norm: dict) -> str:
+    return artifacts.fingerprint({"teacher": dataclasses.asdict(cfg.teacher), "data": bundle.identity,
+                                  "data_cfg": dataclasses.asdict(cfg.data) | {"num_workers": None},
+                                  "norm": norm, "seed": cfg.seed, "precision": cfg.precision})
+
+
+def build(cfg: Config, num_classes: int):
+    """The teacher model before any training, and (epochs, lr per 256) of the training it still needs."""
+    t = cfg.teacher
+    if t.source == "train":
+        model = models.create(t.model, num_classes, t.drop_rate)
+        models.init_weights(model, t.init, t.zero_gamma)
+        return model, t.epochs, t.optim.lr
+    if t.checkpoint:
+        model, reset = models.load_file(t.model, t.checkpoint, num_classes, t.drop_rate)
+        origin = t.checkpoint
+    else:
+        model = models.create(t.model, num_classes, t.drop_rate, pretrained=t.pretrained)
+        reset, origin = model.pretrained_cfg.get("num_classes") != num_classes, f"timm hub ({t.model})"
+    if reset and t.finetune.epochs == 0:
+        raise ConfigError(f"teacher.finetune.epochs: the teacher from {origin} has another class count than the "
+                          f"data ({num_classes}); its new classifier needs fine-tuning (set teacher.finetune.epochs)")
+    log.info(f"teacher: loaded {t.model} from {origin}")
+    return model, t.finetune.epochs, t.finetune.lr
+
+
+def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
+    out = run_dir / "teacher"
+    fp = fingerprint(cfg, bundle, norm)
+    meta = artifacts.read_json(out / "meta.json")
+    if meta and meta.get("fingerprint") == fp and (out / "model.safetensors").exists():
+        log.info(f"teacher: reusing {out} (val top-1 {meta['metrics']['top1']:.2f}%)")
+        return meta
+    set_seed(cfg.seed)
+    t = cfg.teacher
+    model, epochs, lr = build(cfg, bundle.num_classes)
+    train_loader, val_loader = data.loaders(bundle, cfg.data, norm, t.batch_size, cfg.seed)
+    if epochs:
+        job = engine.Fit(t, epochs, lr, out, "teacher", cfg.seed)
+        model, metrics = engine.fit(model, train_loader, val_loader, job,
+                                    ce_objective(bundle.num_classes, t.label_smoothing), acc)
+    else:
+        prepared, val_loader = acc.prepare(model, val_loader)
+        metrics = engine.evaluate(prepared, val_loader, acc, channels_last=False)
+    meta = {"stage": "teacher", "fingerprint": fp, "model": t.model, "num_classes": bundle.num_classes,
+            "class_names": bundle.class_names, "image_size": cfg.data.image_size, "normalization": norm,
+            "params": models.num_params(model), "metrics": metrics, "config": dataclasses.asdict(t)}
+    if acc.is_main_process:
+        artifacts.save_model(out, model, meta)
+    engine.finish(acc, out)
+    log.info(f"teacher: val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% "
+             f"on {metrics['val_count']} images; saved {out}")
+    return meta
