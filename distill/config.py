@@ -6,6 +6,7 @@ unknown keys and wrong types, then checks ranges and choices. Every failure is o
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -93,7 +94,7 @@ class TeacherCfg(TrainCfg):
 
 @dataclass
 class DataCfg:
-    source: str = _f("auto", doc="auto | demo | hub | parquet | imagefolder | disk",
+    source: str = _f("demo", doc="auto | demo | hub | parquet | imagefolder | disk",
                      choices=("auto", "demo", "hub", "parquet", "imagefolder", "disk"))
     path: Optional[str] = _f(None, doc="hub name, or a local parquet file/folder, imagefolder or save_to_disk folder")
     hub_config: Optional[str] = _f(None, doc="hub data set configuration name")
@@ -225,6 +226,24 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
         if key.startswith("hydra") or key.split("@")[0] in groups:
             continue
         if key not in keys and not any(k.startswith(key + ".") for k in keys):
-            close = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+            leaf = key.rsplit(".", 1)[-1]
+            close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]  # same name elsewhere, then near spellings
+            close += [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.8) if k not in close]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
             raise ConfigError(f"{key}: no such setting{hint}")
+
+
+def register_schema() -> None:
+    """Give Hydra every key with its default (untyped: `validate` does the type checks, in one line), so that any
+    key can be overridden on the command line without a `+`. recipes/config.yaml lists it first in its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="distill_schema", node=OmegaConf.to_container(OmegaConf.structured(Config)))
+    if not OmegaConf.has_resolver("distill_settings"):  # `--help` lists every key with its help line
+        OmegaConf.register_new_resolver("distill_settings", settings_help)
+
+
+def settings_help() -> str:
+    keys = schema_keys()
+    width = max(map(len, keys))
+    return "\n".join(f"  {k.ljust(width)}  {doc}" for k, doc in keys.items())

@@ -41,7 +41,10 @@ def execute(cfg: config.Config) -> None:
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    acc = Accelerator(mixed_precision=precision,
+    # With no accelerator, cpu=True lets `accelerate launch --num_processes N` form a gloo group of CPU processes
+    # (accelerate otherwise starts N independent single-process runs).
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    acc = Accelerator(cpu=not has_accelerator, mixed_precision=precision,
                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
@@ -73,6 +76,7 @@ def _hydra_main(raw: DictConfig) -> None:
 
 
 def main() -> None:
+    config.register_schema()
     groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
     try:
         config.check_overrides(sys.argv[1:], groups)

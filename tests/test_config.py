@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, run_cli
+from distill import config
+from distill.errors import ConfigError
+
+
+def compose_recipe(recipe: str, overrides=()):
+    config.register_schema()
+    with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
+        return compose("config", overrides=[f"recipe={recipe}", f"name={recipe}", *overrides])
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml")))
+def test_every_recipe_composes_and_validates(recipe):
+    cfg = config.validate(compose_recipe(recipe))
+    assert cfg.name == recipe
+
+
+def test_recipe_overrides_groups_and_keys():
+    cfg = config.validate(compose_recipe("cifar10_resnet20_to_resnet8", ["teacher.epochs=3", "teacher.optim.lr=0.05"]))
+    assert cfg.data.image_column == "img" and cfg.data.train_size == 20000  # group override + recipe key
+    assert cfg.teacher.epochs == 3 and cfg.teacher.optim.lr == 0.05
+    assert cfg.teacher.label_smoothing == 0.1  # from tricks/cifar.yaml mounted at teacher
+
+
+@pytest.mark.parametrize("raw, key, words", [
+    ({"teacher": {"optim": {"lrr": 0.1}}}, "teacher.optim.lrr", "not in"),
+    ({"teacher": {"epochs": "many"}}, "teacher.epochs", "could not be converted"),
+    ({"teacher": {"optim": {"lr": -0.1}}}, "teacher.optim.lr", "must be > 0"),
+    ({"teacher": {"label_smoothing": 1.0}}, "teacher.label_smoothing", "must be < 1"),
+    ({"teacher": {"optim": {"name": "rmsprop"}}}, "teacher.optim.name", "not one of"),
+    ({"data": {"source": "parquet"}}, "data.path", "required"),
+    ({"data": {"mean": [0.5, 0.5, 0.5]}}, "data.mean/data.std", "both"),
+])
+def test_bad_config_is_one_line_naming_the_key(raw, key, words):
+    with pytest.raises(ConfigError) as err:
+        config.validate(raw)
+    msg = str(err.value)
+    assert msg.startswith(key) and words in msg and "\n" not in msg
+
+
+def test_defaults_validate():
+    cfg = config.validate({})
+    assert cfg.teacher.optim.lr == 0.1 and cfg.stage == "all"
+
+
+def test_unknown_command_line_key_is_named():
+    with pytest.raises(ConfigError, match=r"^teacher\.epoch: no such setting \(did you mean teacher\.epochs"):
+        config.check_overrides(["teacher.epoch=3"], groups={"data", "recipe", "tricks"})
+    config.check_overrides(["recipe=demo", "tricks@teacher=cifar", "hydra.verbose=true", "+x=1",
+                            "teacher.optim.lr=0.2", "data.mean=[1,1,1]"], groups={"data", "recipe", "tricks"})
+
+
+def test_cli_bad_value_stops_before_any_work(tmp_path: Path):
+    r = run_cli("teacher.optim.lr=-1", f"run_root={tmp_path / 'runs'}", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: teacher.optim.lr: -1.0 must be > 0"
+    assert not (tmp_path / "runs").exists()
+    r = run_cli("teacher.lr=0.1", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: teacher.lr: no such setting (did you mean teacher.optim.lr, teacher.finetune.lr?)"]

@@ -1,0 +1,126 @@
+"""End-to-end runs of the teacher stage through the real entry point, on tiny data."""
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from conftest import run_cli, tiny_overrides
+from distill import artifacts, config, data, teacher
+from distill.errors import TrainingError
+
+
+def test_teacher_trains_saves_and_is_reused(parquet_file, tmp_path):
+    args = tiny_overrides(parquet_file, tmp_path / "runs") + ["stage=teacher"]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "runs" / "tiny" / "teacher"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model"] == "resnet8" and meta["class_names"] == ["red", "green", "blue"]
+    assert meta["metrics"]["val_count"] == 12 and meta["metrics"]["top1"] >= 75.0  # colour is easy to learn
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2] and lines[-1]["step"] == 2 * (48 // 16)
+    assert f"teacher: val top-1 {meta['metrics']['top1']:.2f}%" in r.stderr + r.stdout
+    assert not (out / "checkpoints").exists()
+    assert (tmp_path / "runs" / "tiny" / "config.yaml").exists()
+    weights = artifacts.load_weights(out)
+
+    again = run_cli(*args, cwd=tmp_path, module=True)  # python -m distill.run: same run folder, nothing to do
+    assert again.returncode == 0, again.stderr
+    assert "teacher: reusing" in again.stderr + again.stdout
+    assert all(torch.equal(v, artifacts.load_weights(out)[k]) for k, v in weights.items())
+
+    changed = run_cli(*args, "teacher.label_smoothing=0.1", cwd=tmp_path)  # a teacher setting changed: retrain
+    assert changed.returncode == 0 and "reusing" not in changed.stderr + changed.stdout
+
+
+def test_loaded_teacher_is_finetuned_through_the_recipe(parquet_file, tmp_path):
+    ckpt = tmp_path / "other.safetensors"
+    save_file(timm.create_model("resnet8", num_classes=5).state_dict(), str(ckpt))
+    args = tiny_overrides(parquet_file, tmp_path / "runs") + [
+        "stage=teacher", "teacher.source=timm", f"teacher.checkpoint={ckpt}", "teacher.finetune.epochs=1"]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "runs" / "tiny" / "teacher" / "meta.json").read_text())
+    assert meta["num_classes"] == 3 and meta["metrics"]["epoch"] == 1
+
+
+def test_bad_data_stops_with_one_line(parquet_file, tmp_path):
+    r = run_cli(*tiny_overrides(parquet_file, tmp_path / "runs"), "data.label_column=target", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == \
+        "error: data.label_column: no column 'target' in split 'train'; columns: image, label"
+    assert not (tmp_path / "runs" / "tiny" / "teacher").exists()
+
+
+def test_nonfinite_loss_stops_with_the_step_number(parquet_file, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    raw = {k: v for k, v in (a.split("=", 1) for a in tiny_overrides(parquet_file, tmp_path / "runs", epochs=3))}
+    cfg = config.validate(_nest(raw))
+    bundle = data.load(cfg.data)
+    norm = data.normalization(cfg.data, bundle)
+    calls = {"n": 0}
+    real = teacher.ce_objective
+
+    def poisoned(num_classes, eps):
+        objective = real(num_classes, eps)
+
+        def wrapped(logits, batch, mix):
+            calls["n"] += 1
+            loss = objective(logits, batch, mix)
+            return loss * float("nan") if calls["n"] == 5 else loss  # step 5 = epoch 2, second step
+        return wrapped
+
+    monkeypatch.setattr(teacher, "ce_objective", poisoned)
+    with pytest.raises(TrainingError, match=r"teacher: non-finite loss at step 5; stopped \(last good checkpoint: .*epoch-0001\)"):
+        teacher.run(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny")
+    assert (tmp_path / "runs" / "tiny" / "teacher" / "checkpoints" / "epoch-0001" / "model.safetensors").exists()
+    assert not (tmp_path / "runs" / "tiny" / "teacher" / "meta.json").exists()
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = json.loads(value) if value.startswith("[") else _scalar(value)
+    return out
+
+
+def _scalar(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+@pytest.mark.slow
+def test_demo_teacher_reaches_90_percent(tmp_path):
+    r = run_cli(f"run_root={tmp_path / 'runs'}", "stage=teacher", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "runs" / "demo" / "teacher" / "meta.json").read_text())
+    assert meta["metrics"]["top1"] >= 90.0 and meta["metrics"]["val_count"] == 360
+
+
+def test_two_processes_under_accelerate_launch(parquet_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "distill" / "run.py"),
+           *tiny_overrides(parquet_file, tmp_path / "runs"), "stage=teacher", "teacher.batch_size=8"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    assert "global batch 16, lr 0.025 (sgd), 2 process(es)" in r.stderr  # two ranks really formed one group
+    meta = json.loads((tmp_path / "runs" / "tiny" / "teacher" / "meta.json").read_text())
+    assert meta["metrics"]["val_count"] == 12 and meta["metrics"]["step"] == 2 * (48 // 16)
