@@ -121,8 +121,21 @@ class DataCfg:
                            choices=("error", "skip"))
 
 
-# Each stage module registers its name here; `stage=all` runs them in this order.
-STAGES = ("teacher",)
+@dataclass
+class CacheCfg:
+    root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/")
+    views: int = _f(4, doc="views per training image (V)", ge=1)
+    eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views")
+    topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T)",
+                   ge=1)
+    temperature: float = _f(4.0, doc="temperature T of the stored logsumexp (and of KD)", gt=0)
+    shard_size: int = _f(10000, doc="images per shard file (fixed index ranges, independent of process count)",
+                         ge=1)
+    batch_size: int = _f(256, doc="images per teacher batch (each with all its views)", ge=1)
+
+
+# The stages, in the order `stage=all` runs them.
+STAGES = ("teacher", "cache")
 
 
 @dataclass
@@ -135,6 +148,7 @@ class Config:
                         choices=("auto", "no", "bf16", "fp16"))
     data: DataCfg = _f(factory=DataCfg)
     teacher: TeacherCfg = _f(factory=TeacherCfg)
+    cache: CacheCfg = _f(factory=CacheCfg)
 
 
 def validate(raw: DictConfig | dict) -> Config:

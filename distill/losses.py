@@ -8,3 +8,30 @@ import torch.nn.functional as F
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of -sum_c target_c * log softmax(logits)_c; target rows sum to 1."""
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def kl_dense(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p_teacher_T || p_student_T), `batchmean` (not multiplied by T^2)."""
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+
+
+def kl_topk(student_logits: torch.Tensor, topk_logits: torch.Tensor, topk_classes: torch.Tensor,
+            teacher_lse: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(q || p_student_T), `batchmean`, where q is the teacher's distribution known from its top-k logits and
+    the logsumexp of all its logits at T: q_i = exp(z_i / T - lse) on the top k, and the residual mass
+    r = 1 - sum(q_topk) spread evenly over the other C - k classes (DESIGN.md section 3). Costs one logsumexp of
+    the student per row, like dense KD. With k = C it is the dense KL."""
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    num_classes, k = log_s.shape[1], topk_classes.shape[1]
+    log_q = topk_logits.float() / temperature - teacher_lse.float()[:, None]
+    q = log_q.exp()
+    log_s_top = log_s.gather(1, topk_classes)
+    kl = (q * (log_q - log_s_top)).sum(1)
+    if k < num_classes:
+        r = (1.0 - q.sum(1)).clamp_min(0.0)
+        per_class = r / (num_classes - k)
+        rest_log_s = log_s.sum(1) - log_s_top.sum(1)
+        kl = kl + torch.xlogy(r, per_class) - per_class * rest_log_s
+    return kl.mean()

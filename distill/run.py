@@ -26,9 +26,9 @@ log = logging.getLogger("distill")
 
 
 def stage_functions() -> dict:
-    """Stage name -> run(cfg, accelerator, data, normalization, run_dir); `stage=all` runs them in order."""
-    from distill import teacher
-    return {"teacher": teacher.run}
+    """Stage name -> run(cfg, accelerator, data, normalization, run_dir), in pipeline order (config.STAGES)."""
+    from distill import cache, teacher
+    return {"teacher": teacher.run, "cache": cache.run}
 
 
 def execute(cfg: config.Config) -> None:
@@ -60,8 +60,10 @@ def execute(cfg: config.Config) -> None:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         norm = data.normalization(cfg.data, bundle, run_dir / "data_stats.json")  # reads what main recorded
+    # stage=X runs X and the stages before it; a stage whose output is up to date is reused, not rerun
     fns = stage_functions()
-    for name in (fns if cfg.stage == "all" else [cfg.stage]):
+    last = len(config.STAGES) if cfg.stage == "all" else config.STAGES.index(cfg.stage) + 1
+    for name in config.STAGES[:last]:
         fns[name](cfg, acc, bundle, norm, run_dir)
     acc.end_training()
 

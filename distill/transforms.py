@@ -34,14 +34,19 @@ def geometry(cfg: DataCfg, train: bool) -> list:
     return [v2.Resize(int(round(s / cfg.crop_pct)), antialias=True), v2.CenterCrop(s)]
 
 
-def build(cfg: DataCfg, train: bool, mean: list[float] | None, std: list[float] | None) -> v2.Compose:
-    """PIL RGB image -> normalised float tensor. mean/std None: no normalization (used to compute them)."""
-    steps = [v2.ToImage(), *geometry(cfg, train), v2.ToDtype(torch.float32, scale=True)]
+def finish(cfg: DataCfg, mean: list[float] | None, std: list[float] | None) -> v2.Compose:
+    """uint8 image tensor -> normalised float tensor (mean None: no normalization)."""
+    steps = [v2.ToDtype(torch.float32, scale=True)]
     if cfg.per_image_norm:
         steps.append(PerImageStandardize())
     elif mean is not None:
         steps.append(v2.Normalize(mean, std))
     return v2.Compose(steps)
+
+
+def build(cfg: DataCfg, train: bool, mean: list[float] | None, std: list[float] | None) -> v2.Compose:
+    """PIL RGB image -> normalised float tensor. mean/std None: no normalization (used to compute them)."""
+    return v2.Compose([v2.ToImage(), *geometry(cfg, train), finish(cfg, mean, std)])
 
 
 def channel_stats(loader) -> tuple[list[float], list[float]]:

@@ -32,8 +32,8 @@ def tiny_images(n: int, size: int = 12, seed: int = 0) -> tuple[list[Image.Image
     return images, labels
 
 
-def tiny_dataset(n: int = 60, seed: int = 0) -> datasets.Dataset:
-    images, labels = tiny_images(n, seed=seed)
+def tiny_dataset(n: int = 60, seed: int = 0, size: int = 12) -> datasets.Dataset:
+    images, labels = tiny_images(n, size=size, seed=seed)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
@@ -68,3 +68,23 @@ def tiny_overrides(data_path: Path, run_root: Path, epochs: int = 2) -> list[str
             "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]", "data.num_workers=0",
             f"run_root={run_root}", "name=tiny", "precision=no", "teacher.model=resnet8",
             f"teacher.epochs={epochs}", "teacher.batch_size=16", "teacher.optim.lr=0.4"]
+
+
+def random_teacher(path: Path, model: str = "resnet8", seed: int = 0) -> Path:
+    """A timm checkpoint file with seeded random weights: a teacher without training time."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    save_file(timm.create_model(model, num_classes=len(CLASSES)).state_dict(), str(path))
+    return path
+
+
+def cache_overrides(data_path: Path, tmp: Path, teacher_file: Path, **kw) -> list[str]:
+    """Teacher loaded from a file (no training), then the cache stage with small shards."""
+    args = tiny_overrides(data_path, tmp / "runs") + [
+        "teacher.source=timm", f"teacher.checkpoint={teacher_file}", f"cache.root={tmp / 'cache'}",
+        "cache.shard_size=16", "cache.batch_size=8", "cache.views=3", "cache.topk=3", "stage=cache",
+        "data.flip=true", "data.padding=2"]
+    return args + [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]

@@ -1,0 +1,310 @@
+"""Stage 2, cache: run the teacher once over V recorded views of every training image and store its top-k logits.
+
+Layout of `<cache.root>/<fingerprint>/`:
+    shard-00000.npy   fixed-size records (numpy structured array, one row per image), read through mmap
+    shard-00000.json  that shard's rows and sha256, written after the shard: the shard's commit marker
+    manifest.json     written last, by the main process after a barrier: the whole cache's commit marker
+
+Shards are fixed ranges of dataset indices (`cache.shard_size`), assigned round-robin to processes, and batches
+never cross a shard boundary, so every file's bytes are the same whatever the process count. Each file goes to a
+temporary name, is fsynced, then renamed; a rerun keeps the shards whose checksum verifies and computes the rest,
+which yields the same bytes as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from distill import artifacts, data, models, transforms, views
+from distill.config import Config, DataCfg
+from distill.errors import DataError
+
+log = logging.getLogger("distill")
+
+FORMAT_VERSION = 1
+
+
+def record_dtype(num_views: int, k: int, num_classes: int) -> np.dtype:
+    """One row per image: for each view its parameters, top-k logits (fp16) and classes, the logsumexp of all
+    logits / T (fp32), and the teacher's top-1 class and whether it is right."""
+    cls = "<i2" if num_classes <= 2**15 else "<i4"
+    return np.dtype([("view", "<i2", (num_views, views.WIDTH)), ("logits", "<f2", (num_views, k)),
+                     ("classes", cls, (num_views, k)), ("lse", "<f4", (num_views,)),
+                     ("top1", cls, (num_views,)), ("correct", "u1", (num_views,))])
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- fingerprint
+
+def fingerprint_inputs(cfg: Config, bundle: data.DataBundle, norm: dict, teacher_digest: str,
+                       precision: str) -> dict:
+    """Everything the cached bytes depend on; the hash of this names the cache folder."""
+    d = cfg.data
+    geometry = {k: getattr(d, k) for k in ("image_size", "transform", "padding", "flip", "scale", "crop_pct",
+                                           "per_image_norm")}
+    c = cfg.cache
+    return {"format_version": FORMAT_VERSION, "teacher_sha256": teacher_digest, "data": bundle.identity,
+            "geometry": geometry, "normalization": norm, "views": c.views, "eval_view": c.eval_view,
+            "topk": min(c.topk, bundle.num_classes), "temperature": c.temperature, "seed": cfg.seed,
+            "shard_size": c.shard_size, "batch_size": c.batch_size, "precision": precision}
+
+
+# ---------------------------------------------------------------- the images the teacher labels
+
+class ViewItems(Dataset):
+    """Item i: all V views of training image i, drawn from (seed, i, v), applied and normalised."""
+
+    def __init__(self, bundle: data.DataBundle, cfg: DataCfg, norm: dict, num_views: int, eval_view: bool, seed: int):
+        self.ds, self.cfg, self.num_views, self.eval_view, self.seed = bundle.train, cfg, num_views, eval_view, seed
+        self.image_column, self.label_column = bundle.image_column, bundle.label_column
+        self.to_tensor = v2.ToImage()
+        self.finish = transforms.finish(cfg, norm["mean"], norm["std"])
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def image(self, i: int) -> torch.Tensor:
+        """The decoded uint8 CHW image, before any view."""
+        try:
+            return self.to_tensor(self.ds[i][self.image_column].convert("RGB"))
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"data: image {i} of split 'train' could not be decoded ({type(e).__name__}: {e}); "
+                            "the cache needs every training image") from None
+
+    def __getitem__(self, i: int) -> dict:
+        img = self.image(i)
+        params = np.stack([views.draw(self.cfg, self.seed, i, v, tuple(img.shape[-2:]), self.eval_view)
+                           for v in range(self.num_views)])
+        pixels = torch.stack([self.finish(views.apply(img, p, self.cfg)) for p in params])
+        return {"images": pixels, "view": torch.from_numpy(params), "label": int(self.ds[i][self.label_column]),
+                "index": i}
+
+
+# ---------------------------------------------------------------- writing
+
+def _write_npy(path: Path, records: np.ndarray) -> str:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return sha256(path)
+
+
+def _shard_ok(folder: Path, s: int) -> bool:
+    side = artifacts.read_json(folder / f"shard-{s:05d}.json")
+    npy = folder / f"shard-{s:05d}.npy"
+    if side is None or not npy.exists():
+        return False
+    if sha256(npy) != side["sha256"]:
+        log.warning(f"cache: shard {s} of {folder} fails its checksum; recomputing it")
+        return False
+    return True
+
+
+@torch.inference_mode()
+def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, acc: Accelerator, bar,
+                 dtype: np.dtype) -> np.ndarray:
+    c = cfg.cache
+    k = dtype["logits"].shape[1]
+    records = np.zeros(stop - start, dtype=dtype)
+    loader = DataLoader(Subset(items, range(start, stop)), batch_size=c.batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+    row = 0
+    for batch in loader:
+        b, v = batch["images"].shape[:2]
+        x = batch["images"].flatten(0, 1).to(acc.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with acc.autocast():
+            logits = model(x).float().view(b, v, -1)
+        values, classes = logits.topk(k, dim=-1)
+        top1 = logits.argmax(-1)
+        out = records[row:row + b]
+        out["view"] = batch["view"].numpy()
+        out["logits"] = values.half().cpu().numpy()
+        out["classes"] = classes.cpu().numpy()
+        out["lse"] = torch.logsumexp(logits / c.temperature, dim=-1).cpu().numpy()
+        out["top1"] = top1.cpu().numpy()
+        out["correct"] = (top1.cpu() == batch["label"][:, None]).numpy()
+        row += b
+        bar.update(b)
+    return records
+
+
+def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
+    c = cfg.cache
+    tdir = run_dir / "teacher"
+    tmeta = artifacts.read_json(tdir / "meta.json")
+    if tmeta is None:
+        raise DataError(f"cache: no teacher in {tdir}; run stage=teacher first")
+    inputs = fingerprint_inputs(cfg, bundle, norm, sha256(tdir / "model.safetensors"), acc.mixed_precision)
+    fp = artifacts.fingerprint(inputs)
+    folder = Path(c.root) / fp
+    n, k = len(bundle.train), inputs["topk"]
+    n_shards = math.ceil(n / c.shard_size)
+    dtype = record_dtype(c.views, k, bundle.num_classes)
+
+    status = [None]
+    if acc.is_main_process:
+        status = [_existing(folder, fp)]
+    status = broadcast_object_list(status) if acc.num_processes > 1 else status
+    if status[0] == "complete":
+        log.info(f"cache: reusing {folder}")
+        return artifacts.read_json(folder / "manifest.json")
+    acc.wait_for_everyone()
+
+    model = models.create(tmeta["model"], bundle.num_classes)
+    model.load_state_dict(artifacts.load_weights(tdir))
+    model = model.to(acc.device, memory_format=torch.channels_last).eval()
+    items = ViewItems(bundle, cfg.data, norm, c.views, c.eval_view, cfg.seed)
+    mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
+    todo = [s for s in mine if not _shard_ok(folder, s)]
+    total = sum(min((s + 1) * c.shard_size, n) - s * c.shard_size for s in todo)
+    log.info(f"cache: {n} images x {c.views} views, top-{k} at T={c.temperature}, {n_shards} shards "
+             f"({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
+    start_t = time.perf_counter()
+    with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
+        for s in todo:
+            lo, hi = s * c.shard_size, min((s + 1) * c.shard_size, n)
+            records = _label_shard(model, items, lo, hi, cfg, acc, bar, dtype)
+            digest = _write_npy(folder / f"shard-{s:05d}.npy", records)
+            artifacts.write_json(folder / f"shard-{s:05d}.json", {"shard": s, "start": lo, "rows": hi - lo,
+                                                                  "sha256": digest})
+    elapsed = time.perf_counter() - start_t
+    acc.wait_for_everyone()
+    manifest = None
+    if acc.is_main_process:
+        manifest = _write_manifest(folder, fp, inputs, n, n_shards, dtype, bundle)
+        if total:
+            log.info(f"cache: labelled {total} images ({total * c.views} views) in {elapsed:.1f} s "
+                     f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
+                     f"views {manifest['teacher_view_top1']:.2f}%")
+    acc.wait_for_everyone()
+    return manifest or artifacts.read_json(folder / "manifest.json")
+
+
+def _existing(folder: Path, fp: str) -> str:
+    """'complete' when the manifest and every shard check out; otherwise clear what must not be trusted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob("*.tmp"):  # left by a killed writer: never complete
+        tmp.unlink()
+    manifest = artifacts.read_json(folder / "manifest.json")
+    if manifest is None:
+        return "partial"
+    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("fingerprint") != fp:
+        log.warning(f"cache: {folder}/manifest.json is from format {manifest.get('format_version')} or another "
+                    "fingerprint; recomputing")
+        (folder / "manifest.json").unlink()
+        return "partial"
+    bad = [sh for sh in manifest["shards"] if not (folder / sh["file"]).exists()
+           or sha256(folder / sh["file"]) != sh["sha256"]]
+    if not bad:
+        return "complete"
+    for sh in bad:
+        log.warning(f"cache: {folder / sh['file']} fails its checksum; recomputing it")
+        (folder / sh["file"]).unlink(missing_ok=True)
+        (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
+    (folder / "manifest.json").unlink()
+    return "partial"
+
+
+def _write_manifest(folder: Path, fp: str, inputs: dict, n: int, n_shards: int, dtype: np.dtype,
+                    bundle: data.DataBundle) -> dict:
+    shards, correct, views_total = [], 0, 0
+    for s in range(n_shards):
+        side = artifacts.read_json(folder / f"shard-{s:05d}.json")
+        if side is None:
+            raise DataError(f"cache: shard {s} is missing after every process finished; rerun stage=cache")
+        shards.append({"file": f"shard-{s:05d}.npy", "start": side["start"], "rows": side["rows"],
+                       "sha256": side["sha256"]})
+        correct += int(np.load(folder / shards[-1]["file"], mmap_mode="r")["correct"].sum())
+        views_total += side["rows"] * inputs["views"]
+    manifest = {"format_version": FORMAT_VERSION, "fingerprint": fp, "inputs": inputs, "num_images": n,
+                "num_classes": bundle.num_classes, "class_names": bundle.class_names, "views": inputs["views"],
+                "topk": inputs["topk"], "dense": inputs["topk"] >= bundle.num_classes,
+                "temperature": inputs["temperature"], "shard_size": inputs["shard_size"],
+                "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
+                "record_bytes": dtype.itemsize, "teacher_view_top1": 100.0 * correct / max(views_total, 1),
+                "shards": shards}
+    artifacts.write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------- reading
+
+class SoftLabels:
+    """Read side: shards memory-mapped (never read whole into RAM), rows gathered per batch."""
+
+    def __init__(self, folder: str | Path, verify: bool = False):
+        self.folder = Path(folder)
+        manifest = artifacts.read_json(self.folder / "manifest.json")
+        if manifest is None:
+            raise DataError(f"cache: {self.folder} has no manifest.json: it is incomplete; rerun stage=cache")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"cache: {self.folder} is format {manifest.get('format_version')}, this distill reads "
+                            f"{FORMAT_VERSION}; rerun stage=cache to rebuild it")
+        self.manifest = manifest
+        self.shard_size, self.num_classes = manifest["shard_size"], manifest["num_classes"]
+        self.views, self.topk, self.temperature = manifest["views"], manifest["topk"], manifest["temperature"]
+        self.shards = []
+        for sh in manifest["shards"]:
+            path = self.folder / sh["file"]
+            if verify and sha256(path) != sh["sha256"]:
+                raise DataError(f"cache: {path} fails its checksum; rerun stage=cache to recompute it")
+            arr = np.load(path, mmap_mode="r")
+            if len(arr) != sh["rows"]:
+                raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
+            self.shards.append(arr)
+
+    def __len__(self) -> int:
+        return self.manifest["num_images"]
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """The full records of these images (all views), in the order given."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty(len(indices), dtype=self.shards[0].dtype)
+        shard, offset = np.divmod(indices, self.shard_size)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.shards[s][offset[sel]]
+        return out
+
+    def gather(self, indices, view_ids) -> dict[str, torch.Tensor]:
+        """For each (image, view): view parameters, top-k logits (float32), classes, logsumexp at T."""
+        rec = self.rows(indices)
+        r = np.arange(len(rec))
+        v = np.asarray(view_ids, dtype=np.int64)
+        return {"view": torch.from_numpy(rec["view"][r, v].astype(np.int64)),
+                "logits": torch.from_numpy(rec["logits"][r, v].astype(np.float32)),
+                "classes": torch.from_numpy(rec["classes"][r, v].astype(np.int64)),
+                "lse": torch.from_numpy(rec["lse"][r, v])}
+
+    def nbytes(self) -> int:
+        return sum((self.folder / sh["file"]).stat().st_size for sh in self.manifest["shards"])
+
+
+def folder_for(cfg: Config, bundle: data.DataBundle, norm: dict, run_dir: Path, precision: str) -> Path:
+    """Where the cache for this config lives (whether or not it exists yet)."""
+    digest = sha256(run_dir / "teacher" / "model.safetensors")
+    return Path(cfg.cache.root) / artifacts.fingerprint(fingerprint_inputs(cfg, bundle, norm, digest, precision))
+
