@@ -12,6 +12,7 @@ which yields the same bytes as an uninterrupted run.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from distill import artifacts, data, models, transforms, views
-from distill.config import Config, DataCfg
+from distill import artifacts, data, models, transforms, tricks, views
+from distill.config import Config, DataCfg, MixCfg
 from distill.errors import DataError
 
 log = logging.getLogger("distill")
@@ -36,13 +37,21 @@ log = logging.getLogger("distill")
 FORMAT_VERSION = 1
 
 
-def record_dtype(num_views: int, k: int, num_classes: int) -> np.dtype:
+MIX_FIELDS = ("partner", "partner_view", "lam", "box")
+
+
+def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) -> np.dtype:
     """One row per image: for each view its parameters, top-k logits (fp16) and classes, the logsumexp of all
-    logits / T (fp32), and the teacher's top-1 class and whether it is right."""
+    logits / T (fp32), and the teacher's top-1 class and whether it is right. Mixed views add the partner's index
+    and view, lambda and the cutmix box (all-zero box: mixup)."""
     cls = "<i2" if num_classes <= 2**15 else "<i4"
-    return np.dtype([("view", "<i2", (num_views, views.WIDTH)), ("logits", "<f2", (num_views, k)),
-                     ("classes", cls, (num_views, k)), ("lse", "<f4", (num_views,)),
-                     ("top1", cls, (num_views,)), ("correct", "u1", (num_views,))])
+    v = num_views
+    fields = [("view", "<i2", (v, views.WIDTH)), ("logits", "<f2", (v, k)), ("classes", cls, (v, k)),
+              ("lse", "<f4", (v,)), ("top1", cls, (v,)), ("correct", "u1", (v,))]
+    if mixed:
+        fields += [("partner", "<i4", (v,)), ("partner_view", "<i2", (v, views.WIDTH)), ("lam", "<f4", (v,)),
+                   ("box", "<i2", (v, 4))]
+    return np.dtype(fields)
 
 
 def sha256(path: Path) -> str:
@@ -65,38 +74,97 @@ def fingerprint_inputs(cfg: Config, bundle: data.DataBundle, norm: dict, teacher
     return {"format_version": FORMAT_VERSION, "teacher_sha256": teacher_digest, "data": bundle.identity,
             "geometry": geometry, "normalization": norm, "views": c.views, "eval_view": c.eval_view,
             "topk": min(c.topk, bundle.num_classes), "temperature": c.temperature, "seed": cfg.seed,
+            "mix": dataclasses.asdict(c.mix),
             "shard_size": c.shard_size, "batch_size": c.batch_size, "precision": precision}
 
 
 # ---------------------------------------------------------------- the images the teacher labels
 
 class ViewItems(Dataset):
-    """Item i: all V views of training image i, drawn from (seed, i, v), applied and normalised."""
+    """Item i: all V views of training image i, drawn from (seed, i, v), applied and normalised.
 
-    def __init__(self, bundle: data.DataBundle, cfg: DataCfg, norm: dict, num_views: int, eval_view: bool, seed: int):
+    With `mix`, a train view may be mixed with a partner image (its index, its own crop/flip, and lambda or the
+    cutmix box are drawn from the same generator and stored), so the teacher labels the mixed image itself."""
+
+    def __init__(self, bundle: data.DataBundle, cfg: DataCfg, norm: dict, num_views: int, eval_view: bool,
+                 seed: int, mix: MixCfg | None = None):
         self.ds, self.cfg, self.num_views, self.eval_view, self.seed = bundle.train, cfg, num_views, eval_view, seed
         self.image_column, self.label_column = bundle.image_column, bundle.label_column
+        self.mix = mix if mix is not None and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0) else None
         self.to_tensor = v2.ToImage()
         self.finish = transforms.finish(cfg, norm["mean"], norm["std"])
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def image(self, i: int) -> torch.Tensor:
-        """The decoded uint8 CHW image, before any view."""
+    def image(self, i: int, with_label: bool = False):
+        """The decoded uint8 CHW image, before any view (and its label)."""
         try:
-            return self.to_tensor(self.ds[i][self.image_column].convert("RGB"))
+            row = self.ds[i]
+            img = self.to_tensor(row[self.image_column].convert("RGB"))
         except Exception as e:  # noqa: BLE001
             raise DataError(f"data: image {i} of split 'train' could not be decoded ({type(e).__name__}: {e}); "
                             "the cache needs every training image") from None
+        return (img, int(row[self.label_column])) if with_label else img
+
+    def draw(self, i: int, img: torch.Tensor, load) -> dict[str, np.ndarray]:
+        """The stored parameters of every view of image i (the record fields other than the teacher's);
+        `load(j)` gives partner image j."""
+        v_all, s = self.num_views, self.cfg.image_size
+        out = {"view": np.tile(views.EVAL_VIEW, (v_all, 1))}
+        if self.mix:
+            out |= {"partner": np.full(v_all, -1, np.int32), "partner_view": np.tile(views.EVAL_VIEW, (v_all, 1)),
+                    "lam": np.ones(v_all, np.float32), "box": np.zeros((v_all, 4), np.int16)}
+        for v in range(1 if self.eval_view else 0, v_all):
+            rng = views.rng_for(self.seed, i, v)
+            out["view"][v] = views.draw(self.cfg, rng, tuple(img.shape[-2:]))
+            drawn = tricks.draw_lam(rng, self.mix, s, s) if self.mix else None
+            if drawn is not None:
+                j = int(rng.integers(len(self.ds)))
+                out["partner"][v] = j
+                out["partner_view"][v] = views.draw(self.cfg, rng, tuple(load(j).shape[-2:]))
+                out["lam"][v], out["box"][v] = drawn[0], drawn[1] or (0, 0, 0, 0)
+        return out
+
+    def to_input(self, images: torch.Tensor, partner_images: torch.Tensor | None = None, lam=None,
+                 box=None) -> torch.Tensor:
+        """uint8 views [N, C, s, s] -> the network input: normalised (batched, on any device), then blended with
+        the partner views where a partner is given (lam < 1 or a non-empty box)."""
+        x = self.finish(images)
+        if partner_images is None:
+            return x
+        y = self.finish(partner_images)
+        lam, box = np.asarray(lam, dtype=np.float32).reshape(-1), np.asarray(box).reshape(-1, 4)
+        for r in np.flatnonzero((lam < 1) | (box[:, 2] * box[:, 3] > 0)):
+            b = tuple(int(v) for v in box[r])
+            x[r] = tricks.blend(x[r], y[r], float(lam[r]), b if b[2] * b[3] else None)
+        return x
+
+    def render(self, img: torch.Tensor, rec, v: int, partner: torch.Tensor | None = None) -> torch.Tensor:
+        """The network input of view v, replayed from the stored parameters `rec` (a record or `draw`'s dict)."""
+        x = views.apply(img, rec["view"][v], self.cfg)[None]
+        if partner is None:
+            return self.to_input(x)[0]
+        y = views.apply(partner, rec["partner_view"][v], self.cfg)[None]
+        return self.to_input(x, y, rec["lam"][v], rec["box"][v])[0]
 
     def __getitem__(self, i: int) -> dict:
-        img = self.image(i)
-        params = np.stack([views.draw(self.cfg, self.seed, i, v, tuple(img.shape[-2:]), self.eval_view)
-                           for v in range(self.num_views)])
-        pixels = torch.stack([self.finish(views.apply(img, p, self.cfg)) for p in params])
-        return {"images": pixels, "view": torch.from_numpy(params), "label": int(self.ds[i][self.label_column]),
-                "index": i}
+        """uint8 views of image i (and of its partners, for mixed views) with their stored parameters."""
+        (img, label), decoded = self.image(i, with_label=True), {}
+
+        def load(j: int) -> torch.Tensor:  # each partner decoded once per item
+            if j not in decoded:
+                decoded[j] = self.image(j)
+            return decoded[j]
+
+        rec = self.draw(i, img, load)
+        item = {"images": views.apply_all(img, rec["view"], self.cfg), "label": label, "index": i, **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        if self.mix:
+            blank = torch.zeros_like(item["images"][0])
+            item["partner_images"] = torch.stack([
+                views.apply(load(int(j)), rec["partner_view"][v], self.cfg) if j >= 0 else blank
+                for v, j in enumerate(rec["partner"])])
+        return item
 
 
 # ---------------------------------------------------------------- writing
@@ -128,19 +196,25 @@ def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, ac
     c = cfg.cache
     k = dtype["logits"].shape[1]
     records = np.zeros(stop - start, dtype=dtype)
-    loader = DataLoader(Subset(items, range(start, stop)), batch_size=c.batch_size, shuffle=False,
+    loader = DataLoader(Subset(items, range(start, stop)), batch_size=c.batch_size // c.views, shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
     row = 0
     for batch in loader:
         b, v = batch["images"].shape[:2]
-        x = batch["images"].flatten(0, 1).to(acc.device, non_blocking=True)
+        images = batch["images"].flatten(0, 1).to(acc.device, non_blocking=True)
+        if "partner_images" in batch:
+            x = items.to_input(images, batch["partner_images"].flatten(0, 1).to(acc.device), batch["lam"].numpy(),
+                               batch["box"].numpy())
+        else:
+            x = items.to_input(images)
         x = x.contiguous(memory_format=torch.channels_last)
         with acc.autocast():
             logits = model(x).float().view(b, v, -1)
         values, classes = logits.topk(k, dim=-1)
         top1 = logits.argmax(-1)
         out = records[row:row + b]
-        out["view"] = batch["view"].numpy()
+        for name in ("view",) + (MIX_FIELDS if "partner" in batch else ()):
+            out[name] = batch[name].numpy()
         out["logits"] = values.half().cpu().numpy()
         out["classes"] = classes.cpu().numpy()
         out["lse"] = torch.logsumexp(logits / c.temperature, dim=-1).cpu().numpy()
@@ -162,7 +236,8 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     folder = Path(c.root) / fp
     n, k = len(bundle.train), inputs["topk"]
     n_shards = math.ceil(n / c.shard_size)
-    dtype = record_dtype(c.views, k, bundle.num_classes)
+    mixed = c.mix.mixup_alpha > 0 or c.mix.cutmix_alpha > 0
+    dtype = record_dtype(c.views, k, bundle.num_classes, mixed)
 
     status = [None]
     if acc.is_main_process:
@@ -176,7 +251,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     model = models.create(tmeta["model"], bundle.num_classes)
     model.load_state_dict(artifacts.load_weights(tdir))
     model = model.to(acc.device, memory_format=torch.channels_last).eval()
-    items = ViewItems(bundle, cfg.data, norm, c.views, c.eval_view, cfg.seed)
+    items = ViewItems(bundle, cfg.data, norm, c.views, c.eval_view, cfg.seed, c.mix)
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
     todo = [s for s in mine if not _shard_ok(folder, s)]
     total = sum(min((s + 1) * c.shard_size, n) - s * c.shard_size for s in todo)

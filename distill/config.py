@@ -53,7 +53,7 @@ class SchedCfg:
 class MixCfg:
     mixup_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for mixup; 0 disables mixup", ge=0)
     cutmix_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for cutmix; 0 disables cutmix", ge=0)
-    prob: float = _f(1.0, doc="probability that a batch is mixed at all", ge=0, le=1)
+    prob: float = _f(1.0, doc="probability that a batch (a cached view) is mixed at all", ge=0, le=1)
     switch_prob: float = _f(0.5, doc="with both enabled, probability of cutmix instead of mixup", ge=0, le=1)
 
 
@@ -131,7 +131,8 @@ class CacheCfg:
     temperature: float = _f(4.0, doc="temperature T of the stored logsumexp (and of KD)", gt=0)
     shard_size: int = _f(10000, doc="images per shard file (fixed index ranges, independent of process count)",
                          ge=1)
-    batch_size: int = _f(256, doc="images per teacher batch (each with all its views)", ge=1)
+    batch_size: int = _f(256, doc="teacher batch in views; each batch holds batch_size // views images", ge=1)
+    mix: MixCfg = _f(factory=MixCfg)  # mixed views: partner, its view, lambda/box drawn and stored per view
 
 
 # The stages, in the order `stage=all` runs them.
@@ -212,6 +213,9 @@ def _check_cross(cfg: Config) -> None:
         raise ConfigError("teacher.optim.switch_to_sgd_epoch: only for adam/adamw")
     if len(t.optim.betas) != 2:
         raise ConfigError("teacher.optim.betas: needs two values")
+    if cfg.cache.batch_size < cfg.cache.views:
+        raise ConfigError(f"cache.batch_size: {cfg.cache.batch_size} views cannot hold one image's "
+                          f"{cfg.cache.views} views")
     if t.source == "train" and t.epochs < 1:
         raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")
 

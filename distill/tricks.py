@@ -70,34 +70,44 @@ class Mix:
     box: tuple[int, int, int, int] | None = None
 
 
-def draw_mix(rng: np.random.Generator, cfg: MixCfg, batch_size: int, height: int, width: int) -> Mix | None:
-    """Draw one batch's mixing parameters (None: this batch is not mixed)."""
+def draw_lam(rng: np.random.Generator, cfg: MixCfg, height: int, width: int):
+    """(lam, box) of one mixing, box None for mixup; None when this draw does not mix."""
     use_mixup, use_cutmix = cfg.mixup_alpha > 0, cfg.cutmix_alpha > 0
     if not (use_mixup or use_cutmix) or rng.random() >= cfg.prob:
         return None
-    cutmix = use_cutmix and (not use_mixup or rng.random() < cfg.switch_prob)
-    perm = torch.from_numpy(rng.permutation(batch_size))
-    if not cutmix:
-        return Mix(perm, float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha)))
+    if not (use_cutmix and (not use_mixup or rng.random() < cfg.switch_prob)):
+        return float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha)), None
     lam = float(rng.beta(cfg.cutmix_alpha, cfg.cutmix_alpha))
     cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
     cy, cx = int(rng.integers(height)), int(rng.integers(width))
     top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
     left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
     box = (top, left, bottom - top, right - left)
-    return Mix(perm, 1.0 - box[2] * box[3] / (height * width), box)  # lam = the area actually kept
+    return 1.0 - box[2] * box[3] / (height * width), box  # lam = the area actually kept
+
+
+def draw_mix(rng: np.random.Generator, cfg: MixCfg, batch_size: int, height: int, width: int) -> Mix | None:
+    """Draw one batch's mixing parameters (None: this batch is not mixed)."""
+    drawn = draw_lam(rng, cfg, height, width)
+    if drawn is None:
+        return None
+    return Mix(torch.from_numpy(rng.permutation(batch_size)), *drawn)
+
+
+def blend(x: torch.Tensor, partner: torch.Tensor, lam: float, box=None) -> torch.Tensor:
+    """lam * x + (1 - lam) * partner (mixup), or x with the partner's pixels pasted in `box` (cutmix)."""
+    if box is None:
+        return x * lam + partner * (1.0 - lam)
+    top, left, h, w = box
+    out = x.clone()
+    out[..., top:top + h, left:left + w] = partner[..., top:top + h, left:left + w]
+    return out
 
 
 def mix_images(x: torch.Tensor, mix: Mix | None) -> torch.Tensor:
     if mix is None:
         return x
-    partner = x[mix.perm.to(x.device)]
-    if mix.box is None:
-        return x * mix.lam + partner * (1.0 - mix.lam)
-    top, left, h, w = mix.box
-    out = x.clone()
-    out[..., top:top + h, left:left + w] = partner[..., top:top + h, left:left + w]
-    return out
+    return blend(x, x[mix.perm.to(x.device)], mix.lam, mix.box)
 
 
 def mix_targets(t: torch.Tensor, mix: Mix | None) -> torch.Tensor:

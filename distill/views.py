@@ -44,11 +44,16 @@ def _random_resized_box(rng: np.random.Generator, h: int, w: int, scale, ratio=(
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def draw(cfg: DataCfg, seed: int, index: int, view: int, image_hw: tuple[int, int], eval_view0: bool) -> np.ndarray:
-    """Parameters of view `view` of image `index` (int16[WIDTH])."""
-    if view == 0 and eval_view0:
-        return np.array([EVAL, 0, 0, 0, 0, 0], dtype=np.int16)
-    rng = np.random.default_rng([seed, index, view])
+def rng_for(seed: int, index: int, view: int) -> np.random.Generator:
+    """The generator of one (image, view): independent of worker, process and batch."""
+    return np.random.default_rng([seed, index, view])
+
+
+EVAL_VIEW = np.array([EVAL, 0, 0, 0, 0, 0], dtype=np.int16)
+
+
+def draw(cfg: DataCfg, rng: np.random.Generator, image_hw: tuple[int, int]) -> np.ndarray:
+    """Parameters of one random train view (int16[WIDTH])."""
     s = cfg.image_size
     if cfg.transform == "cifar":  # crop an s x s window out of the image resized to s and padded
         top, left = (int(v) for v in rng.integers(0, 2 * cfg.padding + 1, size=2))
@@ -59,18 +64,28 @@ def draw(cfg: DataCfg, seed: int, index: int, view: int, image_hw: tuple[int, in
     return np.array([TRAIN, top, left, h, w, flip], dtype=np.int16)
 
 
-def apply(image: torch.Tensor, params, cfg: DataCfg) -> torch.Tensor:
-    """Re-apply a stored view to a uint8 CHW image (before dtype conversion and normalization)."""
-    kind, top, left, h, w, flip = (int(v) for v in params)
+def apply_all(image: torch.Tensor, params: np.ndarray, cfg: DataCfg) -> torch.Tensor:
+    """Apply stored views (int16[V, WIDTH]) to one uint8 CHW image: uint8 [V, C, s, s], before dtype conversion
+    and normalization (which run batched, see cache.ViewItems.to_input). CIFAR-style views share one resize and
+    one padding; each crop is a slice."""
     s = cfg.image_size
+    out = []
     if cfg.transform == "cifar":
-        out = TF.resize(image, [s, s], antialias=True)
-        if kind == TRAIN:
-            if cfg.padding:
-                out = TF.pad(out, [cfg.padding] * 4)
-            out = TF.crop(out, top, left, s, s)
-    elif kind == TRAIN:
-        out = TF.resized_crop(image, top, left, h, w, [s, s], antialias=True)
+        base = image if tuple(image.shape[-2:]) == (s, s) else TF.resize(image, [s, s], antialias=True)
+        padded = torch.nn.functional.pad(base, [cfg.padding] * 4) if cfg.padding else base
+        for kind, top, left, _, _, flip in params.tolist():
+            x = padded[:, top:top + s, left:left + s] if kind == TRAIN else base
+            out.append(x.flip(-1) if flip else x)
     else:
-        out = TF.center_crop(TF.resize(image, int(round(s / cfg.crop_pct)), antialias=True), [s, s])
-    return TF.horizontal_flip(out) if flip else out
+        for kind, top, left, h, w, flip in params.tolist():
+            if kind == TRAIN:
+                x = TF.resized_crop(image, top, left, h, w, [s, s], antialias=True)
+            else:
+                x = TF.center_crop(TF.resize(image, int(round(s / cfg.crop_pct)), antialias=True), [s, s])
+            out.append(x.flip(-1) if flip else x)
+    return torch.stack(out)
+
+
+def apply(image: torch.Tensor, params, cfg: DataCfg) -> torch.Tensor:
+    """Apply one stored view (uint8 out); the same code path as `apply_all`."""
+    return apply_all(image, np.asarray(params, dtype=np.int16)[None], cfg)[0]

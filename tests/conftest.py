@@ -85,6 +85,6 @@ def cache_overrides(data_path: Path, tmp: Path, teacher_file: Path, **kw) -> lis
     """Teacher loaded from a file (no training), then the cache stage with small shards."""
     args = tiny_overrides(data_path, tmp / "runs") + [
         "teacher.source=timm", f"teacher.checkpoint={teacher_file}", f"cache.root={tmp / 'cache'}",
-        "cache.shard_size=16", "cache.batch_size=8", "cache.views=3", "cache.topk=3", "stage=cache",
+        "cache.shard_size=16", "cache.batch_size=24", "cache.views=3", "cache.topk=3", "stage=cache",
         "data.flip=true", "data.padding=2"]
     return args + [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]

@@ -35,25 +35,25 @@ def test_cifar_view_is_pad_crop_flip():
     cfg = DataCfg(image_size=12, padding=2, flip=True)
     img = v2.ToImage()(tiny_dataset(1)["image"][0])
     for view in range(1, 30):
-        p = views.draw(cfg, seed=3, index=5, view=view, image_hw=(12, 12), eval_view0=True)
+        p = views.draw(cfg, views.rng_for(3, 5, view), (12, 12))
         kind, top, left, h, w, flip = p.tolist()
         assert kind == views.TRAIN and 0 <= top <= 4 and 0 <= left <= 4
         padded = np.pad(img.numpy(), ((0, 0), (2, 2), (2, 2)))
         want = padded[:, top:top + 12, left:left + 12]
         want = want[:, :, ::-1] if flip else want
         assert np.array_equal(views.apply(img, p, cfg).numpy(), want)
-    assert views.draw(cfg, 3, 5, 0, (12, 12), True).tolist() == [views.EVAL, 0, 0, 0, 0, 0]
-    assert np.array_equal(views.draw(cfg, 3, 5, 1, (12, 12), True), views.draw(cfg, 3, 5, 1, (12, 12), True))
+    assert np.array_equal(views.draw(cfg, views.rng_for(3, 5, 1), (12, 12)),
+                          views.draw(cfg, views.rng_for(3, 5, 1), (12, 12)))
 
 
 def test_imagenet_view_replays_a_resized_crop():
     cfg = DataCfg(image_size=8, transform="imagenet", flip=True)
     img = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
-    boxes = {tuple(views.draw(cfg, 0, i, 1, (20, 30), True)[1:5]) for i in range(20)}
+    boxes = {tuple(views.draw(cfg, views.rng_for(0, i, 1), (20, 30))[1:5]) for i in range(20)}
     assert len(boxes) > 10  # really random
     for top, left, h, w in boxes:
         assert 0 <= top and top + h <= 20 and 0 <= left and left + w <= 30
-    p = views.draw(cfg, 0, 7, 1, (20, 30), True)
+    p = views.draw(cfg, views.rng_for(0, 7, 1), (20, 30))
     assert views.apply(img, p, cfg).shape == (3, 8, 8)
     assert torch.equal(views.apply(img, p, cfg), views.apply(img, p, cfg))
 
@@ -75,9 +75,9 @@ def test_dense_cache_reproduces_teacher_logits_on_replayed_views(parquet_file, t
     idx = np.array([0, 17, 33, 47])
     for v in range(3):
         got = labels.gather(idx, np.full(4, v))
-        replayed = torch.stack([items.finish(views.apply(items.image(i), got["view"][j], cfg.data))
-                                for j, i in enumerate(idx)])
-        at_cache_time = torch.stack([items[i]["images"][v] for i in idx])
+        replayed = torch.stack([items.render(items.image(i), {"view": got["view"][j:j + 1].numpy()}, 0)
+                                for j, i in enumerate(idx)])  # the stored parameters, re-applied
+        at_cache_time = items.to_input(torch.stack([items[i]["images"][v] for i in idx]))
         assert torch.equal(replayed, at_cache_time)  # bitwise the pixels the teacher labelled
         with torch.no_grad():
             live = teacher(replayed)
@@ -198,3 +198,36 @@ def test_inspect_cache_tool(parquet_file, tmp_path, teacher_file):
         assert field in r.stdout, field
     manifest = json.loads((folder / "manifest.json").read_text())
     assert f"{manifest['teacher_view_top1']:.2f}%" in r.stdout
+
+
+def test_mixed_views_label_the_mixed_image(parquet_file, tmp_path, teacher_file):
+    r = run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file, cache__topk=99, cache__mix__mixup_alpha=1.0,
+                                 cache__mix__cutmix_alpha=1.0, cache__mix__prob=0.8), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    labels = cache.SoftLabels(_only_cache(tmp_path / "cache"))
+    rows = labels.rows(np.arange(48))
+    assert (rows["partner"][:, 0] == -1).all()  # the eval view is never mixed
+    mixed = rows["partner"][:, 1:] >= 0
+    cut = rows["box"][:, 1:, 2] * rows["box"][:, 1:, 3] > 0
+    assert 0.5 < mixed.mean() < 1.0 and (mixed & cut).any() and (mixed & ~cut).any()
+    assert np.allclose(rows["lam"][~(rows["partner"] >= 0)], 1.0)
+    cfg = config.validate({"data": {"source": "auto", "path": str(parquet_file), "val_size": 12, "image_size": 12,
+                                    "mean": [0.5] * 3, "std": [0.25] * 3, "flip": True, "padding": 2},
+                           "cache": {"mix": {"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8}}})
+    bundle = data.load(cfg.data)
+    items = cache.ViewItems(bundle, cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3}, 3, True, 0, cfg.cache.mix)
+    teacher = models.create("resnet8", 3)
+    teacher.load_state_dict(artifacts.load_weights(tmp_path / "runs" / "tiny" / "teacher"))
+    teacher.eval()
+    for i in range(0, 48, 5):
+        rec = rows[i]
+        for v in range(1, 3):
+            p = int(rec["partner"][v])
+            x = items.render(items.image(i), rec, v, items.image(p) if p >= 0 else None)
+            item = items[i]
+            at_cache_time = items.to_input(item["images"], item["partner_images"], item["lam"], item["box"])[v]
+            assert torch.equal(x, at_cache_time)  # replayed from the stored partner, view, lambda, box
+            with torch.no_grad():
+                live = teacher(x[None])[0]
+            assert torch.allclose(torch.from_numpy(rec["logits"][v].astype(np.float32)),
+                                  live[torch.from_numpy(rec["classes"][v].astype(np.int64))], atol=1e-3, rtol=1e-3)
