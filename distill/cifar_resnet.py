@@ -94,46 +94,15 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
     return build_model_with_cfg(CifarResNet, variant, pretrained, depth=_DEPTHS[variant], widths=widths, **kwargs)
 
 
-@register_model
-def resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet8", pretrained, **kwargs)
+def _entrypoint(variant: str):
+    """timm registers a model by its entrypoint's name: make one named function per variant."""
+    def entry(pretrained: bool = False, **kwargs) -> CifarResNet:
+        return _create(variant, pretrained, **kwargs)
+    entry.__name__ = entry.__qualname__ = variant
+    entry.__module__ = __name__
+    entry.__doc__ = f"CIFAR {variant} ({_DEPTHS[variant]} layers)."
+    return register_model(entry)
 
 
-@register_model
-def resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet14", pretrained, **kwargs)
-
-
-@register_model
-def resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet20", pretrained, **kwargs)
-
-
-@register_model
-def resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet32", pretrained, **kwargs)
-
-
-@register_model
-def resnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet44", pretrained, **kwargs)
-
-
-@register_model
-def resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet56", pretrained, **kwargs)
-
-
-@register_model
-def resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet110", pretrained, **kwargs)
-
-
-@register_model
-def resnet8x4(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet8x4", pretrained, **kwargs)
-
-
-@register_model
-def resnet32x4(pretrained: bool = False, **kwargs) -> CifarResNet:
-    return _create("resnet32x4", pretrained, **kwargs)
+for _variant in _DEPTHS:
+    globals()[_variant] = _entrypoint(_variant)
