@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from distill import artifacts, data, models, transforms, tricks, views
+from distill import artifacts, data, models, teacher, transforms, tricks, views
 from distill.config import Config, DataCfg, MixCfg
 from distill.errors import DataError
 
@@ -225,9 +225,13 @@ def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, ac
     return records
 
 
-def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
+def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict | None:
+    if cfg.kd.teacher == "online" and cfg.stage != "cache":
+        log.info("cache: skipped (kd.teacher=online runs the teacher every step)")
+        return None
+    start_all = time.perf_counter()
     c = cfg.cache
-    tdir = run_dir / "teacher"
+    tdir = teacher.folder(cfg, run_dir)
     tmeta = artifacts.read_json(tdir / "meta.json")
     if tmeta is None:
         raise DataError(f"cache: no teacher in {tdir}; run stage=teacher first")
@@ -245,6 +249,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     status = broadcast_object_list(status) if acc.num_processes > 1 else status
     if status[0] == "complete":
         log.info(f"cache: reusing {folder}")
+        _record_run(acc, run_dir, folder, None)
         return artifacts.read_json(folder / "manifest.json")
     acc.wait_for_everyone()
 
@@ -275,7 +280,19 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
+    _record_run(acc, run_dir, folder, {"wall_s": time.perf_counter() - start_all, "images": total,
+                                       "images_per_s": total / max(elapsed, 1e-9)})
     return manifest or artifacts.read_json(folder / "manifest.json")
+
+
+def _record_run(acc: Accelerator, run_dir: Path, folder: Path, timing: dict | None) -> None:
+    """This run's view of the cache (which folder, how long it took) beside the run; never inside the cache,
+    whose bytes must not depend on who computed them."""
+    if acc.is_main_process:
+        previous = artifacts.read_json(run_dir / "cache.json") or {}
+        keep = previous if previous.get("folder") == str(folder) else {}
+        artifacts.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None}
+                             | (timing or {}))
 
 
 def _existing(folder: Path, fp: str) -> str:
@@ -380,6 +397,6 @@ class SoftLabels:
 
 def folder_for(cfg: Config, bundle: data.DataBundle, norm: dict, run_dir: Path, precision: str) -> Path:
     """Where the cache for this config lives (whether or not it exists yet)."""
-    digest = sha256(run_dir / "teacher" / "model.safetensors")
+    digest = sha256(teacher.folder(cfg, run_dir) / "model.safetensors")
     return Path(cfg.cache.root) / artifacts.fingerprint(fingerprint_inputs(cfg, bundle, norm, digest, precision))
 

@@ -89,6 +89,8 @@ class TeacherCfg(TrainCfg):
     model: str = _f("resnet20", doc="timm model name (CIFAR ResNets: resnet8 ... resnet110, resnet8x4, resnet32x4)")
     pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights")
     checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file")
+    dir: Optional[str] = _f(None, doc="the teacher stage's folder; null: <run>/teacher. Runs that name one folder "
+                                      "share one teacher (and so one cache)")
     finetune: FinetuneCfg = _f(factory=FinetuneCfg)
 
 
@@ -135,8 +137,31 @@ class CacheCfg:
     mix: MixCfg = _f(factory=MixCfg)  # mixed views: partner, its view, lambda/box drawn and stored per view
 
 
+@dataclass
+class StudentCfg(TrainCfg):
+    model: str = _f("resnet8", doc="timm model name of the student")
+    seed: Optional[int] = _f(None, doc="student seed (init, data order, mixing); null: the global seed")
+    baseline: bool = _f(False, doc="also train the same student with CE only (same recipe, budget and seed)")
+
+
+@dataclass
+class KDCfg:
+    alpha: float = _f(0.9, doc="weight of the KD term; the CE term gets 1 - alpha", ge=0, le=1)
+    temperature: Optional[float] = _f(None, doc="KD temperature; null: the cache's (another T needs a cache "
+                                                "holding all logits)", gt=0)
+    teacher: str = _f("cached", doc="cached (soft labels from the cache) | online (teacher run every step)",
+                      choices=("cached", "online"))
+    views: str = _f("cycle", doc="which cached view sample i trains on at epoch e: cycle | random",
+                    choices=("cycle", "random"))
+    balance: str = _f("fixed", doc="fixed (alpha) | scale (each term divided by its own detached value)",
+                      choices=("fixed", "scale"))
+    ce: str = _f("ce", doc="the hard-label term: ce | focal", choices=("ce", "focal"))
+    focal_gamma: float = _f(2.0, doc="focal loss gamma", ge=0)
+    focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class)")
+
+
 # The stages, in the order `stage=all` runs them.
-STAGES = ("teacher", "cache")
+STAGES = ("teacher", "cache", "student")
 
 
 @dataclass
@@ -145,11 +170,14 @@ class Config:
     stage: str = _f("all", doc="which stage(s) to run", choices=STAGES + ("all",))
     seed: int = _f(0, doc="global seed")
     run_root: str = _f("runs", doc="root folder of run outputs")
+    log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...")
     precision: str = _f("auto", doc="mixed precision: auto (bf16 on a GPU that has it) | no | bf16 | fp16",
                         choices=("auto", "no", "bf16", "fp16"))
     data: DataCfg = _f(factory=DataCfg)
     teacher: TeacherCfg = _f(factory=TeacherCfg)
     cache: CacheCfg = _f(factory=CacheCfg)
+    student: StudentCfg = _f(factory=StudentCfg)
+    kd: KDCfg = _f(factory=KDCfg)
 
 
 def validate(raw: DictConfig | dict) -> Config:
@@ -208,11 +236,16 @@ def _check_cross(cfg: Config) -> None:
         raise ConfigError(f"data.path: required for data.source={d.source}")
     if d.val_size >= 1 and d.val_size != int(d.val_size):
         raise ConfigError(f"data.val_size: {d.val_size} is neither a fraction < 1 nor a whole count")
+    for name in ("teacher", "student"):
+        o = getattr(cfg, name).optim
+        if o.switch_to_sgd_epoch is not None and o.name == "sgd":
+            raise ConfigError(f"{name}.optim.switch_to_sgd_epoch: only for adam/adamw")
+        if len(o.betas) != 2:
+            raise ConfigError(f"{name}.optim.betas: needs two values")
+    cache_mixes = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
+    if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
+        raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
     t = cfg.teacher
-    if t.optim.switch_to_sgd_epoch is not None and t.optim.name == "sgd":
-        raise ConfigError("teacher.optim.switch_to_sgd_epoch: only for adam/adamw")
-    if len(t.optim.betas) != 2:
-        raise ConfigError("teacher.optim.betas: needs two values")
     if cfg.cache.batch_size < cfg.cache.views:
         raise ConfigError(f"cache.batch_size: {cfg.cache.batch_size} views cannot hold one image's "
                           f"{cfg.cache.views} views")

@@ -1,8 +1,8 @@
 """The one training/evaluation loop every stage uses; the stage passes in the model and the objective.
 
-An objective is `objective(logits, batch, mix) -> loss`: the engine draws the batch's mixing (a pure function of
-seed, process, epoch and step), mixes the images, runs the model, and hands the mixing to the objective so that it
-mixes its targets the same way.
+An objective is `objective(logits, batch, mix, x) -> loss`: the engine draws the batch's mixing (a pure function of
+seed, process, epoch and step), mixes the images, runs the model, and hands the mixing and the (mixed) input to the
+objective, so that it mixes its targets the same way or runs a teacher on the very same input.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from distill.errors import TrainingError
 
 log = logging.getLogger("distill")
 
-Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None"], torch.Tensor]
+Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None", torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -39,10 +39,11 @@ class Fit:
     out_dir: Path
     name: str  # "teacher", "student", ... for logs and error messages
     seed: int
+    inputs: Callable[[dict], torch.Tensor] | None = None  # batch -> network input; default batch["image"]
 
 
-def _inputs(batch: dict, channels_last: bool) -> torch.Tensor:
-    x = batch["image"]
+def _inputs(batch: dict, channels_last: bool, make=None) -> torch.Tensor:
+    x = make(batch) if make is not None else batch["image"]
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -106,7 +107,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
         metrics_path.unlink(missing_ok=True)
     log.info(f"{job.name}: {job.epochs} epochs x {steps_per_epoch} steps, global batch {global_batch}, "
              f"lr {lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}")
-    step, last_ckpt, metrics = 0, None, {}
+    step, last_ckpt, metrics, fit_start = 0, None, {}, time.perf_counter()
     for epoch in range(job.epochs):
         if cfg.optim.switch_to_sgd_epoch is not None and epoch == cfg.optim.switch_to_sgd_epoch:
             sgd = tricks.build_optimizer(acc.unwrap_model(model), cfg.optim,
@@ -118,6 +119,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
         model.train()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
+        if hasattr(train_loader.dataset, "set_epoch"):  # e.g. which cached view each sample replays
+            train_loader.dataset.set_epoch(epoch)
         loss_sum = torch.zeros((), device=acc.device)
         first_bad = torch.full((), -1, device=acc.device, dtype=torch.long)  # no host sync per step
         seen, skipped = 0, torch.zeros((), device=acc.device, dtype=torch.long)
@@ -126,18 +129,20 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                    disable=not acc.is_main_process)
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
-            x = _inputs(batch, cfg.channels_last)
+            x = _inputs(batch, cfg.channels_last, job.inputs)
             rng = np.random.default_rng([job.seed, acc.process_index, epoch, i])
             mix = tricks.draw_mix(rng, cfg.mix, x.shape[0], x.shape[-2], x.shape[-1])
             sync = (i + 1) % cfg.grad_accum == 0
             with contextlib.nullcontext() if sync else acc.no_sync(model):
-                loss = objective(model(tricks.mix_images(x, mix)), batch, mix)
+                x = tricks.mix_images(x, mix)
+                loss = objective(model(x), batch, mix, x)
                 acc.backward(loss / cfg.grad_accum)
             bad = ~torch.isfinite(loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
             loss_sum += torch.where(bad, torch.zeros_like(loss_sum), loss.detach().float())
             seen += x.shape[0]
-            skipped += batch["skipped"]
+            if "skipped" in batch:  # counted by data.collate when data.on_bad_image=skip
+                skipped += batch["skipped"]
             if sync:
                 if cfg.clip_grad:
                     acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -161,8 +166,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
         if acc.is_main_process:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        acc.log({f"{job.name}/{k}": v for k, v in metrics.items()}, step=step)  # no-op without log_with
         last_ckpt = _save_checkpoint(acc, ckpt_dir, epoch + 1)
     acc.wait_for_everyone()
+    metrics["train_wall_s"] = time.perf_counter() - fit_start
     return acc.unwrap_model(model), metrics
 
 

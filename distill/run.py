@@ -27,8 +27,8 @@ log = logging.getLogger("distill")
 
 def stage_functions() -> dict:
     """Stage name -> run(cfg, accelerator, data, normalization, run_dir), in pipeline order (config.STAGES)."""
-    from distill import cache, teacher
-    return {"teacher": teacher.run, "cache": cache.run}
+    from distill import cache, student, teacher
+    return {"teacher": teacher.run, "cache": cache.run, "student": student.run}
 
 
 def execute(cfg: config.Config) -> None:
@@ -44,12 +44,12 @@ def execute(cfg: config.Config) -> None:
     # With no accelerator, cpu=True lets `accelerate launch --num_processes N` form a gloo group of CPU processes
     # (accelerate otherwise starts N independent single-process runs).
     has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    acc = Accelerator(cpu=not has_accelerator, mixed_precision=precision,
-                      dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    run_dir = Path(cfg.run_root) / cfg.name
+    acc = Accelerator(cpu=not has_accelerator, mixed_precision=precision, log_with=cfg.log_with,
+                      project_dir=str(run_dir), dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-save INFO lines drown our progress
-    run_dir = Path(cfg.run_root) / cfg.name
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
@@ -61,10 +61,15 @@ def execute(cfg: config.Config) -> None:
     if not acc.is_main_process:
         norm = data.normalization(cfg.data, bundle, run_dir / "data_stats.json")  # reads what main recorded
     # stage=X runs X and the stages before it; a stage whose output is up to date is reused, not rerun
+    if cfg.log_with:
+        acc.init_trackers(cfg.name)
     fns = stage_functions()
     last = len(config.STAGES) if cfg.stage == "all" else config.STAGES.index(cfg.stage) + 1
     for name in config.STAGES[:last]:
         fns[name](cfg, acc, bundle, norm, run_dir)
+    if acc.is_main_process:
+        from distill import report, teacher
+        report.write(run_dir, teacher.folder(cfg, run_dir))
     acc.end_training()
 
 

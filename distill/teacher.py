@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -19,14 +20,20 @@ log = logging.getLogger("distill")
 
 def ce_objective(num_classes: int, label_smoothing: float) -> engine.Objective:
     """Cross-entropy against label-smoothed one-hot targets, mixed like the images."""
-    def objective(logits, batch, mix):
+    def objective(logits, batch, mix, x):
         target = tricks.smooth_one_hot(batch["label"], num_classes, label_smoothing)
         return soft_cross_entropy(logits, tricks.mix_targets(target, mix))
     return objective
 
 
+def folder(cfg: Config, run_dir: Path) -> Path:
+    """Where the teacher stage writes and later stages read: <run>/teacher, or teacher.dir when shared."""
+    return Path(cfg.teacher.dir) if cfg.teacher.dir else run_dir / "teacher"
+
+
 def fingerprint(cfg: Config, bundle: data.DataBundle, norm: dict) -> str:
-    return artifacts.fingerprint({"teacher": dataclasses.asdict(cfg.teacher), "data": bundle.identity,
+    what = {k: v for k, v in dataclasses.asdict(cfg.teacher).items() if k != "dir"}  # where, not what
+    return artifacts.fingerprint({"teacher": what, "data": bundle.identity,
                                   "data_cfg": dataclasses.asdict(cfg.data) | {"num_workers": None},
                                   "norm": norm, "seed": cfg.seed, "precision": cfg.precision})
 
@@ -52,13 +59,14 @@ def build(cfg: Config, num_classes: int):
 
 
 def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
-    out = run_dir / "teacher"
+    out = folder(cfg, run_dir)
     fp = fingerprint(cfg, bundle, norm)
     meta = artifacts.read_json(out / "meta.json")
     if meta and meta.get("fingerprint") == fp and (out / "model.safetensors").exists():
         log.info(f"teacher: reusing {out} (val top-1 {meta['metrics']['top1']:.2f}%)")
         return meta
     set_seed(cfg.seed)
+    start = time.perf_counter()
     t = cfg.teacher
     model, epochs, lr = build(cfg, bundle.num_classes)
     train_loader, val_loader = data.loaders(bundle, cfg.data, norm, t.batch_size, cfg.seed)
@@ -71,7 +79,8 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         metrics = engine.evaluate(prepared, val_loader, acc, channels_last=False)
     meta = {"stage": "teacher", "fingerprint": fp, "model": t.model, "num_classes": bundle.num_classes,
             "class_names": bundle.class_names, "image_size": cfg.data.image_size, "normalization": norm,
-            "params": models.num_params(model), "metrics": metrics, "config": dataclasses.asdict(t)}
+            "params": models.num_params(model), "metrics": metrics, "config": dataclasses.asdict(t),
+            "wall_s": time.perf_counter() - start}
     if acc.is_main_process:
         artifacts.save_model(out, model, meta)
     engine.finish(acc, out)

@@ -67,9 +67,9 @@ def test_nonfinite_loss_stops_with_the_step_number(parquet_file, tmp_path, monke
     def poisoned(num_classes, eps):
         objective = real(num_classes, eps)
 
-        def wrapped(logits, batch, mix):
+        def wrapped(logits, batch, mix, x):
             calls["n"] += 1
-            loss = objective(logits, batch, mix)
+            loss = objective(logits, batch, mix, x)
             return loss * float("nan") if calls["n"] == 5 else loss  # step 5 = epoch 2, second step
         return wrapped
 
@@ -98,14 +98,6 @@ def _scalar(v: str):
         except ValueError:
             pass
     return v
-
-
-@pytest.mark.slow
-def test_demo_teacher_reaches_90_percent(tmp_path):
-    r = run_cli(f"run_root={tmp_path / 'runs'}", "stage=teacher", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    meta = json.loads((tmp_path / "runs" / "demo" / "teacher" / "meta.json").read_text())
-    assert meta["metrics"]["top1"] >= 90.0 and meta["metrics"]["val_count"] == 360
 
 
 def test_two_processes_under_accelerate_launch(parquet_file, tmp_path):

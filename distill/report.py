@@ -1,0 +1,89 @@
+"""The end-of-run report: a table on the terminal, summary.json and curves.png, from the stages' files."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from distill import artifacts
+
+log = logging.getLogger("distill")
+
+MODELS = ("teacher", "student", "baseline")
+
+
+def _metrics(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def summary(run_dir: Path, teacher_dir: Path | None = None) -> dict:
+    rows = {}
+    for name in MODELS:
+        folder = teacher_dir if name == "teacher" and teacher_dir else run_dir / name
+        meta = artifacts.read_json(folder / "meta.json")
+        if meta is None:
+            continue
+        m = meta["metrics"]
+        rows[name] = {"model": meta["model"], "top1": m["top1"], "top5": m["top5"], "params": meta["params"],
+                      "train_images_per_s": m.get("images_per_s"), "wall_s": meta.get("wall_s"),
+                      "epochs": m.get("epoch", 0)}
+    out = {"run": str(run_dir), "models": rows}
+    c = artifacts.read_json(run_dir / "cache.json")
+    if c:
+        out["cache"] = c
+    if "student" in rows and "baseline" in rows:
+        out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
+    return out
+
+
+def table(s: dict) -> str:
+    head = f"{'':10} {'model':12} {'top-1':>7} {'top-5':>7} {'params':>9} {'train img/s':>11} {'wall':>8}"
+    lines = [head, "-" * len(head)]
+    for name, r in s["models"].items():
+        ips = f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "-"
+        wall = f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-"
+        lines.append(f"{name:10} {r['model']:12} {r['top1']:6.2f}% {r['top5']:6.2f}% {r['params'] / 1e6:8.3f}M "
+                     f"{ips:>11} {wall:>8}")
+    c = s.get("cache")
+    if c:
+        lines.append(f"{'cache':10} {'reused' if c.get('reused') else 'computed':12} "
+                     + (f"{c['images_per_s']:.0f} img/s, {c['wall_s']:.0f} s" if "wall_s" in c else "")
+                     + f"  {c['folder']}")
+    if "kd_gain_top1" in s:
+        lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1")
+    return "\n".join(lines)
+
+
+def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> None:
+    """loss, validation top-1 and lr per epoch, one line per trained model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in MODELS:
+        rows = _metrics(teacher_dir if name == "teacher" and teacher_dir else run_dir / name)
+        if not rows:
+            continue
+        epochs = [r["epoch"] for r in rows]
+        for ax, key in zip(axes, ("loss", "top1", "lr")):
+            ax.plot(epochs, [r[key] for r in rows], marker="o", markersize=3, label=name)
+    for ax, title in zip(axes, ("training loss", "validation top-1 (%)", "learning rate (end of epoch)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write(run_dir: Path, teacher_dir: Path | None = None) -> dict:
+    s = summary(run_dir, teacher_dir)
+    artifacts.write_json(run_dir / "summary.json", s)
+    curves(run_dir, run_dir / "curves.png", teacher_dir)
+    log.info("\n" + table(s) + f"\n(summary.json and curves.png in {run_dir})")
+    return s

@@ -1,0 +1,230 @@
+"""Stage 3, student: train with alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE.
+
+`kd.teacher=cached` replays, for sample i at epoch e, one of its cached views (the very pixels the teacher
+labelled) with that view's soft label; `kd.teacher=online` runs the teacher on the student's exact (mixed) batch
+every step. `student.baseline=true` also trains the same student with CE only. Outputs:
+<run>/student/ and <run>/baseline/, each {model.safetensors, meta.json, metrics.jsonl}.
+
+With plain cached views and the student's own mixup/cutmix on, the teacher distributions of the two images are
+mixed with the images' lambda and pairing: an approximation of the teacher's answer on the mixed image (exact with
+online KD, or with mixed views in the cache).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset
+
+from distill import artifacts, cache, data, engine, losses, models, teacher, tricks, views
+from distill.config import Config, KDCfg
+from distill.errors import ConfigError, DataError
+
+log = logging.getLogger("distill")
+
+
+def view_for(index: int, epoch: int, num_views: int, schedule: str, seed: int) -> int:
+    """Which cached view sample `index` trains on at `epoch`: cycling (shifted per sample) or drawn."""
+    if schedule == "cycle":
+        return (index + epoch) % num_views
+    return int(np.random.default_rng([seed, epoch, index]).integers(num_views))
+
+
+class ReplayItems(Dataset):
+    """Item i at the current epoch: its cached view re-applied (uint8; normalised per batch on the device by
+    `ViewItems.to_input`), with the view id so that the soft label of that same view is gathered per batch."""
+
+    def __init__(self, items: cache.ViewItems, folder: Path, schedule: str, seed: int):
+        self.items, self.folder, self.schedule, self.seed = items, folder, schedule, seed
+        self.epoch, self._labels = 0, None
+
+    @property
+    def labels(self) -> cache.SoftLabels:  # opened lazily: each DataLoader worker maps the shards itself
+        if self._labels is None:
+            self._labels = cache.SoftLabels(self.folder)
+        return self._labels
+
+    def __getstate__(self):
+        return self.__dict__ | {"_labels": None}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
+        rec = self.labels.rows([i])[0]
+        img, label = self.items.image(i, with_label=True)
+        out = {"image": views.apply(img, rec["view"][v], self.items.cfg), "label": label, "index": i, "view_id": v}
+        if "partner" in rec.dtype.names:  # a mixed view: replay the partner too, and mix the hard labels alike
+            p = int(rec["partner"][v])
+            partner, plabel = self.items.image(p, with_label=True) if p >= 0 else (None, label)
+            out |= {"partner_image": views.apply(partner, rec["partner_view"][v], self.items.cfg)
+                    if partner is not None else torch.zeros_like(out["image"]),
+                    "partner_label": plabel, "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
+        return out
+
+
+def hard_targets(batch: dict, num_classes: int, label_smoothing: float, mix) -> torch.Tensor:
+    """Smoothed one-hot labels, mixed like the images (the engine's mix, or a cached mixed view's lambda)."""
+    target = tricks.smooth_one_hot(batch["label"], num_classes, label_smoothing)
+    if "partner_label" in batch:
+        other = tricks.smooth_one_hot(batch["partner_label"], num_classes, label_smoothing)
+        lam = batch["lam"].float()[:, None]
+        target = lam * target + (1 - lam) * other
+    return tricks.mix_targets(target, mix)
+
+
+def kd_objective(kd: KDCfg, temperature: float, num_classes: int, label_smoothing: float, soft_target,
+                 use_topk) -> engine.Objective:
+    """soft_target(batch, mix, x) -> either the teacher's probabilities at T, or (topk values, classes, lse) when
+    `use_topk(batch, mix)` says the exact sparse form applies (no mixing to fold in)."""
+    alpha_c = torch.tensor(kd.focal_alpha) if kd.focal_alpha else None
+
+    def objective(logits, batch, mix, x):
+        target = hard_targets(batch, num_classes, label_smoothing, mix)
+        ce = losses.focal(logits, target, kd.focal_gamma, alpha_c) if kd.ce == "focal" else \
+            losses.soft_cross_entropy(logits, target)
+        if kd.alpha == 0.0:
+            return ce
+        soft = soft_target(batch, mix, x)
+        kl = losses.kl_topk(logits, *soft, temperature) if use_topk(batch, mix) else \
+            losses.kl_probs(logits, soft, temperature)
+        return losses.combine(kl * temperature ** 2, ce, kd.alpha, kd.balance)
+    return objective
+
+
+def _cached_target(labels: cache.SoftLabels, temperature: float, device):
+    """Soft labels gathered per batch from the memory-mapped cache, for each sample's replayed view."""
+
+    def use_topk(batch, mix):
+        return mix is None and temperature == labels.temperature
+
+    def soft_target(batch, mix, x):
+        got = labels.gather(batch["index"].cpu().numpy(), batch["view_id"].cpu().numpy())
+        values, classes, lse = (got[k].to(device) for k in ("logits", "classes", "lse"))
+        if use_topk(batch, mix):
+            return values, classes, lse
+        if temperature != labels.temperature:  # dense cache: rebuild the logits, any T
+            full = torch.zeros(values.shape[0], labels.num_classes, device=device).scatter_(1, classes, values)
+            q = torch.softmax(full / temperature, dim=1)
+        else:
+            q = losses.topk_to_probs(values, classes, lse, temperature, labels.num_classes)
+        return tricks.mix_targets(q, mix)
+    return soft_target, use_topk
+
+
+def _online_target(model: torch.nn.Module, temperature: float, acc: Accelerator):
+    """The teacher run on the student's exact (already mixed) input."""
+    def soft_target(batch, mix, x):
+        with torch.no_grad(), acc.autocast():  # no_grad, not inference_mode: the result enters the loss graph
+            return torch.softmax(model(x).float() / temperature, dim=1)
+    return soft_target, lambda batch, mix: False
+
+
+def fingerprint(cfg: Config, bundle: data.DataBundle, norm: dict, source: str, baseline: bool) -> str:
+    kd = None if baseline else dataclasses.asdict(cfg.kd)
+    return artifacts.fingerprint({"student": dataclasses.asdict(cfg.student) | {"baseline": None}, "kd": kd,
+                                  "source": None if baseline else source, "data": bundle.identity,
+                                  "data_cfg": dataclasses.asdict(cfg.data) | {"num_workers": None}, "norm": norm,
+                                  "seed": seed_of(cfg), "precision": cfg.precision})
+
+
+def seed_of(cfg: Config) -> int:
+    return cfg.student.seed if cfg.student.seed is not None else cfg.seed
+
+
+def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, out: Path, name: str, fp: str,
+           objective, train_loader, inputs=None) -> dict:
+    s, seed = cfg.student, seed_of(cfg)
+    start = time.perf_counter()
+    set_seed(seed)
+    model = models.create(s.model, bundle.num_classes, s.drop_rate)
+    models.init_weights(model, s.init, s.zero_gamma)
+    _, val_loader = data.loaders(bundle, cfg.data, norm, s.batch_size, seed)
+    job = engine.Fit(s, s.epochs, s.optim.lr, out, name, seed, inputs)
+    model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
+    meta = {"stage": name, "fingerprint": fp, "model": s.model, "num_classes": bundle.num_classes,
+            "class_names": bundle.class_names, "image_size": cfg.data.image_size, "normalization": norm,
+            "params": models.num_params(model), "metrics": metrics, "seed": seed,
+            "config": {"student": dataclasses.asdict(s), "kd": dataclasses.asdict(cfg.kd)},
+            "wall_s": time.perf_counter() - start}
+    if acc.is_main_process:
+        artifacts.save_model(out, model, meta)
+    engine.finish(acc, out)
+    log.info(f"{name}: val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['val_count']} "
+             f"images; saved {out}")
+    return meta
+
+
+def _reused(out: Path, fp: str, name: str) -> dict | None:
+    meta = artifacts.read_json(out / "meta.json")
+    if meta and meta.get("fingerprint") == fp and (out / "model.safetensors").exists():
+        log.info(f"{name}: reusing {out} (val top-1 {meta['metrics']['top1']:.2f}%)")
+        return meta
+    return None
+
+
+def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
+    s, kd, seed = cfg.student, cfg.kd, seed_of(cfg)
+    tdir = teacher.folder(cfg, run_dir)
+    if kd.teacher == "cached":
+        folder = cache.folder_for(cfg, bundle, norm, run_dir, acc.mixed_precision)
+        labels = cache.SoftLabels(folder)
+        temperature = kd.temperature or labels.temperature
+        if temperature != labels.temperature and not labels.manifest["dense"]:
+            raise ConfigError(f"kd.temperature: {temperature} differs from the cache's T={labels.temperature}, and "
+                              f"the cache holds only the top-{labels.topk} logits; set cache.topk >= "
+                              f"{labels.num_classes} to change T after caching")
+        source = labels.manifest["fingerprint"]
+    else:
+        tmeta = artifacts.read_json(tdir / "meta.json")
+        if tmeta is None:
+            raise DataError(f"student: no teacher in {tdir}; run stage=teacher first")
+        temperature = kd.temperature or cfg.cache.temperature
+        source = cache.sha256(tdir / "model.safetensors")
+    out = run_dir / "student"
+    fp = fingerprint(cfg, bundle, norm, source, baseline=False)
+    meta = _reused(out, fp, "student")
+    if meta is None:
+        if kd.teacher == "cached":
+            items = cache.ViewItems(bundle, cfg.data, norm, labels.views, cfg.cache.eval_view, cfg.seed)
+            replay = ReplayItems(items, folder, kd.views, seed)
+            train_loader = DataLoader(replay, batch_size=s.batch_size, shuffle=True, drop_last=True,
+                                      num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+                                      generator=torch.Generator().manual_seed(seed))  # fresh workers each epoch
+
+            def inputs(batch):
+                if "partner_image" in batch:
+                    return items.to_input(batch["image"], batch["partner_image"], batch["lam"].cpu().numpy(),
+                                          batch["box"].cpu().numpy())
+                return items.to_input(batch["image"])
+            soft_target, use_topk = _cached_target(labels, temperature, acc.device)
+        else:
+            tmodel = models.create(tmeta["model"], bundle.num_classes)
+            tmodel.load_state_dict(artifacts.load_weights(tdir))
+            tmodel = tmodel.to(acc.device, memory_format=torch.channels_last).eval()
+            train_loader, _ = data.loaders(bundle, cfg.data, norm, s.batch_size, seed)
+            inputs = None
+            soft_target, use_topk = _online_target(tmodel, temperature, acc)
+        objective = kd_objective(kd, temperature, bundle.num_classes, s.label_smoothing, soft_target, use_topk)
+        meta = _train(cfg, acc, bundle, norm, out, "student", fp, objective, train_loader, inputs)
+    results = {"student": meta}
+    if s.baseline:
+        out_b = run_dir / "baseline"
+        fp_b = fingerprint(cfg, bundle, norm, "", baseline=True)
+        meta_b = _reused(out_b, fp_b, "baseline")
+        if meta_b is None:
+            train_loader, _ = data.loaders(bundle, cfg.data, norm, s.batch_size, seed)
+            meta_b = _train(cfg, acc, bundle, norm, out_b, "baseline", fp_b,
+                            teacher.ce_objective(bundle.num_classes, s.label_smoothing), train_loader)
+        results["baseline"] = meta_b
+    return results
