@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from distill import artifacts, transforms
 from distill.config import DataCfg
 from distill.errors import DataError
 
@@ -221,8 +222,6 @@ def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) 
         return {"per_image": True, "mean": None, "std": None}
     if cfg.mean is not None:
         return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
-    from distill import artifacts, transforms
-
     key = artifacts.fingerprint([bundle.identity["train_fingerprint"], cfg.image_size, cfg.transform,
                                  cfg.crop_pct, cfg.stats_images])
     saved = artifacts.read_json(record) if record else None
@@ -243,8 +242,6 @@ def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) 
 def loaders(bundle: DataBundle, cfg: DataCfg, norm: dict, batch_size: int, seed: int,
             eval_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Train loader (random augmentation, shuffled, drop_last) and validation loader (eval view, in order)."""
-    from distill import transforms
-
     skip = cfg.on_bad_image == "skip"
     train = ImageDataset(bundle.train, bundle.image_column, bundle.label_column,
                          transforms.build(cfg, True, norm["mean"], norm["std"]), "train", skip)

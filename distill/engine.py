@@ -156,7 +156,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
         _check_finite(first_bad, job, last_ckpt)
         elapsed, skipped = time.perf_counter() - start, int(acc.reduce(skipped, reduction="sum").item())
         metrics = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                   "loss": loss_sum.item() / max(len(train_loader), 1),
+                   "loss": acc.reduce(loss_sum, reduction="mean").item() / max(len(train_loader), 1),
                    "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": skipped,
                    **evaluate(model, val_loader, acc, cfg.channels_last)}
         log.info(f"{job.name} epoch {epoch + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "
