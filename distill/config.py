@@ -167,7 +167,8 @@ STAGES = ("teacher", "cache", "student")
 @dataclass
 class Config:
     name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)")
-    stage: str = _f("all", doc="which stage(s) to run", choices=STAGES + ("all",))
+    stage: str = _f("all", doc="teacher | cache | student | all: runs that stage and the ones before it (each reused "
+                               "when up to date)", choices=STAGES + ("all",))
     seed: int = _f(0, doc="global seed")
     run_root: str = _f("runs", doc="root folder of run outputs")
     log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...")

@@ -175,6 +175,8 @@ def _reused(out: Path, fp: str, name: str) -> dict | None:
 
 def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
     s, kd, seed = cfg.student, cfg.kd, seed_of(cfg)
+    if kd.focal_alpha is not None and len(kd.focal_alpha) != bundle.num_classes:
+        raise ConfigError(f"kd.focal_alpha: {len(kd.focal_alpha)} weights for {bundle.num_classes} classes")
     tdir = teacher.folder(cfg, run_dir)
     if kd.teacher == "cached":
         folder = cache.folder_for(cfg, bundle, norm, run_dir, acc.mixed_precision)
