@@ -239,13 +239,20 @@ def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) 
     return norm
 
 
-def loaders(bundle: DataBundle, cfg: DataCfg, norm: dict, batch_size: int, seed: int,
+def loaders(bundle: DataBundle, cfg: DataCfg, batch_size: int, seed: int,
             eval_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
-    """Train loader (random augmentation, shuffled, drop_last) and validation loader (eval view, in order)."""
+    """Train loader (random augmentation, shuffled, drop_last) and validation loader (eval view, in order), both
+    yielding uint8 images: normalise each batch on the device with `normalizer`."""
     skip = cfg.on_bad_image == "skip"
-    train = ImageDataset(bundle.train, bundle.image_column, bundle.label_column,
-                         transforms.build(cfg, True, norm["mean"], norm["std"]), "train", skip)
-    val = ImageDataset(bundle.val, bundle.image_column, bundle.label_column,
-                       transforms.build(cfg, False, norm["mean"], norm["std"]), "validation", skip)
+    train = ImageDataset(bundle.train, bundle.image_column, bundle.label_column, transforms.to_uint8(cfg, True),
+                         "train", skip)
+    val = ImageDataset(bundle.val, bundle.image_column, bundle.label_column, transforms.to_uint8(cfg, False),
+                       "validation", skip)
     return (make_loader(train, batch_size, True, cfg.num_workers, seed),
             make_loader(val, eval_batch_size or batch_size, False, cfg.num_workers, seed))
+
+
+def normalizer(cfg: DataCfg, norm: dict):
+    """batch -> the network input: the uint8 images of `loaders`, converted and normalised in one go."""
+    finish = transforms.finish(cfg, norm["mean"], norm["std"])
+    return lambda batch: finish(batch["image"])

@@ -39,7 +39,8 @@ class Fit:
     out_dir: Path
     name: str  # "teacher", "student", ... for logs and error messages
     seed: int
-    inputs: Callable[[dict], torch.Tensor] | None = None  # batch -> network input; default batch["image"]
+    inputs: Callable[[dict], torch.Tensor] | None = None  # training batch -> network input; default batch["image"]
+    eval_inputs: Callable[[dict], torch.Tensor] | None = None  # the same for validation batches
 
 
 def _inputs(batch: dict, channels_last: bool, make=None) -> torch.Tensor:
@@ -48,13 +49,13 @@ def _inputs(batch: dict, channels_last: bool, make=None) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, acc: Accelerator, channels_last: bool = True) -> dict:
+def evaluate(model: torch.nn.Module, loader, acc: Accelerator, channels_last: bool = True, make=None) -> dict:
     """Top-1, top-5 and CE loss over the whole split; gather_for_metrics drops the padding DDP adds."""
     model.eval()
     correct1 = correct5 = loss_sum = 0.0
     count = 0
     for batch in loader:
-        logits = model(_inputs(batch, channels_last)).float()
+        logits = model(_inputs(batch, channels_last, make)).float()
         y = batch["label"]
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit1, hit5 = top[:, 0] == y, (top == y[:, None]).any(1)
@@ -158,7 +159,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
         metrics = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                    "loss": acc.reduce(loss_sum, reduction="mean").item() / max(len(train_loader), 1),
                    "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": skipped,
-                   **evaluate(model, val_loader, acc, cfg.channels_last)}
+                   **evaluate(model, val_loader, acc, cfg.channels_last, job.eval_inputs)}
         log.info(f"{job.name} epoch {epoch + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "
                  f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% | {metrics['images_per_s']:.0f} img/s")
         if skipped:

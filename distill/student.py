@@ -149,8 +149,9 @@ def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, o
     set_seed(seed)
     model = models.create(s.model, bundle.num_classes, s.drop_rate)
     models.init_weights(model, s.init, s.zero_gamma)
-    _, val_loader = data.loaders(bundle, cfg.data, norm, s.batch_size, seed)
-    job = engine.Fit(s, s.epochs, s.optim.lr, out, name, seed, inputs)
+    _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
+    plain = data.normalizer(cfg.data, norm)
+    job = engine.Fit(s, s.epochs, s.optim.lr, out, name, seed, inputs or plain, plain)
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     meta = {"stage": name, "fingerprint": fp, "model": s.model, "num_classes": bundle.num_classes,
             "class_names": bundle.class_names, "image_size": cfg.data.image_size, "normalization": norm,
@@ -214,7 +215,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
             tmodel = models.create(tmeta["model"], bundle.num_classes)
             tmodel.load_state_dict(artifacts.load_weights(tdir))
             tmodel = tmodel.to(acc.device, memory_format=torch.channels_last).eval()
-            train_loader, _ = data.loaders(bundle, cfg.data, norm, s.batch_size, seed)
+            train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
             inputs = None
             soft_target, use_topk = _online_target(tmodel, temperature, acc)
         objective = kd_objective(kd, temperature, bundle.num_classes, s.label_smoothing, soft_target, use_topk)
@@ -225,7 +226,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         fp_b = fingerprint(cfg, bundle, norm, "", baseline=True)
         meta_b = _reused(out_b, fp_b, "baseline")
         if meta_b is None:
-            train_loader, _ = data.loaders(bundle, cfg.data, norm, s.batch_size, seed)
+            train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
             meta_b = _train(cfg, acc, bundle, norm, out_b, "baseline", fp_b,
                             teacher.ce_objective(bundle.num_classes, s.label_smoothing), train_loader)
         results["baseline"] = meta_b

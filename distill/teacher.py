@@ -69,14 +69,15 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     start = time.perf_counter()
     t = cfg.teacher
     model, epochs, lr = build(cfg, bundle.num_classes)
-    train_loader, val_loader = data.loaders(bundle, cfg.data, norm, t.batch_size, cfg.seed)
+    train_loader, val_loader = data.loaders(bundle, cfg.data, t.batch_size, cfg.seed)
+    inputs = data.normalizer(cfg.data, norm)
     if epochs:
-        job = engine.Fit(t, epochs, lr, out, "teacher", cfg.seed)
+        job = engine.Fit(t, epochs, lr, out, "teacher", cfg.seed, inputs, inputs)
         model, metrics = engine.fit(model, train_loader, val_loader, job,
                                     ce_objective(bundle.num_classes, t.label_smoothing), acc)
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
-        metrics = engine.evaluate(prepared, val_loader, acc, channels_last=False)
+        metrics = engine.evaluate(prepared, val_loader, acc, channels_last=False, make=inputs)
     meta = {"stage": "teacher", "fingerprint": fp, "model": t.model, "num_classes": bundle.num_classes,
             "class_names": bundle.class_names, "image_size": cfg.data.image_size, "normalization": norm,
             "params": models.num_params(model), "metrics": metrics, "config": dataclasses.asdict(t),

@@ -44,9 +44,16 @@ def finish(cfg: DataCfg, mean: list[float] | None, std: list[float] | None) -> v
     return v2.Compose(steps)
 
 
+def to_uint8(cfg: DataCfg, train: bool) -> v2.Compose:
+    """PIL RGB image -> augmented uint8 tensor: the per-sample part, run in the DataLoader workers. The float
+    conversion and normalization (`finish`) run once per batch on the device: 4x less data through the loader
+    and less work in the workers, with the same values."""
+    return v2.Compose([v2.ToImage(), *geometry(cfg, train)])
+
+
 def build(cfg: DataCfg, train: bool, mean: list[float] | None, std: list[float] | None) -> v2.Compose:
     """PIL RGB image -> normalised float tensor. mean/std None: no normalization (used to compute them)."""
-    return v2.Compose([v2.ToImage(), *geometry(cfg, train), finish(cfg, mean, std)])
+    return v2.Compose([to_uint8(cfg, train), finish(cfg, mean, std)])
 
 
 def channel_stats(loader) -> tuple[list[float], list[float]]:

@@ -105,3 +105,18 @@ def test_computed_normalization_matches_numpy(parquet_file, tmp_path):
     assert norm["mean"] == pytest.approx(pixels.mean(axis=(0, 1, 2)).tolist(), abs=1e-5)
     assert norm["std"] == pytest.approx(pixels.std(axis=(0, 1, 2)).tolist(), abs=1e-5)
     assert data.normalization(c, bundle, tmp_path / "stats.json") == norm  # read back, recorded once
+
+
+def test_batched_normalization_equals_the_per_sample_pipeline(parquet_file):
+    c = cfg(path=str(parquet_file), padding=2)
+    bundle = data.load(c)
+    norm = {"per_image": False, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    train_loader, _ = data.loaders(bundle, c, batch_size=8, seed=0)
+    torch.manual_seed(5)
+    batch = next(iter(train_loader))
+    assert batch["image"].dtype == torch.uint8
+    per_sample = data.ImageDataset(bundle.train, "image", "label", transforms.build(c, True, norm["mean"],
+                                                                                      norm["std"]), "train")
+    torch.manual_seed(5)
+    reference = next(iter(data.make_loader(per_sample, 8, True, 0, 0)))
+    assert torch.equal(data.normalizer(c, norm)(batch), reference["image"])  # same draws, same values

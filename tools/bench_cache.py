@@ -55,13 +55,15 @@ def main() -> None:
 
     # (1) raw teacher inference over the loader
     ds = data.ImageDataset(bundle.train, bundle.image_column, bundle.label_column,
-                           transforms.build(cfg.data, False, norm["mean"], norm["std"]), "train")
+                           transforms.to_uint8(cfg.data, False), "train")
     loader = data.make_loader(ds, args.batch, False, args.workers, 0)
+    inputs = data.normalizer(cfg.data, norm)
     model = teacher.to(acc.device, memory_format=torch.channels_last).eval()
     start = time.perf_counter()
     with torch.inference_mode(), acc.autocast():
         for batch in loader:
-            model(batch["image"].to(acc.device).contiguous(memory_format=torch.channels_last))
+            x = inputs({"image": batch["image"].to(acc.device, non_blocking=True)})
+            model(x.contiguous(memory_format=torch.channels_last))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     raw = n / (time.perf_counter() - start)

@@ -1,0 +1,69 @@
+"""Benchmark of student training (not a test): images/s of CE-only, cached-KD and online-KD training of the same
+student on the same data, in one run, through the real student stage (one epoch each; the rate counts only the
+training loop). Targets: cached KD >= 0.95 x CE-only; online KD is reported as the ratio it costs.
+
+    python tools/bench_student.py --data ../shared/data/cifar10/train.parquet [--images 5000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from distill import artifacts, cache, config, data, models, student  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="parquet file in the hub's CIFAR layout (columns img, label)")
+    p.add_argument("--images", type=int, default=5000)
+    p.add_argument("--teacher", default="resnet56")
+    p.add_argument("--student", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=not torch.cuda.is_available(),
+                      mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_student_"))
+    raw = {"name": "bench", "run_root": str(tmp), "seed": 0,
+           "data": {"source": "parquet", "path": args.data, "image_column": "img", "val_size": 1000,
+                    "train_size": args.images, "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
+                    "num_workers": args.workers},
+           "teacher": {"model": args.teacher, "dir": str(tmp / "teacher")},
+           "cache": {"root": str(tmp / "cache"), "views": args.views, "topk": 10},
+           "student": {"model": args.student, "epochs": 1, "batch_size": args.batch, "baseline": True,
+                       "sched": {"warmup_epochs": 0}}}
+    cfg = config.validate(raw)
+    bundle = data.load(cfg.data)
+    norm = data.normalization(cfg.data, bundle)
+    torch.manual_seed(0)
+    artifacts.save_model(tmp / "teacher", models.create(args.teacher, bundle.num_classes), {"model": args.teacher})
+    cache.run(cfg, acc, bundle, norm, tmp / "bench")
+    cached = student.run(cfg, acc, bundle, norm, tmp / "bench")  # cached KD, then the CE-only baseline
+    online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},
+                                        "student": raw["student"] | {"baseline": False}})
+    online = student.run(online_cfg, acc, bundle, norm, tmp / "online")
+    rate = {name: meta["metrics"]["images_per_s"] for name, meta in
+            (("ce_only", cached["baseline"]), ("cached_kd", cached["student"]), ("online_kd", online["student"]))}
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
+              "images": len(bundle.train), "teacher": args.teacher, "student": args.student, "batch": args.batch,
+              **{f"{k}_images_per_s": round(v, 1) for k, v in rate.items()},
+              "cached_kd_vs_ce_only": round(rate["cached_kd"] / rate["ce_only"], 3),
+              "online_kd_vs_ce_only": round(rate["online_kd"] / rate["ce_only"], 3),
+              "cached_kd_vs_online_kd": round(rate["cached_kd"] / rate["online_kd"], 3)}
+    width = max(map(len, result))
+    for k, v in result.items():
+        print(f"{k.ljust(width)}  {v}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
