@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
     save_file(state, str(tmp))
     _fsync_rename(tmp, folder / "model.safetensors")
     write_json(folder / "meta.json", meta)
+
+
+def reusable(folder: Path, fingerprint: str, name: str) -> dict | None:
+    """The meta of a finished stage output made with this fingerprint, or None (then the stage must run)."""
+    meta = read_json(Path(folder) / "meta.json")
+    if meta and meta.get("fingerprint") == fingerprint and (Path(folder) / "model.safetensors").exists():
+        logging.getLogger("distill").info(f"{name}: reusing {folder} (val top-1 {meta['metrics']['top1']:.2f}%)")
+        return meta
+    return None
 
 
 def load_weights(folder: Path) -> dict:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from distill import tricks
+from distill import artifacts, tricks
 from distill.config import TrainCfg
 from distill.errors import TrainingError
 
@@ -46,6 +46,16 @@ class Fit:
 def _inputs(batch: dict, channels_last: bool, make=None) -> torch.Tensor:
     x = make(batch) if make is not None else batch["image"]
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def make_accelerator(precision: str = "auto", **kwargs) -> Accelerator:
+    """The run's Accelerator. precision=auto: bf16 on a GPU that supports it, else fp32. With no accelerator,
+    cpu=True lets `accelerate launch --num_processes N` form one gloo group of CPU processes (accelerate otherwise
+    starts N independent single-process runs)."""
+    has_gpu = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=not has_gpu, mixed_precision=precision, **kwargs)
 
 
 @torch.inference_mode()
@@ -181,8 +191,13 @@ def _check_finite(first_bad: torch.Tensor, job: Fit, last_ckpt: Path | None) -> 
         raise TrainingError(f"{job.name}: non-finite loss at step {bad_step + 1}; stopped ({where})")
 
 
-def finish(acc: Accelerator, out_dir: Path) -> None:
-    """After a stage's weights are saved its checkpoints are no longer needed."""
+def publish(acc: Accelerator, out: Path, net: torch.nn.Module, name: str, metrics: dict, **meta) -> dict:
+    """Save a trained model with its meta.json (main process), drop its checkpoints, report its accuracy."""
+    meta = {"stage": name, "params": sum(p.numel() for p in net.parameters()), "metrics": metrics, **meta}
     if acc.is_main_process:
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        artifacts.save_model(out, net, meta)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the weights are saved: no longer needed
     acc.wait_for_everyone()
+    log.info(f"{name}: val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['val_count']} "
+             f"images; saved {out}")
+    return meta

@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from distill import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets in timm's registry)

@@ -32,21 +32,14 @@ def stage_functions() -> dict:
 
 
 def execute(cfg: config.Config) -> None:
-    import torch
-    from accelerate import Accelerator
+    # imported here, not at the top: --help and config errors answer before torch loads
     from accelerate.utils import DataLoaderConfiguration
 
-    from distill import data
+    from distill import data, engine
 
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # With no accelerator, cpu=True lets `accelerate launch --num_processes N` form a gloo group of CPU processes
-    # (accelerate otherwise starts N independent single-process runs).
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
     run_dir = Path(cfg.run_root) / cfg.name
-    acc = Accelerator(cpu=not has_accelerator, mixed_precision=precision, log_with=cfg.log_with,
-                      project_dir=str(run_dir), dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    acc = engine.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=str(run_dir),
+                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-save INFO lines drown our progress
@@ -60,9 +53,9 @@ def execute(cfg: config.Config) -> None:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         norm = data.normalization(cfg.data, bundle, run_dir / "data_stats.json")  # reads what main recorded
-    # stage=X runs X and the stages before it; a stage whose output is up to date is reused, not rerun
     if cfg.log_with:
         acc.init_trackers(cfg.name)
+    # stage=X runs X and the stages before it; a stage whose output is up to date is reused, not rerun
     fns = stage_functions()
     last = len(config.STAGES) if cfg.stage == "all" else config.STAGES.index(cfg.stage) + 1
     for name in config.STAGES[:last]:

@@ -153,25 +153,11 @@ def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, o
     plain = data.normalizer(cfg.data, norm)
     job = engine.Fit(s, s.epochs, s.optim.lr, out, name, seed, inputs or plain, plain)
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
-    meta = {"stage": name, "fingerprint": fp, "model": s.model, "num_classes": bundle.num_classes,
-            "class_names": bundle.class_names, "image_size": cfg.data.image_size, "normalization": norm,
-            "params": models.num_params(model), "metrics": metrics, "seed": seed,
-            "config": {"student": dataclasses.asdict(s), "kd": dataclasses.asdict(cfg.kd)},
-            "wall_s": time.perf_counter() - start}
-    if acc.is_main_process:
-        artifacts.save_model(out, model, meta)
-    engine.finish(acc, out)
-    log.info(f"{name}: val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['val_count']} "
-             f"images; saved {out}")
-    return meta
-
-
-def _reused(out: Path, fp: str, name: str) -> dict | None:
-    meta = artifacts.read_json(out / "meta.json")
-    if meta and meta.get("fingerprint") == fp and (out / "model.safetensors").exists():
-        log.info(f"{name}: reusing {out} (val top-1 {meta['metrics']['top1']:.2f}%)")
-        return meta
-    return None
+    return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
+                          num_classes=bundle.num_classes, class_names=bundle.class_names,
+                          image_size=cfg.data.image_size, normalization=norm, seed=seed,
+                          config={"student": dataclasses.asdict(s), "kd": dataclasses.asdict(cfg.kd)},
+                          wall_s=time.perf_counter() - start)
 
 
 def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
@@ -196,7 +182,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         source = cache.sha256(tdir / "model.safetensors")
     out = run_dir / "student"
     fp = fingerprint(cfg, bundle, norm, source, baseline=False)
-    meta = _reused(out, fp, "student")
+    meta = artifacts.reusable(out, fp, "student")
     if meta is None:
         if kd.teacher == "cached":
             items = cache.ViewItems(bundle, cfg.data, norm, labels.views, cfg.cache.eval_view, cfg.seed)
@@ -224,7 +210,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     if s.baseline:
         out_b = run_dir / "baseline"
         fp_b = fingerprint(cfg, bundle, norm, "", baseline=True)
-        meta_b = _reused(out_b, fp_b, "baseline")
+        meta_b = artifacts.reusable(out_b, fp_b, "baseline")
         if meta_b is None:
             train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
             meta_b = _train(cfg, acc, bundle, norm, out_b, "baseline", fp_b,

@@ -61,9 +61,8 @@ def build(cfg: Config, num_classes: int):
 def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
     out = folder(cfg, run_dir)
     fp = fingerprint(cfg, bundle, norm)
-    meta = artifacts.read_json(out / "meta.json")
-    if meta and meta.get("fingerprint") == fp and (out / "model.safetensors").exists():
-        log.info(f"teacher: reusing {out} (val top-1 {meta['metrics']['top1']:.2f}%)")
+    meta = artifacts.reusable(out, fp, "teacher")
+    if meta is not None:
         return meta
     set_seed(cfg.seed)
     start = time.perf_counter()
@@ -78,13 +77,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
         metrics = engine.evaluate(prepared, val_loader, acc, channels_last=False, make=inputs)
-    meta = {"stage": "teacher", "fingerprint": fp, "model": t.model, "num_classes": bundle.num_classes,
-            "class_names": bundle.class_names, "image_size": cfg.data.image_size, "normalization": norm,
-            "params": models.num_params(model), "metrics": metrics, "config": dataclasses.asdict(t),
-            "wall_s": time.perf_counter() - start}
-    if acc.is_main_process:
-        artifacts.save_model(out, model, meta)
-    engine.finish(acc, out)
-    log.info(f"teacher: val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% "
-             f"on {metrics['val_count']} images; saved {out}")
-    return meta
+    return engine.publish(acc, out, model, "teacher", metrics, fingerprint=fp, model=t.model,
+                          num_classes=bundle.num_classes, class_names=bundle.class_names,
+                          image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(t),
+                          wall_s=time.perf_counter() - start)

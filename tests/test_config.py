@@ -24,7 +24,8 @@ def test_recipe_overrides_groups_and_keys():
     cfg = config.validate(compose_recipe("cifar10_resnet20_to_resnet8", ["teacher.epochs=3", "teacher.optim.lr=0.05"]))
     assert cfg.data.image_column == "img" and cfg.data.train_size == 20000  # group override + recipe key
     assert cfg.teacher.epochs == 3 and cfg.teacher.optim.lr == 0.05
-    assert cfg.teacher.label_smoothing == 0.1  # from tricks/cifar.yaml mounted at teacher
+    assert cfg.student.label_smoothing == 0.1 and cfg.student.epochs == 15  # tricks/cifar.yaml mounted at student
+    assert cfg.teacher.label_smoothing == 0.0 and cfg.teacher.optim.lr == 0.05  # the recipe, then the command line
 
 
 @pytest.mark.parametrize("raw, key, words", [
@@ -62,4 +63,4 @@ def test_cli_bad_value_stops_before_any_work(tmp_path: Path):
     assert not (tmp_path / "runs").exists()
     r = run_cli("teacher.lr=0.1", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: teacher.lr: no such setting (did you mean teacher.optim.lr, teacher.finetune.lr?)"]
+        "error: teacher.lr: no such setting (did you mean teacher.optim.lr, teacher.finetune.lr, student.optim.lr?)"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, models, transforms  # noqa: E402
+from distill import artifacts, cache, config, data, engine, models, transforms  # noqa: E402
 
 
 def main() -> None:
@@ -34,9 +34,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
-    from accelerate import Accelerator
-    acc = Accelerator(cpu=not torch.cuda.is_available(),
-                      mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    acc = engine.make_accelerator("auto")
     tmp = Path(tempfile.mkdtemp(prefix="bench_cache_"))
     cfg = config.validate({
         "data": {"source": "parquet", "path": args.data, "image_column": "img", "val_size": 1000,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, models, student  # noqa: E402
+from distill import artifacts, cache, config, data, engine, models, student  # noqa: E402
 
 
 def main() -> None:
@@ -29,9 +29,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
-    from accelerate import Accelerator
-    acc = Accelerator(cpu=not torch.cuda.is_available(),
-                      mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    acc = engine.make_accelerator("auto")
     tmp = Path(tempfile.mkdtemp(prefix="bench_student_"))
     raw = {"name": "bench", "run_root": str(tmp), "seed": 0,
            "data": {"source": "parquet", "path": args.data, "image_column": "img", "val_size": 1000,
