@@ -87,3 +87,11 @@ def write(run_dir: Path, teacher_dir: Path | None = None) -> dict:
     curves(run_dir, run_dir / "curves.png", teacher_dir)
     log.info("\n" + table(s) + f"\n(summary.json and curves.png in {run_dir})")
     return s
+
+
+def print_fields(result: dict) -> None:
+    """A benchmark's result: one aligned `key  value` line each, then the same as one JSON line."""
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key.ljust(width)}  {value}")
+    print(json.dumps(result))

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, engine, models, transforms  # noqa: E402
+from distill import artifacts, cache, config, data, engine, models, report, transforms  # noqa: E402
 
 
 def main() -> None:
@@ -113,10 +112,7 @@ def main() -> None:
         "soft_label_batch_read_ms": round(read_s * 1e3, 3), "student_step_ms": round(step_s * 1e3, 2),
         "read_fraction_of_student_step": round(read_s / step_s, 4),
     }
-    width = max(map(len, result))
-    for k, v in result.items():
-        print(f"{k.ljust(width)}  {v}")
-    print(json.dumps(result))
+    report.print_fields(result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ training loop). Targets: cached KD >= 0.95 x CE-only; online KD is reported as t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, engine, models, student  # noqa: E402
+from distill import artifacts, cache, config, data, engine, models, report, student  # noqa: E402
 
 
 def main() -> None:
@@ -57,10 +56,7 @@ def main() -> None:
               "cached_kd_vs_ce_only": round(rate["cached_kd"] / rate["ce_only"], 3),
               "online_kd_vs_ce_only": round(rate["online_kd"] / rate["ce_only"], 3),
               "cached_kd_vs_online_kd": round(rate["cached_kd"] / rate["online_kd"], 3)}
-    width = max(map(len, result))
-    for k, v in result.items():
-        print(f"{k.ljust(width)}  {v}")
-    print(json.dumps(result))
+    report.print_fields(result)
 
 
 if __name__ == "__main__":
