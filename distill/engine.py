@@ -62,7 +62,7 @@ def make_accelerator(precision: str = "auto", **kwargs) -> Accelerator:
 def evaluate(model: torch.nn.Module, loader, acc: Accelerator, channels_last: bool = True, make=None) -> dict:
     """Top-1, top-5 and CE loss over the whole split; gather_for_metrics drops the padding DDP adds."""
     model.eval()
-    correct1 = correct5 = loss_sum = 0.0
+    sums = torch.zeros(3, device=acc.device, dtype=torch.float64)  # top-1 hits, top-5 hits, loss: one sync at the end
     count = 0
     for batch in loader:
         logits = model(_inputs(batch, channels_last, make)).float()
@@ -71,10 +71,9 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, channels_last: bo
         hit1, hit5 = top[:, 0] == y, (top == y[:, None]).any(1)
         loss = F.cross_entropy(logits, y, reduction="none")
         hit1, hit5, loss = acc.gather_for_metrics((hit1, hit5, loss))
-        correct1 += hit1.sum().item()
-        correct5 += hit5.sum().item()
-        loss_sum += loss.sum().item()
+        sums += torch.stack([hit1.sum(), hit5.sum(), loss.sum()]).to(torch.float64)
         count += hit1.numel()
+    correct1, correct5, loss_sum = sums.tolist()
     return {"top1": 100.0 * correct1 / max(count, 1), "top5": 100.0 * correct5 / max(count, 1),
             "val_loss": loss_sum / max(count, 1), "val_count": count}
 
