@@ -25,7 +25,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from distill import artifacts, data, models, teacher, transforms, tricks, views
@@ -88,24 +87,21 @@ class ViewItems(Dataset):
 
     def __init__(self, bundle: data.DataBundle, cfg: DataCfg, norm: dict, num_views: int, eval_view: bool,
                  seed: int, mix: MixCfg | None = None):
-        self.ds, self.cfg, self.num_views, self.eval_view, self.seed = bundle.train, cfg, num_views, eval_view, seed
-        self.image_column, self.label_column = bundle.image_column, bundle.label_column
+        self.images, self.cfg, self.num_views, self.eval_view, self.seed = (bundle.images["train"], cfg, num_views,
+                                                                            eval_view, seed)
         self.mix = mix if mix is not None and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0) else None
-        self.to_tensor = v2.ToImage()
         self.finish = transforms.finish(cfg, norm["mean"], norm["std"])
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.images)
 
     def image(self, i: int, with_label: bool = False):
         """The decoded uint8 CHW image, before any view (and its label)."""
         try:
-            row = self.ds[i]
-            img = self.to_tensor(row[self.image_column].convert("RGB"))
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"data: image {i} of split 'train' could not be decoded ({type(e).__name__}: {e}); "
-                            "the cache needs every training image") from None
-        return (img, int(row[self.label_column])) if with_label else img
+            img = self.images.image(i)
+        except DataError as e:
+            raise DataError(f"{e}; the cache needs every training image") from None
+        return (img, int(self.images.labels[i])) if with_label else img
 
     def draw(self, i: int, img: torch.Tensor, load) -> dict[str, np.ndarray]:
         """The stored parameters of every view of image i (the record fields other than the teacher's);
@@ -120,7 +116,7 @@ class ViewItems(Dataset):
             out["view"][v] = views.draw(self.cfg, rng, tuple(img.shape[-2:]))
             drawn = tricks.draw_lam(rng, self.mix, s, s) if self.mix else None
             if drawn is not None:
-                j = int(rng.integers(len(self.ds)))
+                j = int(rng.integers(len(self.images)))
                 out["partner"][v] = j
                 out["partner_view"][v] = views.draw(self.cfg, rng, tuple(load(j).shape[-2:]))
                 out["lam"][v], out["box"][v] = drawn[0], drawn[1] or (0, 0, 0, 0)

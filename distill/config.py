@@ -119,6 +119,8 @@ class DataCfg:
     per_image_norm: bool = _f(False, doc="standardise each image's channels instead of mean/std")
     stats_images: int = _f(5000, doc="images used to compute mean/std", ge=1)
     num_workers: int = _f(2, doc="DataLoader workers per process", ge=0)
+    decode_mb: float = _f(4096, doc="decode a split once into memory when its images share one size and fit in "
+                          "this many MB (0: decode per sample, every epoch)", ge=0)
     on_bad_image: str = _f("error", doc="error | skip (count and report) an image that fails to decode",
                            choices=("error", "skip"))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,12 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from distill import artifacts, transforms
+from distill import artifacts, pixels, transforms, views
 from distill.config import DataCfg
 from distill.errors import DataError
 
 log = logging.getLogger("distill")
-
 
 
 @dataclass
@@ -26,6 +26,7 @@ class DataBundle:
     image_column: str
     label_column: str
     identity: dict = field(default_factory=dict)  # what identifies these splits, for stage fingerprints
+    images: dict = field(default_factory=dict)  # "train"/"val" -> Images (decoded once when they fit)
 
     @property
     def num_classes(self) -> int:
@@ -165,33 +166,77 @@ def load(cfg: DataCfg) -> DataBundle:
     identity = {"source": source, "path": cfg.path, "hub_config": cfg.hub_config,
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
-    return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity)
+    images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
+                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb))
+              for split, ds in (("train", train), ("val", val))}
+    return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images)
+
+
+def settings_identity(cfg: DataCfg) -> dict:
+    """The data settings that change what a model sees (for stage fingerprints): not workers or decoding."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("num_workers", "decode_mb")}
 
 
 # ---------------------------------------------------------------- torch side
 
-class ImageDataset(Dataset):
-    """Items {'image', 'label', 'index'}; `index` is the row in the split (the cache keys soft labels by it).
-    With skip_bad, an image that fails to decode yields None, which `collate` drops and counts."""
+class Images:
+    """Image i of one split as a uint8 CHW tensor, and its label: sliced from the pixel array when the split was
+    decoded at load time (pixels.py), else decoded from its row."""
 
-    def __init__(self, ds: datasets.Dataset, image_column: str, label_column: str, transform, split: str,
-                 skip_bad: bool = False):
-        self.ds, self.image_column, self.label_column = ds, image_column, label_column
-        self.transform, self.split, self.skip_bad = transform, split, skip_bad
+    def __init__(self, ds: datasets.Dataset, image_column: str, label_column: str, split: str,
+                 decoded: tuple[np.ndarray, dict] | None = None):
+        self.ds, self.column, self.split = ds, image_column, split
+        self.labels = _labels(ds, label_column).astype(np.int64)
+        self.pixels, self.bad = decoded if decoded is not None else (None, {})
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.labels)
+
+    def image(self, i: int) -> torch.Tensor:
+        why = self.bad.get(i)
+        if self.pixels is not None and why is None:
+            return torch.from_numpy(self.pixels[i]).permute(2, 0, 1)
+        if why is None:
+            try:
+                return torch.from_numpy(np.array(self.ds[i][self.column].convert("RGB"))).permute(2, 0, 1)
+            except Exception as e:  # noqa: BLE001 - decoding errors come in many types
+                why = f"{type(e).__name__}: {e}"
+        raise DataError(f"data: image {i} of split '{self.split}' could not be decoded ({why})")
+
+    def subset(self, n: int) -> "Images":
+        """The first n images (for statistics)."""
+        out = Images.__new__(Images)
+        out.ds, out.column, out.split, out.labels = self.ds, self.column, self.split, self.labels[:n]
+        out.pixels, out.bad = self.pixels, self.bad
+        return out
+
+
+class ImageDataset(Dataset):
+    """Items {'image' (uint8 CHW), 'label', 'index'}; `index` is the row in the split (the cache keys soft labels
+    by it). Training items get a random view drawn from (seed, epoch, index), a pure function, so that a resumed run
+    sees the views an uninterrupted one would; evaluation items get the eval view. With skip_bad, an image that
+    fails to decode yields None, which `collate` drops and counts."""
+
+    def __init__(self, images: Images, cfg: DataCfg, train: bool, seed: int = 0, skip_bad: bool = False):
+        self.images, self.cfg, self.train, self.seed, self.skip_bad = images, cfg, train, seed, skip_bad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
 
     def __getitem__(self, i: int):
         try:
-            row = self.ds[i]
-            image = self.transform(row[self.image_column].convert("RGB"))
-        except Exception as e:  # noqa: BLE001 - decoding errors come in many types
+            img = self.images.image(i)
+        except DataError as e:
             if self.skip_bad:
                 return None
-            raise DataError(f"data: image {i} of split '{self.split}' could not be decoded ({type(e).__name__}: "
-                            f"{e}); set data.on_bad_image=skip to skip such images") from None
-        return {"image": image, "label": int(row[self.label_column]), "index": i}
+            raise DataError(f"{e}; set data.on_bad_image=skip to skip such images") from None
+        params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch, i), tuple(img.shape[-2:])) \
+            if self.train else views.EVAL_VIEW
+        return {"image": views.apply(img, params, self.cfg), "label": int(self.images.labels[i]), "index": i}
 
 
 def collate(items: list) -> dict:
@@ -202,16 +247,10 @@ def collate(items: list) -> dict:
     return batch
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32  # DataLoader derives it from its generator: deterministic per worker
-    np.random.seed(seed)
-    import random
-    random.seed(seed)
-
-
-def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int, seed: int) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int) -> DataLoader:
+    """Training loaders start fresh workers each epoch, so that they see the dataset's current epoch."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=num_workers,
-                      collate_fn=collate, worker_init_fn=_seed_worker, persistent_workers=num_workers > 0,
+                      collate_fn=collate, persistent_workers=num_workers > 0 and not train,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
 
 
@@ -227,9 +266,8 @@ def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) 
     saved = artifacts.read_json(record) if record else None
     if saved and saved.get("key") == key:
         return saved["normalization"]
-    subset = bundle.train.select(range(min(cfg.stats_images, len(bundle.train))))
-    ds = ImageDataset(subset, bundle.image_column, bundle.label_column, transforms.build(cfg, False, None, None),
-                      "train", skip_bad=True)
+    subset = bundle.images["train"].subset(min(cfg.stats_images, len(bundle.train)))
+    ds = ImageDataset(subset, cfg, train=False, skip_bad=True)
     mean, std = transforms.channel_stats(make_loader(ds, 256, False, cfg.num_workers, 0))
     norm = {"per_image": False, "mean": mean, "std": std}
     log.info(f"data: computed mean {mean} std {std} from {len(subset)} training images")
@@ -241,13 +279,11 @@ def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) 
 
 def loaders(bundle: DataBundle, cfg: DataCfg, batch_size: int, seed: int,
             eval_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
-    """Train loader (random augmentation, shuffled, drop_last) and validation loader (eval view, in order), both
+    """Train loader (random views, shuffled, drop_last) and validation loader (eval view, in order), both
     yielding uint8 images: normalise each batch on the device with `normalizer`."""
     skip = cfg.on_bad_image == "skip"
-    train = ImageDataset(bundle.train, bundle.image_column, bundle.label_column, transforms.to_uint8(cfg, True),
-                         "train", skip)
-    val = ImageDataset(bundle.val, bundle.image_column, bundle.label_column, transforms.to_uint8(cfg, False),
-                       "validation", skip)
+    train = ImageDataset(bundle.images["train"], cfg, train=True, seed=seed, skip_bad=skip)
+    val = ImageDataset(bundle.images["val"], cfg, train=False, skip_bad=skip)
     return (make_loader(train, batch_size, True, cfg.num_workers, seed),
             make_loader(val, eval_batch_size or batch_size, False, cfg.num_workers, seed))
 

@@ -134,7 +134,7 @@ def fingerprint(cfg: Config, bundle: data.DataBundle, norm: dict, source: str, b
     kd = None if baseline else dataclasses.asdict(cfg.kd)
     return artifacts.fingerprint({"student": dataclasses.asdict(cfg.student) | {"baseline": None}, "kd": kd,
                                   "source": None if baseline else source, "data": bundle.identity,
-                                  "data_cfg": dataclasses.asdict(cfg.data) | {"num_workers": None}, "norm": norm,
+                                  "data_cfg": data.settings_identity(cfg.data), "norm": norm,
                                   "seed": seed_of(cfg), "precision": cfg.precision})
 
 

@@ -34,7 +34,7 @@ def folder(cfg: Config, run_dir: Path) -> Path:
 def fingerprint(cfg: Config, bundle: data.DataBundle, norm: dict) -> str:
     what = {k: v for k, v in dataclasses.asdict(cfg.teacher).items() if k != "dir"}  # where, not what
     return artifacts.fingerprint({"teacher": what, "data": bundle.identity,
-                                  "data_cfg": dataclasses.asdict(cfg.data) | {"num_workers": None},
+                                  "data_cfg": data.settings_identity(cfg.data),
                                   "norm": norm, "seed": cfg.seed, "precision": cfg.precision})
 
 

@@ -1,4 +1,5 @@
-"""torchvision.transforms.v2 pipelines (CIFAR-style and ImageNet-style) and normalization statistics."""
+"""From uint8 images to the network input: dtype conversion and normalization, run per batch on the device, and
+the normalization statistics. (The crop/flip geometry lives in views.py, where it can be recorded and replayed.)"""
 from __future__ import annotations
 
 import torch
@@ -16,26 +17,8 @@ class PerImageStandardize(torch.nn.Module):
         return (x - mean) / std
 
 
-def geometry(cfg: DataCfg, train: bool) -> list:
-    """Resize/crop/flip steps on a uint8 image tensor."""
-    s = cfg.image_size
-    if cfg.transform == "cifar":
-        steps = [v2.Resize((s, s), antialias=True)]  # a no-op when the image already has this size
-        if train:
-            steps.append(v2.RandomCrop(s, padding=cfg.padding) if cfg.padding else v2.Identity())
-            if cfg.flip:
-                steps.append(v2.RandomHorizontalFlip())
-        return steps
-    if train:
-        steps = [v2.RandomResizedCrop(s, scale=tuple(cfg.scale), antialias=True)]
-        if cfg.flip:
-            steps.append(v2.RandomHorizontalFlip())
-        return steps
-    return [v2.Resize(int(round(s / cfg.crop_pct)), antialias=True), v2.CenterCrop(s)]
-
-
 def finish(cfg: DataCfg, mean: list[float] | None, std: list[float] | None) -> v2.Compose:
-    """uint8 image tensor -> normalised float tensor (mean None: no normalization)."""
+    """uint8 images -> normalised float tensors (mean None: no normalization), one sample or a batch."""
     steps = [v2.ToDtype(torch.float32, scale=True)]
     if cfg.per_image_norm:
         steps.append(PerImageStandardize())
@@ -44,23 +27,11 @@ def finish(cfg: DataCfg, mean: list[float] | None, std: list[float] | None) -> v
     return v2.Compose(steps)
 
 
-def to_uint8(cfg: DataCfg, train: bool) -> v2.Compose:
-    """PIL RGB image -> augmented uint8 tensor: the per-sample part, run in the DataLoader workers. The float
-    conversion and normalization (`finish`) run once per batch on the device: 4x less data through the loader
-    and less work in the workers, with the same values."""
-    return v2.Compose([v2.ToImage(), *geometry(cfg, train)])
-
-
-def build(cfg: DataCfg, train: bool, mean: list[float] | None, std: list[float] | None) -> v2.Compose:
-    """PIL RGB image -> normalised float tensor. mean/std None: no normalization (used to compute them)."""
-    return v2.Compose([to_uint8(cfg, train), finish(cfg, mean, std)])
-
-
 def channel_stats(loader) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over every pixel the loader yields (float64 sums)."""
+    """Per-channel mean and std, on the [0, 1] scale, over every pixel of the uint8 images the loader yields."""
     total, sq, n = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
     for batch in loader:
-        x = batch["image"].to(torch.float64)
+        x = batch["image"].to(torch.float64) / 255
         total += x.sum(dim=(0, 2, 3))
         sq += (x * x).sum(dim=(0, 2, 3))
         n += x.shape[0] * x.shape[2] * x.shape[3]

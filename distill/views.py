@@ -49,6 +49,12 @@ def rng_for(seed: int, index: int, view: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, view])
 
 
+def train_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of image `index`'s training view at `epoch` (uncached training): a key of another length than
+    `rng_for`'s, so the two streams never coincide."""
+    return np.random.default_rng([seed, epoch, index, 1])
+
+
 EVAL_VIEW = np.array([EVAL, 0, 0, 0, 0, 0], dtype=np.int16)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import CLASSES, tiny_dataset
-from distill import data, transforms
+from distill import data, pixels, transforms, views
 from distill.config import DataCfg
 from distill.errors import DataError
 
@@ -49,7 +49,7 @@ def test_in_memory_demo_and_train_size():
 
 def test_items_carry_their_index(parquet_file):
     bundle = data.load(cfg(path=str(parquet_file)))
-    ds = data.ImageDataset(bundle.train, "image", "label", transforms.build(cfg(), False, None, None), "train")
+    ds = data.ImageDataset(bundle.images["train"], cfg(), train=False)
     item = ds[7]
     assert item["index"] == 7 and item["label"] == bundle.train[7]["label"] and item["image"].shape == (3, 12, 12)
 
@@ -74,25 +74,50 @@ def test_labels_outside_range_are_caught_before_training(tmp_path):
         data.load(cfg(path=str(tmp_path / "d"), val_split="val"))
 
 
-def test_undecodable_image_is_named_or_skipped():
+def _broken_dataset() -> datasets.Dataset:
     ds = tiny_dataset(4).cast_column("image", datasets.Image(decode=False))
     rows = ds.to_dict()
     rows["image"][2] = {"bytes": b"not an image", "path": None}
-    broken = datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image())
-    tf = transforms.build(cfg(), False, None, None)
-    with pytest.raises(DataError, match="image 2 of split 'train' could not be decoded"):
-        data.ImageDataset(broken, "image", "label", tf, "train")[2]
-    skipping = data.ImageDataset(broken, "image", "label", tf, "train", skip_bad=True)
+    return datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image())
+
+
+@pytest.mark.parametrize("decode_mb", [0, 64])
+def test_undecodable_image_is_named_or_skipped(decode_mb):
+    broken = _broken_dataset()
+    decoded = pixels.decode(broken, "image", "train", decode_mb)
+    assert (decoded is None) == (decode_mb == 0)
+    images = data.Images(broken, "image", "label", "train", decoded)
+    with pytest.raises(DataError, match="image 2 of split 'train' could not be decoded .*on_bad_image=skip"):
+        data.ImageDataset(images, cfg(), train=True)[2]
+    skipping = data.ImageDataset(images, cfg(), train=True, skip_bad=True)
     batch = data.collate([skipping[i] for i in range(4)])
     assert batch["index"].tolist() == [0, 1, 3] and int(batch["skipped"]) == 1
 
 
-def test_transforms_shapes_and_norms():
-    img = tiny_dataset(1)["image"][0]
+def test_decoded_pixels_equal_per_sample_decoding(parquet_file):
+    bundle = data.load(cfg(path=str(parquet_file)))
+    images = bundle.images["train"]
+    assert images.pixels is not None and images.pixels.shape == (len(bundle.train), 12, 12, 3)
+    per_sample = data.Images(bundle.train, "image", "label", "train", None)
+    for i in range(len(bundle.train)):
+        assert torch.equal(images.image(i), per_sample.image(i))
+    assert np.array_equal(images.labels, np.asarray(bundle.train["label"]))
+
+
+def test_images_of_different_sizes_are_decoded_per_sample():
+    mixed = datasets.concatenate_datasets([tiny_dataset(3, size=12), tiny_dataset(3, size=10)])
+    assert pixels.decode(mixed, "image", "train", 64) is None
+    assert pixels.decode(tiny_dataset(3), "image", "train", 0.0001) is None  # over the memory budget
+
+
+def test_views_shapes_and_norms():
+    img = data.Images(tiny_dataset(1), "image", "label", "train").image(0)
     for kind, train in [("cifar", True), ("cifar", False), ("imagenet", True), ("imagenet", False)]:
-        out = transforms.build(cfg(transform=kind, image_size=8), train, [0.5] * 3, [0.2] * 3)(img)
+        c = cfg(transform=kind, image_size=8)
+        p = views.draw(c, views.train_rng(0, 0, 0), (12, 12)) if train else views.EVAL_VIEW
+        out = transforms.finish(c, [0.5] * 3, [0.2] * 3)(views.apply(img, p, c))
         assert out.shape == (3, 8, 8) and out.dtype == torch.float32
-    out = transforms.build(cfg(per_image_norm=True), False, None, None)(img)
+    out = transforms.finish(cfg(per_image_norm=True), None, None)(img)
     assert torch.allclose(out.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(out.std(dim=(1, 2)), torch.ones(3), atol=1e-4)
 
@@ -107,16 +132,17 @@ def test_computed_normalization_matches_numpy(parquet_file, tmp_path):
     assert data.normalization(c, bundle, tmp_path / "stats.json") == norm  # read back, recorded once
 
 
-def test_batched_normalization_equals_the_per_sample_pipeline(parquet_file):
+def test_training_views_are_a_pure_function_of_seed_epoch_and_index(parquet_file):
     c = cfg(path=str(parquet_file), padding=2)
     bundle = data.load(c)
+    ds = data.ImageDataset(bundle.images["train"], c, train=True, seed=3)
     norm = {"per_image": False, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
-    train_loader, _ = data.loaders(bundle, c, batch_size=8, seed=0)
-    torch.manual_seed(5)
-    batch = next(iter(train_loader))
-    assert batch["image"].dtype == torch.uint8
-    per_sample = data.ImageDataset(bundle.train, "image", "label", transforms.build(c, True, norm["mean"],
-                                                                                      norm["std"]), "train")
-    torch.manual_seed(5)
-    reference = next(iter(data.make_loader(per_sample, 8, True, 0, 0)))
-    assert torch.equal(data.normalizer(c, norm)(batch), reference["image"])  # same draws, same values
+    ds.set_epoch(4)
+    batch = next(iter(data.make_loader(ds, 8, True, 2, 0)))  # drawn in worker processes
+    x = data.normalizer(c, norm)(batch)
+    for row, i in enumerate(batch["index"].tolist()):
+        p = views.draw(c, views.train_rng(3, 4, i), (12, 12))
+        want = transforms.finish(c, norm["mean"], norm["std"])(views.apply(bundle.images["train"].image(i), p, c))
+        assert torch.equal(x[row], want)
+    ds.set_epoch(5)
+    assert not all(torch.equal(ds[i]["image"], batch["image"][r]) for r, i in enumerate(batch["index"].tolist()))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, engine, models, report, transforms  # noqa: E402
+from distill import artifacts, cache, config, data, engine, models, report  # noqa: E402
 
 
 def main() -> None:
@@ -51,8 +51,7 @@ def main() -> None:
     n = len(bundle.train)
 
     # (1) raw teacher inference over the loader
-    ds = data.ImageDataset(bundle.train, bundle.image_column, bundle.label_column,
-                           transforms.to_uint8(cfg.data, False), "train")
+    ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
     loader = data.make_loader(ds, args.batch, False, args.workers, 0)
     inputs = data.normalizer(cfg.data, norm)
     model = teacher.to(acc.device, memory_format=torch.channels_last).eval()
