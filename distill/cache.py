@@ -13,7 +13,6 @@ which yields the same bytes as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -51,14 +50,6 @@ def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) 
         fields += [("partner", "<i4", (v,)), ("partner_view", "<i2", (v, views.WIDTH)), ("lam", "<f4", (v,)),
                    ("box", "<i2", (v, 4))]
     return np.dtype(fields)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- fingerprint
@@ -172,7 +163,7 @@ def _write_npy(path: Path, records: np.ndarray) -> str:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return sha256(path)
+    return artifacts.sha256(path)
 
 
 def _shard_ok(folder: Path, s: int) -> bool:
@@ -180,7 +171,7 @@ def _shard_ok(folder: Path, s: int) -> bool:
     npy = folder / f"shard-{s:05d}.npy"
     if side is None or not npy.exists():
         return False
-    if sha256(npy) != side["sha256"]:
+    if artifacts.sha256(npy) != side["sha256"]:
         log.warning(f"cache: shard {s} of {folder} fails its checksum; recomputing it")
         return False
     return True
@@ -231,7 +222,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     tmeta = artifacts.read_json(tdir / "meta.json")
     if tmeta is None:
         raise DataError(f"cache: no teacher in {tdir}; run stage=teacher first")
-    inputs = fingerprint_inputs(cfg, bundle, norm, sha256(tdir / "model.safetensors"), acc.mixed_precision)
+    inputs = fingerprint_inputs(cfg, bundle, norm, artifacts.sha256(tdir / "model.safetensors"), acc.mixed_precision)
     fp = artifacts.fingerprint(inputs)
     folder = Path(c.root) / fp
     n, k = len(bundle.train), inputs["topk"]
@@ -305,7 +296,7 @@ def _existing(folder: Path, fp: str) -> str:
         (folder / "manifest.json").unlink()
         return "partial"
     bad = [sh for sh in manifest["shards"] if not (folder / sh["file"]).exists()
-           or sha256(folder / sh["file"]) != sh["sha256"]]
+           or artifacts.sha256(folder / sh["file"]) != sh["sha256"]]
     if not bad:
         return "complete"
     for sh in bad:
@@ -357,7 +348,7 @@ class SoftLabels:
         self.shards = []
         for sh in manifest["shards"]:
             path = self.folder / sh["file"]
-            if verify and sha256(path) != sh["sha256"]:
+            if verify and artifacts.sha256(path) != sh["sha256"]:
                 raise DataError(f"cache: {path} fails its checksum; rerun stage=cache to recompute it")
             arr = np.load(path, mmap_mode="r")
             if len(arr) != sh["rows"]:
@@ -393,6 +384,6 @@ class SoftLabels:
 
 def folder_for(cfg: Config, bundle: data.DataBundle, norm: dict, run_dir: Path, precision: str) -> Path:
     """Where the cache for this config lives (whether or not it exists yet)."""
-    digest = sha256(teacher.folder(cfg, run_dir) / "model.safetensors")
+    digest = artifacts.sha256(teacher.folder(cfg, run_dir) / "model.safetensors")
     return Path(cfg.cache.root) / artifacts.fingerprint(fingerprint_inputs(cfg, bundle, norm, digest, precision))
 

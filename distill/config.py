@@ -162,6 +162,13 @@ class KDCfg:
     focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class)")
 
 
+@dataclass
+class CheckpointCfg:
+    every: int = _f(500, doc="save a checkpoint every N optimizer steps (0: only at epoch ends); always at epoch ends",
+                    ge=0)
+    keep: int = _f(2, doc="complete checkpoints kept per stage (the newest)", ge=1)
+
+
 # The stages, in the order `stage=all` runs them.
 STAGES = ("teacher", "cache", "student")
 
@@ -176,6 +183,13 @@ class Config:
     log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...")
     precision: str = _f("auto", doc="mixed precision: auto (bf16 on a GPU that has it) | no | bf16 | fp16",
                         choices=("auto", "no", "bf16", "fp16"))
+    resume: str = _f("auto", doc="auto: continue an interrupted stage from its newest complete checkpoint | never: "
+                                 "delete its checkpoints and start the stage over", choices=("auto", "never"))
+    on_nonfinite: str = _f("abort", doc="NaN/inf loss: abort (stop, naming the step; the last good checkpoint stays) | "
+                                        "skip (skip that step's update and count it; costs one host sync per step)",
+                           choices=("abort", "skip"))
+    max_nonfinite: int = _f(10, doc="on_nonfinite=skip: abort after this many skipped steps in a stage", ge=0)
+    checkpoint: CheckpointCfg = _f(factory=CheckpointCfg)
     data: DataCfg = _f(factory=DataCfg)
     teacher: TeacherCfg = _f(factory=TeacherCfg)
     cache: CacheCfg = _f(factory=CacheCfg)

@@ -69,10 +69,16 @@ def detect_source(cfg: DataCfg) -> str:
     return "hub"
 
 
+def local_path(cfg: DataCfg, source: str) -> str | None:
+    """Local data as an absolute path: `datasets` fingerprints a relative path together with the working directory,
+    so the same files reached from another folder would otherwise look like other data (and retrain the stages)."""
+    return str(Path(cfg.path).resolve()) if source in ("parquet", "imagefolder", "disk") else cfg.path
+
+
 def _load_splits(cfg: DataCfg, source: str) -> datasets.DatasetDict:
     if source == "demo":
         return datasets.DatasetDict({"train": demo_dataset()})
-    path = cfg.path
+    path = local_path(cfg, source)
     if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
         raise DataError(f"data.path: no such file or directory: {path}")
     try:
@@ -163,7 +169,7 @@ def load(cfg: DataCfg) -> DataBundle:
     names = _class_names(train, cfg)
     check_labels(train, cfg.label_column, len(names), "train")
     check_labels(val, cfg.label_column, len(names), "validation")
-    identity = {"source": source, "path": cfg.path, "hub_config": cfg.hub_config,
+    identity = {"source": source, "path": local_path(cfg, source), "hub_config": cfg.hub_config,
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,

@@ -10,8 +10,10 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
-from distill import artifacts, tricks
-from distill.config import TrainCfg
-from distill.errors import TrainingError
+from distill import artifacts, checkpoint, tricks
+from distill.config import CheckpointCfg, Config, TrainCfg
+from distill.errors import Stopped, TrainingError
 
 log = logging.getLogger("distill")
 
@@ -41,6 +44,17 @@ class Fit:
     seed: int
     inputs: Callable[[dict], torch.Tensor] | None = None  # training batch -> network input; default batch["image"]
     eval_inputs: Callable[[dict], torch.Tensor] | None = None  # the same for validation batches
+    fingerprint: str = ""  # the stage's: a checkpoint written under another fingerprint is refused
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    resume: str = "auto"
+    on_nonfinite: str = "abort"
+    max_nonfinite: int = 10
+
+
+def guards(cfg: Config, fingerprint: str) -> dict:
+    """The Fit fields that come from the run's settings rather than the stage's trick set."""
+    return {"fingerprint": fingerprint, "checkpoint": cfg.checkpoint, "resume": cfg.resume,
+            "on_nonfinite": cfg.on_nonfinite, "max_nonfinite": cfg.max_nonfinite}
 
 
 def _inputs(batch: dict, channels_last: bool, make=None) -> torch.Tensor:
@@ -51,11 +65,13 @@ def _inputs(batch: dict, channels_last: bool, make=None) -> torch.Tensor:
 def make_accelerator(precision: str = "auto", **kwargs) -> Accelerator:
     """The run's Accelerator. precision=auto: bf16 on a GPU that supports it, else fp32. With no accelerator,
     cpu=True lets `accelerate launch --num_processes N` form one gloo group of CPU processes (accelerate otherwise
-    starts N independent single-process runs)."""
+    starts N independent single-process runs). Seedable samplers make each epoch's data order a function of the
+    seed and the epoch, the same on every process and after a resume."""
     has_gpu = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(cpu=not has_gpu, mixed_precision=precision, **kwargs)
+    return Accelerator(cpu=not has_gpu, mixed_precision=precision,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
 
 
 @torch.inference_mode()
@@ -78,115 +94,223 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, channels_last: bo
             "val_loss": loss_sum / max(count, 1), "val_count": count}
 
 
-def _save_checkpoint(acc: Accelerator, folder: Path, epoch: int) -> Path:
-    """accelerate's save_state writes in place: write into a temporary folder, then rename; keep the newest."""
-    final = folder / f"epoch-{epoch:04d}"
-    tmp = folder / f".tmp-epoch-{epoch:04d}"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp), safe_serialization=True)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        tmp.rename(final)
-        for old in folder.glob("epoch-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-    return final
+class _Preemption:
+    """SIGTERM sets a flag; training saves a checkpoint at the next step boundary and stops (`Stopped`). With several
+    processes the flag is agreed on at progress-log boundaries, where the processes synchronise anyway."""
+
+    def __enter__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def due(self, acc: Accelerator, boundary: bool) -> bool:
+        if acc.num_processes == 1:
+            return self.requested
+        if not boundary:
+            return False
+        return acc.reduce(torch.tensor(float(self.requested), device=acc.device), reduction="sum").item() > 0
+
+
+class _Logs:
+    """metrics.jsonl (one line per epoch) and steps.jsonl (one line per log_every steps), main process only. A resumed
+    stage first drops the lines written after its checkpoint, so that no step appears twice or goes missing."""
+
+    def __init__(self, out_dir: Path, acc: Accelerator, step: int, epochs_done: int):
+        self.epochs, self.steps, self.main = out_dir / "metrics.jsonl", out_dir / "steps.jsonl", acc.is_main_process
+        if self.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._keep(self.epochs, lambda r: r["epoch"] <= epochs_done)
+            self._keep(self.steps, lambda r: r["step"] <= step)
+
+    @staticmethod
+    def _keep(path: Path, wanted) -> None:
+        rows = [line for line in path.read_text().splitlines() if wanted(json.loads(line))] if path.exists() else []
+        path.write_text("".join(line + "\n" for line in rows))
+
+    def write(self, which: str, row: dict) -> None:
+        if self.main:
+            with open(self.epochs if which == "epoch" else self.steps, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+NO_BAD_STEP = 2**62  # first_bad's value while every loss so far was finite
+
+
+def _switch_to_sgd(acc, model, job: Fit, global_batch: int, steps_per_epoch: int):
+    cfg = job.cfg
+    sgd = tricks.build_optimizer(acc.unwrap_model(model), cfg.optim,
+                                 tricks.scaled_lr(cfg.optim.switch_lr, global_batch), use_sgd=True)
+    optimizer = acc.prepare_optimizer(sgd)
+    return optimizer, tricks.build_schedule(optimizer, cfg.sched, job.epochs, steps_per_epoch)
 
 
 def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: Objective,
         acc: Accelerator) -> tuple[torch.nn.Module, dict]:
-    """Train for job.epochs, evaluating after each epoch; returns the unwrapped model and the last metrics."""
+    """Train for job.epochs, evaluating after each epoch, checkpointing every `checkpoint.every` steps and at each
+    epoch end, resuming from the newest complete checkpoint; returns the unwrapped model and the last metrics."""
     cfg = job.cfg
     global_batch = cfg.batch_size * acc.num_processes * cfg.grad_accum
     lr = tricks.scaled_lr(job.lr_per_256, global_batch)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = tricks.build_optimizer(model, cfg.optim, lr)
+    acc.free_memory()  # forget earlier stages' prepared objects: save_state/load_state must see only this stage's
     model, optimizer, train_loader, val_loader = acc.prepare(model, optimizer, train_loader, val_loader)
-    steps_per_epoch = len(train_loader) // cfg.grad_accum
+    batches = len(train_loader)
+    steps_per_epoch = batches // cfg.grad_accum
     if steps_per_epoch < 1:
         raise TrainingError(f"{job.name}: batch_size {cfg.batch_size} x {acc.num_processes} process(es) x "
                             f"grad_accum {cfg.grad_accum} is more than the {len(train_loader.dataset)} training images")
     schedule = tricks.build_schedule(optimizer, cfg.sched, job.epochs, steps_per_epoch)
-    metrics_path, ckpt_dir = job.out_dir / "metrics.jsonl", job.out_dir / "checkpoints"
-    if acc.is_main_process:
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path.unlink(missing_ok=True)
+    ckpt_dir, switch_at = job.out_dir / "checkpoints", cfg.optim.switch_to_sgd_epoch
+    # where training stands; saved with every checkpoint, so that a resumed stage continues bit for bit
+    st = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "window_sum": 0.0, "window_n": 0, "seen": 0,
+          "skipped": 0, "nonfinite_skipped": 0, "epoch_s": 0.0, "train_s": 0.0, "best_top1": None}
+    if job.resume == "never":
+        checkpoint.clear(acc, ckpt_dir)
+    found, progress = checkpoint.latest(acc, ckpt_dir, job.fingerprint, job.name) if job.resume == "auto" \
+        else (None, None)
+    switched = False
+    if found:
+        if switch_at is not None and (progress["epoch"], progress["batch"]) > (switch_at, 0):
+            optimizer, schedule = _switch_to_sgd(acc, model, job, global_batch, steps_per_epoch)
+            switched = True
+        checkpoint.restore(acc, found, job.name)
+        st.update({k: progress[k] for k in st})
+    logs = _Logs(job.out_dir, acc, st["step"], st["epoch"])
     log.info(f"{job.name}: {job.epochs} epochs x {steps_per_epoch} steps, global batch {global_batch}, "
-             f"lr {lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}")
-    step, last_ckpt, metrics, fit_start = 0, None, {}, time.perf_counter()
-    for epoch in range(job.epochs):
-        if cfg.optim.switch_to_sgd_epoch is not None and epoch == cfg.optim.switch_to_sgd_epoch:
-            sgd = tricks.build_optimizer(acc.unwrap_model(model), cfg.optim,
-                                         tricks.scaled_lr(cfg.optim.switch_lr, global_batch), use_sgd=True)
-            optimizer = acc.prepare_optimizer(sgd)
-            schedule = tricks.build_schedule(optimizer, cfg.sched, job.epochs, steps_per_epoch)
-            log.info(f"{job.name}: switched to SGD at epoch {epoch}")
-        schedule.step_update(step)
-        model.train()
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        if hasattr(train_loader.dataset, "set_epoch"):  # e.g. which cached view each sample replays
-            train_loader.dataset.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=acc.device)
-        first_bad = torch.full((), -1, device=acc.device, dtype=torch.long)  # no host sync per step
-        seen, skipped = 0, torch.zeros((), device=acc.device, dtype=torch.long)
-        start = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"{job.name} {epoch + 1}/{job.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not acc.is_main_process)
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar):
-            x = _inputs(batch, cfg.channels_last, job.inputs)
-            rng = np.random.default_rng([job.seed, acc.process_index, epoch, i])
-            mix = tricks.draw_mix(rng, cfg.mix, x.shape[0], x.shape[-2], x.shape[-1])
-            sync = (i + 1) % cfg.grad_accum == 0
-            with contextlib.nullcontext() if sync else acc.no_sync(model):
-                x = tricks.mix_images(x, mix)
-                loss = objective(model(x), batch, mix, x)
-                acc.backward(loss / cfg.grad_accum)
-            bad = ~torch.isfinite(loss.detach())
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-            loss_sum += torch.where(bad, torch.zeros_like(loss_sum), loss.detach().float())
-            seen += x.shape[0]
-            if "skipped" in batch:  # counted by data.collate when data.on_bad_image=skip
-                skipped += batch["skipped"]
-            if sync:
-                if cfg.clip_grad:
-                    acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
+             f"lr {lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}"
+             + (f"; resuming at epoch {st['epoch'] + 1}, step {st['step']}" if found else ""))
+    metrics, step, dev = {}, st["step"], acc.device
+    window, window_n = torch.tensor(st["window_sum"], device=dev), st["window_n"]  # losses since the last log line
+    with _Preemption() as preemption:
+        for epoch in range(st["epoch"], job.epochs):
+            if epoch == switch_at and not switched:
+                optimizer, schedule = _switch_to_sgd(acc, model, job, global_batch, steps_per_epoch)
+                switched = True
+                log.info(f"{job.name}: switched to SGD at epoch {epoch}")
+            first = st["batch"] if epoch == st["epoch"] else 0  # batches of this epoch already trained
+            if first == 0:
+                st.update(loss_sum=0.0, seen=0, skipped=0, epoch_s=0.0)
+            schedule.step_update(step)
+            model.train()
+            if hasattr(train_loader, "set_epoch"):  # the same data order as the uninterrupted run
+                train_loader.set_epoch(epoch)
+            if hasattr(train_loader.dataset, "set_epoch"):  # the views (or cached views) of this epoch
+                train_loader.dataset.set_epoch(epoch)
+            loader = acc.skip_first_batches(train_loader, first) if first else train_loader
+            loss_sum = torch.tensor(st["loss_sum"], device=dev)
+            skipped = torch.tensor(st["skipped"], device=dev, dtype=torch.long)
+            first_bad = torch.full((), NO_BAD_STEP, device=dev, dtype=torch.long)  # no host sync per step
+            seen, bad_update, start = st["seen"], False, time.perf_counter()
+
+            def progress_now(batch_index: int, epochs_done: int) -> dict:
+                return st | {"epoch": epochs_done, "batch": batch_index, "step": step, "loss_sum": loss_sum.item(),
+                             "window_sum": window.item(), "window_n": window_n, "seen": seen,
+                             "skipped": int(skipped.item()), "epoch_s": st["epoch_s"] + time.perf_counter() - start,
+                             "fingerprint": job.fingerprint}
+
+            bar = tqdm(loader, desc=f"{job.name} {epoch + 1}/{job.epochs}", leave=False, dynamic_ncols=True,
+                       disable=not acc.is_main_process, initial=first, total=batches)
+            optimizer.zero_grad(set_to_none=True)
+            for i, batch in enumerate(bar, start=first):
+                x = _inputs(batch, cfg.channels_last, job.inputs)
+                rng = np.random.default_rng([job.seed, acc.process_index, epoch, i])
+                mix = tricks.draw_mix(rng, cfg.mix, x.shape[0], x.shape[-2], x.shape[-1])
+                sync = (i + 1) % cfg.grad_accum == 0
+                with contextlib.nullcontext() if sync else acc.no_sync(model):
+                    x = tricks.mix_images(x, mix)
+                    loss = objective(model(x), batch, mix, x)
+                    acc.backward(loss / cfg.grad_accum)
+                finite = torch.isfinite(loss.detach())
+                if job.on_nonfinite == "skip":  # decided before the update: one host sync per step
+                    bad_update |= acc.reduce((~finite).float(), reduction="sum").item() > 0
+                else:
+                    first_bad = torch.where(~finite, torch.minimum(first_bad, torch.full_like(first_bad, step)),
+                                            first_bad)
+                kept = torch.where(finite, loss.detach().float(), torch.zeros_like(loss_sum))
+                loss_sum += kept
+                window += kept
+                window_n += 1
+                seen += x.shape[0]
+                if "skipped" in batch:  # counted by data.collate when data.on_bad_image=skip
+                    skipped += batch["skipped"].to(dev)
+                if not sync:
+                    continue
+                if bad_update:
+                    st["nonfinite_skipped"] += 1
+                    log.warning(f"{job.name}: non-finite loss at step {step + 1}; update skipped "
+                                f"({st['nonfinite_skipped']} so far)")
+                    if st["nonfinite_skipped"] > job.max_nonfinite:
+                        raise TrainingError(f"{job.name}: {st['nonfinite_skipped']} steps with a non-finite loss, "
+                                            f"more than max_nonfinite={job.max_nonfinite}; stopped at step {step + 1}")
+                else:
+                    if cfg.clip_grad:
+                        acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                bad_update = False
                 step += 1
                 schedule.step_update(step)
-                if step % cfg.log_every == 0 or i + 1 == len(train_loader):
-                    _check_finite(first_bad, job, last_ckpt)
-                    bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        _check_finite(first_bad, job, last_ckpt)
-        elapsed, skipped = time.perf_counter() - start, int(acc.reduce(skipped, reduction="sum").item())
-        metrics = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                   "loss": acc.reduce(loss_sum, reduction="mean").item() / max(len(train_loader), 1),
-                   "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": skipped,
-                   **evaluate(model, val_loader, acc, cfg.channels_last, job.eval_inputs)}
-        log.info(f"{job.name} epoch {epoch + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "
-                 f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% | {metrics['images_per_s']:.0f} img/s")
-        if skipped:
-            log.warning(f"{job.name}: skipped {skipped} images that failed to decode this epoch")
-        if acc.is_main_process:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-        acc.log({f"{job.name}/{k}": v for k, v in metrics.items()}, step=step)  # no-op without log_with
-        last_ckpt = _save_checkpoint(acc, ckpt_dir, epoch + 1)
+                boundary = step % cfg.log_every == 0
+                if boundary:
+                    _check_finite(first_bad, job, ckpt_dir, acc)
+                    lr_now = optimizer.param_groups[0]["lr"]
+                    row = {"step": step, "epoch": epoch + 1, "loss": window.item() / max(window_n, 1), "lr": lr_now}
+                    logs.write("step", row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr_now:.3g}")
+                    window.zero_()
+                    window_n = 0
+                stop = preemption.due(acc, boundary)
+                if i + 1 < batches and ((job.checkpoint.every and step % job.checkpoint.every == 0) or stop):
+                    _check_finite(first_bad, job, ckpt_dir, acc)
+                    saved = checkpoint.save(acc, ckpt_dir, progress_now(i + 1, epoch), job.checkpoint.keep, job.name)
+                    if stop:
+                        raise Stopped(f"{job.name}: stopped by SIGTERM at step {step}; saved {saved}; run the same "
+                                      "command again to resume")
+            _check_finite(first_bad, job, ckpt_dir, acc)
+            elapsed = st["epoch_s"] + time.perf_counter() - start
+            n_skipped = int(acc.reduce(skipped, reduction="sum").item())
+            metrics = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                       "loss": acc.reduce(loss_sum, reduction="mean").item() / max(batches, 1),
+                       "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": n_skipped,
+                       "nonfinite_skipped": st["nonfinite_skipped"],
+                       **evaluate(model, val_loader, acc, cfg.channels_last, job.eval_inputs)}
+            st["train_s"] += elapsed
+            st["best_top1"] = max(metrics["top1"], st["best_top1"] or 0.0)
+            log.info(f"{job.name} epoch {epoch + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "
+                     f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% | {metrics['images_per_s']:.0f} img/s")
+            if n_skipped:
+                log.warning(f"{job.name}: skipped {n_skipped} images that failed to decode this epoch")
+            logs.write("epoch", metrics)
+            acc.log({f"{job.name}/{k}": v for k, v in metrics.items()}, step=step)  # no-op without log_with
+            checkpoint.save(acc, ckpt_dir, progress_now(0, epoch + 1) | {"epoch_s": 0.0}, job.checkpoint.keep,
+                            job.name)
+            if preemption.due(acc, True):
+                raise Stopped(f"{job.name}: stopped by SIGTERM after epoch {epoch + 1}; run the same command again "
+                              "to resume")
     acc.wait_for_everyone()
-    metrics["train_wall_s"] = time.perf_counter() - fit_start
+    metrics["train_wall_s"] = st["train_s"]
+    metrics["best_top1"] = st["best_top1"]
     return acc.unwrap_model(model), metrics
 
 
-def _check_finite(first_bad: torch.Tensor, job: Fit, last_ckpt: Path | None) -> None:
-    bad_step = int(first_bad.item())
-    if bad_step >= 0:
-        where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint yet"
+def _check_finite(first_bad: torch.Tensor, job: Fit, ckpt_dir: Path, acc: Accelerator) -> None:
+    """Raise if any process saw a non-finite loss (abort mode); checked before every checkpoint, so that the last
+    checkpoint is always a good one."""
+    bad = acc.gather(first_bad[None]).min() if acc.num_processes > 1 else first_bad
+    bad_step = int(bad.item())
+    if bad_step != NO_BAD_STEP:
+        last = checkpoint.complete(ckpt_dir)
+        where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint yet"
         raise TrainingError(f"{job.name}: non-finite loss at step {bad_step + 1}; stopped ({where})")
 
 

@@ -19,3 +19,8 @@ class CheckpointError(UserError, RuntimeError):
 
 class TrainingError(UserError, RuntimeError):
     pass
+
+
+class Stopped(UserError):
+    """SIGTERM (preemption): a checkpoint was saved and the run stopped; rerunning the command resumes it."""
+    exit_code = 143  # 128 + SIGTERM, as a shell reports a process ended by that signal

@@ -19,7 +19,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from distill import config  # noqa: E402
-from distill.errors import UserError  # noqa: E402
+from distill.errors import Stopped, UserError  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 log = logging.getLogger("distill")
@@ -33,13 +33,10 @@ def stage_functions() -> dict:
 
 def execute(cfg: config.Config) -> None:
     # imported here, not at the top: --help and config errors answer before torch loads
-    from accelerate.utils import DataLoaderConfiguration
-
     from distill import data, engine
 
     run_dir = Path(cfg.run_root) / cfg.name
-    acc = engine.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=str(run_dir),
-                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    acc = engine.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=str(run_dir))
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-save INFO lines drown our progress
@@ -70,9 +67,9 @@ def execute(cfg: config.Config) -> None:
 def _hydra_main(raw: DictConfig) -> None:
     try:
         execute(config.validate(raw))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except UserError as e:  # one line, no traceback; a preempted run (Stopped) says so and how to resume
+        print(e if isinstance(e, Stopped) else f"error: {e}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
 
 
 def main() -> None:

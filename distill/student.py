@@ -151,7 +151,7 @@ def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, o
     models.init_weights(model, s.init, s.zero_gamma)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
     plain = data.normalizer(cfg.data, norm)
-    job = engine.Fit(s, s.epochs, s.optim.lr, out, name, seed, inputs or plain, plain)
+    job = engine.Fit(s, s.epochs, s.optim.lr, out, name, seed, inputs or plain, plain, **engine.guards(cfg, fp))
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names,
@@ -179,7 +179,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         if tmeta is None:
             raise DataError(f"student: no teacher in {tdir}; run stage=teacher first")
         temperature = kd.temperature or cfg.cache.temperature
-        source = cache.sha256(tdir / "model.safetensors")
+        source = artifacts.sha256(tdir / "model.safetensors")
     out = run_dir / "student"
     fp = fingerprint(cfg, bundle, norm, source, baseline=False)
     meta = artifacts.reusable(out, fp, "student")

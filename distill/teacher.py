@@ -71,7 +71,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     train_loader, val_loader = data.loaders(bundle, cfg.data, t.batch_size, cfg.seed)
     inputs = data.normalizer(cfg.data, norm)
     if epochs:
-        job = engine.Fit(t, epochs, lr, out, "teacher", cfg.seed, inputs, inputs)
+        job = engine.Fit(t, epochs, lr, out, "teacher", cfg.seed, inputs, inputs, **engine.guards(cfg, fp))
         model, metrics = engine.fit(model, train_loader, val_loader, job,
                                     ce_objective(bundle.num_classes, t.label_smoothing), acc)
     else:

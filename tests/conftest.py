@@ -90,3 +90,30 @@ def cache_overrides(data_path: Path, tmp: Path, teacher_file: Path, **kw) -> lis
         "cache.shard_size=16", "cache.batch_size=24", "cache.views=3", "cache.topk=3", "stage=cache",
         "data.flip=true", "data.padding=2"]
     return args + [f"{k.replace('__', '.')}={v}" for k, v in kw.items()]
+
+
+def config_from(overrides: list[str]):
+    """The validated Config of command-line style overrides, for tests that call a stage in-process."""
+    import json
+
+    from distill import config
+
+    def value(v: str):
+        if v.startswith("["):
+            return json.loads(v)
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return {"true": True, "false": False}.get(v, v)
+
+    tree: dict = {}
+    for item in overrides:
+        key, v = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value(v)
+    return config.validate(tree)

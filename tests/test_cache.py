@@ -170,23 +170,6 @@ def test_killed_cache_run_resumes_to_identical_bytes(tmp_path):
     assert _files(folder) == reference
 
 
-def test_two_processes_write_the_same_bytes_as_one(parquet_file, tmp_path, teacher_file):
-    one = tmp_path / "one"
-    one.mkdir()
-    assert run_cli(*cache_overrides(parquet_file, one, teacher_file), cwd=one).returncode == 0
-    two = tmp_path / "two"
-    two.mkdir()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "distill" / "run.py"), *cache_overrides(parquet_file, two, teacher_file)]
-    r = subprocess.run(cmd, cwd=two, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert r.returncode == 0, r.stderr
-    assert "(0 of this process's 2 already done)" in r.stderr  # 3 shards over 2 processes: rank 0 has 2
-    a, b = _only_cache(one / "cache"), _only_cache(two / "cache")
-    assert a.name == b.name and _files(a) == _files(b)
-
-
 def test_inspect_cache_tool(parquet_file, tmp_path, teacher_file):
     assert run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file, cache__topk=2), cwd=tmp_path).returncode == 0
     folder = _only_cache(tmp_path / "cache")

@@ -1,0 +1,131 @@
+"""Crash-safe training checkpoints around accelerate's save_state/load_state.
+
+accelerate writes model, optimizer, scaler, sampler and the RNG states of every process in place, so a crash
+mid-write leaves a half checkpoint. Here each one is written into `.tmp-step-N/`, the main process adds
+`progress.json` (where training stood, the stage's fingerprint, the process count, and the sha256 of every file),
+then renames it to `step-N/`; only then are older ones pruned. A checkpoint is restored only when every file
+verifies, so a truncated or tampered one is never loaded half-way.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from distill import artifacts
+from distill.errors import CheckpointError
+
+log = logging.getLogger("distill")
+
+PROGRESS = "progress.json"
+
+
+def _name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def complete(folder: Path) -> list[Path]:
+    """Renamed (complete) checkpoints, oldest first."""
+    return sorted(folder.glob("step-*")) if folder.is_dir() else []
+
+
+def save(acc: Accelerator, folder: Path, progress: dict, keep: int, what: str) -> Path:
+    """Write a checkpoint of the prepared objects plus `progress`; keep the newest `keep`. An error while writing
+    (disk full, ...) leaves the previous checkpoints as they were."""
+    final = folder / _name(progress["step"])
+    tmp = folder / f".tmp-{final.name}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    try:
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            files = {p.name: artifacts.sha256(p) for p in sorted(tmp.iterdir())}
+            artifacts.write_json(tmp / PROGRESS, progress | {"processes": acc.num_processes, "files": files})
+            shutil.rmtree(final, ignore_errors=True)  # the same step saved again (an epoch end on an `every` step)
+            tmp.rename(final)
+            for old in complete(folder)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        last = complete(folder)
+        raise CheckpointError(f"{what}: could not write checkpoint {final} ({e.strerror or e}); the last complete "
+                            f"checkpoint is {last[-1] if last else 'none'}") from None
+    acc.wait_for_everyone()
+    return final
+
+
+def _problem(path: Path, progress: dict | None) -> str | None:
+    """Why this checkpoint cannot be restored in full, or None."""
+    if progress is None:
+        return f"{PROGRESS} is missing or unreadable"
+    files = progress.get("files", {})
+    rngs = [f"random_states_{i}.pkl" for i in range(progress.get("processes", 0))]
+    for name in ["model.safetensors", "optimizer.bin", *rngs]:
+        if name not in files:
+            return f"it holds no {name}"
+    for name, digest in files.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if artifacts.sha256(path / name) != digest:
+            return f"{name} fails its checksum (truncated or changed)"
+    return None
+
+
+def _find(folder: Path, fingerprint: str, processes: int, what: str) -> tuple[str | None, dict | None]:
+    damaged = None
+    for path in reversed(complete(folder)):
+        progress = artifacts.read_json(path / PROGRESS)
+        problem = _problem(path, progress)
+        if problem:
+            log.warning(f"{what}: checkpoint {path} cannot be restored: {problem}; trying an older one")
+            damaged = damaged or f"{path}: {problem}"
+            continue
+        if progress["fingerprint"] != fingerprint:
+            raise CheckpointError(f"{what}: checkpoint {path} was written by another configuration of this stage; "
+                                "set resume=never to start the stage over")
+        if progress["processes"] != processes:
+            raise CheckpointError(f"{what}: checkpoint {path} was written by {progress['processes']} process(es), "
+                                f"this run has {processes}; resume with the same process count or set resume=never")
+        return str(path), progress
+    if damaged:
+        raise CheckpointError(f"{what}: no checkpoint can be restored (newest: {damaged}); set resume=never to start "
+                            "the stage over")
+    return None, None
+
+
+def latest(acc: Accelerator, folder: Path, fingerprint: str, what: str) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint that verifies completely, with its progress; the main process decides for all."""
+    found: list = [None, None, None]
+    if acc.is_main_process:
+        try:
+            found[:2] = _find(folder, fingerprint, acc.num_processes, what)
+        except CheckpointError as e:
+            found[2] = str(e)
+    if acc.num_processes > 1:
+        found = broadcast_object_list(found)
+    if found[2]:
+        raise CheckpointError(found[2])
+    return (Path(found[0]) if found[0] else None), found[1]
+
+
+def restore(acc: Accelerator, path: Path, what: str) -> None:
+    try:
+        acc.load_state(str(path))
+    except Exception as e:  # noqa: BLE001 - wrong shapes, foreign optimizer state, ...: one line, never half-loaded
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{what}: checkpoint {path} does not fit this model or optimizer ({first}); set "
+                            "resume=never to start the stage over") from None
+    log.info(f"{what}: resumed from {path}")
+
+
+def clear(acc: Accelerator, folder: Path) -> None:
+    if acc.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+    acc.wait_for_everyone()

@@ -1,0 +1,186 @@
+"""Crash safety of training stages: exact resume after SIGKILL, SIGTERM, damaged checkpoints, disk full, NaN."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from conftest import ROOT, cache_overrides, config_from, random_teacher, run_cli, tiny_dataset, tiny_overrides
+from distill import artifacts, checkpoint, data, teacher
+from distill.errors import CheckpointError, TrainingError
+
+STEPS_PER_EPOCH = 30  # 480 training images / batch 16
+
+
+@pytest.fixture(scope="module")
+def student_setup(tmp_path_factory):
+    """Data, a teacher file and the student-stage arguments; plus the uninterrupted reference run."""
+    tmp = tmp_path_factory.mktemp("resume")
+    path = tmp / "data.parquet"
+    tiny_dataset(510, size=16).to_parquet(str(path))
+    teacher_file = random_teacher(tmp / "teacher.safetensors")
+
+    def args(where):
+        return cache_overrides(path, where, teacher_file) + [
+            "data.image_size=16", "data.val_size=30", "stage=student", "student.model=resnet8", "student.epochs=3",
+            "student.batch_size=16", "student.log_every=5", "checkpoint.every=4", "checkpoint.keep=2",
+            "cache.shard_size=1000"]
+
+    ref = tmp / "ref"
+    ref.mkdir()
+    r = run_cli(*args(ref), cwd=ref)
+    assert r.returncode == 0, r.stderr
+    return args, ref / "runs" / "tiny" / "student"
+
+
+def _start_and_interrupt(args, where, sig):
+    """Start the run in a subprocess and send `sig` once the student has written its first mid-epoch checkpoint."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "distill" / "run.py"), *args], cwd=where, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = where / "runs" / "tiny" / "student" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.complete(ckpts) and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def _steps(out):
+    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_student_resumes_to_the_same_weights(student_setup, tmp_path, sig):
+    args, ref = student_setup
+    code, err = _start_and_interrupt(args(tmp_path), tmp_path, sig)
+    out = tmp_path / "runs" / "tiny" / "student"
+    assert not (out / "meta.json").exists(), "interrupted too late: the student had finished"
+    if sig == signal.SIGTERM:  # preemption: a clean stop with a complete checkpoint
+        assert code == 143 and "student: stopped by SIGTERM at step" in err and "Traceback" not in err
+        newest = checkpoint.complete(out / "checkpoints")[-1]
+        assert checkpoint._problem(newest, artifacts.read_json(newest / "progress.json")) is None
+    else:
+        assert code == -signal.SIGKILL
+    r = run_cli(*args(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    resumed = [line for line in r.stderr.splitlines() if "resuming at epoch" in line]
+    assert resumed and "step 0" not in resumed[0]
+    want, got = artifacts.load_weights(ref), artifacts.load_weights(out)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)  # bitwise
+    steps = _steps(out)
+    assert [s["step"] for s in steps] == list(range(5, 3 * STEPS_PER_EPOCH + 1, 5))  # none twice, none missing
+    assert steps == _steps(ref)  # and the same losses
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert not (out / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- in-process faults of the teacher stage
+
+def _teacher_cfg(parquet_file, tmp_path, *extra):
+    return config_from(tiny_overrides(parquet_file, tmp_path / "runs", epochs=3)
+                       + ["checkpoint.every=2", "checkpoint.keep=3", *extra])
+
+
+def _crash_at(monkeypatch, call: int, make=lambda loss: loss * float("nan")):
+    """Make the teacher objective misbehave at its `call`-th call (training step `call` with grad_accum 1)."""
+    real = teacher.ce_objective
+    calls = {"n": 0}
+
+    def patched(num_classes, eps):
+        objective = real(num_classes, eps)
+
+        def wrapped(logits, batch, mix, x):
+            calls["n"] += 1
+            loss = objective(logits, batch, mix, x)
+            return make(loss) if calls["n"] == call else loss
+        return wrapped
+    monkeypatch.setattr(teacher, "ce_objective", patched)
+
+
+def _crash(loss):
+    raise RuntimeError("injected crash")
+
+
+def _run_teacher(cfg, tmp_path):
+    bundle = data.load(cfg.data)
+    norm = data.normalization(cfg.data, bundle)
+    return teacher.run(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny")
+
+
+def test_damaged_checkpoint_is_never_half_loaded(parquet_file, tmp_path, monkeypatch, caplog):
+    cfg = _teacher_cfg(parquet_file, tmp_path)
+    _crash_at(monkeypatch, 7, _crash)  # 3 steps per epoch: checkpoints at steps 2, 3 (epoch end), 4, 6 (epoch end)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _run_teacher(cfg, tmp_path)
+    folder = tmp_path / "runs" / "tiny" / "teacher" / "checkpoints"
+    names = [p.name for p in checkpoint.complete(folder)]
+    assert names == ["step-000000003", "step-000000004", "step-000000006"]
+    newest = folder / names[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    (folder / names[1] / "random_states_0.pkl").unlink()  # an RNG state lost
+    monkeypatch.undo()
+    caplog.set_level(logging.INFO, logger="distill")
+    meta = _run_teacher(cfg, tmp_path)  # falls back to the oldest complete one
+    assert "model.safetensors fails its checksum" in caplog.text and "random_states_0.pkl is missing" in caplog.text
+    assert f"resumed from {folder / names[0]}" in caplog.text and meta["metrics"]["epoch"] == 3
+
+
+def test_foreign_or_unrestorable_checkpoints_stop_the_run(parquet_file, tmp_path, monkeypatch):
+    cfg = _teacher_cfg(parquet_file, tmp_path)
+    _crash_at(monkeypatch, 5, _crash)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _run_teacher(cfg, tmp_path)
+    monkeypatch.undo()
+    changed = _teacher_cfg(parquet_file, tmp_path, "teacher.label_smoothing=0.2")
+    with pytest.raises(CheckpointError, match="written by another configuration of this stage; set resume=never"):
+        _run_teacher(changed, tmp_path)
+    folder = tmp_path / "runs" / "tiny" / "teacher" / "checkpoints"
+    for ckpt in checkpoint.complete(folder):
+        (ckpt / "optimizer.bin").write_bytes(b"tampered")
+    with pytest.raises(CheckpointError, match=r"no checkpoint can be restored \(newest: .*optimizer.bin fails its "
+                                              r"checksum"):
+        _run_teacher(cfg, tmp_path)
+    meta = _run_teacher(_teacher_cfg(parquet_file, tmp_path, "resume=never"), tmp_path)  # starts over
+    assert meta["metrics"]["epoch"] == 3
+
+
+def test_disk_full_keeps_the_last_good_checkpoint(parquet_file, tmp_path, monkeypatch):
+    cfg = _teacher_cfg(parquet_file, tmp_path)
+    real, calls = Accelerator.save_state, {"n": 0}
+
+    def failing(self, output_dir=None, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.makedirs(output_dir, exist_ok=True)
+            open(os.path.join(output_dir, "model.safetensors"), "wb").write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real(self, output_dir, **kw)
+    monkeypatch.setattr(Accelerator, "save_state", failing)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*step-000000004 \(No space left on "
+                                              r"device\); the last complete checkpoint is .*step-000000003"):
+        _run_teacher(cfg, tmp_path)
+    folder = tmp_path / "runs" / "tiny" / "teacher" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000000002", "step-000000003"]  # no half-written one
+    monkeypatch.undo()
+    assert _run_teacher(cfg, tmp_path)["metrics"]["epoch"] == 3
+
+
+def test_nonfinite_loss_is_skipped_and_counted_under_skip(parquet_file, tmp_path, monkeypatch):
+    _crash_at(monkeypatch, 5)
+    meta = _run_teacher(_teacher_cfg(parquet_file, tmp_path, "on_nonfinite=skip"), tmp_path)
+    assert meta["metrics"]["nonfinite_skipped"] == 1 and meta["metrics"]["epoch"] == 3
+    assert all(torch.isfinite(v).all() for v in artifacts.load_weights(tmp_path / "runs" / "tiny" / "teacher").values()
+               if v.is_floating_point())
+    _crash_at(monkeypatch, 2)
+    with pytest.raises(TrainingError, match=r"1 steps with a non-finite loss, more than max_nonfinite=0; stopped at "
+                                            r"step 2"):
+        _run_teacher(_teacher_cfg(parquet_file, tmp_path / "b", "on_nonfinite=skip", "max_nonfinite=0"), tmp_path / "b")
