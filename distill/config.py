@@ -309,6 +309,28 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="distill_schema", node=OmegaConf.to_container(OmegaConf.structured(Config)))
     if not OmegaConf.has_resolver("distill_settings"):  # `--help` lists every key with its help line
         OmegaConf.register_new_resolver("distill_settings", settings_help)
+    if not OmegaConf.has_resolver("distill_recipes"):  # ... and every recipe with its first comment line
+        OmegaConf.register_new_resolver("distill_recipes", recipes_help)
+
+
+def recipe_lines(folder) -> dict[str, str]:
+    """recipe name -> the first comment line of recipes/recipe/NAME.yaml (its one-line description)."""
+    from pathlib import Path
+
+    out = {}
+    for path in sorted(Path(folder).glob("*.yaml")):
+        lines = [line[1:].strip() for line in path.read_text().splitlines()
+                 if line.startswith("#") and "@package" not in line]
+        out[path.stem] = lines[0] if lines else ""
+    return out
+
+
+def recipes_help() -> str:
+    from pathlib import Path
+
+    lines = recipe_lines(Path(__file__).resolve().parent.parent / "recipes" / "recipe")
+    width = max(map(len, lines))
+    return "\n".join(f"  {name.ljust(width)}  {line}" for name, line in lines.items())
 
 
 def settings_help() -> str:

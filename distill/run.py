@@ -31,11 +31,12 @@ def stage_functions() -> dict:
     return {"teacher": teacher.run, "cache": cache.run, "student": student.run}
 
 
-def execute(cfg: config.Config) -> None:
+def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
+    """Run the chosen stages into run_dir (default <run_root>/<name>); return the run's summary."""
     # imported here, not at the top: --help and config errors answer before torch loads
     from distill import data, engine
 
-    run_dir = Path(cfg.run_root) / cfg.name
+    run_dir = run_dir or Path(cfg.run_root) / cfg.name
     acc = engine.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=str(run_dir))
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
@@ -57,16 +58,36 @@ def execute(cfg: config.Config) -> None:
     last = len(config.STAGES) if cfg.stage == "all" else config.STAGES.index(cfg.stage) + 1
     for name in config.STAGES[:last]:
         fns[name](cfg, acc, bundle, norm, run_dir)
+    summary = None
     if acc.is_main_process:
         from distill import report, teacher
-        report.write(run_dir, teacher.folder(cfg, run_dir))
+        summary = report.write(run_dir, teacher.folder(cfg, run_dir))
     acc.end_training()
+    return summary
+
+
+def sweep_point(cfg: config.Config) -> Path | None:
+    """Under Hydra multirun (-m), each point runs in <run_root>/<name>/sweep/<job number>/ and all points share the
+    teacher in <run_root>/<name>/teacher (unless teacher.dir says otherwise); the cache is shared by fingerprint."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    if cfg.teacher.dir is None:
+        cfg.teacher.dir = str(Path(cfg.run_root) / cfg.name / "teacher")
+    return Path(cfg.run_root) / cfg.name / "sweep" / str(hc.job.num)
 
 
 @hydra.main(version_base="1.3", config_path=str(RECIPES), config_name="config")
-def _hydra_main(raw: DictConfig) -> None:
+def _hydra_main(raw: DictConfig) -> float | None:
+    """Returns the KD student's top-1 (what a Hydra sweeper such as Optuna maximises), when it was trained."""
     try:
-        execute(config.validate(raw))
+        cfg = config.validate(raw)
+        summary = execute(cfg, sweep_point(cfg))
+        student = (summary or {}).get("models", {}).get("student")
+        return student["top1"] if student else None
     except UserError as e:  # one line, no traceback; a preempted run (Stopped) says so and how to resume
         print(e if isinstance(e, Stopped) else f"error: {e}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))

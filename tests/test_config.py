@@ -64,3 +64,29 @@ def test_cli_bad_value_stops_before_any_work(tmp_path: Path):
     r = run_cli("teacher.lr=0.1", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: teacher.lr: no such setting (did you mean teacher.optim.lr, teacher.finetune.lr, student.optim.lr?)"]
+
+
+def test_recipes_reuse_recipes_and_groups():
+    r18 = config.validate(compose_recipe("resnet50_to_r18"))
+    assert (r18.teacher.source, r18.teacher.model, r18.teacher.pretrained) == ("timm", "resnet50", True)
+    assert r18.teacher.finetune.epochs == 0 and r18.data.image_size == 224 and r18.data.val_split == "validation"
+    assert (r18.student.model, r18.student.epochs, r18.student.sched.warmup_epochs) == ("resnet18", 100, 5)
+    assert (r18.student.label_smoothing, r18.student.mix.mixup_alpha, r18.student.optim.weight_decay) == (0.1, 0.2, 1e-4)
+    mbv3 = config.validate(compose_recipe("resnet50_to_mobilenetv3"))
+    assert mbv3.student.model == "mobilenetv3_large_100" and mbv3.student.init == "timm"
+    for same in ("data", "teacher", "cache", "kd"):  # everything the cache depends on: it is shared
+        assert getattr(mbv3, same) == getattr(r18, same), same
+    r110 = config.validate(compose_recipe("cifar100_resnet110_to_resnet32"))
+    assert (r110.teacher.model, r110.student.model, r110.data.label_column) == ("resnet110", "resnet32", "fine_label")
+    assert r110.student.epochs == 240 and r110.kd.alpha == 0.9 and r110.cache.temperature == 4.0
+    c10 = config.validate(compose_recipe("cifar10_resnet56_to_resnet20"))
+    assert c10.data.label_column == "label" and c10.data.val_size == 5000 and c10.teacher.epochs == 240
+
+
+def test_recipes_are_listed_with_one_line_each():
+    lines = config.recipe_lines(ROOT / "recipes" / "recipe")
+    readme = (ROOT / "recipes" / "README.md").read_text()
+    helptext = run_cli("--help", cwd=ROOT).stdout
+    for name, line in lines.items():
+        assert line and f"| `{name}` | {line} |" in readme, name
+        assert name in helptext and line in helptext, name

@@ -1,0 +1,50 @@
+"""The recipe library end to end: resnet50_to_r18 on tiny local data, and a Hydra multirun sweep."""
+import json
+import subprocess
+import sys
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+from conftest import CLASSES, ROOT, run_cli, tiny_images
+
+
+def test_resnet50_to_r18_runs_every_stage_offline(tmp_path):
+    root = tmp_path / "imagenet"  # an imagefolder with the hub layout's two splits
+    for split, n, seed in (("train", 24, 0), ("validation", 9, 1)):
+        images, labels = tiny_images(n, size=40, seed=seed)
+        for i, (img, label) in enumerate(zip(images, labels)):
+            (root / split / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+            img.save(root / split / CLASSES[label] / f"{i}.png")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "resnet50.safetensors"  # stands in for the hub weights: timm's real loading code reads it
+    save_file(timm.create_model("resnet50", num_classes=len(CLASSES)).state_dict(), str(ckpt))
+    r = run_cli("recipe=resnet50_to_r18", f"data.path={root}", f"teacher.checkpoint={ckpt}", f"run_root={tmp_path}/runs",
+                f"cache.root={tmp_path}/cache", "data.image_size=32", "data.num_workers=0", "precision=no",
+                "cache.views=2", "cache.batch_size=16", "student.epochs=1", "student.batch_size=8",
+                "student.sched.warmup_epochs=0", cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "resnet50_to_r18"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["models"]["teacher"]["model"] == "resnet50" and summary["models"]["student"]["model"] == "resnet18"
+    assert json.loads((run / "student" / "meta.json").read_text())["metrics"]["val_count"] == 9
+    assert "teacher: loaded resnet50 from" in r.stderr
+
+
+def test_multirun_sweep_shares_teacher_and_cache(tmp_path):
+    args = [f"run_root={tmp_path / 'runs'}", f"cache.root={tmp_path / 'cache'}", "precision=no",  # the demo data
+            "teacher.epochs=1", "student.epochs=1", "student.baseline=false"]  # its cache holds all 10 logits
+    r = run_cli("-m", *args, "kd.temperature=2,4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = r.stderr + r.stdout
+    assert log.count("cache: labelled") == 1 and log.count("cache: reusing") == 1  # computed once
+    assert log.count("teacher: reusing") == 1
+    sweep = tmp_path / "runs" / "demo" / "sweep"
+    temps = {json.loads((sweep / p / "student" / "meta.json").read_text())["config"]["kd"]["temperature"]
+             for p in ("0", "1")}
+    assert temps == {2.0, 4.0}
+    table = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_table.py"), str(sweep)], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert table[0].split()[:2] == ["point", "kd.temperature"] and len(table) == 3
+    assert {line.split()[1] for line in table[1:]} == {"2.0", "4.0"}
