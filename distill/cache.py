@@ -145,7 +145,8 @@ class ViewItems(Dataset):
             return decoded[j]
 
         rec = self.draw(i, img, load)
-        item = {"images": views.apply_all(img, rec["view"], self.cfg), "label": label, "index": i, **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        item = {"images": views.apply_all(img, rec["view"], self.cfg), "label": label, "index": i,
+                **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
         if self.mix:
             blank = torch.zeros_like(item["images"][0])
             item["partner_images"] = torch.stack([

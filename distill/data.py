@@ -162,7 +162,13 @@ def load(cfg: DataCfg) -> DataBundle:
                 (isinstance(size, int) and size >= len(train)):
             raise DataError(f"data.val_size: {cfg.val_size} does not fit a training split of {len(train)} images")
         stratify = cfg.label_column if isinstance(train.features[cfg.label_column], datasets.ClassLabel) else None
-        parts = train.train_test_split(test_size=size, seed=cfg.split_seed, stratify_by_column=stratify)
+        try:
+            parts = train.train_test_split(test_size=size, seed=cfg.split_seed, stratify_by_column=stratify)
+        except ValueError as e:  # too few images per class to stratify (or fewer validation images than classes)
+            if stratify is None:
+                raise
+            log.warning(f"data: validation carve not stratified by class ({str(e).strip().splitlines()[0]})")
+            parts = train.train_test_split(test_size=size, seed=cfg.split_seed)
         train, val = parts["train"], parts["test"]
     if cfg.train_size is not None and cfg.train_size < len(train):
         train = train.select(range(cfg.train_size))

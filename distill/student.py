@@ -38,7 +38,8 @@ def view_for(index: int, epoch: int, num_views: int, schedule: str, seed: int) -
 
 class ReplayItems(Dataset):
     """Item i at the current epoch: its cached view re-applied (uint8; normalised per batch on the device by
-    `ViewItems.to_input`), with the view id so that the soft label of that same view is gathered per batch."""
+    `ViewItems.to_input`), with the view id and that view's soft label (top-k logits, classes, logsumexp at T),
+    read from the memory-mapped record the view comes from."""
 
     def __init__(self, items: cache.ViewItems, folder: Path, schedule: str, seed: int):
         self.items, self.folder, self.schedule, self.seed = items, folder, schedule, seed
@@ -63,7 +64,11 @@ class ReplayItems(Dataset):
         v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
         rec = self.labels.rows([i])[0]
         img, label = self.items.image(i, with_label=True)
-        out = {"image": views.apply(img, rec["view"][v], self.items.cfg), "label": label, "index": i, "view_id": v}
+        out = {"image": views.apply(img, rec["view"][v], self.items.cfg), "label": label, "index": i, "view_id": v,
+               # that view's soft label travels with the batch: no per-step gather or host round trip in training
+               "kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
+               "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
+               "kd_lse": torch.tensor(float(rec["lse"][v]))}
         if "partner" in rec.dtype.names:  # a mixed view: replay the partner too, and mix the hard labels alike
             p = int(rec["partner"][v])
             partner, plabel = self.items.image(p, with_label=True) if p >= 0 else (None, label)
@@ -102,19 +107,18 @@ def kd_objective(kd: KDCfg, temperature: float, num_classes: int, label_smoothin
     return objective
 
 
-def _cached_target(labels: cache.SoftLabels, temperature: float, device):
-    """Soft labels gathered per batch from the memory-mapped cache, for each sample's replayed view."""
+def _cached_target(labels: cache.SoftLabels, temperature: float):
+    """The soft labels of each sample's replayed view, read from the cache by `ReplayItems` with the images."""
 
     def use_topk(batch, mix):
         return mix is None and temperature == labels.temperature
 
     def soft_target(batch, mix, x):
-        got = labels.gather(batch["index"].cpu().numpy(), batch["view_id"].cpu().numpy())
-        values, classes, lse = (got[k].to(device) for k in ("logits", "classes", "lse"))
+        values, classes, lse = batch["kd_logits"], batch["kd_classes"], batch["kd_lse"]
         if use_topk(batch, mix):
             return values, classes, lse
         if temperature != labels.temperature:  # dense cache: rebuild the logits, any T
-            full = torch.zeros(values.shape[0], labels.num_classes, device=device).scatter_(1, classes, values)
+            full = torch.zeros(values.shape[0], labels.num_classes, device=values.device).scatter_(1, classes, values)
             q = torch.softmax(full / temperature, dim=1)
         else:
             q = losses.topk_to_probs(values, classes, lse, temperature, labels.num_classes)
@@ -196,7 +200,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
                     return items.to_input(batch["image"], batch["partner_image"], batch["lam"].cpu().numpy(),
                                           batch["box"].cpu().numpy())
                 return items.to_input(batch["image"])
-            soft_target, use_topk = _cached_target(labels, temperature, acc.device)
+            soft_target, use_topk = _cached_target(labels, temperature)
         else:
             tmodel = models.create(tmeta["model"], bundle.num_classes)
             tmodel.load_state_dict(artifacts.load_weights(tdir))

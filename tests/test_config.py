@@ -71,7 +71,8 @@ def test_recipes_reuse_recipes_and_groups():
     assert (r18.teacher.source, r18.teacher.model, r18.teacher.pretrained) == ("timm", "resnet50", True)
     assert r18.teacher.finetune.epochs == 0 and r18.data.image_size == 224 and r18.data.val_split == "validation"
     assert (r18.student.model, r18.student.epochs, r18.student.sched.warmup_epochs) == ("resnet18", 100, 5)
-    assert (r18.student.label_smoothing, r18.student.mix.mixup_alpha, r18.student.optim.weight_decay) == (0.1, 0.2, 1e-4)
+    s = r18.student
+    assert (s.label_smoothing, s.mix.mixup_alpha, s.optim.weight_decay) == (0.1, 0.2, 1e-4)
     mbv3 = config.validate(compose_recipe("resnet50_to_mobilenetv3"))
     assert mbv3.student.model == "mobilenetv3_large_100" and mbv3.student.init == "timm"
     for same in ("data", "teacher", "cache", "kd"):  # everything the cache depends on: it is shared

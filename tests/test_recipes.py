@@ -20,7 +20,8 @@ def test_resnet50_to_r18_runs_every_stage_offline(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "resnet50.safetensors"  # stands in for the hub weights: timm's real loading code reads it
     save_file(timm.create_model("resnet50", num_classes=len(CLASSES)).state_dict(), str(ckpt))
-    r = run_cli("recipe=resnet50_to_r18", f"data.path={root}", f"teacher.checkpoint={ckpt}", f"run_root={tmp_path}/runs",
+    r = run_cli("recipe=resnet50_to_r18", f"data.path={root}", f"teacher.checkpoint={ckpt}",
+                f"run_root={tmp_path}/runs",
                 f"cache.root={tmp_path}/cache", "data.image_size=32", "data.num_workers=0", "precision=no",
                 "cache.views=2", "cache.batch_size=16", "student.epochs=1", "student.batch_size=8",
                 "student.sched.warmup_epochs=0", cwd=tmp_path, timeout=900)

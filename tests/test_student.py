@@ -82,7 +82,7 @@ def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(dense_cache):
     items, folder, _ = dense_cache
     labels = cache.SoftLabels(folder)
     batch = _batch(student.ReplayItems(items, folder, "cycle", 0), range(8))
-    soft, use_topk = student._cached_target(labels, 4.0, torch.device("cpu"))
+    soft, use_topk = student._cached_target(labels, 4.0)
     plain = soft(batch, None, None)
     assert use_topk(batch, None) and len(plain) == 3  # unmixed: the exact sparse form
     mix = tricks.draw_mix(np.random.default_rng(1), MixCfg(mixup_alpha=1.0), 8, 12, 12)
@@ -102,7 +102,7 @@ def test_online_and_cached_give_the_same_loss_on_the_same_batch(dense_cache):
     logits = models.create("resnet8", 3)(x)
     from accelerate import Accelerator
     kd = KDCfg(alpha=0.9)
-    cached = student.kd_objective(kd, 4.0, 3, 0.0, *student._cached_target(labels, 4.0, torch.device("cpu")))
+    cached = student.kd_objective(kd, 4.0, 3, 0.0, *student._cached_target(labels, 4.0))
     online = student.kd_objective(kd, 4.0, 3, 0.0, *student._online_target(teacher, 4.0, Accelerator(cpu=True)))
     a, b = cached(logits, batch, None, x), online(logits, batch, None, x)
     assert a.item() == pytest.approx(b.item(), rel=2e-3)  # fp16 storage of the logits is the only difference

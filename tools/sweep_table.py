@@ -28,8 +28,8 @@ def points(sweep: Path) -> list[dict]:
     for folder in sorted(p for p in sweep.iterdir() if (p / "summary.json").exists()):
         settings = flat(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")))
         models = json.loads((folder / "summary.json").read_text())["models"]
-        rows.append({"point": folder.name, "settings": settings,
-                     "student": models.get("student", {}).get("top1"), "baseline": models.get("baseline", {}).get("top1")})
+        rows.append({"point": folder.name, "settings": settings, "student": models.get("student", {}).get("top1"),
+                     "baseline": models.get("baseline", {}).get("top1")})
     return rows
 
 

@@ -1,0 +1,32 @@
+"""tools/bench.py --quick runs end to end and prints every field (the figures themselves are benchmarks, not tests)."""
+import json
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from conftest import ROOT
+
+
+def test_bench_quick_prints_every_field(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = [i % 10 for i in range(300)]
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in labels]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    ds = datasets.Dataset.from_dict({"img": images, "label": labels}, features=features)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--data", str(tmp_path / "d.parquet"),
+                        "--quick", "--val", "50", "--teacher", "resnet8", "--student", "resnet8", "--batch", "32",
+                        "--memory-images", "20000", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    fields = ["cached_kd_images_per_s", "timm_logit_distillation_images_per_s", "ce_only_images_per_s",
+              "loader_images_per_s", "teacher_inference_images_per_s", "cache_generation_views_per_s",
+              "ideal_speedup", "cached_kd_vs_timm_of_ideal", "cached_kd_vs_ce_only", "loader_vs_cached_kd",
+              "cache_generation_vs_inference_per_forward", "peak_rss_growth_gb"]
+    for field in fields:
+        assert result[field] is not None and f"{field}  " in r.stdout, field
+    assert all(result[f] > 0 for f in fields[:7])

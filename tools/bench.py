@@ -1,0 +1,292 @@
+"""The pipeline's speed and memory in one run (not a test), side by side with timm's own online distillation.
+
+On the same data, teacher, student and batch size, in this process:
+  (a) cached-KD student training images/s (the real student stage, one epoch),
+  (b) timm.task.LogitDistillationTask training images/s (teacher run live every step, same loader and optimizer),
+  (c) CE-only training images/s (the stage's CE baseline, one epoch), and our own online KD (kd.teacher=online),
+  (d) the cached-KD data loader alone, images/s,
+  (e) raw teacher inference images/s over the loader, and our cache generation (views/s = forwards/s),
+  (f) peak RSS growth of training that gathers soft labels for every image of a synthetic ImageNet-sized cache
+      (1,281,167 images x 8 views x top-10, one full pass) against the same training without it (child processes),
+plus the ideal cached-over-online speed-up 1 + (teacher forward time) / (student step time), timed on fixed tensors.
+
+    python tools/bench.py --data ../shared/data/cifar10/train.parquet [--json out.json]
+    python tools/bench.py --data ... --quick      # about a minute: fewer images, a smaller synthetic cache
+    python tools/bench.py --synthetic 4000 --image-size 224 --teacher resnet50 --student resnet18   # tools/gpu_bench.sh
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from distill import artifacts, cache, config, data, engine, models, report, student, tricks  # noqa: E402
+
+IMAGENET = 1_281_167
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _per_call(fn, reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync()
+    return (time.perf_counter() - start) / reps
+
+
+def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
+    """One epoch of timm's LogitDistillationTask on our loader, with the student stage's optimizer and lr."""
+    from timm.task import LogitDistillationTask
+
+    s = cfg.student
+    net = models.create(s.model, bundle.num_classes)
+    models.init_weights(net, s.init, s.zero_gamma)
+    net = net.to(acc.device, memory_format=torch.channels_last)
+    task = LogitDistillationTask(net, teacher_net, task_loss_weight=1 - cfg.kd.alpha, temperature=cfg.cache.temperature,
+                                 device=acc.device, verbose=False).train()
+    optimizer = tricks.build_optimizer(net, s.optim, tricks.scaled_lr(s.optim.lr, s.batch_size))
+    loader, _ = data.loaders(bundle, cfg.data, s.batch_size, 0)
+    inputs = data.normalizer(cfg.data, norm)
+    seen, start = 0, time.perf_counter()
+    for batch in loader:
+        x = inputs({"image": batch["image"].to(acc.device)}).contiguous(memory_format=torch.channels_last)
+        with acc.autocast():
+            loss = task(x, batch["label"].to(acc.device))["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += x.shape[0]
+    _sync()
+    return seen / (time.perf_counter() - start)
+
+
+def _loader_rate(cfg, bundle, norm, folder: Path) -> float:
+    """The cached-KD training loader alone (replayed views with their soft labels), to normalised tensors."""
+    labels = cache.SoftLabels(folder)
+    items = cache.ViewItems(bundle, cfg.data, norm, labels.views, cfg.cache.eval_view, cfg.seed)
+    replay = student.ReplayItems(items, folder, cfg.kd.views, 0)
+    loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=cfg.data.num_workers)
+    seen, start = 0, time.perf_counter()
+    for batch in loader:
+        items.to_input(batch["image"])
+        seen += batch["image"].shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def _synthetic_images(path: Path, n: int, size: int) -> Path:
+    """Random RGB JPEGs (a little larger than the crop, as ImageNet's are) in the hub's layout."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    rng, side = np.random.default_rng(0), int(size * 1.15)
+    rows = {"img": [], "label": []}
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+        rows["img"].append({"bytes": buf.getvalue(), "path": None})
+        rows["label"].append(i % 1000)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=1000)})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    return path
+
+
+def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, classes: int = 1000) -> Path:
+    """A cache of ImageNet's shape with random records, written shard by shard (never whole in memory)."""
+    dtype = cache.record_dtype(views, k, classes)
+    shard_size, shards, rng = 100_000, [], np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for s, lo in enumerate(range(0, images, shard_size)):
+        rows = min(shard_size, images - lo)
+        arr = np.lib.format.open_memmap(folder / f"shard-{s:05d}.npy", mode="w+", dtype=dtype, shape=(rows,))
+        arr["logits"] = rng.standard_normal((rows, views, k), dtype=np.float32).astype(np.float16)
+        arr["classes"] = rng.integers(0, classes, (rows, views, k))
+        arr.flush()
+        del arr
+        shards.append({"file": f"shard-{s:05d}.npy", "start": lo, "rows": rows, "sha256": ""})
+    artifacts.write_json(folder / "manifest.json", {
+        "format_version": cache.FORMAT_VERSION, "fingerprint": "synthetic", "num_images": images,
+        "num_classes": classes, "views": views, "topk": k, "dense": False, "temperature": 4.0,
+        "shard_size": shard_size, "shards": shards})
+    return folder
+
+
+CHILD = """
+import sys, time, numpy as np, torch
+sys.path.insert(0, {root!r})
+from distill import cache, models
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            return int(line.split()[1]) * 1024
+net = models.create('resnet20', 1000)
+opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+labels = cache.SoftLabels({folder!r}) if {folder!r} else None
+rng = np.random.default_rng(0)
+order = rng.permutation(len(labels) if labels else {images})
+batches = len(order) // {batch}
+x = torch.randn({batch}, 3, 32, 32)
+for b in range(batches):  # one full pass of soft-label gathers over the cache, {steps} training steps among them
+    idx = order[b * {batch}:(b + 1) * {batch}]
+    if labels is not None:
+        got = labels.gather(idx, rng.integers(0, labels.views, len(idx)))
+    if b % max(batches // {steps}, 1) == 0:
+        loss = torch.nn.functional.cross_entropy(net(x), torch.randint(0, 1000, ({batch},)))
+        opt.zero_grad(); loss.backward(); opt.step()
+print(hwm())
+"""
+
+
+def _peak_rss(folder: str, images: int, batch: int, steps: int) -> int:
+    code = CHILD.format(root=str(Path(__file__).resolve().parent.parent), folder=folder, images=images, batch=batch,
+                        steps=steps)
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="parquet file in the hub's CIFAR layout (columns img, label)")
+    p.add_argument("--synthetic", type=int, help="instead of --data: this many random JPEGs (ImageNet-shaped with "
+                                                   "--image-size 224), 1000 classes, written to a temporary parquet")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--images", type=int, help="training images (default 5,000; --quick 1,000)")
+    p.add_argument("--teacher", default="resnet56")
+    p.add_argument("--student", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--workers", type=int, default=0, help="loader workers (decoded CIFAR needs none)")
+    p.add_argument("--image-column", default="img")
+    p.add_argument("--val", type=int, default=500, help="validation images carved off")
+    p.add_argument("--memory-images", type=int, help="images in the synthetic cache of (f) (default ImageNet's)")
+    p.add_argument("--memory-steps", type=int, help="training steps in each memory child (default 300)")
+    p.add_argument("--quick", action="store_true", help="1,000 images, a 1/10 synthetic cache, 30 memory steps")
+    p.add_argument("--json", type=Path, help="also write the result here")
+    args = p.parse_args()
+    if (args.data is None) == (args.synthetic is None):
+        p.error("give --data or --synthetic")
+    quick = {"images": 1000, "memory_images": IMAGENET // 10, "memory_steps": 30}
+    full = {"images": 5000, "memory_images": IMAGENET, "memory_steps": 300}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+    acc = engine.make_accelerator("auto")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_"))
+    if args.synthetic:
+        args.data, args.image_column = str(_synthetic_images(tmp / "synthetic.parquet", args.synthetic,
+                                                              args.image_size)), "img"
+    geometry = {"image_size": args.image_size, "transform": "cifar" if args.image_size <= 64 else "imagenet"}
+    raw = {"name": "bench", "run_root": str(tmp), "seed": 0, "precision": "auto",
+           "data": {"source": "parquet", "path": args.data, "image_column": args.image_column, "val_size": args.val,
+                    "train_size": args.images, "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
+                    "num_workers": args.workers, **geometry},
+           "teacher": {"model": args.teacher, "dir": str(tmp / "teacher")},
+           "cache": {"root": str(tmp / "cache"), "views": args.views, "topk": 10, "batch_size": 256},
+           "checkpoint": {"every": 0},
+           "student": {"model": args.student, "epochs": 1, "batch_size": args.batch, "baseline": True,
+                       "sched": {"warmup_epochs": 0}}}
+    cfg = config.validate(raw)
+    bundle = data.load(cfg.data)
+    norm = data.normalization(cfg.data, bundle)
+    n = len(bundle.train)
+    torch.manual_seed(0)
+    teacher_net = models.create(args.teacher, bundle.num_classes)
+    artifacts.save_model(tmp / "teacher", teacher_net, {"model": args.teacher})
+    teacher_net = teacher_net.to(acc.device, memory_format=torch.channels_last).eval()
+
+    # (e) raw teacher inference over the loader, then the cache stage
+    eval_ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
+    loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, args.workers, 0)
+    inputs = data.normalizer(cfg.data, norm)
+    start = time.perf_counter()
+    with torch.inference_mode(), acc.autocast():
+        for batch in loader:
+            teacher_net(inputs({"image": batch["image"].to(acc.device)}).contiguous(memory_format=torch.channels_last))
+    _sync()
+    raw_rate = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    manifest = cache.run(cfg, acc, bundle, norm, tmp / "bench")
+    cache_views = n * args.views / (time.perf_counter() - start)
+    folder = Path(cfg.cache.root) / manifest["fingerprint"]
+
+    # (a) and (c) through the real student stage; (b) timm's task; (d) the loader alone
+    metas = student.run(cfg, acc, bundle, norm, tmp / "bench")
+    cached_rate = metas["student"]["metrics"]["images_per_s"]
+    ce_rate = metas["baseline"]["metrics"]["images_per_s"]
+    online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},
+                                        "student": raw["student"] | {"baseline": False}})
+    online_rate = student.run(online_cfg, acc, bundle, norm, tmp / "online")["student"]["metrics"]["images_per_s"]
+    timm_rate = _timm_task_rate(cfg, bundle, norm, teacher_net, acc)
+    loader_rate = _loader_rate(cfg, bundle, norm, folder)
+
+    # the ideal speed-up of caching: 1 + teacher forward / student step, on fixed tensors
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=acc.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, bundle.num_classes, (args.batch,), device=acc.device)
+    net = models.create(args.student, bundle.num_classes).to(acc.device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+    def teacher_forward():
+        with torch.inference_mode(), acc.autocast():
+            teacher_net(x)
+
+    def student_step():
+        with acc.autocast():
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    t_fwd, t_step = _per_call(teacher_forward, 10), _per_call(student_step, 10)
+    ideal = 1 + t_fwd / t_step
+
+    # (f) memory: a synthetic ImageNet-sized cache read by training, against training without it
+    big = _synthetic_cache(tmp / "big", args.memory_images)
+    rss_plain = _peak_rss("", args.memory_images, args.batch, args.memory_steps)
+    rss_cached = _peak_rss(str(big), args.memory_images, args.batch, args.memory_steps)
+
+    result = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
+        "images": n, "teacher": args.teacher, "student": args.student, "batch": args.batch, "views": args.views,
+        "cached_kd_images_per_s": round(cached_rate, 1),
+        "timm_logit_distillation_images_per_s": round(timm_rate, 1),
+        "ce_only_images_per_s": round(ce_rate, 1),
+        "our_online_kd_images_per_s": round(online_rate, 1),
+        "loader_images_per_s": round(loader_rate, 1),
+        "teacher_inference_images_per_s": round(raw_rate, 1),
+        "cache_generation_views_per_s": round(cache_views, 1),
+        "teacher_forward_ms": round(t_fwd * 1e3, 2), "student_step_ms": round(t_step * 1e3, 2),
+        "ideal_speedup": round(ideal, 3),
+        "cached_kd_vs_timm": round(cached_rate / timm_rate, 3),
+        "cached_kd_vs_timm_of_ideal": round(cached_rate / timm_rate / ideal, 3),
+        "cached_kd_vs_ce_only": round(cached_rate / ce_rate, 3),
+        "loader_vs_cached_kd": round(loader_rate / cached_rate, 2),
+        "cache_generation_vs_inference_per_forward": round(cache_views / raw_rate, 3),
+        "synthetic_cache_images": args.memory_images,
+        "synthetic_cache_gb": round(cache.SoftLabels(big).nbytes() / 1e9, 3),
+        "peak_rss_ce_only_gb": round(rss_plain / 1e9, 3), "peak_rss_with_cache_gb": round(rss_cached / 1e9, 3),
+        "peak_rss_growth_gb": round((rss_cached - rss_plain) / 1e9, 3),
+    }
+    report.print_fields(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
