@@ -1,8 +1,9 @@
 """Data through Hugging Face `datasets`: sources, the validation carve, label checks, and index-carrying items."""
 from __future__ import annotations
 
-import logging
+import copy
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,9 +218,8 @@ class Images:
 
     def subset(self, n: int) -> "Images":
         """The first n images (for statistics)."""
-        out = Images.__new__(Images)
-        out.ds, out.column, out.split, out.labels = self.ds, self.column, self.split, self.labels[:n]
-        out.pixels, out.bad = self.pixels, self.bad
+        out = copy.copy(self)  # shares the pixels; rows beyond n are simply never asked for
+        out.labels = self.labels[:n]
         return out
 
 
