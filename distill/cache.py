@@ -359,6 +359,11 @@ class SoftLabels:
     def __len__(self) -> int:
         return self.manifest["num_images"]
 
+    def row(self, index: int) -> np.void:
+        """One image's record (all views): the per-sample read of the training loader."""
+        shard, offset = divmod(int(index), self.shard_size)
+        return self.shards[shard][offset]
+
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """The full records of these images (all views), in the order given."""
         indices = np.asarray(indices, dtype=np.int64)

@@ -18,10 +18,13 @@ from tqdm.auto import tqdm
 log = logging.getLogger("distill")
 
 
-def open_rgb(value) -> Image.Image:
-    """A `datasets.Image(decode=False)` value ({'bytes', 'path'}) -> an RGB PIL image."""
-    source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-    with Image.open(source) as img:
+def _source(value):
+    """Where a `datasets.Image(decode=False)` value ({'bytes', 'path'}) keeps its file."""
+    return io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+
+
+def _open_rgb(value) -> Image.Image:
+    with Image.open(_source(value)) as img:
         return img.convert("RGB")
 
 
@@ -32,8 +35,7 @@ def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float) -> tupl
     if n == 0 or max_mb <= 0:
         return None
     raw = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-    with Image.open(io.BytesIO(raw[0][column]["bytes"]) if raw[0][column].get("bytes")
-                    else raw[0][column]["path"]) as first:
+    with Image.open(_source(raw[0][column])) as first:
         w, h = first.size  # read from the header: no pixels decoded yet
     if n * h * w * 3 > max_mb * 2**20:
         log.info(f"data: {split} would take {n * h * w * 3 / 2**20:.0f} MB decoded (> data.decode_mb={max_mb}); "
@@ -45,7 +47,7 @@ def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float) -> tupl
         for chunk in raw.iter(batch_size=1024):
             for value in chunk[column]:
                 try:
-                    img = open_rgb(value)
+                    img = _open_rgb(value)
                 except Exception as e:  # noqa: BLE001 - decoding errors come in many types
                     bad[row] = f"{type(e).__name__}: {e}"
                 else:

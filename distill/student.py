@@ -62,7 +62,7 @@ class ReplayItems(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
-        rec = self.labels.rows([i])[0]
+        rec = self.labels.row(i)
         img, label = self.items.image(i, with_label=True)
         out = {"image": views.apply(img, rec["view"][v], self.items.cfg), "label": label, "index": i, "view_id": v,
                # that view's soft label travels with the batch: no per-step gather or host round trip in training

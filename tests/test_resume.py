@@ -174,6 +174,16 @@ def test_disk_full_keeps_the_last_good_checkpoint(parquet_file, tmp_path, monkey
     assert _run_teacher(cfg, tmp_path)["metrics"]["epoch"] == 3
 
 
+def test_nonfinite_loss_stops_with_the_step_number_under_abort(parquet_file, tmp_path, monkeypatch):
+    _crash_at(monkeypatch, 5)  # step 5 = epoch 2, second step; checkpoints at steps 2, 3 (epoch end) and 4
+    with pytest.raises(TrainingError, match=r"teacher: non-finite loss at step 5; stopped \(last good checkpoint: "
+                                            r".*step-000000004\)"):
+        _run_teacher(_teacher_cfg(parquet_file, tmp_path), tmp_path)
+    out = tmp_path / "runs" / "tiny" / "teacher"
+    assert [p.name for p in checkpoint.complete(out / "checkpoints")][-1] == "step-000000004"  # none after the NaN
+    assert not (out / "meta.json").exists()
+
+
 def test_nonfinite_loss_is_skipped_and_counted_under_skip(parquet_file, tmp_path, monkeypatch):
     _crash_at(monkeypatch, 5)
     meta = _run_teacher(_teacher_cfg(parquet_file, tmp_path, "on_nonfinite=skip"), tmp_path)
