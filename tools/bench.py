@@ -38,6 +38,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+_T0 = time.perf_counter()
+
+
+def _phase(name: str) -> None:
+    """Where the run's wall time goes (stderr), to size runs on a lent machine."""
+    print(f"bench: {name} done at {time.perf_counter() - _T0:.0f} s", file=sys.stderr, flush=True)
+
+
 def _per_call(fn, reps: int, warmup: int = 3) -> float:
     """Median seconds per call: robust to the odd slow call on a shared machine."""
     for _ in range(warmup):
@@ -81,17 +89,20 @@ def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def _loader_rate(cfg, bundle, norm, folder: Path) -> float:
-    """The cached-KD training loader alone (replayed views with their soft labels), to normalised tensors."""
+def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
+    """The cached-KD training loader alone (replayed views with their soft labels), to normalised tensors on the
+    training device, as the student stage feeds them (pinned memory on a GPU, normalised there)."""
     labels = cache.SoftLabels(folder)
     items = cache.ViewItems(bundle, cfg.data, norm, labels.views, cfg.cache.eval_view, cfg.seed)
     replay = student.ReplayItems(items, folder, cfg.kd.views, 0)
     loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=cfg.data.num_workers)
+                                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
     seen, start = 0, time.perf_counter()
     for batch in loader:
-        items.to_input(batch["image"])
+        items.to_input(batch["image"].to(device, non_blocking=True))
+        batch["kd_logits"].to(device, non_blocking=True)
         seen += batch["image"].shape[0]
+    _sync()
     return seen / (time.perf_counter() - start)
 
 
@@ -212,6 +223,7 @@ def main() -> None:
                        "sched": {"warmup_epochs": 0}}}
     cfg = config.validate(raw)
     bundle = data.load(cfg.data)
+    _phase("data")
     norm = data.normalization(cfg.data, bundle)
     n = len(bundle.train)
     torch.manual_seed(0)
@@ -223,26 +235,34 @@ def main() -> None:
     eval_ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
     loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, args.workers, 0)
     inputs = data.normalizer(cfg.data, norm)
-    start = time.perf_counter()
-    with torch.inference_mode(), acc.autocast():
-        for batch in loader:
-            teacher_net(inputs({"image": batch["image"].to(acc.device)}).contiguous(memory_format=torch.channels_last))
-    _sync()
+    for _ in range(args.epochs):  # like training, the last pass is timed
+        _sync()
+        start = time.perf_counter()
+        with torch.inference_mode(), acc.autocast():
+            for batch in loader:
+                x = inputs({"image": batch["image"].to(acc.device, non_blocking=True)})
+                teacher_net(x.contiguous(memory_format=torch.channels_last))
+        _sync()
     raw_rate = n / (time.perf_counter() - start)
+    _phase("teacher inference")
     start = time.perf_counter()
     manifest = cache.run(cfg, acc, bundle, norm, tmp / "bench")
     cache_views = n * args.views / (time.perf_counter() - start)
     folder = Path(cfg.cache.root) / manifest["fingerprint"]
+    _phase("cache generation")
 
     # (a) and (c) through the real student stage; (b) timm's task; (d) the loader alone
     metas = student.run(cfg, acc, bundle, norm, tmp / "bench")
     cached_rate = metas["student"]["metrics"]["images_per_s"]
     ce_rate = metas["baseline"]["metrics"]["images_per_s"]
+    _phase("cached KD and CE-only training")
     online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},
                                         "student": raw["student"] | {"baseline": False}})
     online_rate = student.run(online_cfg, acc, bundle, norm, tmp / "online")["student"]["metrics"]["images_per_s"]
+    _phase("our online KD")
     timm_rate = _timm_task_rate(cfg, bundle, norm, teacher_net, acc)
-    loader_rate = _loader_rate(cfg, bundle, norm, folder)
+    _phase("timm's task")
+    loader_rate = _loader_rate(cfg, bundle, norm, folder, acc.device)
 
     # the ideal speed-up of caching: 1 + teacher forward / student step, on fixed tensors
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=acc.device)
@@ -263,11 +283,13 @@ def main() -> None:
         opt.step()
     t_fwd, t_step = _per_call(teacher_forward, 20), _per_call(student_step, 20)
     ideal = 1 + t_fwd / t_step
+    _phase("loader and ideal speed-up")
 
     # (f) memory: a synthetic ImageNet-sized cache read by training, against training without it
     big = _synthetic_cache(tmp / "big", args.memory_images)
     rss_plain = _peak_rss("", args.memory_images, args.batch, args.memory_steps)
     rss_cached = _peak_rss(str(big), args.memory_images, args.batch, args.memory_steps)
+    _phase("memory")
 
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
