@@ -20,7 +20,7 @@ def test_bench_quick_prints_every_field(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--data", str(tmp_path / "d.parquet"),
                         "--quick", "--val", "50", "--teacher", "resnet8", "--student", "resnet8", "--batch", "32",
-                        "--memory-images", "20000", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                        "--memory-images", "20000", "--epochs", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     fields = ["cached_kd_images_per_s", "timm_logit_distillation_images_per_s", "ce_only_images_per_s",
@@ -30,3 +30,4 @@ def test_bench_quick_prints_every_field(tmp_path):
     for field in fields:
         assert result[field] is not None and f"{field}  " in r.stdout, field
     assert all(result[f] > 0 for f in fields[:7])
+    assert result["epochs"] == 2  # the last of two epochs is the one timed

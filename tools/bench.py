@@ -1,14 +1,16 @@
 """The pipeline's speed and memory in one run (not a test), side by side with timm's own online distillation.
 
 On the same data, teacher, student and batch size, in this process:
-  (a) cached-KD student training images/s (the real student stage, one epoch),
+  (a) cached-KD student training images/s (the real student stage),
   (b) timm.task.LogitDistillationTask training images/s (teacher run live every step, same loader and optimizer),
-  (c) CE-only training images/s (the stage's CE baseline, one epoch), and our own online KD (kd.teacher=online),
+  (c) CE-only training images/s (the stage's CE baseline), and our own online KD (kd.teacher=online),
   (d) the cached-KD data loader alone, images/s,
   (e) raw teacher inference images/s over the loader, and our cache generation (views/s = forwards/s),
   (f) peak RSS growth of training that gathers soft labels for every image of a synthetic ImageNet-sized cache
       (1,281,167 images x 8 views x top-10, one full pass) against the same training without it (child processes),
 plus the ideal cached-over-online speed-up 1 + (teacher forward time) / (student step time), timed on fixed tensors.
+Training figures time the last of --epochs epochs; (a), (b), (c) and online KD run back to back in each of --rounds
+rounds, and each rate and ratio is the median over rounds (a ratio is taken within its round).
 
     python tools/bench.py --data ../shared/data/cifar10/train.parquet [--json out.json]
     python tools/bench.py --data ... --quick      # about a minute: fewer images, a smaller synthetic cache
@@ -46,18 +48,19 @@ def _phase(name: str) -> None:
     print(f"bench: {name} done at {time.perf_counter() - _T0:.0f} s", file=sys.stderr, flush=True)
 
 
-def _per_call(fn, reps: int, warmup: int = 3) -> float:
-    """Median seconds per call: robust to the odd slow call on a shared machine."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def _per_call(fns: list, reps: int, warmup: int = 3) -> list[float]:
+    """Median seconds per call of each function, the calls interleaved (f, g, f, g, ...) so that a machine whose
+    speed drifts (shared or throttled cores) slows each of them alike."""
+    times = [[] for _ in fns]
+    for rep in range(warmup + reps):
+        for fn, kept in zip(fns, times):
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            if rep >= warmup:
+                kept.append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
 
 
 def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
@@ -183,7 +186,8 @@ def main() -> None:
     p.add_argument("--synthetic", type=int, help="instead of --data: this many random JPEGs (ImageNet-shaped with "
                                                    "--image-size 224), 1000 classes, written to a temporary parquet")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--images", type=int, help="training images (default 5,000; --quick 1,000)")
+    p.add_argument("--images", type=int, help="training images (default 5,000, or with --synthetic all of them "
+                                                "less --val; --quick 1,000)")
     p.add_argument("--teacher", default="resnet56")
     p.add_argument("--student", default="resnet20")
     p.add_argument("--batch", type=int, default=128)
@@ -191,6 +195,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1, help="training epochs of (a), (b) and (c); the last is timed, so "
                                                           "2 leaves out a GPU's warm-up (kernel selection, allocator)")
     p.add_argument("--workers", type=int, default=0, help="loader workers (decoded CIFAR needs none)")
+    p.add_argument("--rounds", type=int, help="rounds of the four training runs; rates and ratios are medians over "
+                                                "rounds (default 3; --quick 1)")
     p.add_argument("--image-column", default="img")
     p.add_argument("--val", type=int, default=500, help="validation images carved off")
     p.add_argument("--memory-images", type=int, help="images in the synthetic cache of (f) (default ImageNet's)")
@@ -200,8 +206,9 @@ def main() -> None:
     args = p.parse_args()
     if (args.data is None) == (args.synthetic is None):
         p.error("give --data or --synthetic")
-    quick = {"images": 1000, "memory_images": IMAGENET // 10, "memory_steps": 30}
-    full = {"images": 5000, "memory_images": IMAGENET, "memory_steps": 300}
+    quick = {"images": 1000, "memory_images": IMAGENET // 10, "memory_steps": 30, "rounds": 1}
+    full = {"images": args.synthetic - args.val if args.synthetic else 5000, "memory_images": IMAGENET,
+            "memory_steps": 300, "rounds": 3}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -252,16 +259,24 @@ def main() -> None:
     _phase("cache generation")
 
     # (a) and (c) through the real student stage; (b) timm's task; (d) the loader alone
-    metas = student.run(cfg, acc, bundle, norm, tmp / "bench")
-    cached_rate = metas["student"]["metrics"]["images_per_s"]
-    ce_rate = metas["baseline"]["metrics"]["images_per_s"]
-    _phase("cached KD and CE-only training")
+    # Each round trains all four once, back to back; a ratio is taken within a round (the four saw the machine in
+    # about the same state) and the median over rounds is reported.
     online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},
                                         "student": raw["student"] | {"baseline": False}})
-    online_rate = student.run(online_cfg, acc, bundle, norm, tmp / "online")["student"]["metrics"]["images_per_s"]
-    _phase("our online KD")
-    timm_rate = _timm_task_rate(cfg, bundle, norm, teacher_net, acc)
-    _phase("timm's task")
+    rounds = []
+    for r in range(args.rounds):
+        metas = student.run(cfg, acc, bundle, norm, tmp / f"round{r}")
+        online = student.run(online_cfg, acc, bundle, norm, tmp / f"round{r}" / "online")
+        rounds.append({"cached": metas["student"]["metrics"]["images_per_s"],
+                       "ce": metas["baseline"]["metrics"]["images_per_s"],
+                       "online": online["student"]["metrics"]["images_per_s"],
+                       "timm": _timm_task_rate(cfg, bundle, norm, teacher_net, acc)})
+        _phase(f"training round {r + 1} of {args.rounds}")
+
+    def median(fn) -> float:
+        return float(np.median([fn(r) for r in rounds]))
+    cached_rate, ce_rate = median(lambda r: r["cached"]), median(lambda r: r["ce"])
+    online_rate, timm_rate = median(lambda r: r["online"]), median(lambda r: r["timm"])
     loader_rate = _loader_rate(cfg, bundle, norm, folder, acc.device)
 
     # the ideal speed-up of caching: 1 + teacher forward / student step, on fixed tensors
@@ -281,7 +296,7 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    t_fwd, t_step = _per_call(teacher_forward, 20), _per_call(student_step, 20)
+    t_fwd, t_step = _per_call([teacher_forward, student_step], 20)
     ideal = 1 + t_fwd / t_step
     _phase("loader and ideal speed-up")
 
@@ -291,10 +306,11 @@ def main() -> None:
     rss_cached = _peak_rss(str(big), args.memory_images, args.batch, args.memory_steps)
     _phase("memory")
 
+    vs_timm = median(lambda r: r["cached"] / r["timm"])
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
         "images": n, "teacher": args.teacher, "student": args.student, "batch": args.batch, "views": args.views,
-        "epochs": args.epochs,
+        "epochs": args.epochs, "rounds": args.rounds,
         "cached_kd_images_per_s": round(cached_rate, 1),
         "timm_logit_distillation_images_per_s": round(timm_rate, 1),
         "ce_only_images_per_s": round(ce_rate, 1),
@@ -304,9 +320,11 @@ def main() -> None:
         "cache_generation_views_per_s": round(cache_views, 1),
         "teacher_forward_ms": round(t_fwd * 1e3, 2), "student_step_ms": round(t_step * 1e3, 2),
         "ideal_speedup": round(ideal, 3),
-        "cached_kd_vs_timm": round(cached_rate / timm_rate, 3),
-        "cached_kd_vs_timm_of_ideal": round(cached_rate / timm_rate / ideal, 3),
-        "cached_kd_vs_ce_only": round(cached_rate / ce_rate, 3),
+        "cached_kd_vs_timm": round(vs_timm, 3),
+        "cached_kd_vs_timm_of_ideal": round(vs_timm / ideal, 3),
+        "cached_kd_vs_ce_only": round(median(lambda r: r["cached"] / r["ce"]), 3),
+        "cached_kd_vs_timm_rounds": [round(r["cached"] / r["timm"], 3) for r in rounds],
+        "cached_kd_vs_ce_only_rounds": [round(r["cached"] / r["ce"], 3) for r in rounds],
         "loader_vs_cached_kd": round(loader_rate / cached_rate, 2),
         "cache_generation_vs_inference_per_forward": round(cache_views / raw_rate, 3),
         "synthetic_cache_images": args.memory_images,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU benchmark (under 8 minutes on one H100-class card): resnet50 -> resnet18 at 224 px on synthetic ImageNet-shaped
-# data (18,000 random JPEGs, 1000 classes; epochs long enough that worker start-up is a small part): teacher inference vs cache generation, and student training images/s for
-# CE-only, cached KD, our online KD and timm's LogitDistillationTask (2 epochs each, the second timed), plus the
-# synthetic 1.28M-image cache's memory. Needs torch with CUDA, timm, accelerate, datasets, hydra-core.
+# GPU benchmark (about 4 minutes on one H100): resnet50 -> resnet18 at 224 px on synthetic ImageNet-shaped data
+# (18,000 random JPEGs, 1000 classes, 17,500 trained on, so that loader worker start-up is a small part of an epoch):
+# teacher inference vs cache generation, and student training images/s for CE-only, cached KD, our online KD and
+# timm's LogitDistillationTask (2 epochs each, the second timed), plus the synthetic 1.28M-image cache's memory.
+# Needs torch with CUDA, timm, accelerate, datasets, hydra-core.
 #   bash tools/gpu_bench.sh [extra tools/bench.py arguments]     # IMAGES, WORKERS, JSON override the defaults
 set -euo pipefail
 cd "$(dirname "$0")/.."
