@@ -9,8 +9,9 @@ On the same data, teacher, student and batch size, in this process:
   (f) peak RSS growth of training that gathers soft labels for every image of a synthetic ImageNet-sized cache
       (1,281,167 images x 8 views x top-10, one full pass) against the same training without it (child processes),
 plus the ideal cached-over-online speed-up 1 + (teacher forward time) / (student step time), timed on fixed tensors.
-Training figures time the last of --epochs epochs; (a), (b), (c) and online KD run back to back in each of --rounds
-rounds, and each rate and ratio is the median over rounds (a ratio is taken within its round).
+Training figures time the last of --epochs epochs. In each of --rounds rounds, (e) runs, and then (a), (b), (c) and
+online KD back to back; each rate and ratio is the median over rounds, a ratio taken within its round (on a machine
+whose speed drifts, the figures of one round saw it in about the same state).
 
     python tools/bench.py --data ../shared/data/cifar10/train.parquet [--json out.json]
     python tools/bench.py --data ... --quick      # about a minute: fewer images, a smaller synthetic cache
@@ -195,8 +196,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1, help="training epochs of (a), (b) and (c); the last is timed, so "
                                                           "2 leaves out a GPU's warm-up (kernel selection, allocator)")
     p.add_argument("--workers", type=int, default=0, help="loader workers (decoded CIFAR needs none)")
-    p.add_argument("--rounds", type=int, help="rounds of the four training runs; rates and ratios are medians over "
-                                                "rounds (default 3; --quick 1)")
+    p.add_argument("--rounds", type=int, help="rounds of (e) and of the four training runs; rates and ratios are "
+                                                "medians over rounds (default 3; --quick 1)")
     p.add_argument("--image-column", default="img")
     p.add_argument("--val", type=int, default=500, help="validation images carved off")
     p.add_argument("--memory-images", type=int, help="images in the synthetic cache of (f) (default ImageNet's)")
@@ -238,25 +239,27 @@ def main() -> None:
     artifacts.save_model(tmp / "teacher", teacher_net, {"model": args.teacher})
     teacher_net = teacher_net.to(acc.device, memory_format=torch.channels_last).eval()
 
-    # (e) raw teacher inference over the loader, then the cache stage
+    # (e) raw teacher inference over the loader, then the cache stage (into a fresh root each round), per round
     eval_ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
     loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, args.workers, 0)
     inputs = data.normalizer(cfg.data, norm)
-    for _ in range(args.epochs):  # like training, the last pass is timed
-        _sync()
+    labelling = []
+    for r in range(args.rounds):
+        for _ in range(args.epochs):  # like training, the last pass is timed
+            _sync()
+            start = time.perf_counter()
+            with torch.inference_mode(), acc.autocast():
+                for batch in loader:
+                    x = inputs({"image": batch["image"].to(acc.device, non_blocking=True)})
+                    teacher_net(x.contiguous(memory_format=torch.channels_last))
+            _sync()
+        raw_rate = n / (time.perf_counter() - start)
+        cfg_r = cfg if r == 0 else config.validate(raw | {"cache": raw["cache"] | {"root": str(tmp / f"cache{r}")}})
         start = time.perf_counter()
-        with torch.inference_mode(), acc.autocast():
-            for batch in loader:
-                x = inputs({"image": batch["image"].to(acc.device, non_blocking=True)})
-                teacher_net(x.contiguous(memory_format=torch.channels_last))
-        _sync()
-    raw_rate = n / (time.perf_counter() - start)
-    _phase("teacher inference")
-    start = time.perf_counter()
-    manifest = cache.run(cfg, acc, bundle, norm, tmp / "bench")
-    cache_views = n * args.views / (time.perf_counter() - start)
-    folder = Path(cfg.cache.root) / manifest["fingerprint"]
-    _phase("cache generation")
+        manifest = cache.run(cfg_r, acc, bundle, norm, tmp / f"labelling{r}")
+        labelling.append({"raw": raw_rate, "views": n * args.views / (time.perf_counter() - start)})
+        _phase(f"teacher inference and cache generation, round {r + 1} of {args.rounds}")
+    folder = Path(cfg.cache.root) / manifest["fingerprint"]  # the first round's copy (every round's is the same)
 
     # (a) and (c) through the real student stage; (b) timm's task; (d) the loader alone
     # Each round trains all four once, back to back; a ratio is taken within a round (the four saw the machine in
@@ -273,8 +276,9 @@ def main() -> None:
                        "timm": _timm_task_rate(cfg, bundle, norm, teacher_net, acc)})
         _phase(f"training round {r + 1} of {args.rounds}")
 
-    def median(fn) -> float:
-        return float(np.median([fn(r) for r in rounds]))
+    def median(fn, over=rounds) -> float:
+        return float(np.median([fn(r) for r in over]))
+    raw_rate, cache_views = median(lambda r: r["raw"], labelling), median(lambda r: r["views"], labelling)
     cached_rate, ce_rate = median(lambda r: r["cached"]), median(lambda r: r["ce"])
     online_rate, timm_rate = median(lambda r: r["online"]), median(lambda r: r["timm"])
     loader_rate = _loader_rate(cfg, bundle, norm, folder, acc.device)
@@ -326,7 +330,8 @@ def main() -> None:
         "cached_kd_vs_timm_rounds": [round(r["cached"] / r["timm"], 3) for r in rounds],
         "cached_kd_vs_ce_only_rounds": [round(r["cached"] / r["ce"], 3) for r in rounds],
         "loader_vs_cached_kd": round(loader_rate / cached_rate, 2),
-        "cache_generation_vs_inference_per_forward": round(cache_views / raw_rate, 3),
+        "cache_generation_vs_inference_per_forward": round(median(lambda r: r["views"] / r["raw"], labelling), 3),
+        "cache_generation_vs_inference_rounds": [round(r["views"] / r["raw"], 3) for r in labelling],
         "synthetic_cache_images": args.memory_images,
         "synthetic_cache_gb": round(cache.SoftLabels(big).nbytes() / 1e9, 3),
         "peak_rss_ce_only_gb": round(rss_plain / 1e9, 3), "peak_rss_with_cache_gb": round(rss_cached / 1e9, 3),
