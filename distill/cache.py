@@ -243,7 +243,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
 
     model = models.create(tmeta["model"], bundle.num_classes)
     model.load_state_dict(artifacts.load_weights(tdir))
-    model = model.to(acc.device, memory_format=torch.channels_last).eval()
+    model = models.frozen(model, acc.device)
     items = ViewItems(bundle, cfg.data, norm, c.views, c.eval_view, cfg.seed, c.mix)
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
     todo = [s for s in mine if not _shard_ok(folder, s)]

@@ -204,7 +204,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         else:
             tmodel = models.create(tmeta["model"], bundle.num_classes)
             tmodel.load_state_dict(artifacts.load_weights(tdir))
-            tmodel = tmodel.to(acc.device, memory_format=torch.channels_last).eval()
+            tmodel = models.frozen(tmodel, acc.device)
             train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
             inputs = None
             soft_target, use_topk = _online_target(tmodel, temperature, acc)

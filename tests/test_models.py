@@ -114,3 +114,54 @@ def test_other_class_count_needs_finetuning(tmp_path):
 def test_missing_checkpoint_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         teacher.build(_teacher_cfg(tmp_path / "nope.pth", "resnet8"), num_classes=3)
+
+
+def _with_running_stats(model):
+    """BatchNorms with the statistics of a trained model (not the identity of a fresh one)."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
+def _batch_norms(model) -> int:
+    """BatchNorms left in a traced model: as modules, or as calls (timm's BatchNormAct2d is traced through)."""
+    calls = [n for n in model.graph.nodes if n.op == "call_function" and "batch_norm" in str(n.target)]
+    return len(calls) + sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name, folds", [("resnet20", True), ("resnet18", True), ("mobilenetv3_small_100", False)])
+def test_frozen_folds_batchnorm_and_computes_the_same_function(name, folds):
+    torch.manual_seed(0)
+    model = _with_running_stats(models.create(name, num_classes=10)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    n_before = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = models.frozen(model, "cpu")
+    # every conv -> BatchNorm pair folded; timm's BatchNormAct2d (MobileNetV3) is not a pattern fx folds
+    assert _batch_norms(folded) == (0 if folds else n_before) and n_before > 0
+    with torch.no_grad():
+        got = folded(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert not folded.training
+
+
+def test_frozen_keeps_a_model_fx_cannot_trace(caplog):
+    class Branchy(torch.nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return y if y.sum() > 0 else -y
+
+    model = _with_running_stats(Branchy())
+    with caplog.at_level("INFO", logger="distill"):
+        kept = models.frozen(model, "cpu")
+    assert kept is model and not kept.training and "left unfolded" in caplog.text
