@@ -16,7 +16,6 @@ from distill.errors import CheckpointError
 log = logging.getLogger("distill")
 
 
-
 def create(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool = False) -> nn.Module:
     if name not in timm.list_models() and not pretrained:
         raise CheckpointError(f"model '{name}' is not a timm model name (see timm.list_models())")

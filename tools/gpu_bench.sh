@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU benchmark (about 4 minutes on one H100): resnet50 -> resnet18 at 224 px on synthetic ImageNet-shaped data
-# (18,000 random JPEGs, 1000 classes, 17,500 trained on, so that loader worker start-up is a small part of an epoch):
-# teacher inference vs cache generation, and student training images/s for CE-only, cached KD, our online KD and
-# timm's LogitDistillationTask (2 epochs each, the second timed), plus the synthetic 1.28M-image cache's memory.
-# Needs torch with CUDA, timm, accelerate, datasets, hydra-core.
+# GPU benchmark: resnet50 -> resnet18 at 224 px on synthetic data of ImageNet's shape (18,000 random JPEGs, 1000
+# classes, 17,500 trained on, so that loader worker start-up is a small part of an epoch): teacher inference vs cache
+# generation, and student training images/s for CE-only, cached KD, our online KD and timm's LogitDistillationTask
+# (2 epochs each, the second timed; 3 rounds, medians), plus the synthetic 1.28M-image cache's memory. About
+# 5 minutes on one H100 (estimated from the phase times of a 1-round run). Needs torch with CUDA, timm, accelerate,
+# datasets, hydra-core.
 #   bash tools/gpu_bench.sh [extra tools/bench.py arguments]     # IMAGES, WORKERS, JSON override the defaults
 set -euo pipefail
 cd "$(dirname "$0")/.."
