@@ -264,9 +264,7 @@ def main() -> None:
         _phase(f"teacher inference and cache generation, round {r + 1} of {args.rounds}")
     folder = Path(cfg.cache.root) / manifest["fingerprint"]  # the first round's copy (every round's is the same)
 
-    # (a) and (c) through the real student stage; (b) timm's task; (d) the loader alone
-    # Each round trains all four once, back to back; a ratio is taken within a round (the four saw the machine in
-    # about the same state) and the median over rounds is reported.
+    # (a) and (c) through the real student stage, our online KD, (b) timm's task: back to back in each round
     online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},
                                         "student": raw["student"] | {"baseline": False}})
     rounds = []
@@ -284,7 +282,7 @@ def main() -> None:
     raw_rate, cache_views = median(lambda r: r["raw"], labelling), median(lambda r: r["views"], labelling)
     cached_rate, ce_rate = median(lambda r: r["cached"]), median(lambda r: r["ce"])
     online_rate, timm_rate = median(lambda r: r["online"]), median(lambda r: r["timm"])
-    loader_rate = _loader_rate(cfg, bundle, norm, folder, acc.device)
+    loader_rate = _loader_rate(cfg, bundle, norm, folder, acc.device)  # (d)
 
     # the ideal speed-up of caching: 1 + teacher forward / student step, on fixed tensors
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=acc.device)
@@ -293,9 +291,9 @@ def main() -> None:
     net = models.create(args.student, bundle.num_classes).to(acc.device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
 
-    def teacher_forward(net=teacher_net):
+    def teacher_forward(model=teacher_net):
         with torch.inference_mode(), acc.autocast():
-            net(x)
+            model(x)
 
     def student_step():
         with acc.autocast():
