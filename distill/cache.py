@@ -364,6 +364,14 @@ class SoftLabels:
         shard, offset = divmod(int(index), self.shard_size)
         return self.shards[shard][offset]
 
+    @staticmethod
+    def view_label(rec: np.void, v: int) -> dict[str, torch.Tensor]:
+        """View v's soft label out of one record (`row`): top-k logits (float32), classes, logsumexp at T; the
+        per-sample read that travels with each training sample (`student.ReplayItems`)."""
+        return {"kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
+                "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
+                "kd_lse": torch.tensor(float(rec["lse"][v]))}
+
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """The full records of these images (all views), in the order given."""
         indices = np.asarray(indices, dtype=np.int64)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -315,8 +316,6 @@ def register_schema() -> None:
 
 def recipe_lines(folder) -> dict[str, str]:
     """recipe name -> the first comment line of recipes/recipe/NAME.yaml (its one-line description)."""
-    from pathlib import Path
-
     out = {}
     for path in sorted(Path(folder).glob("*.yaml")):
         lines = [line[1:].strip() for line in path.read_text().splitlines()
@@ -326,8 +325,6 @@ def recipe_lines(folder) -> dict[str, str]:
 
 
 def recipes_help() -> str:
-    from pathlib import Path
-
     lines = recipe_lines(Path(__file__).resolve().parent.parent / "recipes" / "recipe")
     width = max(map(len, lines))
     return "\n".join(f"  {name.ljust(width)}  {line}" for name, line in lines.items())

@@ -64,11 +64,9 @@ class ReplayItems(Dataset):
         v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
         rec = self.labels.row(i)
         img, label = self.items.image(i, with_label=True)
+        # that view's soft label travels with the batch: no per-step gather or host round trip in training
         out = {"image": views.apply(img, rec["view"][v], self.items.cfg), "label": label, "index": i, "view_id": v,
-               # that view's soft label travels with the batch: no per-step gather or host round trip in training
-               "kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
-               "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
-               "kd_lse": torch.tensor(float(rec["lse"][v]))}
+               **self.labels.view_label(rec, v)}
         if "partner" in rec.dtype.names:  # a mixed view: replay the partner too, and mix the hard labels alike
             p = int(rec["partner"][v])
             partner, plabel = self.items.image(p, with_label=True) if p >= 0 else (None, label)

@@ -106,7 +106,8 @@ def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     seen, start = 0, time.perf_counter()
     for batch in loader:
         items.to_input(batch["image"].to(device, non_blocking=True))
-        batch["kd_logits"].to(device, non_blocking=True)
+        for key in ("kd_logits", "kd_classes", "kd_lse"):
+            batch[key].to(device, non_blocking=True)
         seen += batch["image"].shape[0]
     _sync()
     return seen / (time.perf_counter() - start)
@@ -166,10 +167,10 @@ rng = np.random.default_rng(0)
 order = rng.permutation(len(labels) if labels else {images})
 batches = len(order) // {batch}
 x = torch.randn({batch}, 3, 32, 32)
-for b in range(batches):  # one full pass of soft-label gathers over the cache, {steps} training steps among them
+for b in range(batches):  # one full pass of soft-label reads over the cache, {steps} training steps among them
     idx = order[b * {batch}:(b + 1) * {batch}]
-    if labels is not None:
-        got = labels.gather(idx, rng.integers(0, labels.views, len(idx)))
+    if labels is not None:  # read as the student's loader reads them: one record per sample, one view's label
+        got = [labels.view_label(labels.row(i), v) for i, v in zip(idx, rng.integers(0, labels.views, len(idx)))]
     if b % max(batches // {steps}, 1) == 0:
         loss = torch.nn.functional.cross_entropy(net(x), torch.randint(0, 1000, ({batch},)))
         opt.zero_grad(); loss.backward(); opt.step()
