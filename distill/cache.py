@@ -9,10 +9,16 @@ Shards are fixed ranges of dataset indices (`cache.shard_size`), assigned round-
 never cross a shard boundary, so every file's bytes are the same whatever the process count. Each file goes to a
 temporary name, is fsynced, then renamed; a rerun keeps the shards whose checksum verifies and computes the rest,
 which yields the same bytes as an uninterrupted run.
+
+A cache grows: view v of image i is drawn from (seed, i, v) and each teacher forward is one view of a fixed run of
+`cache.batch_size` images from the shard's start, so the first V views of a V'-view cache are a V-view cache's
+views, bit for bit. A V'-view cache whose settings match a complete V-view one (V < V') copies those V views and
+runs the teacher on the V' - V new ones only.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -32,10 +38,31 @@ from distill.errors import DataError
 
 log = logging.getLogger("distill")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one view per teacher forward, a fixed run of images (growable)
 
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
+
+# The most uses per cached view (student epochs / V) at which cached KD stayed within 0.3 points of online KD's
+# top-1 (mean of two seeds), measured by tools/views_experiment.sh (README, "How many views").
+MAX_USES_PER_VIEW = 5.0
+
+
+def views_for(epochs: int) -> int:
+    """The fewest cached views that keep `epochs` of student training within the rule (MAX_USES_PER_VIEW)."""
+    return max(1, math.ceil(epochs / MAX_USES_PER_VIEW))
+
+
+def replay_warning(epochs: int, num_views: int, images: int) -> str | None:
+    """One line when a student replays each cached view more often than the rule allows: the V that meets it and
+    what labelling the missing views costs (the cache grows: only the new views are labelled)."""
+    if epochs / num_views <= MAX_USES_PER_VIEW:
+        return None
+    need = views_for(epochs)
+    return (f"cache: {epochs} epochs over {num_views} cached views replay each view {epochs / num_views:g} times, "
+            f"more than the {MAX_USES_PER_VIEW:g} at which cached KD measured within 0.3 points of online KD; "
+            f"cache.views={need} meets it, labelling {need - num_views} more views per image "
+            f"({(need - num_views) * images:,} teacher forwards, once)")
 
 
 def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) -> np.dtype:
@@ -71,7 +98,7 @@ def fingerprint_inputs(cfg: Config, bundle: data.DataBundle, norm: dict, teacher
 # ---------------------------------------------------------------- the images the teacher labels
 
 class ViewItems(Dataset):
-    """Item i: all V views of training image i, drawn from (seed, i, v), applied and normalised.
+    """Item i: views `first_view` .. V-1 of training image i, drawn from (seed, i, v), applied (uint8).
 
     With `mix`, a train view may be mixed with a partner image (its index, its own crop/flip, and lambda or the
     cutmix box are drawn from the same generator and stored), so the teacher labels the mixed image itself."""
@@ -82,6 +109,7 @@ class ViewItems(Dataset):
                                                                             eval_view, seed)
         self.mix = mix if mix is not None and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0) else None
         self.finish = transforms.finish(cfg, norm["mean"], norm["std"])
+        self.first_view = 0  # > 0 when growing a cache: views below it are already labelled
 
     def __len__(self) -> int:
         return len(self.images)
@@ -95,22 +123,23 @@ class ViewItems(Dataset):
         return (img, int(self.images.labels[i])) if with_label else img
 
     def draw(self, i: int, img: torch.Tensor, load) -> dict[str, np.ndarray]:
-        """The stored parameters of every view of image i (the record fields other than the teacher's);
-        `load(j)` gives partner image j."""
-        v_all, s = self.num_views, self.cfg.image_size
-        out = {"view": np.tile(views.EVAL_VIEW, (v_all, 1))}
+        """The stored parameters of views `first_view` .. V-1 of image i (the record fields other than the
+        teacher's), row 0 being view `first_view`; `load(j)` gives partner image j."""
+        first, s = self.first_view, self.cfg.image_size
+        n = self.num_views - first
+        out = {"view": np.tile(views.EVAL_VIEW, (n, 1))}
         if self.mix:
-            out |= {"partner": np.full(v_all, -1, np.int32), "partner_view": np.tile(views.EVAL_VIEW, (v_all, 1)),
-                    "lam": np.ones(v_all, np.float32), "box": np.zeros((v_all, 4), np.int16)}
-        for v in range(1 if self.eval_view else 0, v_all):
-            rng = views.rng_for(self.seed, i, v)
-            out["view"][v] = views.draw(self.cfg, rng, tuple(img.shape[-2:]))
+            out |= {"partner": np.full(n, -1, np.int32), "partner_view": np.tile(views.EVAL_VIEW, (n, 1)),
+                    "lam": np.ones(n, np.float32), "box": np.zeros((n, 4), np.int16)}
+        for v in range(max(first, 1 if self.eval_view else 0), self.num_views):
+            rng, r = views.rng_for(self.seed, i, v), v - first
+            out["view"][r] = views.draw(self.cfg, rng, tuple(img.shape[-2:]))
             drawn = tricks.draw_lam(rng, self.mix, s, s) if self.mix else None
             if drawn is not None:
                 j = int(rng.integers(len(self.images)))
-                out["partner"][v] = j
-                out["partner_view"][v] = views.draw(self.cfg, rng, tuple(load(j).shape[-2:]))
-                out["lam"][v], out["box"][v] = drawn[0], drawn[1] or (0, 0, 0, 0)
+                out["partner"][r] = j
+                out["partner_view"][r] = views.draw(self.cfg, rng, tuple(load(j).shape[-2:]))
+                out["lam"][r], out["box"][r] = drawn[0], drawn[1] or (0, 0, 0, 0)
         return out
 
     def to_input(self, images: torch.Tensor, partner_images: torch.Tensor | None = None, lam=None,
@@ -180,36 +209,54 @@ def _shard_ok(folder: Path, s: int) -> bool:
 
 @torch.inference_mode()
 def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, acc: Accelerator, bar,
-                 dtype: np.dtype) -> np.ndarray:
-    c = cfg.cache
-    k = dtype["logits"].shape[1]
+                 dtype: np.dtype, base: np.ndarray | None = None) -> np.ndarray:
+    """The records of images [start, stop): views `items.first_view` .. V-1 labelled by the teacher, the views
+    below copied from `base` (this shard of a smaller cache). Each forward is one view of the next
+    `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are the same bits
+    in a grown cache as in a fresh one."""
+    c, first = cfg.cache, items.first_view
+    n_new, k, run = c.views - first, dtype["logits"].shape[1], c.batch_size
     records = np.zeros(stop - start, dtype=dtype)
-    loader = DataLoader(Subset(items, range(start, stop)), batch_size=c.batch_size // c.views, shuffle=False,
+    if base is not None:
+        for name in dtype.names:
+            records[name][:, :first] = base[name]
+    labels = np.zeros(stop - start, dtype=np.int64)
+    loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
-    row = 0
+
+    def label(x: torch.Tensor, row: int) -> None:  # x: network inputs [b, n_new, C, s, s] of images row ..
+        out = records[row:row + len(x)]
+        for j in range(n_new):
+            with acc.autocast():
+                logits = model(x[:, j].contiguous(memory_format=torch.channels_last)).float()
+            values, classes = logits.topk(k, dim=-1)
+            out["logits"][:, first + j] = values.half().cpu().numpy()
+            out["classes"][:, first + j] = classes.cpu().numpy()
+            out["lse"][:, first + j] = torch.logsumexp(logits / c.temperature, dim=-1).cpu().numpy()
+            out["top1"][:, first + j] = logits.argmax(-1).cpu().numpy()
+        bar.update(len(x))
+
+    pending, loaded, labelled = [], 0, 0
     for batch in loader:
-        b, v = batch["images"].shape[:2]
+        b = batch["images"].shape[0]
+        got = records[loaded:loaded + b]
+        for name in ("view",) + (MIX_FIELDS if "partner" in batch else ()):
+            got[name][:, first:] = batch[name].numpy()
+        labels[loaded:loaded + b] = batch["label"].numpy()
+        loaded += b
         images = batch["images"].flatten(0, 1).to(acc.device, non_blocking=True)
         if "partner_images" in batch:
             x = items.to_input(images, batch["partner_images"].flatten(0, 1).to(acc.device), batch["lam"].numpy(),
                                batch["box"].numpy())
         else:
             x = items.to_input(images)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with acc.autocast():
-            logits = model(x).float().view(b, v, -1)
-        values, classes = logits.topk(k, dim=-1)
-        top1 = logits.argmax(-1)
-        out = records[row:row + b]
-        for name in ("view",) + (MIX_FIELDS if "partner" in batch else ()):
-            out[name] = batch[name].numpy()
-        out["logits"] = values.half().cpu().numpy()
-        out["classes"] = classes.cpu().numpy()
-        out["lse"] = torch.logsumexp(logits / c.temperature, dim=-1).cpu().numpy()
-        out["top1"] = top1.cpu().numpy()
-        out["correct"] = (top1.cpu() == batch["label"][:, None]).numpy()
-        row += b
-        bar.update(b)
+        pending.append(x.view(b, n_new, *x.shape[1:]))
+        while loaded - labelled >= run or (loaded == len(records) and loaded > labelled):
+            x = torch.cat(pending)
+            label(x[:run], labelled)
+            labelled += len(x[:run])
+            pending = [x[run:]]
+    records["correct"][:, first:] = records["top1"][:, first:] == labels[:, None]
     return records
 
 
@@ -248,13 +295,20 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
     todo = [s for s in mine if not _shard_ok(folder, s)]
     total = sum(min((s + 1) * c.shard_size, n) - s * c.shard_size for s in todo)
+    base = _smaller_cache(Path(c.root), inputs) if todo else None
     log.info(f"cache: {n} images x {c.views} views, top-{k} at T={c.temperature}, {n_shards} shards "
              f"({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
+    if base is not None:
+        items.first_view = base[1]["views"]
+        log.info(f"cache: growing {base[0]} ({items.first_view} views): the teacher labels the "
+                 f"{c.views - items.first_view} new views of each image ({total * (c.views - items.first_view)} "
+                 f"forwards), the first {items.first_view} are copied")
     start_t = time.perf_counter()
     with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
         for s in todo:
             lo, hi = s * c.shard_size, min((s + 1) * c.shard_size, n)
-            records = _label_shard(model, items, lo, hi, cfg, acc, bar, dtype)
+            old = np.load(base[0] / f"shard-{s:05d}.npy", mmap_mode="r") if base is not None else None
+            records = _label_shard(model, items, lo, hi, cfg, acc, bar, dtype, old)
             digest = _write_npy(folder / f"shard-{s:05d}.npy", records)
             artifacts.write_json(folder / f"shard-{s:05d}.json", {"shard": s, "start": lo, "rows": hi - lo,
                                                                   "sha256": digest})
@@ -264,7 +318,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     if acc.is_main_process:
         manifest = _write_manifest(folder, fp, inputs, n, n_shards, dtype, bundle)
         if total:
-            log.info(f"cache: labelled {total} images ({total * c.views} views) in {elapsed:.1f} s "
+            log.info(f"cache: labelled {total} images ({total * (c.views - items.first_view)} views) in {elapsed:.1f} s "
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
@@ -281,6 +335,25 @@ def _record_run(acc: Accelerator, run_dir: Path, folder: Path, timing: dict | No
         keep = previous if previous.get("folder") == str(folder) else {}
         artifacts.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None}
                              | (timing or {}))
+
+
+def _smaller_cache(root: Path, inputs: dict) -> tuple[Path, dict] | None:
+    """The complete cache under `root` with the most views below ours and otherwise the same inputs (teacher,
+    data, geometry, k, T, seed, shards, batch, precision, format): the one to grow from. Its checksums are
+    verified; a cache that fails them is passed over."""
+    same = json.loads(json.dumps({k: v for k, v in inputs.items() if k != "views"}))  # as the manifest holds it
+    found = []
+    for path in root.glob("*/manifest.json"):
+        m = artifacts.read_json(path)
+        theirs = (m or {}).get("inputs") or {}
+        if theirs.get("views", inputs["views"]) < inputs["views"] and \
+                {k: v for k, v in theirs.items() if k != "views"} == same:
+            found.append((theirs["views"], path.parent, m))
+    for _, folder, m in sorted(found, key=lambda f: -f[0]):
+        if all(artifacts.sha256(folder / sh["file"]) == sh["sha256"] for sh in m["shards"]):
+            return folder, m
+        log.warning(f"cache: {folder} fails its checksums; not growing from it")
+    return None
 
 
 def _existing(folder: Path, fp: str) -> str:

@@ -136,7 +136,7 @@ class CacheCfg:
     temperature: float = _f(4.0, doc="temperature T of the stored logsumexp (and of KD)", gt=0)
     shard_size: int = _f(10000, doc="images per shard file (fixed index ranges, independent of process count)",
                          ge=1)
-    batch_size: int = _f(256, doc="teacher batch in views; each batch holds batch_size // views images", ge=1)
+    batch_size: int = _f(256, doc="teacher batch: each forward labels one view of this many images", ge=1)
     mix: MixCfg = _f(factory=MixCfg)  # mixed views: partner, its view, lambda/box drawn and stored per view
 
 
@@ -264,9 +264,6 @@ def _check_cross(cfg: Config) -> None:
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
     t = cfg.teacher
-    if cfg.cache.batch_size < cfg.cache.views:
-        raise ConfigError(f"cache.batch_size: {cfg.cache.batch_size} views cannot hold one image's "
-                          f"{cfg.cache.views} views")
     if t.source == "train" and t.epochs < 1:
         raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")
 

@@ -187,6 +187,9 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     meta = artifacts.reusable(out, fp, "student")
     if meta is None:
         if kd.teacher == "cached":
+            warning = cache.replay_warning(s.epochs, labels.views, len(labels))
+            if warning:
+                log.warning(warning)
             items = cache.ViewItems(bundle, cfg.data, norm, labels.views, cfg.cache.eval_view, cfg.seed)
             replay = ReplayItems(items, folder, kd.views, seed)
             train_loader = DataLoader(replay, batch_size=s.batch_size, shuffle=True, drop_last=True,

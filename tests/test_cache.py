@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from conftest import ROOT, cache_overrides, random_teacher, run_cli, tiny_dataset
+from conftest import ROOT, cache_overrides, config_from, random_teacher, run_cli, tiny_dataset
 from distill import artifacts, cache, config, data, models, views
 from distill.config import DataCfg
 
@@ -132,6 +132,31 @@ def test_corrupted_shard_is_detected_and_recomputed(parquet_file, tmp_path, teac
     assert r.returncode == 0, r.stderr
     assert "shard-00001.npy fails its checksum; recomputing it" in r.stderr
     assert _files(folder) == clean
+
+
+@pytest.mark.parametrize("mix", [{}, {"cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0}])
+def test_a_grown_cache_equals_a_fresh_one_and_labels_only_the_new_views(parquet_file, tmp_path, teacher_file,
+                                                                         monkeypatch, mix):
+    from distill import run
+    forwards, frozen = [], models.frozen
+
+    def counting(model, device):  # the teacher as the cache stage gets it, counting the views it labels
+        m = frozen(model, device)
+        m.register_forward_hook(lambda mod, inputs, out: forwards.append(len(inputs[0])))
+        return m
+    monkeypatch.setattr(models, "frozen", counting)
+
+    def build(root: Path, v: int) -> int:
+        forwards.clear()  # 48 images in shards of 16; forwards of 5 images, so runs end inside and at shard ends
+        run.execute(config_from(cache_overrides(parquet_file, root, teacher_file, cache__views=v,
+                                                cache__batch_size=5, **mix)))
+        return sum(forwards)
+    assert build(tmp_path / "grown", 2) == 48 * 2
+    assert build(tmp_path / "grown", 5) == 48 * 3  # grown from the 2-view cache: only views 2, 3, 4 labelled
+    assert build(tmp_path / "fresh", 5) == 48 * 5
+    grown = [f for f in (tmp_path / "grown" / "cache").iterdir()
+             if json.loads((f / "manifest.json").read_text())["views"] == 5]
+    assert len(grown) == 1 and _files(grown[0]) == _files(_only_cache(tmp_path / "fresh" / "cache"))
 
 
 def test_incomplete_cache_is_never_read(tmp_path):

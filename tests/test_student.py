@@ -145,3 +145,25 @@ def test_another_temperature_needs_all_logits(parquet_file, tmp_path):
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: kd.temperature: 2.0 differs from the cache's T=4.0")
+
+
+def test_replay_warning_past_the_views_rule_only():
+    rule, v = cache.MAX_USES_PER_VIEW, 4
+    at = int(rule * v)  # each view replayed exactly `rule` times: within the rule
+    assert cache.replay_warning(at, v, 1000) is None
+    warning = cache.replay_warning(at + 1, v, 1000)
+    need = cache.views_for(at + 1)
+    assert need > v and (at + 1) / need <= rule < (at + 1) / (need - 1)  # the fewest views that meet the rule
+    assert f"cache.views={need}" in warning and f"{(need - v) * 1000:,} teacher forwards" in warning
+
+
+@pytest.mark.parametrize("past", [False, True])
+def test_student_run_warns_when_views_are_replayed_past_the_rule(parquet_file, tmp_path, capfd, past):
+    from conftest import config_from
+    from distill import run
+    teacher_file = random_teacher(tmp_path / "teacher.safetensors")
+    epochs = int(cache.MAX_USES_PER_VIEW * 2) + past  # over a 2-view cache
+    cfg = config_from(cache_overrides(parquet_file, tmp_path, teacher_file, cache__views=2) + [
+        "stage=student", f"student.epochs={epochs}", "student.batch_size=16"])
+    run.execute(cfg)  # logs to stderr, as on the command line
+    assert capfd.readouterr().err.count("cached views replay each view") == past

@@ -6,11 +6,11 @@
 # reuses every finished stage and resumes an interrupted one, so the whole script can be rerun to resume or to
 # redraw the table. It ends with the table (RUNS/views.md) and the plot (RUNS/views.png).
 #   bash tools/views_experiment.sh [path/to/cifar10/train.parquet]     # about two hours on 2 CPU cores
-# Settings (environment): IMAGES=10000 EPOCHS=40 TEACHER_EPOCHS=60 VIEWS="2 8 32" SEEDS="0 1" RUNS=runs/views
+# Settings (environment): IMAGES=16000 EPOCHS=40 TEACHER_EPOCHS=60 VIEWS="2 8 32" SEEDS="0 1" RUNS=runs/views
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-../shared/data/cifar10/train.parquet}
-IMAGES=${IMAGES:-10000}
+IMAGES=${IMAGES:-16000}
 EPOCHS=${EPOCHS:-40}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-60}
 VIEWS=${VIEWS:-2 8 32}
