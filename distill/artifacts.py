@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from distill.errors import DataError
+
 
 def fingerprint(obj) -> str:
     """A short stable hash of a JSON-able object (config slices, data identity, ...)."""
@@ -45,23 +47,33 @@ def read_json(path: Path):
 
 
 def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
-    """model.safetensors first, meta.json last: meta.json is the marker that the folder is complete."""
+    """model.safetensors first, meta.json last (with the weights' sha256): meta.json is the marker that the folder
+    is complete, and says which weights its metrics belong to."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
     _fsync_rename(tmp, folder / "model.safetensors")
-    write_json(folder / "meta.json", meta)
+    write_json(folder / "meta.json", meta | {"weights_sha256": sha256(folder / "model.safetensors")})
 
 
 def reusable(folder: Path, fingerprint: str, name: str) -> dict | None:
-    """The meta of a finished stage output made with this fingerprint, or None (then the stage must run)."""
-    meta = read_json(Path(folder) / "meta.json")
-    if meta and meta.get("fingerprint") == fingerprint and (Path(folder) / "model.safetensors").exists():
-        logging.getLogger("distill").info(f"{name}: reusing {folder} (val top-1 {meta['metrics']['top1']:.2f}%)")
-        return meta
-    return None
+    """The meta of a finished stage output made with this fingerprint, or None (then the stage must run). Weights
+    that are not the ones meta.json scored stop the run: their metrics would be reported next to other weights."""
+    folder = Path(folder)
+    meta = read_json(folder / "meta.json")
+    if not (meta and meta.get("fingerprint") == fingerprint and (folder / "model.safetensors").exists()):
+        return None
+    if "weights_sha256" not in meta:  # written before meta.json recorded its weights: nothing to check them by
+        logging.getLogger("distill").info(f"{name}: {folder} has no weights checksum (an older distill); redoing it")
+        return None
+    if sha256(folder / "model.safetensors") != meta["weights_sha256"]:
+        raise DataError(f"{name}: {folder / 'model.safetensors'} is not the file {folder / 'meta.json'} scored "
+                        f"(changed or replaced since it was written); restore it, or delete {folder} to "
+                        f"{'retrain' if name != 'teacher' else 'rebuild'} it")
+    logging.getLogger("distill").info(f"{name}: reusing {folder} (val top-1 {meta['metrics']['top1']:.2f}%)")
+    return meta
 
 
 def load_weights(folder: Path) -> dict:

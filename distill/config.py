@@ -97,7 +97,8 @@ class TeacherCfg(TrainCfg):
 
 @dataclass
 class DataCfg:
-    source: str = _f("demo", doc="auto | demo | hub | parquet | imagefolder | disk",
+    source: str = _f("auto", doc="auto (from data.path; the demo digits when no path is given) | demo | hub | "
+                                 "parquet | imagefolder | disk",
                      choices=("auto", "demo", "hub", "parquet", "imagefolder", "disk"))
     path: Optional[str] = _f(None, doc="hub name, or a local parquet file/folder, imagefolder or save_to_disk folder")
     hub_config: Optional[str] = _f(None, doc="hub data set configuration name")
@@ -250,7 +251,10 @@ def _check_cross(cfg: Config) -> None:
         raise ConfigError("data.std: every value must be > 0")
     if len(d.scale) != 2 or not 0 < d.scale[0] <= d.scale[1] <= 1:
         raise ConfigError(f"data.scale: needs [min, max] with 0 < min <= max <= 1, got {d.scale}")
-    if d.source != "demo" and not d.path:
+    if d.source == "demo" and d.path:
+        raise ConfigError(f"data.path: {d.path} is given but data.source=demo trains on the built-in digits; set "
+                          "data.source=auto to use the path, or drop data.path")
+    if d.source not in ("demo", "auto") and not d.path:
         raise ConfigError(f"data.path: required for data.source={d.source}")
     if d.val_size >= 1 and d.val_size != int(d.val_size):
         raise ConfigError(f"data.val_size: {d.val_size} is neither a fraction < 1 nor a whole count")

@@ -53,6 +53,8 @@ def demo_dataset() -> datasets.Dataset:
 def detect_source(cfg: DataCfg) -> str:
     if cfg.source != "auto":
         return cfg.source
+    if not cfg.path:  # nothing given: the demo digits
+        return "demo"
     p = Path(cfg.path)
     if p.is_file():
         if p.suffix == ".parquet":
@@ -174,6 +176,11 @@ def load(cfg: DataCfg) -> DataBundle:
     if cfg.train_size is not None and cfg.train_size < len(train):
         train = train.select(range(cfg.train_size))
     names = _class_names(train, cfg)
+    present = np.unique(_labels(train, cfg.label_column)).tolist()
+    if len(present) < 2:
+        found = ", ".join(names[i] if 0 <= i < len(names) else str(i) for i in present) or "none"
+        raise DataError(f"data: split '{cfg.train_split}' holds {len(present)} class(es) ({found}); classification "
+                        "needs at least two")
     check_labels(train, cfg.label_column, len(names), "train")
     check_labels(val, cfg.label_column, len(names), "validation")
     identity = {"source": source, "path": local_path(cfg, source), "hub_config": cfg.hub_config,

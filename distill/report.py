@@ -34,6 +34,8 @@ def summary(run_dir: Path, teacher_dir: Path | None = None) -> dict:
         out["cache"] = c
     if "student" in rows and "baseline" in rows:
         out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
+    if "teacher" in rows and "baseline" in rows:
+        out["teacher_below_baseline"] = rows["teacher"]["top1"] < rows["baseline"]["top1"]
     return out
 
 
@@ -52,6 +54,10 @@ def table(s: dict) -> str:
                      + f"  {c['folder']}")
     if "kd_gain_top1" in s:
         lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1")
+    if s.get("teacher_below_baseline"):
+        t, b = s["models"]["teacher"]["top1"], s["models"]["baseline"]["top1"]
+        lines.append(f"warning: the teacher ({t:.2f}%) scores below the CE baseline ({b:.2f}%): the student distils "
+                     "a weaker model; train the teacher longer or pick a stronger one")
     return "\n".join(lines)
 
 

@@ -34,14 +34,16 @@ def stage_functions() -> dict:
 def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     """Run the chosen stages into run_dir (default <run_root>/<name>); return the run's summary."""
     # imported here, not at the top: --help and config errors answer before torch loads
-    from distill import data, engine
+    from distill import data, engine, preflight
 
+    preflight.before_data(cfg)
     run_dir = run_dir or Path(cfg.run_root) / cfg.name
     acc = engine.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=str(run_dir))
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-save INFO lines drown our progress
     bundle = data.load(cfg.data)
+    preflight.after_data(cfg, bundle.num_classes)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
     if acc.is_main_process:

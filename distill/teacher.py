@@ -33,6 +33,8 @@ def folder(cfg: Config, run_dir: Path) -> Path:
 
 def fingerprint(cfg: Config, bundle: data.DataBundle, norm: dict) -> str:
     what = {k: v for k, v in dataclasses.asdict(cfg.teacher).items() if k != "dir"}  # where, not what
+    if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
+        what["checkpoint"] = artifacts.sha256(Path(cfg.teacher.checkpoint))
     return artifacts.fingerprint({"teacher": what, "data": bundle.identity,
                                   "data_cfg": data.settings_identity(cfg.data),
                                   "norm": norm, "seed": cfg.seed, "precision": cfg.precision})

@@ -117,3 +117,14 @@ def config_from(overrides: list[str]):
             node = node.setdefault(p, {})
         node[leaf] = value(v)
     return config.validate(tree)
+
+
+def compose_recipe(recipe: str, overrides=()):
+    """The raw config that `python distill/run.py recipe=NAME overrides...` composes (Hydra, in process)."""
+    from hydra import compose, initialize_config_dir
+
+    from distill import config
+
+    config.register_schema()
+    with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
+        return compose("config", overrides=[f"recipe={recipe}", f"name={recipe}", *overrides])

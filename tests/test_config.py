@@ -1,23 +1,33 @@
+import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, run_cli
-from distill import config
+from conftest import ROOT, compose_recipe, run_cli
+from distill import cache, config
 from distill.errors import ConfigError
-
-
-def compose_recipe(recipe: str, overrides=()):
-    config.register_schema()
-    with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
-        return compose("config", overrides=[f"recipe={recipe}", f"name={recipe}", *overrides])
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml")))
 def test_every_recipe_composes_and_validates(recipe):
     cfg = config.validate(compose_recipe(recipe))
     assert cfg.name == recipe
+
+
+CACHE_LINE = re.compile(r"^# Cache: (\d+) views for (\d+) student epochs = ([\d.]+) uses per view; (\d+) teacher "
+                        r"forwards per image, once, against (\d+) per image for each online-KD student", re.M)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml")))
+def test_recipe_header_states_its_uses_per_view_and_cost(recipe):
+    cfg = config.validate(compose_recipe(recipe))
+    line = CACHE_LINE.search((ROOT / "recipes" / "recipe" / f"{recipe}.yaml").read_text())
+    assert line, f"{recipe}: no '# Cache: V views for E student epochs = U uses per view; ...' line in the header"
+    v, e, uses, cached, online = line.groups()
+    assert (int(v), int(e)) == (cfg.cache.views, cfg.student.epochs)
+    assert float(uses) == round(cfg.student.epochs / cfg.cache.views, 1)
+    assert (int(cached), int(online)) == (cfg.cache.views, cfg.student.epochs)
+    assert cfg.cache.views == cache.views_for(cfg.student.epochs)  # the fewest views the measured rule allows
 
 
 def test_recipe_overrides_groups_and_keys():

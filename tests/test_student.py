@@ -144,7 +144,8 @@ def test_another_temperature_needs_all_logits(parquet_file, tmp_path):
         "stage=student", "student.epochs=1", "student.batch_size=16", "kd.temperature=2"]
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("error: kd.temperature: 2.0 differs from the cache's T=4.0")
+    assert r.stderr.strip().splitlines()[-1].startswith("error: kd.temperature: 2.0 differs from cache.temperature=4.0")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs" / "tiny" / "teacher").exists()  # before work
 
 
 def test_replay_warning_past_the_views_rule_only():

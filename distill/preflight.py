@@ -1,0 +1,51 @@
+"""Checks that need the libraries or the data but no work: run before the first stage, so that a bad model name,
+tracker or temperature stops the run in one line instead of after the teacher trained and the cache was built."""
+from __future__ import annotations
+
+import difflib
+
+import timm
+
+from distill import models  # noqa: F401  (registers the CIFAR ResNets, so their names are timm names)
+from distill.config import Config
+from distill.errors import ConfigError
+
+
+def check_model(name: str, key: str, pretrained: bool = False) -> None:
+    """`name` must be a timm model; with `pretrained`, one that timm has hub weights for (nothing is fetched)."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else "; see timm.list_models()"
+        raise ConfigError(f"{key}: '{name}' is not a timm model name{hint}")
+    if pretrained and not timm.list_pretrained(name if "." in name else name + ".*"):
+        raise ConfigError(f"{key}: timm has no pretrained weights for '{name}'; set teacher.checkpoint=FILE, or "
+                          "teacher.source=train")
+
+
+def check_tracker(name: str | None) -> None:
+    """A tracker asked for must be installed: accelerate would otherwise warn once and log nothing."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    if name is None or name == "all":
+        return
+    if name not in LOGGER_TYPE_TO_CLASS:
+        raise ConfigError(f"log_with: '{name}' is not an accelerate tracker ({', '.join(LOGGER_TYPE_TO_CLASS)})")
+    if name not in get_available_trackers():
+        extra = " (or pip install -e '.[tensorboard]')" if name == "tensorboard" else ""
+        raise ConfigError(f"log_with: the {name} tracker is not installed; pip install {name}{extra}")
+
+
+def before_data(cfg: Config) -> None:
+    t = cfg.teacher
+    check_model(t.model, "teacher.model", t.source == "timm" and t.pretrained and not t.checkpoint)
+    check_model(cfg.student.model, "student.model")
+    check_tracker(cfg.log_with)
+
+
+def after_data(cfg: Config, num_classes: int) -> None:
+    """What needs the class count: a KD temperature that a top-k cache cannot serve."""
+    t, cached = cfg.kd.temperature, cfg.kd.teacher == "cached" and cfg.stage in ("student", "all")
+    if cached and t is not None and t != cfg.cache.temperature and cfg.cache.topk < num_classes:
+        raise ConfigError(f"kd.temperature: {t} differs from cache.temperature={cfg.cache.temperature}, and the "
+                          f"cache keeps only the top-{cfg.cache.topk} of {num_classes} logits; set cache.topk >= "
+                          f"{num_classes} to change T after caching, or kd.temperature={cfg.cache.temperature}")
