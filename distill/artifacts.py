@@ -1,6 +1,8 @@
 """Stage outputs on disk: weights as safetensors with meta.json beside them, written atomically."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -78,3 +80,27 @@ def reusable(folder: Path, fingerprint: str, name: str) -> dict | None:
 
 def load_weights(folder: Path) -> dict:
     return load_file(str(Path(folder) / "model.safetensors"))
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path):
+    """Hold `folder` for one live run: an flock on <folder>/.lock, which the kernel drops when its process ends,
+    however it ends (so a lock left by a killed run never blocks the next). A folder held by a live run raises."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise DataError(f"{folder}: in use by a running distill (pid {pid}); wait for it to finish, or give this run "
+                        "another name=") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the flock

@@ -424,7 +424,11 @@ class SoftLabels:
             path = self.folder / sh["file"]
             if verify and artifacts.sha256(path) != sh["sha256"]:
                 raise DataError(f"cache: {path} fails its checksum; rerun stage=cache to recompute it")
-            arr = np.load(path, mmap_mode="r")
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:  # missing, truncated or not a numpy file
+                raise DataError(f"cache: {path} cannot be read ({str(e).splitlines()[0]}); rerun stage=cache to "
+                                "recompute it") from None
             if len(arr) != sh["rows"]:
                 raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
             self.shards.append(arr)

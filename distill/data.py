@@ -143,6 +143,23 @@ def check_labels(ds: datasets.Dataset, column: str, num_classes: int, split: str
                         f"({bad.size} such samples)")
 
 
+def _warn_empty_classes(names: list[str], present: list[int], feature, split: str) -> None:
+    empty = [n for i, n in enumerate(names) if i not in set(present)]
+    if empty:
+        why = "" if isinstance(feature, datasets.ClassLabel) else \
+            f" (integer labels: the class count comes from the largest label, {len(names) - 1}; a stray label?)"
+        log.warning(f"data: {len(empty)} of {len(names)} classes have no image in split '{split}': "
+                    f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}{why}")
+
+
+def _warn_empty_folders(root: Path, split: str) -> None:
+    """An imagefolder class folder without images is no class at all to `datasets`: say so."""
+    base = root / split if (root / split).is_dir() else root
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        if not any(f.is_file() for f in folder.rglob("*")):
+            log.warning(f"data: {folder} holds no images, so '{folder.name}' is not one of the classes")
+
+
 def load(cfg: DataCfg) -> DataBundle:
     """Load the train and validation splits; carve validation from train when there is none."""
     source = detect_source(cfg)
@@ -183,6 +200,9 @@ def load(cfg: DataCfg) -> DataBundle:
                         "needs at least two")
     check_labels(train, cfg.label_column, len(names), "train")
     check_labels(val, cfg.label_column, len(names), "validation")
+    _warn_empty_classes(names, present, train.features[cfg.label_column], cfg.train_split)
+    if source == "imagefolder":
+        _warn_empty_folders(Path(local_path(cfg, source)), cfg.train_split)
     identity = {"source": source, "path": local_path(cfg, source), "hub_config": cfg.hub_config,
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}

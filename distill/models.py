@@ -98,6 +98,11 @@ def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 
     probe = create(name, num_classes=1)
     ckpt_classes = _classifier_rows(probe, state) or num_classes
     model = create(name, num_classes=ckpt_classes, drop_rate=drop_rate)
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"teacher.checkpoint: {path} does not fit {name}: {key} is {tuple(value.shape)} "
+                                  f"in the file, {tuple(own[key].shape)} in the model")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         def show(keys):

@@ -28,6 +28,17 @@ def _open_rgb(value) -> Image.Image:
         return img.convert("RGB")
 
 
+def _first_size(raw: datasets.Dataset, column: str) -> tuple[int, int] | None:
+    """(width, height) of the first image whose header reads (a bad row 0 is left to the decode loop)."""
+    for row in range(len(raw)):
+        try:
+            with Image.open(_source(raw[row][column])) as img:
+                return img.size  # read from the header: no pixels decoded yet
+        except Exception:  # noqa: BLE001 - reported by the decode loop with its row
+            continue
+    return None
+
+
 def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float) -> tuple[np.ndarray, dict] | None:
     """(pixels uint8 [N, H, W, 3], {row: error message} for rows that failed to decode), or None when the images
     differ in size or the array would exceed max_mb (then samples are decoded one by one, as before)."""
@@ -35,8 +46,10 @@ def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float) -> tupl
     if n == 0 or max_mb <= 0:
         return None
     raw = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-    with Image.open(_source(raw[0][column])) as first:
-        w, h = first.size  # read from the header: no pixels decoded yet
+    size = _first_size(raw, column)
+    if size is None:  # not one image opens: the per-sample path reports (or skips) each
+        return None
+    w, h = size
     if n * h * w * 3 > max_mb * 2**20:
         log.info(f"data: {split} would take {n * h * w * 3 / 2**20:.0f} MB decoded (> data.decode_mb={max_mb}); "
                  "decoding per sample")

@@ -13,13 +13,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # started as a file: import `distill` as a package, and stop distill/ shadowing others
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import contextlib  # noqa: E402
 import logging  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from distill import config  # noqa: E402
-from distill.errors import Stopped, UserError  # noqa: E402
+from distill.errors import DataError, Stopped, UserError  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 log = logging.getLogger("distill")
@@ -34,7 +35,9 @@ def stage_functions() -> dict:
 def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     """Run the chosen stages into run_dir (default <run_root>/<name>); return the run's summary."""
     # imported here, not at the top: --help and config errors answer before torch loads
-    from distill import data, engine, preflight
+    from accelerate.utils import broadcast_object_list
+
+    from distill import artifacts, data, engine, preflight
 
     preflight.before_data(cfg)
     run_dir = run_dir or Path(cfg.run_root) / cfg.name
@@ -46,6 +49,24 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     preflight.after_data(cfg, bundle.num_classes)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
+    with contextlib.ExitStack() as held:  # one live run per run folder (the main process holds it)
+        busy = [None]
+        if acc.is_main_process:
+            try:
+                held.enter_context(artifacts.exclusive(run_dir))
+            except UserError as e:
+                busy = [str(e)]
+        if acc.num_processes > 1:
+            busy = broadcast_object_list(busy)
+        if busy[0]:
+            raise DataError(busy[0])
+        return _stages(cfg, acc, bundle, run_dir)
+
+
+def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
+    """Record the config and the normalization, run the chosen stages, and write the report."""
+    from distill import data
+
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")

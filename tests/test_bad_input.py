@@ -1,12 +1,16 @@
 """A new user's bad input and stale files: each gives one line (exit status 2 on the command line) or a correct run,
 never a result built on something other than what was asked for."""
+import re
+import subprocess
+import sys
+
 import datasets
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import CLASSES, cache_overrides, compose_recipe, config_from, random_teacher, run_cli, tiny_images
-from distill import config, data, run, teacher
-from distill.errors import ConfigError, DataError
+from conftest import CLASSES, ROOT, cache_overrides, compose_recipe, config_from, random_teacher, run_cli, tiny_images
+from distill import artifacts, config, data, models, preflight, run, teacher
+from distill.errors import CheckpointError, ConfigError, DataError
 
 
 def test_a_data_path_given_to_the_demo_recipe_is_used(parquet_file):
@@ -79,7 +83,80 @@ def test_names_are_checked_before_any_work(tmp_path, override, message):
 def test_a_tracker_that_is_not_installed_stops_the_run(monkeypatch):
     import accelerate.tracking
 
-    from distill import preflight
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
     with pytest.raises(ConfigError, match=r"log_with: the tensorboard tracker is not installed; pip install tensorboard"):
         preflight.check_tracker("tensorboard")
+
+
+def test_weights_of_other_shapes_name_the_first_mismatched_key(tmp_path):
+    file = random_teacher(tmp_path / "resnet8.safetensors", model="resnet8")
+    with pytest.raises(CheckpointError) as e:
+        models.load_file("resnet8x4", file, len(CLASSES))
+    key, theirs, ours = re.search(r"does not fit resnet8x4: (\S+) is (\(.*\)) in the file, (\(.*\)) in the "
+                                                r"model$", str(e.value)).groups()
+    assert theirs == str(tuple(load_file(str(file))[key].shape)) and theirs != ours and "\n" not in str(e.value)
+
+
+HOLD = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from distill import artifacts
+with artifacts.exclusive(Path(sys.argv[2])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_is_not(parquet_file, tmp_path):
+    folder = tmp_path / "runs" / "demo"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(ROOT), str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = run_cli(f"run_root={tmp_path / 'runs'}", cwd=tmp_path)
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines()[-1] == (f"error: {folder}: in use by a running distill (pid {holder.pid}); "
+                                                     "wait for it to finish, or give this run another name=")
+    finally:
+        holder.kill()  # dies holding the lock, as a kill -9 leaves it
+        holder.wait()
+    assert (folder / ".lock").read_text().strip() == str(holder.pid)
+    with artifacts.exclusive(folder):  # the dead run's lock file does not block
+        assert (folder / ".lock").read_text().strip() != str(holder.pid)
+
+
+def test_inspect_cache_names_a_truncated_shard_in_one_line(parquet_file, tmp_path):
+    run.execute(config_from(cache_overrides(parquet_file, tmp_path, random_teacher(tmp_path / "t.safetensors"))))
+    (folder,) = (tmp_path / "cache").iterdir()
+    shard = folder / "shard-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:100])
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_cache.py"), str(folder)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: cache: {shard} cannot be read "
+                                             + r.stderr.split("cannot be read ", 1)[1].strip()]
+    assert r.stderr.strip().endswith("rerun stage=cache to recompute it")
+
+
+def test_empty_classes_are_named(tmp_path, caplog):
+    images, _ = tiny_images(24)
+    path = tmp_path / "stray.parquet"
+    labels = [i % 4 for i in range(23)] + [99]
+    datasets.Dataset.from_dict({"image": images, "label": labels},
+                               features=datasets.Features({"image": datasets.Image(),
+                                                           "label": datasets.Value("int64")})).to_parquet(str(path))
+    with caplog.at_level("WARNING", logger="distill"):
+        bundle = data.load(config.validate({"data": {"path": str(path), "val_size": 4, "split_seed": 1}}).data)
+    assert bundle.num_classes == 100
+    (line,) = [r.message for r in caplog.records if "have no image" in r.message]
+    assert line == ("data: 95 of 100 classes have no image in split 'train': 4, 5, 6, 7, 8, 9, 10, 11, ... (integer "
+                    "labels: the class count comes from the largest label, 99; a stray label?)")  # 99 stays in train
+
+
+def test_an_empty_class_folder_is_named(imagefolder, caplog):
+    (imagefolder / "train" / "purple").mkdir()
+    with caplog.at_level("WARNING", logger="distill"):
+        bundle = data.load(config.validate({"data": {"path": str(imagefolder), "val_size": 6}}).data)
+    assert bundle.class_names == sorted(CLASSES)
+    assert f"data: {imagefolder / 'train' / 'purple'} holds no images, so 'purple' is not one of the classes" in \
+        [r.message for r in caplog.records]

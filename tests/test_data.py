@@ -74,24 +74,25 @@ def test_labels_outside_range_are_caught_before_training(tmp_path):
         data.load(cfg(path=str(tmp_path / "d"), val_split="val"))
 
 
-def _broken_dataset() -> datasets.Dataset:
+def _broken_dataset(bad: int = 2) -> datasets.Dataset:
     ds = tiny_dataset(4).cast_column("image", datasets.Image(decode=False))
     rows = ds.to_dict()
-    rows["image"][2] = {"bytes": b"not an image", "path": None}
+    rows["image"][bad] = {"bytes": b"not an image", "path": None}
     return datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image())
 
 
 @pytest.mark.parametrize("decode_mb", [0, 64])
-def test_undecodable_image_is_named_or_skipped(decode_mb):
-    broken = _broken_dataset()
+@pytest.mark.parametrize("bad", [0, 2])  # row 0 is where the decoder reads the split's image size
+def test_undecodable_image_is_named_or_skipped(decode_mb, bad):
+    broken = _broken_dataset(bad)
     decoded = pixels.decode(broken, "image", "train", decode_mb)
     assert (decoded is None) == (decode_mb == 0)
     images = data.Images(broken, "image", "label", "train", decoded)
-    with pytest.raises(DataError, match="image 2 of split 'train' could not be decoded .*on_bad_image=skip"):
-        data.ImageDataset(images, cfg(), train=True)[2]
+    with pytest.raises(DataError, match=f"image {bad} of split 'train' could not be decoded .*on_bad_image=skip"):
+        data.ImageDataset(images, cfg(), train=True)[bad]
     skipping = data.ImageDataset(images, cfg(), train=True, skip_bad=True)
     batch = data.collate([skipping[i] for i in range(4)])
-    assert batch["index"].tolist() == [0, 1, 3] and int(batch["skipped"]) == 1
+    assert batch["index"].tolist() == [i for i in range(4) if i != bad] and int(batch["skipped"]) == 1
 
 
 def test_decoded_pixels_equal_per_sample_decoding(parquet_file):

@@ -49,7 +49,7 @@ def main() -> None:
         labels = cache.SoftLabels(args.path, verify=args.verify)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     rows = summarise(labels)
     if args.verify:
         rows["checksums"] = f"all {len(labels.shards)} shards ok"
