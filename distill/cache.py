@@ -107,6 +107,7 @@ class ViewItems(Dataset):
                  seed: int, mix: MixCfg | None = None):
         self.images, self.cfg, self.num_views, self.eval_view, self.seed = (bundle.images["train"], cfg, num_views,
                                                                             eval_view, seed)
+        self.skip_bad = cfg.on_bad_image == "skip"  # an image that fails to decode is left out, as every stage does
         self.mix = mix if mix is not None and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0) else None
         self.finish = transforms.finish(cfg, norm["mean"], norm["std"])
         self.first_view = 0  # > 0 when growing a cache: views below it are already labelled
@@ -115,11 +116,14 @@ class ViewItems(Dataset):
         return len(self.images)
 
     def image(self, i: int, with_label: bool = False):
-        """The decoded uint8 CHW image, before any view (and its label)."""
+        """The decoded uint8 CHW image, before any view (and its label); None for an image that fails to decode
+        when data.on_bad_image=skip."""
         try:
             img = self.images.image(i)
         except DataError as e:
-            raise DataError(f"{e}; the cache needs every training image") from None
+            if not self.skip_bad:
+                raise DataError(f"{e}; set data.on_bad_image=skip to leave it out of every stage") from None
+            img = None
         return (img, int(self.images.labels[i])) if with_label else img
 
     def draw(self, i: int, img: torch.Tensor, load) -> dict[str, np.ndarray]:
@@ -137,9 +141,12 @@ class ViewItems(Dataset):
             drawn = tricks.draw_lam(rng, self.mix, s, s) if self.mix else None
             if drawn is not None:
                 j = int(rng.integers(len(self.images)))
-                out["partner"][r] = j
-                out["partner_view"][r] = views.draw(self.cfg, rng, tuple(load(j).shape[-2:]))
-                out["lam"][r], out["box"][r] = drawn[0], drawn[1] or (0, 0, 0, 0)
+                partner = load(j)
+                out["partner_view"][r] = views.draw(self.cfg, rng, tuple(partner.shape[-2:]) if partner is not None
+                                                    else (s, s))
+                if partner is not None:  # a partner that fails to decode (skipped) leaves the view unmixed
+                    out["partner"][r] = j
+                    out["lam"][r], out["box"][r] = drawn[0], drawn[1] or (0, 0, 0, 0)
         return out
 
     def to_input(self, images: torch.Tensor, partner_images: torch.Tensor | None = None, lam=None,
@@ -165,8 +172,12 @@ class ViewItems(Dataset):
         return self.to_input(x, y, rec["lam"][v], rec["box"][v])[0]
 
     def __getitem__(self, i: int) -> dict:
-        """uint8 views of image i (and of its partners, for mixed views) with their stored parameters."""
+        """uint8 views of image i (and of its partners, for mixed views) with their stored parameters; `bad` marks
+        an image left out (its views are rendered from a blank image and its records cleared)."""
         (img, label), decoded = self.image(i, with_label=True), {}
+        bad = img is None
+        if bad:
+            img = torch.zeros(3, self.cfg.image_size, self.cfg.image_size, dtype=torch.uint8)
 
         def load(j: int) -> torch.Tensor:  # each partner decoded once per item
             if j not in decoded:
@@ -174,7 +185,7 @@ class ViewItems(Dataset):
             return decoded[j]
 
         rec = self.draw(i, img, load)
-        item = {"images": views.apply_all(img, rec["view"], self.cfg), "label": label, "index": i,
+        item = {"images": views.apply_all(img, rec["view"], self.cfg), "label": label, "index": i, "bad": bad,
                 **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
         if self.mix:
             blank = torch.zeros_like(item["images"][0])
@@ -209,18 +220,18 @@ def _shard_ok(folder: Path, s: int) -> bool:
 
 @torch.inference_mode()
 def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, acc: Accelerator, bar,
-                 dtype: np.dtype, base: np.ndarray | None = None) -> np.ndarray:
+                 dtype: np.dtype, base: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
     """The records of images [start, stop): views `items.first_view` .. V-1 labelled by the teacher, the views
     below copied from `base` (this shard of a smaller cache). Each forward is one view of the next
     `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are the same bits
-    in a grown cache as in a fresh one."""
+    in a grown cache as in a fresh one. Also returns the images left out (data.on_bad_image=skip)."""
     c, first = cfg.cache, items.first_view
     n_new, k, run = c.views - first, dtype["logits"].shape[1], c.batch_size
     records = np.zeros(stop - start, dtype=dtype)
     if base is not None:
         for name in dtype.names:
             records[name][:, :first] = base[name]
-    labels = np.zeros(stop - start, dtype=np.int64)
+    labels, bad = np.zeros(stop - start, dtype=np.int64), np.zeros(stop - start, dtype=bool)
     loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
 
@@ -243,6 +254,7 @@ def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, ac
         for name in ("view",) + (MIX_FIELDS if "partner" in batch else ()):
             got[name][:, first:] = batch[name].numpy()
         labels[loaded:loaded + b] = batch["label"].numpy()
+        bad[loaded:loaded + b] = batch["bad"].numpy()
         loaded += b
         images = batch["images"].flatten(0, 1).to(acc.device, non_blocking=True)
         if "partner_images" in batch:
@@ -257,7 +269,9 @@ def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, ac
             labelled += len(x[:run])
             pending = [x[run:]]
     records["correct"][:, first:] = records["top1"][:, first:] == labels[:, None]
-    return records
+    for name in ("logits", "classes", "lse", "top1", "correct"):  # the teacher saw a blank: keep nothing of it
+        records[name][bad] = 0
+    return records, (np.flatnonzero(bad) + start).tolist()
 
 
 def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict | None:
@@ -308,17 +322,18 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         for s in todo:
             lo, hi = s * c.shard_size, min((s + 1) * c.shard_size, n)
             old = np.load(base[0] / f"shard-{s:05d}.npy", mmap_mode="r") if base is not None else None
-            records = _label_shard(model, items, lo, hi, cfg, acc, bar, dtype, old)
+            records, skipped = _label_shard(model, items, lo, hi, cfg, acc, bar, dtype, old)
             digest = _write_npy(folder / f"shard-{s:05d}.npy", records)
             artifacts.write_json(folder / f"shard-{s:05d}.json", {"shard": s, "start": lo, "rows": hi - lo,
-                                                                  "sha256": digest})
+                                                                  "sha256": digest, "skipped": skipped})
     elapsed = time.perf_counter() - start_t
     acc.wait_for_everyone()
     manifest = None
     if acc.is_main_process:
         manifest = _write_manifest(folder, fp, inputs, n, n_shards, dtype, bundle)
         if total:
-            log.info(f"cache: labelled {total} images ({total * (c.views - items.first_view)} views) in {elapsed:.1f} s "
+            labelled = total * (c.views - items.first_view)
+            log.info(f"cache: labelled {total} images ({labelled} views) in {elapsed:.1f} s "
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
@@ -333,8 +348,9 @@ def _record_run(acc: Accelerator, run_dir: Path, folder: Path, timing: dict | No
     if acc.is_main_process:
         previous = artifacts.read_json(run_dir / "cache.json") or {}
         keep = previous if previous.get("folder") == str(folder) else {}
-        artifacts.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None}
-                             | (timing or {}))
+        skipped = len((artifacts.read_json(folder / "manifest.json") or {}).get("skipped", []))
+        artifacts.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None,
+                                                             "skipped_images": skipped} | (timing or {}))
 
 
 def _smaller_cache(root: Path, inputs: dict) -> tuple[Path, dict] | None:
@@ -383,7 +399,7 @@ def _existing(folder: Path, fp: str) -> str:
 
 def _write_manifest(folder: Path, fp: str, inputs: dict, n: int, n_shards: int, dtype: np.dtype,
                     bundle: data.DataBundle) -> dict:
-    shards, correct, views_total = [], 0, 0
+    shards, correct, views_total, skipped = [], 0, 0, []
     for s in range(n_shards):
         side = artifacts.read_json(folder / f"shard-{s:05d}.json")
         if side is None:
@@ -391,14 +407,15 @@ def _write_manifest(folder: Path, fp: str, inputs: dict, n: int, n_shards: int, 
         shards.append({"file": f"shard-{s:05d}.npy", "start": side["start"], "rows": side["rows"],
                        "sha256": side["sha256"]})
         correct += int(np.load(folder / shards[-1]["file"], mmap_mode="r")["correct"].sum())
-        views_total += side["rows"] * inputs["views"]
+        skipped += side.get("skipped", [])
+        views_total += (side["rows"] - len(side.get("skipped", []))) * inputs["views"]
     manifest = {"format_version": FORMAT_VERSION, "fingerprint": fp, "inputs": inputs, "num_images": n,
                 "num_classes": bundle.num_classes, "class_names": bundle.class_names, "views": inputs["views"],
                 "topk": inputs["topk"], "dense": inputs["topk"] >= bundle.num_classes,
                 "temperature": inputs["temperature"], "shard_size": inputs["shard_size"],
                 "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
                 "record_bytes": dtype.itemsize, "teacher_view_top1": 100.0 * correct / max(views_total, 1),
-                "shards": shards}
+                "skipped": skipped, "shards": shards}
     artifacts.write_json(folder / "manifest.json", manifest)
     return manifest
 
@@ -419,6 +436,7 @@ class SoftLabels:
         self.manifest = manifest
         self.shard_size, self.num_classes = manifest["shard_size"], manifest["num_classes"]
         self.views, self.topk, self.temperature = manifest["views"], manifest["topk"], manifest["temperature"]
+        self.skipped = set(manifest.get("skipped", []))  # images left out (failed to decode): no soft labels
         self.shards = []
         for sh in manifest["shards"]:
             path = self.folder / sh["file"]

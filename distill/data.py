@@ -133,14 +133,36 @@ def _class_names(ds: datasets.Dataset, cfg: DataCfg) -> list[str]:
     return [str(i) for i in range(int(labels.max()) + 1)]
 
 
-def check_labels(ds: datasets.Dataset, column: str, num_classes: int, split: str) -> None:
+@dataclass
+class Rows:
+    """Where each sample of a split came from: its row in a split of the source (the file or folder the user has),
+    so that an error names a row the user can find, not an index after the validation carve."""
+    rows: np.ndarray
+    split: str
+    path: str | None = None
+
+    def where(self, i: int) -> str:
+        return f"row {int(self.rows[i])} of split '{self.split}'" + (f" in {self.path}" if self.path else "")
+
+
+def check_labels(ds: datasets.Dataset, column: str, num_classes: int, split: str, rows: Rows) -> None:
     """Every label must lie in [0, num_classes); checked on the host before any training."""
     labels = _labels(ds, column)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
         i = int(bad[0])
-        raise DataError(f"data: label {labels[i]} of sample {i} in split '{split}' is outside [0, {num_classes}) "
-                        f"({bad.size} such samples)")
+        raise DataError(f"data: label {labels[i]} at {rows.where(i)} ({split} sample {i}) is outside "
+                        f"[0, {num_classes}) ({bad.size} such samples)")
+
+
+def _carve(ds: datasets.Dataset, size, seed: int, stratify: str | None) -> tuple[datasets.DatasetDict, str | None]:
+    """`datasets`' seeded split (stratified by class when it can be); the reason when stratifying failed."""
+    try:
+        return ds.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify), None
+    except ValueError as e:  # too few images per class to stratify (or fewer validation images than classes)
+        if stratify is None:
+            raise
+        return ds.train_test_split(test_size=size, seed=seed), str(e).strip().splitlines()[0]
 
 
 def _warn_empty_classes(names: list[str], present: list[int], feature, split: str) -> None:
@@ -171,35 +193,42 @@ def load(cfg: DataCfg) -> DataBundle:
     if not isinstance(train.features[cfg.label_column], datasets.ClassLabel) and \
             train.features[cfg.label_column].dtype == "string":
         train = train.class_encode_column(cfg.label_column)
+    path = local_path(cfg, source) if source != "demo" else None
+    train_rows = Rows(np.arange(len(train)), cfg.train_split, path)
     if cfg.val_split is not None:
         if cfg.val_split not in splits:
             raise DataError(f"data.val_split: no split '{cfg.val_split}'; splits: {', '.join(splits)}")
         val = splits[cfg.val_split]
         _check_columns(val, cfg, cfg.val_split)
+        val_rows = Rows(np.arange(len(val)), cfg.val_split, path)
     else:
         size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
         if (size if isinstance(size, int) else int(size * len(train))) < 1 or \
                 (isinstance(size, int) and size >= len(train)):
             raise DataError(f"data.val_size: {cfg.val_size} does not fit a training split of {len(train)} images")
-        stratify = cfg.label_column if isinstance(train.features[cfg.label_column], datasets.ClassLabel) else None
-        try:
-            parts = train.train_test_split(test_size=size, seed=cfg.split_seed, stratify_by_column=stratify)
-        except ValueError as e:  # too few images per class to stratify (or fewer validation images than classes)
-            if stratify is None:
-                raise
-            log.warning(f"data: validation carve not stratified by class ({str(e).strip().splitlines()[0]})")
-            parts = train.train_test_split(test_size=size, seed=cfg.split_seed)
+        label = train.features[cfg.label_column]
+        stratify = cfg.label_column if isinstance(label, datasets.ClassLabel) else None
+        parts, unstratified = _carve(train, size, cfg.split_seed, stratify)
+        if unstratified:
+            log.warning(f"data: validation carve not stratified by class ({unstratified})")
+        # the same carve of the row numbers alone (it depends only on the count, labels and seed): source rows
+        index = datasets.Dataset.from_dict(
+            {"row": np.arange(len(train)), cfg.label_column: _labels(train, cfg.label_column)},
+            features=datasets.Features({"row": datasets.Value("int64"), cfg.label_column: label}))
+        rows, _ = _carve(index, size, cfg.split_seed, stratify if not unstratified else None)
         train, val = parts["train"], parts["test"]
+        train_rows, val_rows = (Rows(np.asarray(rows[k]["row"]), cfg.train_split, path) for k in ("train", "test"))
     if cfg.train_size is not None and cfg.train_size < len(train):
         train = train.select(range(cfg.train_size))
+        train_rows.rows = train_rows.rows[:cfg.train_size]
     names = _class_names(train, cfg)
     present = np.unique(_labels(train, cfg.label_column)).tolist()
     if len(present) < 2:
         found = ", ".join(names[i] if 0 <= i < len(names) else str(i) for i in present) or "none"
         raise DataError(f"data: split '{cfg.train_split}' holds {len(present)} class(es) ({found}); classification "
                         "needs at least two")
-    check_labels(train, cfg.label_column, len(names), "train")
-    check_labels(val, cfg.label_column, len(names), "validation")
+    check_labels(train, cfg.label_column, len(names), "train", train_rows)
+    check_labels(val, cfg.label_column, len(names), "validation", val_rows)
     _warn_empty_classes(names, present, train.features[cfg.label_column], cfg.train_split)
     if source == "imagefolder":
         _warn_empty_folders(Path(local_path(cfg, source)), cfg.train_split)
@@ -207,8 +236,8 @@ def load(cfg: DataCfg) -> DataBundle:
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
-                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb))
-              for split, ds in (("train", train), ("val", val))}
+                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb), rows)
+              for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows))}
     return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images)
 
 
@@ -224,8 +253,9 @@ class Images:
     decoded at load time (pixels.py), else decoded from its row."""
 
     def __init__(self, ds: datasets.Dataset, image_column: str, label_column: str, split: str,
-                 decoded: tuple[np.ndarray, dict] | None = None):
+                 decoded: tuple[np.ndarray, dict] | None = None, rows: Rows | None = None):
         self.ds, self.column, self.split = ds, image_column, split
+        self.rows = rows or Rows(np.arange(len(ds)), split)
         self.labels = _labels(ds, label_column).astype(np.int64)
         self.pixels, self.bad = decoded if decoded is not None else (None, {})
 
@@ -241,7 +271,8 @@ class Images:
                 return torch.from_numpy(np.array(self.ds[i][self.column].convert("RGB"))).permute(2, 0, 1)
             except Exception as e:  # noqa: BLE001 - decoding errors come in many types
                 why = f"{type(e).__name__}: {e}"
-        raise DataError(f"data: image {i} of split '{self.split}' could not be decoded ({why})")
+        raise DataError(f"data: the image at {self.rows.where(i)} ({self.split} sample {i}) could not be decoded "
+                        f"({why})")
 
     def subset(self, n: int) -> "Images":
         """The first n images (for statistics)."""

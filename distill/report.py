@@ -27,7 +27,7 @@ def summary(run_dir: Path, teacher_dir: Path | None = None) -> dict:
         m = meta["metrics"]
         rows[name] = {"model": meta["model"], "top1": m["top1"], "top5": m["top5"], "params": meta["params"],
                       "train_images_per_s": m.get("images_per_s"), "wall_s": meta.get("wall_s"),
-                      "epochs": m.get("epoch", 0)}
+                      "epochs": m.get("epoch", 0), "skipped_images": m.get("skipped_images", 0)}
     out = {"run": str(run_dir), "models": rows}
     c = artifacts.read_json(run_dir / "cache.json")
     if c:
@@ -52,6 +52,12 @@ def table(s: dict) -> str:
         lines.append(f"{'cache':10} {'reused' if c.get('reused') else 'computed':12} "
                      + (f"{c['images_per_s']:.0f} img/s, {c['wall_s']:.0f} s" if "wall_s" in c else "")
                      + f"  {c['folder']}")
+    left_out = {name: r["skipped_images"] for name, r in s["models"].items() if r.get("skipped_images")}
+    if c and c.get("skipped_images"):
+        left_out["cache"] = c["skipped_images"]
+    if left_out:
+        lines.append("left out, failing to decode (data.on_bad_image=skip): "
+                     + ", ".join(f"{name} {n} images" for name, n in left_out.items()) + " (training: last epoch)")
     if "kd_gain_top1" in s:
         lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1")
     if s.get("teacher_below_baseline"):

