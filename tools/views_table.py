@@ -44,21 +44,23 @@ def main() -> None:
     args = p.parse_args()
     seeds, e = args.seeds, args.epochs
     online = {s: models(args.runs / f"online-s{s}") for s in seeds}
-    rows = [("teacher (resnet20)", "", "", "", [online[s]["teacher"]["top1"] for s in seeds]),
-            ("CE baseline", "", "", "0", [online[s]["baseline"]["top1"] for s in seeds]),
-            ("online KD", "", "1", str(e), [online[s]["student"]["top1"] for s in seeds])]
+    teacher_name = f"teacher ({online[seeds[0]]['teacher']['model']})"
+    rows = [(teacher_name, "-", "-", "-", [online[s]["teacher"]["top1"] for s in seeds]),
+            ("CE baseline", "-", "-", "0", [online[s]["baseline"]["top1"] for s in seeds]),
+            ("online KD", "-", "1 (a fresh view each epoch)", f"{e} per student",
+             [online[s]["student"]["top1"] for s in seeds])]
     on = statistics.mean(rows[2][4])
     points = []
     for v in sorted(args.views):
         top1 = [models(args.runs / f"v{v}-s{s}")["student"]["top1"] for s in seeds]
         points.append((e / v, statistics.mean(top1), top1))
-        rows.append((f"cached KD, V = {v}", str(v), f"{e / v:g}", str(v), top1))
+        rows.append((f"cached KD, V = {v}", str(v), f"{e / v:g}", f"{v}, once", top1))
     head = ("| model | V | uses per view | teacher forwards per image | "
             + " | ".join(f"seed {s}" for s in seeds) + " | mean | mean - online KD |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for name, v, uses, forwards, top1 in rows:
         m = statistics.mean(top1)
-        diff = f"{m - on:+.2f}" if name != "teacher (resnet20)" else ""
+        diff = f"{m - on:+.2f}" if name != teacher_name else ""
         lines.append(f"| {name} | {v} | {uses} | {forwards} | " + " | ".join(f"{t:.2f}" for t in top1)
                      + f" | {m:.2f} | {diff} |")
     teacher, baseline = statistics.mean(rows[0][4]), statistics.mean(rows[1][4])
@@ -95,6 +97,7 @@ def plot(points, rows, online: float, path: Path, epochs: int) -> None:
     for x, _, top1 in points:
         ax.scatter([x] * len(top1), top1, color="tab:blue", s=12, alpha=0.5)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(xs, [f"{x:g}\n(V={round(epochs / x)})" for x in xs])
     ax.set_xlabel(f"uses per cached view (epochs / V, {epochs} epochs)")
     ax.set_ylabel("student top-1 (%)")
