@@ -24,15 +24,19 @@ def models(run: Path) -> dict:
     return json.loads(path.read_text())["models"]
 
 
-def rule(points: list[tuple[float, float]], online: float) -> float | None:
-    """The most uses per view U such that every point with at most U uses per view is within TOLERANCE of online
-    KD (None when even the fewest uses fall short). points: (uses per view, mean top-1)."""
+def rule(points: list[tuple[float, float]], reference: float) -> float | None:
+    """The most uses per view U such that every point with at most U uses per view is within TOLERANCE of
+    `reference` (online KD's mean; None when even the fewest uses fall short). points: (uses per view, mean top-1)."""
     best = None
     for uses, top1 in sorted(points):
-        if top1 < online - TOLERANCE:
+        if top1 < reference - TOLERANCE:
             break
         best = uses
     return best
+
+
+def epochs_v(epochs: int, uses: float) -> str:
+    return f"V = {round(epochs / uses)}"
 
 
 def main() -> None:
@@ -73,6 +77,11 @@ def main() -> None:
     notes.append("rule: " + (f"cached KD stays within {TOLERANCE} points of online KD up to {u:g} uses per view"
                              if u is not None else
                              f"no measured V keeps cached KD within {TOLERANCE} points of online KD"))
+    best_uses, best = max(((x, m) for x, m, _ in points), key=lambda p: p[1])
+    within = rule([(x, m) for x, m, _ in points], best)
+    notes.append(f"cached KD at its best measured V ({epochs_v(e, best_uses)}, {best:.2f}%) is {best - on:+.2f} points "
+                 f"from online KD; it stays within {TOLERANCE} points of that best up to "
+                 f"{'(none)' if within is None else f'{within:g}'} uses per view")
     text = "\n".join(lines + [""] + notes)
     (args.runs / "views.md").write_text(text + "\n")
     print(text)
