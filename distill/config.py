@@ -130,7 +130,8 @@ class DataCfg:
 @dataclass
 class CacheCfg:
     root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/")
-    views: int = _f(4, doc="views per training image (V)", ge=1)
+    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (measured: README, How many "
+                           "views); a larger V grows an existing cache", ge=1)
     eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views")
     topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T)",
                    ge=1)

@@ -25,14 +25,9 @@ def models(run: Path) -> dict:
 
 
 def rule(points: list[tuple[float, float]], reference: float) -> float | None:
-    """The most uses per view U such that every point with at most U uses per view is within TOLERANCE of
-    `reference` (online KD's mean; None when even the fewest uses fall short). points: (uses per view, mean top-1)."""
-    best = None
-    for uses, top1 in sorted(points):
-        if top1 < reference - TOLERANCE:
-            break
-        best = uses
-    return best
+    """The most uses per view at which cached KD's mean top-1 is within TOLERANCE of `reference` (online KD's
+    mean), or None when no point is. points: (uses per view, mean top-1)."""
+    return max((uses for uses, top1 in points if top1 >= reference - TOLERANCE), default=None)
 
 
 def epochs_v(epochs: int, uses: float) -> str:
@@ -74,14 +69,13 @@ def main() -> None:
     if teacher <= baseline:
         notes.append(f"WARNING: the teacher ({teacher:.2f}%) does not beat the CE baseline ({baseline:.2f}%): this "
                      "measures the teacher, not the views.")
-    notes.append("rule: " + (f"cached KD stays within {TOLERANCE} points of online KD up to {u:g} uses per view"
-                             if u is not None else
+    notes.append("rule: " + (f"the most uses per view at which cached KD is within {TOLERANCE} points of online KD: "
+                             f"{u:g} ({epochs_v(e, u)})" if u is not None else
                              f"no measured V keeps cached KD within {TOLERANCE} points of online KD"))
     best_uses, best = max(((x, m) for x, m, _ in points), key=lambda p: p[1])
     within = rule([(x, m) for x, m, _ in points], best)
     notes.append(f"cached KD at its best measured V ({epochs_v(e, best_uses)}, {best:.2f}%) is {best - on:+.2f} points "
-                 f"from online KD; it stays within {TOLERANCE} points of that best up to "
-                 f"{'(none)' if within is None else f'{within:g}'} uses per view")
+                 f"from online KD; the most uses per view within {TOLERANCE} points of that best: {within:g}")
     text = "\n".join(lines + [""] + notes)
     (args.runs / "views.md").write_text(text + "\n")
     print(text)
