@@ -12,7 +12,10 @@ from distill.errors import ConfigError
 
 
 def check_model(name: str, key: str, pretrained: bool = False) -> None:
-    """`name` must be a timm model; with `pretrained`, one that timm has hub weights for (nothing is fetched)."""
+    """`name` must be a timm model; with `pretrained`, one that timm has hub weights for (nothing is fetched).
+    Names timm resolves when loading (`hf-hub:...`, `local-dir:...`) are left to the load."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else "; see timm.list_models()"
