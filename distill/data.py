@@ -166,7 +166,8 @@ def _carve(ds: datasets.Dataset, size, seed: int, stratify: str | None) -> tuple
 
 
 def _warn_empty_classes(names: list[str], present: list[int], feature, split: str) -> None:
-    empty = [n for i, n in enumerate(names) if i not in set(present)]
+    have = set(present)
+    empty = [n for i, n in enumerate(names) if i not in have]
     if empty:
         why = "" if isinstance(feature, datasets.ClassLabel) else \
             f" (integer labels: the class count comes from the largest label, {len(names) - 1}; a stray label?)"
