@@ -51,10 +51,6 @@ class ReplayItems(Dataset):
             self._labels = cache.SoftLabels(self.folder)
         return self._labels
 
-    @property
-    def skipped(self) -> set[int]:
-        return self.labels.skipped
-
     def __getstate__(self):
         return self.__dict__ | {"_labels": None}
 
@@ -65,7 +61,7 @@ class ReplayItems(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict | None:
-        if i in self.skipped:  # left out of the cache: failed to decode (data.on_bad_image=skip); data.collate drops it
+        if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it
             return None
         v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
         rec = self.labels.row(i)
