@@ -233,7 +233,7 @@ def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, ac
     if base is not None:
         for name in dtype.names:
             records[name][:, :first] = base[name]
-    labels, bad = np.zeros(stop - start, dtype=np.int64), np.zeros(stop - start, dtype=bool)
+    bad = np.zeros(stop - start, dtype=bool)
     loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
 
@@ -255,7 +255,6 @@ def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, ac
         got = records[loaded:loaded + b]
         for name in ("view",) + (MIX_FIELDS if "partner" in batch else ()):
             got[name][:, first:] = batch[name].numpy()
-        labels[loaded:loaded + b] = batch["label"].numpy()
         bad[loaded:loaded + b] = batch["bad"].numpy()
         loaded += b
         images = batch["images"].flatten(0, 1).to(acc.device, non_blocking=True)
@@ -270,7 +269,7 @@ def _label_shard(model, items: ViewItems, start: int, stop: int, cfg: Config, ac
             label(x[:run], labelled)
             labelled += len(x[:run])
             pending = [x[run:]]
-    records["correct"][:, first:] = records["top1"][:, first:] == labels[:, None]
+    records["correct"][:, first:] = records["top1"][:, first:] == items.images.labels[start:stop, None]
     for name in ("logits", "classes", "lse", "top1", "correct"):  # the teacher saw a blank: keep nothing of it
         records[name][bad] = 0
     return records, (np.flatnonzero(bad) + start).tolist()
@@ -300,8 +299,9 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     status = broadcast_object_list(status) if acc.num_processes > 1 else status
     if status[0] == "complete":
         log.info(f"cache: reusing {folder}")
-        _record_run(acc, run_dir, folder, None)
-        return artifacts.read_json(folder / "manifest.json")
+        manifest = artifacts.read_json(folder / "manifest.json")
+        _record_run(acc, run_dir, folder, manifest, None)
+        return manifest
     acc.wait_for_everyone()
 
     model = models.create(tmeta["model"], bundle.num_classes)
@@ -339,20 +339,27 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
-    _record_run(acc, run_dir, folder, {"wall_s": time.perf_counter() - start_all, "images": total,
-                                       "images_per_s": total / max(elapsed, 1e-9)})
-    return manifest or artifacts.read_json(folder / "manifest.json")
+    manifest = manifest or artifacts.read_json(folder / "manifest.json")
+    _record_run(acc, run_dir, folder, manifest, {"wall_s": time.perf_counter() - start_all, "images": total,
+                                                 "images_per_s": total / max(elapsed, 1e-9)})
+    return manifest
 
 
-def _record_run(acc: Accelerator, run_dir: Path, folder: Path, timing: dict | None) -> None:
+def _record_run(acc: Accelerator, run_dir: Path, folder: Path, manifest: dict, timing: dict | None) -> None:
     """This run's view of the cache (which folder, how long it took) beside the run; never inside the cache,
     whose bytes must not depend on who computed them."""
     if acc.is_main_process:
         previous = artifacts.read_json(run_dir / "cache.json") or {}
         keep = previous if previous.get("folder") == str(folder) else {}
-        skipped = len((artifacts.read_json(folder / "manifest.json") or {}).get("skipped", []))
         artifacts.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None,
-                                                             "skipped_images": skipped} | (timing or {}))
+                                                             "skipped_images": len(manifest.get("skipped", []))}
+                             | (timing or {}))
+
+
+def _failing_shards(folder: Path, manifest: dict) -> list[dict]:
+    """The manifest's shard entries whose file is missing or fails its sha256."""
+    return [sh for sh in manifest["shards"] if not (folder / sh["file"]).exists()
+            or artifacts.sha256(folder / sh["file"]) != sh["sha256"]]
 
 
 def _smaller_cache(root: Path, inputs: dict) -> tuple[Path, dict] | None:
@@ -368,7 +375,7 @@ def _smaller_cache(root: Path, inputs: dict) -> tuple[Path, dict] | None:
                 {k: v for k, v in theirs.items() if k != "views"} == same:
             found.append((theirs["views"], path.parent, m))
     for _, folder, m in sorted(found, key=lambda f: -f[0]):
-        if all(artifacts.sha256(folder / sh["file"]) == sh["sha256"] for sh in m["shards"]):
+        if not _failing_shards(folder, m):
             return folder, m
         log.warning(f"cache: {folder} fails its checksums; not growing from it")
     return None
@@ -387,8 +394,7 @@ def _existing(folder: Path, fp: str) -> str:
                     "fingerprint; recomputing")
         (folder / "manifest.json").unlink()
         return "partial"
-    bad = [sh for sh in manifest["shards"] if not (folder / sh["file"]).exists()
-           or artifacts.sha256(folder / sh["file"]) != sh["sha256"]]
+    bad = _failing_shards(folder, manifest)
     if not bad:
         return "complete"
     for sh in bad:

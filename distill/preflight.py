@@ -45,10 +45,15 @@ def before_data(cfg: Config) -> None:
     check_tracker(cfg.log_with)
 
 
+def check_temperature(kd_t: float | None, cache_t: float, topk: int, num_classes: int) -> None:
+    """A KD temperature other than the cache's needs every logit in the cache."""
+    if kd_t is not None and kd_t != cache_t and topk < num_classes:
+        raise ConfigError(f"kd.temperature: {kd_t} differs from cache.temperature={cache_t}, and the cache keeps "
+                          f"only the top-{topk} of {num_classes} logits; set cache.topk >= {num_classes} to change "
+                          f"T after caching, or kd.temperature={cache_t}")
+
+
 def after_data(cfg: Config, num_classes: int) -> None:
     """What needs the class count: a KD temperature that a top-k cache cannot serve."""
-    t, cached = cfg.kd.temperature, cfg.kd.teacher == "cached" and cfg.stage in ("student", "all")
-    if cached and t is not None and t != cfg.cache.temperature and cfg.cache.topk < num_classes:
-        raise ConfigError(f"kd.temperature: {t} differs from cache.temperature={cfg.cache.temperature}, and the "
-                          f"cache keeps only the top-{cfg.cache.topk} of {num_classes} logits; set cache.topk >= "
-                          f"{num_classes} to change T after caching, or kd.temperature={cfg.cache.temperature}")
+    if cfg.kd.teacher == "cached" and cfg.stage in ("student", "all"):
+        check_temperature(cfg.kd.temperature, cfg.cache.temperature, cfg.cache.topk, num_classes)

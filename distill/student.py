@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 
-from distill import artifacts, cache, data, engine, losses, models, teacher, tricks, views
+from distill import artifacts, cache, data, engine, losses, models, preflight, teacher, tricks, views
 from distill.config import Config, KDCfg
 from distill.errors import ConfigError, DataError
 
@@ -172,11 +172,8 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     if kd.teacher == "cached":
         folder = cache.folder_for(cfg, bundle, norm, run_dir, acc.mixed_precision)
         labels = cache.SoftLabels(folder)
+        preflight.check_temperature(kd.temperature, labels.temperature, labels.topk, labels.num_classes)
         temperature = kd.temperature or labels.temperature
-        if temperature != labels.temperature and not labels.manifest["dense"]:
-            raise ConfigError(f"kd.temperature: {temperature} differs from the cache's T={labels.temperature}, and "
-                              f"the cache holds only the top-{labels.topk} logits; set cache.topk >= "
-                              f"{labels.num_classes} to change T after caching")
         source = labels.manifest["fingerprint"]
     else:
         tmeta = artifacts.read_json(tdir / "meta.json")

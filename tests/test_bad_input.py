@@ -135,10 +135,9 @@ def test_inspect_cache_names_a_truncated_shard_in_one_line(parquet_file, tmp_pat
     shard.write_bytes(shard.read_bytes()[:100])
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_cache.py"), str(folder)], capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"error: cache: {shard} cannot be read "
-                                             + r.stderr.split("cannot be read ", 1)[1].strip()]
-    assert r.stderr.strip().endswith("rerun stage=cache to recompute it")
+    (line,) = r.stderr.strip().splitlines()  # one line, no traceback
+    assert r.returncode == 2 and line.startswith(f"error: cache: {shard} cannot be read (")
+    assert line.endswith("); rerun stage=cache to recompute it")
 
 
 def test_empty_classes_are_named(tmp_path, caplog):
