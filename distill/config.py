@@ -18,9 +18,19 @@ from distill.errors import ConfigError
 
 
 
-def _f(default: Any = None, *, factory: Any = None, doc: str = "", **rules: Any) -> Any:
-    """A schema field with a help line and range rules (gt, ge, lt, le, choices)."""
-    meta = dict(rules, doc=doc)
+# The outputs a setting can change; every field says which (`changes`), and each output's fingerprint is built
+# from exactly the fields that name it (fingerprints.py), so a new setting cannot leave a stale output in use.
+OUTPUTS = ("teacher", "cache", "student", "baseline")
+ALL = OUTPUTS
+NONE = ()
+OWNER = "owner"  # a field of a shared section (TrainCfg, MixCfg): changes whatever the section it sits in changes
+TRAINED = ("teacher", "student", "baseline")
+
+
+def _f(default: Any = None, *, factory: Any = None, doc: str = "", changes: Any = None, **rules: Any) -> Any:
+    """A schema field with a help line, the outputs it changes (`changes`: names from OUTPUTS, or OWNER; a section
+    field names its section's outputs) and range rules (gt, ge, lt, le, choices)."""
+    meta = dict(rules, doc=doc, changes=changes)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -28,148 +38,160 @@ def _f(default: Any = None, *, factory: Any = None, doc: str = "", **rules: Any)
 
 @dataclass
 class OptimCfg:
-    name: str = _f("sgd", doc="sgd | adamw | adam", choices=("sgd", "adamw", "adam"))
-    lr: float = _f(0.1, doc="learning rate per 256 images; scaled linearly with the global batch", gt=0)
-    momentum: float = _f(0.9, doc="SGD momentum", ge=0, lt=1)
-    nesterov: bool = _f(True, doc="Nesterov momentum for SGD")
-    betas: List[float] = _f(factory=lambda: [0.9, 0.999], doc="Adam/AdamW betas")
-    weight_decay: float = _f(5e-4, doc="weight decay", ge=0)
-    decay_bias_norm: bool = _f(False, doc="also decay biases and norm parameters (off: no decay on them)")
-    switch_to_sgd_epoch: Optional[int] = _f(None, doc="Adam/AdamW only: switch to SGD from this epoch on", ge=1)
-    switch_lr: float = _f(0.1, doc="SGD lr per 256 images after the switch", gt=0)
+    name: str = _f("sgd", doc="sgd | adamw | adam", choices=("sgd", "adamw", "adam"), changes=OWNER)
+    lr: float = _f(0.1, doc="learning rate per 256 images; scaled linearly with the global batch", gt=0, changes=OWNER)
+    momentum: float = _f(0.9, doc="SGD momentum", ge=0, lt=1, changes=OWNER)
+    nesterov: bool = _f(True, doc="Nesterov momentum for SGD", changes=OWNER)
+    betas: List[float] = _f(factory=lambda: [0.9, 0.999], doc="Adam/AdamW betas", changes=OWNER)
+    weight_decay: float = _f(5e-4, doc="weight decay", ge=0, changes=OWNER)
+    decay_bias_norm: bool = _f(False, doc="also decay biases and norm parameters (off: no decay on them)",
+                               changes=OWNER)
+    switch_to_sgd_epoch: Optional[int] = _f(None, doc="Adam/AdamW only: switch to SGD from this epoch on", ge=1,
+                                            changes=OWNER)
+    switch_lr: float = _f(0.1, doc="SGD lr per 256 images after the switch", gt=0, changes=OWNER)
 
 
 @dataclass
 class SchedCfg:
     name: str = _f("cosine", doc="cosine | step | exponential | constant",
-                   choices=("cosine", "step", "exponential", "constant"))
-    warmup_epochs: float = _f(0.0, doc="linear warmup length in epochs (may be fractional)", ge=0)
-    warmup_lr: float = _f(0.0, doc="lr at the first warmup step (absolute)", ge=0)
-    min_lr: float = _f(0.0, doc="cosine floor (absolute)", ge=0)
-    decay_epochs: float = _f(30.0, doc="step: epochs between decays", gt=0)
-    decay_rate: float = _f(0.1, doc="step: factor per decay; exponential: factor per epoch", gt=0, le=1)
+                   choices=("cosine", "step", "exponential", "constant"), changes=OWNER)
+    warmup_epochs: float = _f(0.0, doc="linear warmup length in epochs (may be fractional)", ge=0, changes=OWNER)
+    warmup_lr: float = _f(0.0, doc="lr at the first warmup step (absolute)", ge=0, changes=OWNER)
+    min_lr: float = _f(0.0, doc="cosine floor (absolute)", ge=0, changes=OWNER)
+    decay_epochs: float = _f(30.0, doc="step: epochs between decays", gt=0, changes=OWNER)
+    decay_rate: float = _f(0.1, doc="step: factor per decay; exponential: factor per epoch", gt=0, le=1, changes=OWNER)
 
 
 @dataclass
 class MixCfg:
-    mixup_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for mixup; 0 disables mixup", ge=0)
-    cutmix_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for cutmix; 0 disables cutmix", ge=0)
-    prob: float = _f(1.0, doc="probability that a batch (a cached view) is mixed at all", ge=0, le=1)
-    switch_prob: float = _f(0.5, doc="with both enabled, probability of cutmix instead of mixup", ge=0, le=1)
+    mixup_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for mixup; 0 disables mixup", ge=0, changes=OWNER)
+    cutmix_alpha: float = _f(0.0, doc="Beta(alpha, alpha) for cutmix; 0 disables cutmix", ge=0, changes=OWNER)
+    prob: float = _f(1.0, doc="probability that a batch (a cached view) is mixed at all", ge=0, le=1, changes=OWNER)
+    switch_prob: float = _f(0.5, doc="with both enabled, probability of cutmix instead of mixup", ge=0, le=1,
+                            changes=OWNER)
 
 
 @dataclass
 class TrainCfg:
     """The trick set; every training stage has one."""
-    epochs: int = _f(10, doc="training epochs", ge=0)
-    batch_size: int = _f(128, doc="images per process per step", ge=1)
-    grad_accum: int = _f(1, doc="gradient accumulation steps", ge=1)
-    optim: OptimCfg = _f(factory=OptimCfg)
-    sched: SchedCfg = _f(factory=SchedCfg)
-    label_smoothing: float = _f(0.0, doc="label smoothing epsilon", ge=0, lt=1)
-    mix: MixCfg = _f(factory=MixCfg)
-    clip_grad: Optional[float] = _f(None, doc="clip the gradient norm to this value", gt=0)
-    drop_rate: float = _f(0.0, doc="dropout before the classifier", ge=0, lt=1)
+    epochs: int = _f(10, doc="training epochs", ge=0, changes=OWNER)
+    batch_size: int = _f(128, doc="images per process per step", ge=1, changes=OWNER)
+    grad_accum: int = _f(1, doc="gradient accumulation steps", ge=1, changes=OWNER)
+    optim: OptimCfg = _f(factory=OptimCfg, changes=OWNER)
+    sched: SchedCfg = _f(factory=SchedCfg, changes=OWNER)
+    label_smoothing: float = _f(0.0, doc="label smoothing epsilon", ge=0, lt=1, changes=OWNER)
+    mix: MixCfg = _f(factory=MixCfg, changes=OWNER)
+    clip_grad: Optional[float] = _f(None, doc="clip the gradient norm to this value", gt=0, changes=OWNER)
+    drop_rate: float = _f(0.0, doc="dropout before the classifier", ge=0, lt=1, changes=OWNER)
     init: str = _f("kaiming", doc="kaiming | xavier | orthogonal | timm (the model's own)",
-                   choices=("kaiming", "xavier", "orthogonal", "timm"))
-    zero_gamma: bool = _f(True, doc="zero the last BN gamma of each residual block")
-    channels_last: bool = _f(True, doc="channels_last memory format")
-    log_every: int = _f(50, doc="steps between progress-bar loss updates", ge=1)
+                   choices=("kaiming", "xavier", "orthogonal", "timm"), changes=OWNER)
+    zero_gamma: bool = _f(True, doc="zero the last BN gamma of each residual block", changes=OWNER)
+    channels_last: bool = _f(True, doc="channels_last memory format", changes=OWNER)
+    log_every: int = _f(50, doc="steps between progress-bar loss updates", ge=1, changes=NONE)
 
 
 @dataclass
 class FinetuneCfg:
-    epochs: int = _f(0, doc="fine-tune a loaded teacher on the recipe's data for this many epochs", ge=0)
-    lr: float = _f(0.01, doc="fine-tuning lr per 256 images", gt=0)
+    epochs: int = _f(0, doc="fine-tune a loaded teacher on the recipe's data for this many epochs", ge=0, changes=OWNER)
+    lr: float = _f(0.01, doc="fine-tuning lr per 256 images", gt=0, changes=OWNER)
 
 
 @dataclass
 class TeacherCfg(TrainCfg):
     source: str = _f("train", doc="train (from scratch) | timm (hub weights or a local checkpoint file)",
-                     choices=("train", "timm"))
-    model: str = _f("resnet20", doc="timm model name (CIFAR ResNets: resnet8 ... resnet110, resnet8x4, resnet32x4)")
-    pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights")
-    checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file")
+                     choices=("train", "timm"), changes=OWNER)
+    model: str = _f("resnet20", doc="timm model name (CIFAR ResNets: resnet8 ... resnet110, resnet8x4, resnet32x4)",
+                    changes=OWNER)
+    pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights", changes=OWNER)
+    checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file", changes=OWNER)
     dir: Optional[str] = _f(None, doc="the teacher stage's folder; null: <run>/teacher. Runs that name one folder "
-                                      "share one teacher (and so one cache)")
-    finetune: FinetuneCfg = _f(factory=FinetuneCfg)
+                                      "share one teacher (and so one cache)", changes=NONE)
+    finetune: FinetuneCfg = _f(factory=FinetuneCfg, changes=OWNER)
 
 
 @dataclass
 class DataCfg:
     source: str = _f("auto", doc="auto (from data.path; the demo digits when no path is given) | demo | hub | "
                                  "parquet | imagefolder | disk",
-                     choices=("auto", "demo", "hub", "parquet", "imagefolder", "disk"))
-    path: Optional[str] = _f(None, doc="hub name, or a local parquet file/folder, imagefolder or save_to_disk folder")
-    hub_config: Optional[str] = _f(None, doc="hub data set configuration name")
-    train_split: str = _f("train", doc="split to train on")
-    val_split: Optional[str] = _f(None, doc="validation split; null carves one from train")
-    val_size: float = _f(0.1, doc="carved validation size: a fraction (<1) or a count", gt=0)
-    split_seed: int = _f(0, doc="seed of the validation carve")
-    train_size: Optional[int] = _f(None, doc="use only the first N training images (after the carve)", ge=1)
-    image_column: str = _f("image", doc="image column")
-    label_column: str = _f("label", doc="label column (ClassLabel gives the class names)")
-    image_size: int = _f(32, doc="side of the square network input", ge=1)
+                     choices=("auto", "demo", "hub", "parquet", "imagefolder", "disk"), changes=ALL)
+    path: Optional[str] = _f(None, doc="hub name, or a local parquet file/folder, imagefolder or save_to_disk folder",
+                             changes=ALL)
+    hub_config: Optional[str] = _f(None, doc="hub data set configuration name", changes=ALL)
+    train_split: str = _f("train", doc="split to train on", changes=ALL)
+    val_split: Optional[str] = _f(None, doc="validation split; null carves one from train", changes=ALL)
+    val_size: float = _f(0.1, doc="carved validation size: a fraction (<1) or a count", gt=0, changes=ALL)
+    split_seed: int = _f(0, doc="seed of the validation carve", changes=ALL)
+    train_size: Optional[int] = _f(None, doc="use only the first N training images (after the carve)", ge=1,
+                                   changes=ALL)
+    image_column: str = _f("image", doc="image column", changes=ALL)
+    label_column: str = _f("label", doc="label column (ClassLabel gives the class names)", changes=ALL)
+    image_size: int = _f(32, doc="side of the square network input", ge=1, changes=ALL)
     transform: str = _f("cifar", doc="cifar (pad-crop + flip) | imagenet (random-resized-crop + flip)",
-                        choices=("cifar", "imagenet"))
-    padding: int = _f(4, doc="cifar: pad before the random crop", ge=0)
-    flip: bool = _f(True, doc="random horizontal flip")
-    scale: List[float] = _f(factory=lambda: [0.08, 1.0], doc="imagenet: RandomResizedCrop area range")
-    crop_pct: float = _f(0.875, doc="imagenet eval: center crop fraction", gt=0, le=1)
-    mean: Optional[List[float]] = _f(None, doc="per-channel mean; null computes it from the training split")
-    std: Optional[List[float]] = _f(None, doc="per-channel std; null computes it from the training split")
-    per_image_norm: bool = _f(False, doc="standardise each image's channels instead of mean/std")
-    stats_images: int = _f(5000, doc="images used to compute mean/std", ge=1)
-    num_workers: int = _f(2, doc="DataLoader workers per process", ge=0)
+                        choices=("cifar", "imagenet"), changes=ALL)
+    padding: int = _f(4, doc="cifar: pad before the random crop", ge=0, changes=ALL)
+    flip: bool = _f(True, doc="random horizontal flip", changes=ALL)
+    scale: List[float] = _f(factory=lambda: [0.08, 1.0], doc="imagenet: RandomResizedCrop area range", changes=ALL)
+    crop_pct: float = _f(0.875, doc="imagenet eval: center crop fraction", gt=0, le=1, changes=ALL)
+    mean: Optional[List[float]] = _f(None, doc="per-channel mean; null computes it from the training split",
+                                     changes=ALL)
+    std: Optional[List[float]] = _f(None, doc="per-channel std; null computes it from the training split", changes=ALL)
+    per_image_norm: bool = _f(False, doc="standardise each image's channels instead of mean/std", changes=ALL)
+    stats_images: int = _f(5000, doc="images used to compute mean/std", ge=1, changes=ALL)
+    num_workers: int = _f(2, doc="DataLoader workers per process", ge=0, changes=NONE)
     decode_mb: float = _f(4096, doc="decode a split once into memory when its images share one size and fit in "
-                          "this many MB (0: decode per sample, every epoch)", ge=0)
+                          "this many MB (0: decode per sample, every epoch)", ge=0, changes=NONE)
     on_bad_image: str = _f("error", doc="error | skip (count and report) an image that fails to decode",
-                           choices=("error", "skip"))
+                           choices=("error", "skip"), changes=ALL)
 
 
 @dataclass
 class CacheCfg:
-    root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/")
+    root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/", changes=NONE)
     views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (measured: README, How many "
-                           "views); a larger V grows an existing cache", ge=1)
-    eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views")
+                           "views); a larger V grows an existing cache", ge=1, changes=("cache",))
+    eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views",
+                         changes=("cache",))
     topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T)",
-                   ge=1)
-    temperature: float = _f(4.0, doc="temperature T of the stored logsumexp (and of KD)", gt=0)
+                   ge=1, changes=("cache",))
     shard_size: int = _f(10000, doc="images per shard file (fixed index ranges, independent of process count)",
-                         ge=1)
-    batch_size: int = _f(256, doc="teacher batch: each forward labels one view of this many images", ge=1)
-    mix: MixCfg = _f(factory=MixCfg)  # mixed views: partner, its view, lambda/box drawn and stored per view
+                         ge=1, changes=("cache",))
+    batch_size: int = _f(256, doc="teacher batch: each forward labels one view of this many images", ge=1,
+                         changes=("cache",))
+    mix: MixCfg = _f(factory=MixCfg,
+                     changes=("cache",))  # mixed views: partner, its view, lambda/box drawn and stored per view
 
 
 @dataclass
 class StudentCfg(TrainCfg):
-    model: str = _f("resnet8", doc="timm model name of the student")
-    seed: Optional[int] = _f(None, doc="student seed (init, data order, mixing); null: the global seed")
-    baseline: bool = _f(False, doc="also train the same student with CE only (same recipe, budget and seed)")
+    model: str = _f("resnet8", doc="timm model name of the student", changes=OWNER)
+    seed: Optional[int] = _f(None, doc="student seed (init, data order, mixing); null: the global seed", changes=OWNER)
+    baseline: bool = _f(False, doc="also train the same student with CE only (same recipe, budget and seed)",
+                        changes=NONE)
 
 
 @dataclass
 class KDCfg:
-    alpha: float = _f(0.9, doc="weight of the KD term; the CE term gets 1 - alpha", ge=0, le=1)
-    temperature: Optional[float] = _f(None, doc="KD temperature; null: the cache's (another T needs a cache "
-                                                "holding all logits)", gt=0)
+    alpha: float = _f(0.9, doc="weight of the KD term; the CE term gets 1 - alpha", ge=0, le=1, changes=("student",))
+    temperature: float = _f(4.0, doc="KD temperature T. A cache keeping the top k of more classes stores its soft "
+                                     "labels at this T (one cache per T); one keeping every logit serves any T",
+                            gt=0, changes=("student", "cache"))
     teacher: str = _f("cached", doc="cached (soft labels from the cache) | online (teacher run every step)",
-                      choices=("cached", "online"))
+                      choices=("cached", "online"), changes=("student",))
     views: str = _f("cycle", doc="which cached view sample i trains on at epoch e: cycle | random",
-                    choices=("cycle", "random"))
+                    choices=("cycle", "random"), changes=("student",))
     balance: str = _f("fixed", doc="fixed (alpha) | scale (each term divided by its own detached value)",
-                      choices=("fixed", "scale"))
-    ce: str = _f("ce", doc="the hard-label term: ce | focal", choices=("ce", "focal"))
-    focal_gamma: float = _f(2.0, doc="focal loss gamma", ge=0)
-    focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class)")
+                      choices=("fixed", "scale"), changes=("student",))
+    ce: str = _f("ce", doc="the hard-label term: ce | focal", choices=("ce", "focal"), changes=("student",))
+    focal_gamma: float = _f(2.0, doc="focal loss gamma", ge=0, changes=("student",))
+    focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class)",
+                                            changes=("student",))
 
 
 @dataclass
 class CheckpointCfg:
     every: int = _f(500, doc="save a checkpoint every N optimizer steps (0: only at epoch ends); always at epoch ends",
-                    ge=0)
-    keep: int = _f(2, doc="complete checkpoints kept per stage (the newest)", ge=1)
+                    ge=0, changes=NONE)
+    keep: int = _f(2, doc="complete checkpoints kept per stage (the newest)", ge=1, changes=NONE)
 
 
 # The stages, in the order `stage=all` runs them.
@@ -178,26 +200,29 @@ STAGES = ("teacher", "cache", "student")
 
 @dataclass
 class Config:
-    name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)")
+    name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)", changes=NONE)
     stage: str = _f("all", doc="teacher | cache | student | all: runs that stage and the ones before it (each reused "
-                               "when up to date)", choices=STAGES + ("all",))
-    seed: int = _f(0, doc="global seed")
-    run_root: str = _f("runs", doc="root folder of run outputs")
-    log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...")
+                               "when up to date)", choices=STAGES + ("all",), changes=NONE)
+    seed: int = _f(0, doc="global seed", changes=ALL)
+    run_root: str = _f("runs", doc="root folder of run outputs", changes=NONE)
+    log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...",
+                                 changes=NONE)
     precision: str = _f("auto", doc="mixed precision: auto (bf16 on a GPU that has it) | no | bf16 | fp16",
-                        choices=("auto", "no", "bf16", "fp16"))
+                        choices=("auto", "no", "bf16", "fp16"), changes=ALL)
     resume: str = _f("auto", doc="auto: continue an interrupted stage from its newest complete checkpoint | never: "
-                                 "delete its checkpoints and start the stage over", choices=("auto", "never"))
+                                 "delete its checkpoints and start the stage over", choices=("auto", "never"),
+  changes=NONE)
     on_nonfinite: str = _f("abort", doc="NaN/inf loss: abort (stop, naming the step; the last good checkpoint stays) | "
                                         "skip (skip that step's update and count it; costs one host sync per step)",
-                           choices=("abort", "skip"))
-    max_nonfinite: int = _f(10, doc="on_nonfinite=skip: abort after this many skipped steps in a stage", ge=0)
-    checkpoint: CheckpointCfg = _f(factory=CheckpointCfg)
-    data: DataCfg = _f(factory=DataCfg)
-    teacher: TeacherCfg = _f(factory=TeacherCfg)
-    cache: CacheCfg = _f(factory=CacheCfg)
-    student: StudentCfg = _f(factory=StudentCfg)
-    kd: KDCfg = _f(factory=KDCfg)
+                           choices=("abort", "skip"), changes=TRAINED)
+    max_nonfinite: int = _f(10, doc="on_nonfinite=skip: abort after this many skipped steps in a stage", ge=0,
+                            changes=TRAINED)
+    checkpoint: CheckpointCfg = _f(factory=CheckpointCfg, changes=NONE)
+    data: DataCfg = _f(factory=DataCfg, changes=ALL)
+    teacher: TeacherCfg = _f(factory=TeacherCfg, changes=("teacher",))
+    cache: CacheCfg = _f(factory=CacheCfg, changes=("cache",))
+    student: StudentCfg = _f(factory=StudentCfg, changes=("student", "baseline"))
+    kd: KDCfg = _f(factory=KDCfg, changes=("student",))
 
 
 def validate(raw: DictConfig | dict) -> Config:

@@ -275,6 +275,15 @@ class Images:
         raise DataError(f"data: the image at {self.rows.where(i)} ({self.split} sample {i}) could not be decoded "
                         f"({why})")
 
+    def fetch(self, i: int, skip_bad: bool) -> torch.Tensor | None:
+        """`image(i)`, or None for an image that fails to decode when `skip_bad` (data.on_bad_image=skip)."""
+        try:
+            return self.image(i)
+        except DataError as e:
+            if skip_bad:
+                return None
+            raise DataError(f"{e}; set data.on_bad_image=skip to leave it out of every stage") from None
+
     def subset(self, n: int) -> "Images":
         """The first n images (for statistics)."""
         out = copy.copy(self)  # shares the pixels; rows beyond n are simply never asked for
@@ -299,12 +308,9 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        try:
-            img = self.images.image(i)
-        except DataError as e:
-            if self.skip_bad:
-                return None
-            raise DataError(f"{e}; set data.on_bad_image=skip to skip such images") from None
+        img = self.images.fetch(i, self.skip_bad)
+        if img is None:
+            return None
         params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch, i), tuple(img.shape[-2:])) \
             if self.train else views.EVAL_VIEW
         return {"image": views.apply(img, params, self.cfg), "label": int(self.images.labels[i]), "index": i}
@@ -351,15 +357,10 @@ def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) 
 def loaders(bundle: DataBundle, cfg: DataCfg, batch_size: int, seed: int,
             eval_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Train loader (random views, shuffled, drop_last) and validation loader (eval view, in order), both
-    yielding uint8 images: normalise each batch on the device with `normalizer`."""
+    yielding uint8 images: each batch becomes the network input on the device (transforms.ToInput)."""
     skip = cfg.on_bad_image == "skip"
     train = ImageDataset(bundle.images["train"], cfg, train=True, seed=seed, skip_bad=skip)
     val = ImageDataset(bundle.images["val"], cfg, train=False, skip_bad=skip)
     return (make_loader(train, batch_size, True, cfg.num_workers, seed),
             make_loader(val, eval_batch_size or batch_size, False, cfg.num_workers, seed))
 
-
-def normalizer(cfg: DataCfg, norm: dict):
-    """batch -> the network input: the uint8 images of `loaders`, converted and normalised in one go."""
-    finish = transforms.finish(cfg, norm["mean"], norm["std"])
-    return lambda batch: finish(batch["image"])

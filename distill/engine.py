@@ -33,7 +33,7 @@ log = logging.getLogger("distill")
 Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None", torch.Tensor], torch.Tensor]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Fit:
     """What `fit` needs besides the model: the recipe's trick set and where the stage writes."""
     cfg: TrainCfg
@@ -42,8 +42,7 @@ class Fit:
     out_dir: Path
     name: str  # "teacher", "student", ... for logs and error messages
     seed: int
-    inputs: Callable[[dict], torch.Tensor] | None = None  # training batch -> network input; default batch["image"]
-    eval_inputs: Callable[[dict], torch.Tensor] | None = None  # the same for validation batches
+    to_input: Callable[[dict], torch.Tensor]  # batch -> network input (transforms.ToInput), train and validation
     fingerprint: str = ""  # the stage's: a checkpoint written under another fingerprint is refused
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     resume: str = "auto"
@@ -57,8 +56,8 @@ def guards(cfg: Config, fingerprint: str) -> dict:
             "on_nonfinite": cfg.on_nonfinite, "max_nonfinite": cfg.max_nonfinite}
 
 
-def _inputs(batch: dict, channels_last: bool, make=None) -> torch.Tensor:
-    x = make(batch) if make is not None else batch["image"]
+def _input(batch: dict, channels_last: bool, to_input) -> torch.Tensor:
+    x = to_input(batch)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -75,13 +74,13 @@ def make_accelerator(precision: str = "auto", **kwargs) -> Accelerator:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, acc: Accelerator, channels_last: bool = True, make=None) -> dict:
+def evaluate(model: torch.nn.Module, loader, acc: Accelerator, to_input, channels_last: bool = True) -> dict:
     """Top-1, top-5 and CE loss over the whole split; gather_for_metrics drops the padding DDP adds."""
     model.eval()
     sums = torch.zeros(3, device=acc.device, dtype=torch.float64)  # top-1 hits, top-5 hits, loss: one sync at the end
     count = 0
     for batch in loader:
-        logits = model(_inputs(batch, channels_last, make)).float()
+        logits = model(_input(batch, channels_last, to_input)).float()
         y = batch["label"]
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit1, hit5 = top[:, 0] == y, (top == y[:, None]).any(1)
@@ -222,7 +221,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                        disable=not acc.is_main_process, initial=first, total=batches)
             optimizer.zero_grad(set_to_none=True)
             for i, batch in enumerate(bar, start=first):
-                x = _inputs(batch, cfg.channels_last, job.inputs)
+                x = _input(batch, cfg.channels_last, job.to_input)
                 rng = np.random.default_rng([job.seed, acc.process_index, epoch, i])
                 mix = tricks.draw_mix(rng, cfg.mix, x.shape[0], x.shape[-2], x.shape[-1])
                 sync = (i + 1) % cfg.grad_accum == 0
@@ -283,7 +282,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                        "loss": acc.reduce(loss_sum, reduction="mean").item() / max(batches, 1),
                        "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": n_skipped,
                        "nonfinite_skipped": st["nonfinite_skipped"],
-                       **evaluate(model, val_loader, acc, cfg.channels_last, job.eval_inputs)}
+                       **evaluate(model, val_loader, acc, job.to_input, cfg.channels_last)}
             st["train_s"] += elapsed
             st["best_top1"] = max(metrics["top1"], st["best_top1"] or 0.0)
             log.info(f"{job.name} epoch {epoch + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "

@@ -10,18 +10,11 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def kl_dense(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(p_teacher_T || p_student_T), `batchmean` (not multiplied by T^2)."""
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
-
-
 def kl_topk(student_logits: torch.Tensor, topk_logits: torch.Tensor, topk_classes: torch.Tensor,
             teacher_lse: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(q || p_student_T), `batchmean`, where q is the teacher's distribution known from its top-k logits and
     the logsumexp of all its logits at T: q_i = exp(z_i / T - lse) on the top k, and the residual mass
-    r = 1 - sum(q_topk) spread evenly over the other C - k classes (DESIGN.md section 3). Costs one logsumexp of
+    r = 1 - sum(q_topk) spread evenly over the other C - k classes. Costs one logsumexp of
     the student per row, like dense KD. With k = C it is the dense KL."""
     log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     num_classes, k = log_s.shape[1], topk_classes.shape[1]

@@ -91,7 +91,8 @@ def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 
     except RuntimeError as e:
         if "weights_only" in str(e):
             raise CheckpointError(f"teacher.checkpoint: {path} was refused: loading it needs unsafe unpickling "
-                                  "(it could run code); save its state_dict with torch.save or as .safetensors") from None
+                                  "(it could run code); save its state_dict with torch.save or as .safetensors"
+                                  ) from None
         raise CheckpointError(f"teacher.checkpoint: {path} could not be read: {str(e).splitlines()[0]}") from None
     except Exception as e:  # a torn or foreign file: say which file, not a 40-line traceback
         raise CheckpointError(f"teacher.checkpoint: {path} could not be read ({type(e).__name__}: {e})") from None
@@ -113,7 +114,3 @@ def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 
         model.reset_classifier(num_classes)
         return model, True
     return model, False
-
-
-def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -1,5 +1,5 @@
-"""Checks that need the libraries or the data but no work: run before the first stage, so that a bad model name,
-tracker or temperature stops the run in one line instead of after the teacher trained and the cache was built."""
+"""Checks that need the libraries but no work: run before the first stage, so that a bad model name or tracker
+stops the run in one line instead of after the teacher trained and the cache was built."""
 from __future__ import annotations
 
 import difflib
@@ -43,17 +43,3 @@ def before_data(cfg: Config) -> None:
     check_model(t.model, "teacher.model", t.source == "timm" and t.pretrained and not t.checkpoint)
     check_model(cfg.student.model, "student.model")
     check_tracker(cfg.log_with)
-
-
-def check_temperature(kd_t: float | None, cache_t: float, topk: int, num_classes: int) -> None:
-    """A KD temperature other than the cache's needs every logit in the cache."""
-    if kd_t is not None and kd_t != cache_t and topk < num_classes:
-        raise ConfigError(f"kd.temperature: {kd_t} differs from cache.temperature={cache_t}, and the cache keeps "
-                          f"only the top-{topk} of {num_classes} logits; set cache.topk >= {num_classes} to change "
-                          f"T after caching, or kd.temperature={cache_t}")
-
-
-def after_data(cfg: Config, num_classes: int) -> None:
-    """What needs the class count: a KD temperature that a top-k cache cannot serve."""
-    if cfg.kd.teacher == "cached" and cfg.stage in ("student", "all"):
-        check_temperature(cfg.kd.temperature, cfg.cache.temperature, cfg.cache.topk, num_classes)

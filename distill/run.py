@@ -28,7 +28,7 @@ log = logging.getLogger("distill")
 
 def stage_functions() -> dict:
     """Stage name -> run(cfg, accelerator, data, normalization, run_dir), in pipeline order (config.STAGES)."""
-    from distill import cache, student, teacher
+    from distill.stages import cache, student, teacher
     return {"teacher": teacher.run, "cache": cache.run, "student": student.run}
 
 
@@ -46,7 +46,6 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
                         format="%(message)s", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-save INFO lines drown our progress
     bundle = data.load(cfg.data)
-    preflight.after_data(cfg, bundle.num_classes)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
     with contextlib.ExitStack() as held:  # one live run per run folder (the main process holds it)
@@ -83,8 +82,8 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
         fns[name](cfg, acc, bundle, norm, run_dir)
     summary = None
     if acc.is_main_process:
-        from distill import report, teacher
-        summary = report.write(run_dir, teacher.folder(cfg, run_dir))
+        from distill import layout, report
+        summary = report.write(run_dir, layout.teacher_dir(cfg, run_dir))
     acc.end_training()
     return summary
 

@@ -1,10 +1,13 @@
-"""From uint8 images to the network input: dtype conversion and normalization, run per batch on the device, and
-the normalization statistics. (The crop/flip geometry lives in views.py, where it can be recorded and replayed.)"""
+"""From uint8 views to the network input: dtype conversion, normalization and cached mixing, run per batch on the
+device, and the normalization statistics. (The crop/flip geometry lives in views.py, where it can be recorded and
+replayed.)"""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from distill import tricks
 from distill.config import DataCfg
 
 
@@ -17,14 +20,30 @@ class PerImageStandardize(torch.nn.Module):
         return (x - mean) / std
 
 
-def finish(cfg: DataCfg, mean: list[float] | None, std: list[float] | None) -> v2.Compose:
-    """uint8 images -> normalised float tensors (mean None: no normalization), one sample or a batch."""
-    steps = [v2.ToDtype(torch.float32, scale=True)]
-    if cfg.per_image_norm:
-        steps.append(PerImageStandardize())
-    elif mean is not None:
-        steps.append(v2.Normalize(mean, std))
-    return v2.Compose(steps)
+class ToInput:
+    """A batch of uint8 views -> the network input: converted and normalised in one go, on the batch's device,
+    then blended with the partner views where the batch carries a cached mixed view (`partner_image`, `lam`,
+    `box`: lam < 1 mixes up, a non-empty box pastes). The one place every stage turns a batch into the input."""
+
+    def __init__(self, cfg: DataCfg, norm: dict):
+        steps = [v2.ToDtype(torch.float32, scale=True)]
+        if cfg.per_image_norm:
+            steps.append(PerImageStandardize())
+        elif norm.get("mean") is not None:
+            steps.append(v2.Normalize(norm["mean"], norm["std"]))
+        self.normalize = v2.Compose(steps)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        x = self.normalize(batch["image"])
+        if "partner_image" not in batch:
+            return x
+        y = self.normalize(batch["partner_image"])
+        lam = np.asarray(torch.as_tensor(batch["lam"]).cpu(), dtype=np.float32).reshape(-1)
+        box = np.asarray(torch.as_tensor(batch["box"]).cpu()).reshape(-1, 4)
+        for r in np.flatnonzero((lam < 1) | (box[:, 2] * box[:, 3] > 0)):
+            b = tuple(int(v) for v in box[r])
+            x[r] = tricks.blend(x[r], y[r], float(lam[r]), b if b[2] * b[3] else None)
+        return x
 
 
 def channel_stats(loader) -> tuple[list[float], list[float]]:

@@ -57,9 +57,34 @@ def imagefolder(tmp_path: Path) -> Path:
 
 
 def run_cli(*args: str, cwd: Path, module: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python distill/run.py ARGS` in a new process: for what needs one (the CLI itself, kill, two processes)."""
     cmd = [sys.executable, "-m", "distill.run"] if module else [sys.executable, str(ROOT / "distill" / "run.py")]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """What `python distill/run.py ARGS` does, in this process: the recipe composed by Hydra's compose API, the
+    overrides checked and validated, the stages run; a UserError becomes the CLI's `error: ...` line and exit 2.
+    Returns the exit status and everything written to stderr (the log)."""
+    import contextlib
+    import io
+
+    from distill import config, run
+    from distill.errors import Stopped, UserError
+
+    recipe = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), "demo")
+    rest = [a for a in args if not a.startswith("recipe=")]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            config.check_overrides(rest, {p.name for p in (ROOT / "recipes").iterdir() if p.is_dir()})
+            run.execute(config.validate(compose_recipe(recipe, rest)))
+            code = 0
+        except UserError as e:
+            print(e if isinstance(e, Stopped) else f"error: {e}", file=sys.stderr)
+            code = getattr(e, "exit_code", 2)
+    return subprocess.CompletedProcess(["run_here", *args], code, "", err.getvalue())
 
 
 def tiny_overrides(data_path: Path, run_root: Path, epochs: int = 2) -> list[str]:
@@ -68,6 +93,14 @@ def tiny_overrides(data_path: Path, run_root: Path, epochs: int = 2) -> list[str
             "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]", "data.num_workers=0",
             f"run_root={run_root}", "name=tiny", "precision=no", "teacher.model=resnet8",
             f"teacher.epochs={epochs}", "teacher.batch_size=16", "teacher.optim.lr=0.4"]
+
+
+def dense_kl(student_logits, teacher_logits, temperature: float):
+    """The reference KL(p_teacher_T || p_student_T), batchmean, straight from torch."""
+    import torch.nn.functional as F
+
+    return F.kl_div(F.log_softmax(student_logits.float() / temperature, 1),
+                    F.log_softmax(teacher_logits.float() / temperature, 1), reduction="batchmean", log_target=True)
 
 
 def random_teacher(path: Path, model: str = "resnet8", seed: int = 0) -> Path:
@@ -126,5 +159,54 @@ def compose_recipe(recipe: str, overrides=()):
     from distill import config
 
     config.register_schema()
+    name = [] if any(o.startswith("name=") for o in overrides) else [f"name={recipe}"]
     with initialize_config_dir(config_dir=str(ROOT / "recipes"), version_base="1.3"):
-        return compose("config", overrides=[f"recipe={recipe}", f"name={recipe}", *overrides])
+        return compose("config", overrides=[f"recipe={recipe}", *name, *overrides])
+
+
+class Shared:
+    """One tiny data set and one random teacher file, and the caches tests ask for, each built once per test run
+    (in this process). Tests only read them: a test that damages a cache works on a copy (`copy_cache`)."""
+
+    def __init__(self, root: Path):
+        self.root, self.data = root, root / "tiny.parquet"
+        tiny_dataset().to_parquet(str(self.data))
+        self.teacher_file = random_teacher(root / "teacher.safetensors")
+        self.teacher_dir = root / "runs" / "tiny" / "teacher"
+        self._caches: dict = {}
+
+    def args(self, **kw) -> list[str]:
+        return cache_overrides(self.data, self.root, self.teacher_file, **kw)
+
+    def cache(self, **kw) -> Path:
+        """The folder of the cache with these `cache_overrides` settings, built on first use."""
+        key = tuple(sorted(kw.items()))
+        if key not in self._caches:
+            r = run_here(*self.args(**kw))
+            assert r.returncode == 0, r.stderr
+            import json
+            self._caches[key] = Path(json.loads((self.root / "runs" / "tiny" / "cache.json").read_text())["folder"])
+        return self._caches[key]
+
+    def copy_cache(self, tmp: Path, **kw) -> Path:
+        """A private copy of that cache under tmp/cache (the root `cache_overrides(..., tmp, ...)` uses)."""
+        import shutil
+        src = self.cache(**kw)
+        dst = tmp / "cache" / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Shared:
+    return Shared(tmp_path_factory.mktemp("shared"))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python distill/run.py` as a new user runs it (every stage of the demo recipe), once per test run: its
+    folder (runs/ and cache/ inside) and the finished process. Tests may add runs beside it, never change it."""
+    where = tmp_path_factory.mktemp("demo")
+    r = run_cli(f"run_root={where / 'runs'}", f"cache.root={where / 'cache'}", cwd=where)
+    assert r.returncode == 0, r.stderr
+    return where, r

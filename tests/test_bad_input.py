@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import CLASSES, ROOT, cache_overrides, compose_recipe, config_from, random_teacher, run_cli, tiny_images
-from distill import artifacts, config, data, models, preflight, run, teacher
+from conftest import (CLASSES, ROOT, cache_overrides, compose_recipe, config_from, random_teacher, run_cli, run_here,
+                      tiny_images)
+from distill import artifacts, config, data, fingerprints, models, preflight, run, softlabels
 from distill.errors import CheckpointError, ConfigError, DataError
 
 
@@ -24,7 +25,7 @@ def test_a_data_path_given_to_the_demo_recipe_is_used(parquet_file):
 
 
 def test_a_mistyped_data_path_stops_with_one_line(tmp_path):
-    r = run_cli(f"data.path={tmp_path}/no/such/train.parquet", cwd=tmp_path)
+    r = run_cli(f"data.path={tmp_path}/no/such/train.parquet", cwd=tmp_path)  # the command line's own error path
     assert r.returncode == 2
     want = f"error: data.path: no such file or directory: {tmp_path}/no/such/train.parquet"
     assert r.stderr.strip().splitlines()[-1] == want
@@ -44,17 +45,18 @@ def test_teacher_fingerprint_follows_the_checkpoint_file_content(parquet_file, t
     file = random_teacher(tmp_path / "t.safetensors", seed=0)
     cfg = config_from(cache_overrides(parquet_file, tmp_path, file))
     bundle, norm = data.load(cfg.data), {"mean": [0.5] * 3, "std": [0.25] * 3, "per_image": False}
-    before = teacher.fingerprint(cfg, bundle, norm)
+    before = fingerprints.teacher(cfg, bundle.identity, norm)
     moved = tmp_path / "elsewhere.safetensors"
     moved.write_bytes(file.read_bytes())
-    assert teacher.fingerprint(config_from(cache_overrides(parquet_file, tmp_path, moved)), bundle, norm) == before
+    assert fingerprints.teacher(config_from(cache_overrides(parquet_file, tmp_path, moved)), bundle.identity,
+                                norm) == before
     random_teacher(file, seed=1)  # other weights at the same path
-    assert teacher.fingerprint(cfg, bundle, norm) != before
+    assert fingerprints.teacher(cfg, bundle.identity, norm) != before
 
 
-def test_weights_changed_after_a_stage_finished_stop_the_next_run(parquet_file, tmp_path):
-    teacher_file = random_teacher(tmp_path / "teacher.safetensors")
-    cfg = config_from(cache_overrides(parquet_file, tmp_path, teacher_file) + [
+def test_weights_changed_after_a_stage_finished_stop_the_next_run(shared, tmp_path):
+    shared.copy_cache(tmp_path)
+    cfg = config_from(cache_overrides(shared.data, tmp_path, shared.teacher_file) + [
         "stage=student", "student.epochs=1", "student.batch_size=16"])
     run.execute(cfg)
     run_dir = tmp_path / "runs" / "tiny"
@@ -77,7 +79,7 @@ def test_weights_changed_after_a_stage_finished_stop_the_next_run(parquet_file, 
     ("log_with=nosuchtracker", "error: log_with: 'nosuchtracker' is not an accelerate tracker"),
 ])
 def test_names_are_checked_before_any_work(tmp_path, override, message):
-    r = run_cli(override, f"run_root={tmp_path / 'runs'}", cwd=tmp_path)
+    r = run_here(override, f"run_root={tmp_path / 'runs'}")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(message), r.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -115,7 +117,7 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_is_not(parquet_file
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(ROOT), str(folder)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        r = run_cli(f"run_root={tmp_path / 'runs'}", cwd=tmp_path)
+        r = run_here(f"run_root={tmp_path / 'runs'}")
         assert r.returncode == 2
         assert r.stderr.strip().splitlines()[-1] == (f"error: {folder}: in use by a running distill (pid "
                                                      f"{holder.pid}); wait for it to finish, or give this run another "
@@ -128,9 +130,8 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_runs_lock_is_not(parquet_file
         assert (folder / ".lock").read_text().strip() != str(holder.pid)
 
 
-def test_inspect_cache_names_a_truncated_shard_in_one_line(parquet_file, tmp_path):
-    run.execute(config_from(cache_overrides(parquet_file, tmp_path, random_teacher(tmp_path / "t.safetensors"))))
-    (folder,) = (tmp_path / "cache").iterdir()
+def test_inspect_cache_names_a_truncated_shard_in_one_line(shared, tmp_path):
+    folder = shared.copy_cache(tmp_path)
     shard = folder / "shard-00001.npy"
     shard.write_bytes(shard.read_bytes()[:100])
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_cache.py"), str(folder)], capture_output=True,
@@ -190,7 +191,6 @@ def test_errors_name_the_source_row_not_the_index_after_the_carve(tmp_path, deco
 
 def test_a_skipped_image_is_left_out_by_every_stage_and_counted(tmp_path, capfd):
     from conftest import tiny_dataset
-    from distill import cache
     path = tmp_path / "broken.parquet"
     args = cache_overrides(path, tmp_path, random_teacher(tmp_path / "t.safetensors")) + [
         "stage=all", "student.epochs=1", "student.batch_size=16", "student.baseline=true", "data.on_bad_image=skip",
@@ -204,7 +204,7 @@ def test_a_skipped_image_is_left_out_by_every_stage_and_counted(tmp_path, capfd)
     datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image()).to_parquet(str(path))
     summary = run.execute(config_from(args))
     (folder,) = (tmp_path / "cache").iterdir()
-    labels = cache.SoftLabels(folder)
+    labels = softlabels.SoftLabels(folder)
     assert labels.skipped == {index} and (labels.row(index)["logits"] == 0).all()
     assert summary["cache"]["skipped_images"] == 1
     assert {name: summary["models"][name]["skipped_images"] for name in ("teacher", "student", "baseline")} == \

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from conftest import ROOT, cache_overrides, config_from, random_teacher, run_cli, tiny_dataset
-from distill import artifacts, cache, config, data, models, views
+from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here, tiny_dataset
+from distill import artifacts, config, data, fingerprints, models, softlabels, transforms, views
 from distill.config import DataCfg
+from distill.stages import cache
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -58,85 +59,107 @@ def test_imagenet_view_replays_a_resized_crop():
     assert torch.equal(views.apply(img, p, cfg), views.apply(img, p, cfg))
 
 
-def test_dense_cache_reproduces_teacher_logits_on_replayed_views(parquet_file, tmp_path, teacher_file):
-    r = run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file, cache__topk=99), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    folder = _only_cache(tmp_path / "cache")
-    labels = cache.SoftLabels(folder, verify=True)
-    assert labels.manifest["dense"] and labels.topk == 3 and len(labels) == 48
-    cfg = config.validate({"data": {"source": "auto", "path": str(parquet_file), "val_size": 12, "image_size": 12,
-                                    "mean": [0.5] * 3, "std": [0.25] * 3, "flip": True, "padding": 2}})
-    bundle = data.load(cfg.data)
-    norm = artifacts.read_json(tmp_path / "runs" / "tiny" / "teacher" / "meta.json")["normalization"]
-    items = cache.ViewItems(bundle, cfg.data, norm, num_views=3, eval_view=True, seed=0)
+def _tiny_data(shared, **cache):
+    cfg = config.validate({"data": {"source": "auto", "path": str(shared.data), "val_size": 12, "image_size": 12,
+                                    "mean": [0.5] * 3, "std": [0.25] * 3, "flip": True, "padding": 2},
+                           "cache": cache})
+    return cfg, data.load(cfg.data), transforms.ToInput(cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3})
+
+
+def _teacher(shared):
     teacher = models.create("resnet8", 3)
-    teacher.load_state_dict(artifacts.load_weights(tmp_path / "runs" / "tiny" / "teacher"))
-    teacher.eval()
+    teacher.load_state_dict(artifacts.load_weights(shared.teacher_dir))
+    return teacher.eval()
+
+
+def test_dense_cache_reproduces_teacher_logits_on_replayed_views(shared):
+    folder = shared.cache(cache__topk=99)
+    labels = softlabels.SoftLabels(folder, verify=True)
+    assert labels.manifest["dense"] and labels.topk == 3 and len(labels) == 48 and labels.temperature == 1.0
+    cfg, bundle, to_input = _tiny_data(shared)
+    images = bundle.images["train"]
+    items = cache.ViewItems(images, cfg.data, num_views=3, eval_view=True, seed=0)
+    teacher = _teacher(shared)
     idx = np.array([0, 17, 33, 47])
+    rows = labels.rows(idx)
     for v in range(3):
-        got = labels.gather(idx, np.full(4, v))
-        replayed = torch.stack([items.render(items.image(i), {"view": got["view"][j:j + 1].numpy()}, 0)
-                                for j, i in enumerate(idx)])  # the stored parameters, re-applied
-        at_cache_time = items.to_input(torch.stack([items[i]["images"][v] for i in idx]))
+        replayed = to_input({"image": torch.stack([views.apply(images.image(i), rows["view"][j, v], cfg.data)
+                                                   for j, i in enumerate(idx)])})  # the stored parameters, re-applied
+        at_cache_time = to_input({"image": torch.stack([items[i]["image"][v] for i in idx])})
         assert torch.equal(replayed, at_cache_time)  # bitwise the pixels the teacher labelled
         with torch.no_grad():
             live = teacher(replayed)
-        stored = torch.zeros_like(live).scatter_(1, got["classes"], got["logits"])
+        classes = torch.from_numpy(rows["classes"][:, v].astype(np.int64))
+        stored = torch.zeros_like(live).scatter_(1, classes, torch.from_numpy(rows["logits"][:, v].astype(np.float32)))
         assert torch.allclose(stored, live, rtol=1e-3, atol=1e-3)  # fp16 rounding
-        assert torch.allclose(got["lse"], torch.logsumexp(live / 4.0, 1), atol=1e-5)
+        lse = torch.from_numpy(rows["lse"][:, v].copy())
+        assert torch.allclose(lse, torch.logsumexp(live, 1), atol=1e-5)  # a dense cache stores it at T = 1
     rows = labels.rows(np.arange(48))
     assert (rows["view"][:, 0, 0] == views.EVAL).all() and (rows["view"][:, 1:, 0] == views.TRAIN).all()
     assert len({tuple(r) for r in rows["view"][:, 1, 1:3]}) > 5  # random crops differ across images
 
 
-def test_fingerprint_changes_with_what_the_bytes_depend_on(parquet_file):
-    base = {"data": {"source": "auto", "path": str(parquet_file), "val_size": 12, "mean": [0.5] * 3,
+def test_a_sparse_cache_stores_the_logsumexp_at_the_kd_temperature(shared):
+    folder = shared.cache(cache__topk=2)
+    labels = softlabels.SoftLabels(folder)
+    assert not labels.dense and labels.temperature == 4.0
+    cfg, bundle, to_input = _tiny_data(shared)
+    images = bundle.images["train"]
+    rows = labels.rows(np.arange(6))
+    x = to_input({"image": torch.stack([views.apply(images.image(i), rows["view"][i, 1], cfg.data) for i in range(6)])})
+    with torch.no_grad():
+        live = _teacher(shared)(x)
+    assert torch.allclose(torch.from_numpy(rows["lse"][:, 1].copy()), torch.logsumexp(live / 4.0, 1), atol=1e-5)
+
+
+def test_fingerprint_changes_with_what_the_bytes_depend_on(shared):
+    base = {"data": {"source": "auto", "path": str(shared.data), "val_size": 12, "mean": [0.5] * 3,
                      "std": [0.25] * 3}}
-    cfg = config.validate(base)
-    bundle = data.load(cfg.data)
+    bundle = data.load(config.validate(base).data)
     norm = {"per_image": False, "mean": [0.5] * 3, "std": [0.25] * 3}
 
     def fp(raw=base, digest="a", b=bundle):
         c = config.validate(raw)
-        return artifacts.fingerprint(cache.fingerprint_inputs(c, b, norm, digest, "no"))
+        return artifacts.fingerprint(fingerprints.cache_identity(c, b.identity, norm, b.num_classes, digest, "no"))
 
     ref = fp()
-    changed = [fp(digest="b"), fp(base | {"cache": {"temperature": 2.0}}), fp(base | {"cache": {"topk": 2}}),
+    changed = [fp(digest="b"), fp(base | {"cache": {"topk": 2}}), fp(base | {"cache": {"topk": 2},
+                                                                         "kd": {"temperature": 2.0}}),
                fp(base | {"cache": {"views": 2}}), fp(base | {"seed": 1}),
                fp(b=data.load(config.validate(base | {"data": base["data"] | {"split_seed": 1}}).data)),
                fp(base | {"data": base["data"] | {"image_size": 16}})]
     assert ref not in changed and len(set(changed)) == len(changed)
     same = [fp(base | {"teacher": {"label_smoothing": 0.2, "epochs": 3}}), fp(base | {"name": "other"}),
-            fp(base | {"run_root": "elsewhere"}), fp(base | {"data": base["data"] | {"num_workers": 0}})]
+            fp(base | {"run_root": "elsewhere"}), fp(base | {"data": base["data"] | {"num_workers": 0}}),
+            fp(base | {"kd": {"temperature": 2.0, "alpha": 0.5}}),  # a cache of every logit serves any T
+            fp(base | {"cache": {"topk": 50}})]  # top-50 of 3 classes is every logit, as top-10 is
     assert set(same) == {ref}
 
 
-def test_two_recipes_with_one_teacher_share_the_cache(parquet_file, tmp_path, teacher_file):
-    first = run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file), cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    second = run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file), "name=another", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert f"cache: reusing {_only_cache(tmp_path / 'cache')}" in second.stderr
+def test_two_recipes_with_one_teacher_share_the_cache(shared):
+    folder = shared.cache()
+    r = run_here(*shared.args(), "name=another")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((shared.root / "runs" / "another" / "cache.json").read_text()) == {
+        "folder": str(folder), "reused": True, "skipped_images": 0}
 
 
-def test_corrupted_shard_is_detected_and_recomputed(parquet_file, tmp_path, teacher_file):
-    args = cache_overrides(parquet_file, tmp_path, teacher_file)
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
-    folder = _only_cache(tmp_path / "cache")
+def test_corrupted_shard_is_detected_and_recomputed(shared, tmp_path):
+    folder = shared.copy_cache(tmp_path)
     clean = _files(folder)
     shard = folder / "shard-00001.npy"
     raw = bytearray(shard.read_bytes())
     raw[-3] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    r = run_cli(*args, cwd=tmp_path)
+    r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file))
     assert r.returncode == 0, r.stderr
     assert "shard-00001.npy fails its checksum; recomputing it" in r.stderr
     assert _files(folder) == clean
+    assert json.loads((tmp_path / "runs" / "tiny" / "cache.json").read_text())["images"] == 16  # that shard only
 
 
 @pytest.mark.parametrize("mix", [{}, {"cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0}])
-def test_a_grown_cache_equals_a_fresh_one_and_labels_only_the_new_views(parquet_file, tmp_path, teacher_file,
-                                                                         monkeypatch, mix):
+def test_a_grown_cache_equals_a_fresh_one_and_labels_only_the_new_views(shared, tmp_path, monkeypatch, mix):
     from distill import run
     forwards, frozen = [], models.frozen
 
@@ -148,7 +171,7 @@ def test_a_grown_cache_equals_a_fresh_one_and_labels_only_the_new_views(parquet_
 
     def build(root: Path, v: int) -> int:
         forwards.clear()  # 48 images in shards of 16; forwards of 5 images, so runs end inside and at shard ends
-        run.execute(config_from(cache_overrides(parquet_file, root, teacher_file, cache__views=v,
+        run.execute(config_from(cache_overrides(shared.data, root, shared.teacher_file, cache__views=v,
                                                 cache__batch_size=5, **mix)))
         return sum(forwards)
     assert build(tmp_path / "grown", 2) == 48 * 2
@@ -161,8 +184,8 @@ def test_a_grown_cache_equals_a_fresh_one_and_labels_only_the_new_views(parquet_
 
 def test_incomplete_cache_is_never_read(tmp_path):
     (tmp_path / "c").mkdir()
-    with pytest.raises(Exception, match="no manifest.json: it is incomplete"):
-        cache.SoftLabels(tmp_path / "c")
+    with pytest.raises(Exception, match="is incomplete \\(no manifest.json\\)"):
+        softlabels.SoftLabels(tmp_path / "c")
 
 
 def test_killed_cache_run_resumes_to_identical_bytes(tmp_path):
@@ -172,8 +195,7 @@ def test_killed_cache_run_resumes_to_identical_bytes(tmp_path):
     extra = ["data.image_size=32", "teacher.model=resnet20", "cache.shard_size=100", "cache.views=4",
              "data.val_size=100"]
     ref_dir = tmp_path / "ref"
-    ref_dir.mkdir()
-    r = run_cli(*cache_overrides(path, ref_dir, teacher_file), *extra, cwd=ref_dir)
+    r = run_here(*cache_overrides(path, ref_dir, teacher_file), *extra)
     assert r.returncode == 0, r.stderr
     reference = _files(_only_cache(ref_dir / "cache"))
     assert len([n for n in reference if n.endswith(".npy")]) == 11
@@ -189,15 +211,14 @@ def test_killed_cache_run_resumes_to_identical_bytes(tmp_path):
     proc.wait()
     folder = _only_cache(tmp_path / "cache")
     assert not (folder / "manifest.json").exists(), "killed too late: the run had finished"
-    r = run_cli(*args, cwd=tmp_path)
+    r = run_here(*args)
     assert r.returncode == 0, r.stderr
-    assert "already done" in r.stderr and "(0 of this process's" not in r.stderr
+    assert 0 < json.loads((tmp_path / "runs" / "tiny" / "cache.json").read_text())["images"] < 1100  # resumed
     assert _files(folder) == reference
 
 
-def test_inspect_cache_tool(parquet_file, tmp_path, teacher_file):
-    assert run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file, cache__topk=2), cwd=tmp_path).returncode == 0
-    folder = _only_cache(tmp_path / "cache")
+def test_inspect_cache_tool(shared):
+    folder = shared.cache(cache__topk=2)
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_cache.py"), str(folder), "--verify"],
                        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
@@ -208,32 +229,31 @@ def test_inspect_cache_tool(parquet_file, tmp_path, teacher_file):
     assert f"{manifest['teacher_view_top1']:.2f}%" in r.stdout
 
 
-def test_mixed_views_label_the_mixed_image(parquet_file, tmp_path, teacher_file):
-    r = run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file, cache__topk=99, cache__mix__mixup_alpha=1.0,
-                                 cache__mix__cutmix_alpha=1.0, cache__mix__prob=0.8), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    labels = cache.SoftLabels(_only_cache(tmp_path / "cache"))
+MIXED = {"cache__topk": 99, "cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0, "cache__mix__prob": 0.8}
+
+
+def test_mixed_views_label_the_mixed_image(shared):
+    labels = softlabels.SoftLabels(shared.cache(**MIXED))
     rows = labels.rows(np.arange(48))
     assert (rows["partner"][:, 0] == -1).all()  # the eval view is never mixed
     mixed = rows["partner"][:, 1:] >= 0
     cut = rows["box"][:, 1:, 2] * rows["box"][:, 1:, 3] > 0
     assert 0.5 < mixed.mean() < 1.0 and (mixed & cut).any() and (mixed & ~cut).any()
     assert np.allclose(rows["lam"][~(rows["partner"] >= 0)], 1.0)
-    cfg = config.validate({"data": {"source": "auto", "path": str(parquet_file), "val_size": 12, "image_size": 12,
-                                    "mean": [0.5] * 3, "std": [0.25] * 3, "flip": True, "padding": 2},
-                           "cache": {"mix": {"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8}}})
-    bundle = data.load(cfg.data)
-    items = cache.ViewItems(bundle, cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3}, 3, True, 0, cfg.cache.mix)
-    teacher = models.create("resnet8", 3)
-    teacher.load_state_dict(artifacts.load_weights(tmp_path / "runs" / "tiny" / "teacher"))
-    teacher.eval()
+    cfg, bundle, to_input = _tiny_data(shared, mix={"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8})
+    images = bundle.images["train"]
+    items = cache.ViewItems(images, cfg.data, 3, True, 0, cfg.cache.mix)
+    teacher = _teacher(shared)
     for i in range(0, 48, 5):
-        rec = rows[i]
+        rec, item = rows[i], items[i]
         for v in range(1, 3):
             p = int(rec["partner"][v])
-            x = items.render(items.image(i), rec, v, items.image(p) if p >= 0 else None)
-            item = items[i]
-            at_cache_time = items.to_input(item["images"], item["partner_images"], item["lam"], item["box"])[v]
+            replay = {"image": views.apply(images.image(i), rec["view"][v], cfg.data)[None],
+                      "partner_image": views.apply(images.image(p), rec["partner_view"][v], cfg.data)[None]
+                      if p >= 0 else torch.zeros(1, 3, 12, 12, dtype=torch.uint8),
+                      "lam": rec["lam"][v:v + 1], "box": rec["box"][v:v + 1]}
+            x = to_input(replay)[0]
+            at_cache_time = to_input(item)[v]
             assert torch.equal(x, at_cache_time)  # replayed from the stored partner, view, lambda, box
             with torch.no_grad():
                 live = teacher(x[None])[0]

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose_recipe, run_cli
-from distill import cache, config
+from distill import config, softlabels
 from distill.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def test_recipe_header_states_its_uses_per_view_and_cost(recipe):
     assert (int(v), int(e)) == (cfg.cache.views, cfg.student.epochs)
     assert float(uses) == round(cfg.student.epochs / cfg.cache.views, 1)
     assert (int(cached), int(online)) == (cfg.cache.views, cfg.student.epochs)
-    assert cfg.cache.views == cache.views_for(cfg.student.epochs)  # the fewest views the measured rule allows
+    assert cfg.cache.views == softlabels.views_for(cfg.student.epochs)  # the fewest views the measured rule allows
 
 
 def test_recipe_overrides_groups_and_keys():
@@ -89,7 +89,7 @@ def test_recipes_reuse_recipes_and_groups():
         assert getattr(mbv3, same) == getattr(r18, same), same
     r110 = config.validate(compose_recipe("cifar100_resnet110_to_resnet32"))
     assert (r110.teacher.model, r110.student.model, r110.data.label_column) == ("resnet110", "resnet32", "fine_label")
-    assert r110.student.epochs == 240 and r110.kd.alpha == 0.9 and r110.cache.temperature == 4.0
+    assert r110.student.epochs == 240 and r110.kd.alpha == 0.9 and r110.kd.temperature == 4.0
     c10 = config.validate(compose_recipe("cifar10_resnet56_to_resnet20"))
     assert c10.data.label_column == "label" and c10.data.val_size == 5000 and c10.teacher.epochs == 240
 
@@ -101,3 +101,81 @@ def test_recipes_are_listed_with_one_line_each():
     for name, line in lines.items():
         assert line and f"| `{name}` | {line} |" in readme, name
         assert name in helptext and line in helptext, name
+
+
+# ---------------------------------------------------------------- structure: fingerprints from tags, stage imports
+
+def test_every_schema_field_names_the_outputs_it_changes():
+    from distill import fingerprints
+    tags = fingerprints.tags()
+    assert [key for key, outputs in tags.items() if outputs is None] == []  # a new field without `changes=`
+    assert all(set(outputs) <= set(config.OUTPUTS) for outputs in tags.values())
+    assert tags["data.image_size"] == config.OUTPUTS and tags["data.num_workers"] == ()
+    assert tags["teacher.optim.lr"] == ("teacher",) and tags["student.optim.lr"] == ("student", "baseline")
+    assert tags["cache.mix.prob"] == ("cache",) and tags["kd.alpha"] == ("student",)
+
+
+def _other(value):
+    """A different value of the same kind (validity does not matter to a fingerprint)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, list):
+        return value + [0.5]
+    return "other"  # None
+
+
+def _with(cfg, key, value):
+    import copy
+    cfg = copy.deepcopy(cfg)
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+        node = getattr(node, part)
+    setattr(node, leaf, value)
+    return cfg
+
+
+@pytest.mark.parametrize("output", ["cache", "teacher", "student", "baseline"])
+def test_each_tagged_field_changes_its_outputs_fingerprint_and_no_other(output):
+    from distill import artifacts, fingerprints
+    cfg = config.validate({})
+    identity, norm = {"train_fingerprint": "x"}, {"mean": [0.5] * 3, "std": [0.25] * 3}
+
+    def fp(c):
+        if output == "cache":
+            return artifacts.fingerprint(fingerprints.cache_identity(c, identity, norm, 1000, "sha", "no"))
+        if output == "teacher":
+            return fingerprints.teacher(c, identity, norm)
+        return fingerprints.student(c, identity, norm, "source", baseline=output == "baseline")
+
+    ref = fp(cfg)
+    for key, outputs in fingerprints.tags().items():
+        if output == "cache" and key in ("cache.topk", "kd.temperature"):
+            continue  # normalised to what the bytes use (checked in test_cache.py)
+        changed = fp(_with(cfg, key, _other(fingerprints._get(cfg, key))))
+        assert (changed != ref) == (output in outputs), key
+
+
+def test_no_stage_imports_another_and_only_softlabels_reads_cache_files():
+    import ast
+    stages = ROOT / "distill" / "stages"
+    names = {p.stem for p in stages.glob("*.py")} - {"__init__"}
+    for path in stages.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in ("distill.stages", None):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distill.stages."):
+                imported.add(node.module.rsplit(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("distill.stages.")}
+        assert not imported & names, f"{path.name} imports the stage(s) {imported & names}"
+    for path in (ROOT / "distill").rglob("*.py"):
+        if path.name != "softlabels.py":
+            text = path.read_text()
+            assert "np.load" not in text and "manifest.json" not in text.replace("(no manifest.json)", ""), path

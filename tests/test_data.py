@@ -118,9 +118,9 @@ def test_views_shapes_and_norms():
     for kind, train in [("cifar", True), ("cifar", False), ("imagenet", True), ("imagenet", False)]:
         c = cfg(transform=kind, image_size=8)
         p = views.draw(c, views.train_rng(0, 0, 0), (12, 12)) if train else views.EVAL_VIEW
-        out = transforms.finish(c, [0.5] * 3, [0.2] * 3)(views.apply(img, p, c))
+        out = transforms.ToInput(c, {"mean": [0.5] * 3, "std": [0.2] * 3})({"image": views.apply(img, p, c)})
         assert out.shape == (3, 8, 8) and out.dtype == torch.float32
-    out = transforms.finish(cfg(per_image_norm=True), None, None)(img)
+    out = transforms.ToInput(cfg(per_image_norm=True), {"mean": None})({"image": img})
     assert torch.allclose(out.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(out.std(dim=(1, 2)), torch.ones(3), atol=1e-4)
 
@@ -142,10 +142,10 @@ def test_training_views_are_a_pure_function_of_seed_epoch_and_index(parquet_file
     norm = {"per_image": False, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
     ds.set_epoch(4)
     batch = next(iter(data.make_loader(ds, 8, True, 2, 0)))  # drawn in worker processes
-    x = data.normalizer(c, norm)(batch)
+    x = transforms.ToInput(c, norm)(batch)
     for row, i in enumerate(batch["index"].tolist()):
         p = views.draw(c, views.train_rng(3, 4, i), (12, 12))
-        want = transforms.finish(c, norm["mean"], norm["std"])(views.apply(bundle.images["train"].image(i), p, c))
+        want = transforms.ToInput(c, norm)({"image": views.apply(bundle.images["train"].image(i), p, c)})
         assert torch.equal(x[row], want)
     ds.set_epoch(5)
     assert not all(torch.equal(ds[i]["image"], batch["image"][r]) for r, i in enumerate(batch["index"].tolist()))

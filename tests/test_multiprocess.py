@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, random_teacher, run_cli, tiny_overrides
+from conftest import ROOT, random_teacher, run_here, tiny_overrides
 
 
 def _files(folder):
@@ -35,9 +35,7 @@ def test_two_processes_run_every_stage(parquet_file, tmp_path):
         assert meta["metrics"]["step"] == 47 // 16, stage  # global batch 16 over 47 training images
 
     one = tmp_path / "one"  # one process, the same teacher: the same cache bytes
-    one.mkdir()
-    r1 = run_cli(*common, f"cache.root={one / 'cache'}", f"teacher.dir={run / 'teacher'}", "name=one", "stage=cache",
-                 cwd=one)
+    r1 = run_here(*common, f"cache.root={one / 'cache'}", f"teacher.dir={run / 'teacher'}", "name=one", "stage=cache")
     assert r1.returncode == 0, r1.stderr
     assert "teacher: reusing" in r1.stderr
     (a,), (b,) = list((one / "cache").iterdir()), list((two / "cache").iterdir())

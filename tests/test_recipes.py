@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import CLASSES, ROOT, run_cli, tiny_images
+from conftest import CLASSES, ROOT, run_cli, run_here, tiny_images
 
 
 def test_resnet50_to_r18_runs_every_stage_offline(tmp_path):
@@ -20,11 +20,11 @@ def test_resnet50_to_r18_runs_every_stage_offline(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "resnet50.safetensors"  # stands in for the hub weights: timm's real loading code reads it
     save_file(timm.create_model("resnet50", num_classes=len(CLASSES)).state_dict(), str(ckpt))
-    r = run_cli("recipe=resnet50_to_r18", f"data.path={root}", f"teacher.checkpoint={ckpt}",
+    r = run_here("recipe=resnet50_to_r18", f"data.path={root}", f"teacher.checkpoint={ckpt}",
                 f"run_root={tmp_path}/runs",
                 f"cache.root={tmp_path}/cache", "data.image_size=32", "data.num_workers=0", "precision=no",
                 "cache.views=2", "cache.batch_size=16", "student.epochs=1", "student.batch_size=8",
-                "student.sched.warmup_epochs=0", cwd=tmp_path, timeout=900)
+                 "student.sched.warmup_epochs=0")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "resnet50_to_r18"
     summary = json.loads((run / "summary.json").read_text())
@@ -33,15 +33,21 @@ def test_resnet50_to_r18_runs_every_stage_offline(tmp_path):
     assert "teacher: loaded resnet50 from" in r.stderr
 
 
-def test_multirun_sweep_shares_teacher_and_cache(tmp_path):
-    args = [f"run_root={tmp_path / 'runs'}", f"cache.root={tmp_path / 'cache'}", "precision=no",  # the demo data
-            "teacher.epochs=1", "student.epochs=1", "student.baseline=false"]  # its cache holds all 10 logits
-    r = run_cli("-m", *args, "kd.temperature=2,4", cwd=tmp_path)
+def test_multirun_sweep_shares_teacher_and_cache(demo):
+    """Two points of `-m kd.temperature=2,4` beside the demo run: both use its teacher and its cache (all 10 logits,
+    so any T), and train only their students."""
+    where, _ = demo
+    teacher = where / "runs" / "demo" / "teacher"
+    before = (teacher / "meta.json").read_bytes()
+    r = run_cli("-m", f"run_root={where / 'runs'}", f"cache.root={where / 'cache'}", "student.epochs=1",
+                "student.baseline=false", "kd.temperature=2,4", cwd=where)
     assert r.returncode == 0, r.stderr
-    log = r.stderr + r.stdout
-    assert log.count("cache: labelled") == 1 and log.count("cache: reusing") == 1  # computed once
-    assert log.count("teacher: reusing") == 1
-    sweep = tmp_path / "runs" / "demo" / "sweep"
+    sweep = where / "runs" / "demo" / "sweep"
+    demo_cache = json.loads((where / "runs" / "demo" / "cache.json").read_text())["folder"]
+    for point in ("0", "1"):
+        assert json.loads((sweep / point / "cache.json").read_text()) == {
+            "folder": demo_cache, "reused": True, "skipped_images": 0}
+    assert (teacher / "meta.json").read_bytes() == before and not (sweep / "0" / "teacher").exists()
     temps = {json.loads((sweep / p / "student" / "meta.json").read_text())["config"]["kd"]["temperature"]
              for p in ("0", "1")}
     assert temps == {2.0, 4.0}

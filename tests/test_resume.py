@@ -11,8 +11,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from conftest import ROOT, cache_overrides, config_from, random_teacher, run_cli, tiny_dataset, tiny_overrides
-from distill import artifacts, checkpoint, data, teacher
+from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here, tiny_dataset, tiny_overrides
+from distill import artifacts, checkpoint, data, objectives
+from distill.stages import teacher
 from distill.errors import CheckpointError, TrainingError
 
 STEPS_PER_EPOCH = 30  # 480 training images / batch 16
@@ -33,8 +34,7 @@ def student_setup(tmp_path_factory):
             "cache.shard_size=1000"]
 
     ref = tmp / "ref"
-    ref.mkdir()
-    r = run_cli(*args(ref), cwd=ref)
+    r = run_here(*args(ref))
     assert r.returncode == 0, r.stderr
     return args, ref / "runs" / "tiny" / "student"
 
@@ -69,7 +69,7 @@ def test_interrupted_student_resumes_to_the_same_weights(student_setup, tmp_path
         assert checkpoint._problem(newest, artifacts.read_json(newest / "progress.json")) is None
     else:
         assert code == -signal.SIGKILL
-    r = run_cli(*args(tmp_path), cwd=tmp_path)
+    r = run_here(*args(tmp_path))
     assert r.returncode == 0, r.stderr
     resumed = [line for line in r.stderr.splitlines() if "resuming at epoch" in line]
     assert resumed and "step 0" not in resumed[0]
@@ -92,7 +92,7 @@ def _teacher_cfg(parquet_file, tmp_path, *extra):
 
 def _crash_at(monkeypatch, call: int, make=lambda loss: loss * float("nan")):
     """Make the teacher objective misbehave at its `call`-th call (training step `call` with grad_accum 1)."""
-    real = teacher.ce_objective
+    real = objectives.ce
     calls = {"n": 0}
 
     def patched(num_classes, eps):
@@ -103,7 +103,7 @@ def _crash_at(monkeypatch, call: int, make=lambda loss: loss * float("nan")):
             loss = objective(logits, batch, mix, x)
             return make(loss) if calls["n"] == call else loss
         return wrapped
-    monkeypatch.setattr(teacher, "ce_objective", patched)
+    monkeypatch.setattr(objectives, "ce", patched)
 
 
 def _crash(loss):

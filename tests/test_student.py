@@ -1,13 +1,17 @@
 """The student stage: the KD objective, view replay, mixing of soft labels, online vs cached, and stage reuse."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import cache_overrides, random_teacher, run_cli
-from distill import artifacts, cache, config, data, losses, models, student, tricks
+from conftest import cache_overrides, config_from, dense_kl, run_here
+from distill import artifacts, config, data, losses, models, objectives, softlabels, transforms, tricks, views
 from distill.config import KDCfg, MixCfg
+from distill.stages import student
+
+MIXED = {"cache__topk": 99, "cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0, "cache__mix__prob": 0.8}
 
 
 def _soft(q):
@@ -20,11 +24,11 @@ def test_alpha_zero_is_ce_and_alpha_one_is_kd():
     batch = {"label": torch.tensor([0, 1, 2, 3, 4, 0])}
     q = torch.softmax(t / 3.0, 1)
     ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 5, 0.1))
-    kd = losses.kl_dense(logits, t, 3.0) * 9.0
+    kd = dense_kl(logits, t, 3.0) * 9.0
     never = lambda b, m: False  # noqa: E731
 
     def obj(alpha):
-        return student.kd_objective(KDCfg(alpha=alpha), 3.0, 5, 0.1, _soft(q), never)(logits, batch, None, None)
+        return objectives.kd(KDCfg(alpha=alpha, temperature=3.0), 5, 0.1, _soft(q), never)(logits, batch, None, None)
     assert obj(0.0).item() == pytest.approx(ce.item(), rel=1e-6)
     assert obj(1.0).item() == pytest.approx(kd.item(), rel=1e-5)
     assert obj(0.7).item() == pytest.approx(0.7 * kd.item() + 0.3 * ce.item(), rel=1e-5)
@@ -42,29 +46,26 @@ def test_focal_and_scale_balance():
         b.grad.item() == pytest.approx(0.1 / 0.5)
 
 
-@pytest.fixture
-def dense_cache(parquet_file, tmp_path):
-    teacher_file = random_teacher(tmp_path / "teacher.safetensors")
-    r = run_cli(*cache_overrides(parquet_file, tmp_path, teacher_file, cache__topk=99), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    cfg = config.validate({"data": {"source": "auto", "path": str(parquet_file), "val_size": 12, "image_size": 12,
-                                    "mean": [0.5] * 3, "std": [0.25] * 3, "flip": True, "padding": 2}})
+def _setting(shared, **cache):
+    cfg = config.validate({"data": {"source": "auto", "path": str(shared.data), "val_size": 12, "image_size": 12,
+                                    "mean": [0.5] * 3, "std": [0.25] * 3, "flip": True, "padding": 2},
+                           "cache": cache})
     bundle = data.load(cfg.data)
-    norm = {"per_image": False, "mean": [0.5] * 3, "std": [0.25] * 3}
-    (folder,) = list((tmp_path / "cache").iterdir())
-    items = cache.ViewItems(bundle, cfg.data, norm, 3, True, 0)
     teacher = models.create("resnet8", 3)
-    teacher.load_state_dict(artifacts.load_weights(tmp_path / "runs" / "tiny" / "teacher"))
-    return items, folder, teacher.eval()
+    teacher.load_state_dict(artifacts.load_weights(shared.teacher_dir))
+    return cfg, bundle, transforms.ToInput(cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3}), teacher.eval()
 
 
 def _batch(replay, idx):
     return torch.utils.data.default_collate([replay[i] for i in idx])
 
 
-def test_student_sample_replays_the_view_the_teacher_labelled(dense_cache):
-    items, folder, _ = dense_cache
-    replay = student.ReplayItems(items, folder, "cycle", seed=0)
+def test_student_sample_replays_the_view_the_teacher_labelled(shared):
+    from distill.stages import cache
+    folder = shared.cache(cache__topk=99)
+    cfg, bundle, to_input, _ = _setting(shared)
+    items = cache.ViewItems(bundle.images["train"], cfg.data, 3, True, 0)
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", seed=0)
     seen = set()
     for epoch in range(4):
         replay.set_epoch(epoch)
@@ -73,98 +74,175 @@ def test_student_sample_replays_the_view_the_teacher_labelled(dense_cache):
             v = student.view_for(i, epoch, 3, "cycle", 0)
             assert got["view_id"] == v
             seen.add(v)
-            at_cache_time = items.to_input(items[i]["images"])[v]
-            assert torch.equal(items.to_input(got["image"][None])[0], at_cache_time)
+            assert torch.equal(got["image"], items[i]["image"][v])  # the uint8 pixels the teacher labelled
     assert seen == {0, 1, 2}
 
 
-def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(dense_cache):
-    items, folder, _ = dense_cache
-    labels = cache.SoftLabels(folder)
-    batch = _batch(student.ReplayItems(items, folder, "cycle", 0), range(8))
+def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(shared):
+    folder = shared.cache(cache__topk=99)
+    cfg, bundle, _, _ = _setting(shared)
+    labels = softlabels.SoftLabels(folder)
+    batch = _batch(student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0), range(8))
     soft, use_topk = student._cached_target(labels, 4.0)
-    plain = soft(batch, None, None)
-    assert use_topk(batch, None) and len(plain) == 3  # unmixed: the exact sparse form
+    assert not use_topk(batch, None)  # a dense cache (stored at T = 1) serves T = 4 from the rebuilt logits
     mix = tricks.draw_mix(np.random.default_rng(1), MixCfg(mixup_alpha=1.0), 8, 12, 12)
     q = soft(batch, mix, None)
-    got = labels.gather(batch["index"].numpy(), batch["view_id"].numpy())
-    dense = torch.softmax(torch.zeros(8, 3).scatter_(1, got["classes"], got["logits"]) / 4.0, 1)
+    rows = labels.rows(batch["index"].numpy())
+    r, v = np.arange(8), batch["view_id"].numpy()
+    logits = torch.zeros(8, 3).scatter_(1, torch.from_numpy(rows["classes"][r, v].astype(np.int64)),
+                                        torch.from_numpy(rows["logits"][r, v].astype(np.float32)))
+    dense = torch.softmax(logits / 4.0, 1)
     assert torch.allclose(q.sum(1), torch.ones(8), atol=1e-6)
     assert torch.allclose(q, mix.lam * dense + (1 - mix.lam) * dense[mix.perm], atol=1e-6)
 
 
-def test_online_and_cached_give_the_same_loss_on_the_same_batch(dense_cache):
-    items, folder, teacher = dense_cache
-    labels = cache.SoftLabels(folder)
-    batch = _batch(student.ReplayItems(items, folder, "cycle", 0), range(12))
-    x = items.to_input(batch["image"])
+@pytest.mark.parametrize("topk", [99, 2])
+def test_online_and_cached_give_the_same_loss_on_the_same_batch(shared, topk):
+    folder = shared.cache(cache__topk=topk)
+    cfg, bundle, to_input, teacher = _setting(shared)
+    labels = softlabels.SoftLabels(folder)
+    batch = _batch(student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0), range(12))
+    x = to_input(batch)
     torch.manual_seed(0)
     logits = models.create("resnet8", 3)(x)
     from accelerate import Accelerator
-    kd = KDCfg(alpha=0.9)
-    cached = student.kd_objective(kd, 4.0, 3, 0.0, *student._cached_target(labels, 4.0))
-    online = student.kd_objective(kd, 4.0, 3, 0.0, *student._online_target(teacher, 4.0, Accelerator(cpu=True)))
+    kd = KDCfg(alpha=0.9, temperature=4.0)
+    cached = objectives.kd(kd, 3, 0.0, *student._cached_target(labels, 4.0))
+    online = objectives.kd(kd, 3, 0.0, *student._online_target(teacher, 4.0, Accelerator(cpu=True)))
     a, b = cached(logits, batch, None, x), online(logits, batch, None, x)
-    assert a.item() == pytest.approx(b.item(), rel=2e-3)  # fp16 storage of the logits is the only difference
+    # fp16 storage of the logits is the only difference; with top-2 of 3 classes the residual mass is the third
+    # class's, so the sparse form is exact too
+    assert a.item() == pytest.approx(b.item(), rel=2e-3)
 
 
-def test_rerun_skips_finished_stages_and_a_student_change_reruns_only_the_student(parquet_file, tmp_path):
-    teacher_file = random_teacher(tmp_path / "teacher.safetensors")
-    args = cache_overrides(parquet_file, tmp_path, teacher_file) + [
-        "stage=all", "student.epochs=1", "student.batch_size=16", "student.baseline=true"]
-    first = run_cli(*args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
-    assert set(summary["models"]) == {"teacher", "student", "baseline"} and "kd_gain_top1" in summary
-    assert (tmp_path / "runs" / "tiny" / "curves.png").stat().st_size > 10000
-    assert "KD gain over the CE baseline" in first.stderr
-    again = run_cli(*args, cwd=tmp_path)
-    for stage in ("teacher", "cache", "student", "baseline"):
-        assert f"{stage}: reusing" in again.stderr, stage
-    changed = run_cli(*args, "student.optim.lr=0.05", cwd=tmp_path)
-    assert changed.returncode == 0, changed.stderr
-    assert "teacher: reusing" in changed.stderr and "cache: reusing" in changed.stderr
-    assert "student: reusing" not in changed.stderr and "student: 1 epochs" in changed.stderr
-    assert "baseline: reusing" not in changed.stderr  # same recipe and budget as the student: retrained too
+def test_a_student_step_on_mixed_cached_views_equals_the_step_by_hand(shared):
+    """ReplayItems' partner branch, the mixed hard labels and the blended input, through the stage's own pieces,
+    against the formula computed here from the cache's records."""
+    folder = shared.cache(**MIXED)
+    cfg, bundle, to_input, _ = _setting(shared, mix={"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8})
+    images, labels = bundle.images["train"], softlabels.SoftLabels(folder)
+    replay = student.ReplayItems(images, cfg.data, folder, "cycle", seed=0)
+    replay.set_epoch(1)
+    idx = list(range(16))
+    batch = data.collate([replay[i] for i in idx])
+    kd = KDCfg(alpha=0.7, temperature=4.0)
+    objective = objectives.kd(kd, 3, 0.1, *student._cached_target(labels, kd.temperature))
+    torch.manual_seed(0)
+    net = models.create("resnet8", 3)
+    loss = objective(net(to_input(batch)), batch, None, None)
+    loss.backward()
+    got = [p.grad.clone() for p in net.parameters()]
+
+    rows = labels.rows(idx)
+    xs, hard, soft, mixed = [], [], [], 0
+    for r, i in enumerate(idx):
+        v = (i + 1) % 3  # cycle schedule, epoch 1
+        rec = rows[r]
+        x = (views.apply(images.image(i), rec["view"][v], cfg.data).float() / 255 - 0.5) / 0.25
+        y = torch.full((3,), 0.1 / 3)
+        y[images.labels[i]] += 0.9
+        p = int(rec["partner"][v])
+        if p >= 0:
+            mixed += 1
+            xp = (views.apply(images.image(p), rec["partner_view"][v], cfg.data).float() / 255 - 0.5) / 0.25
+            lam, (top, left, h, w) = float(rec["lam"][v]), rec["box"][v].tolist()
+            if h * w:
+                x = x.clone()
+                x[:, top:top + h, left:left + w] = xp[:, top:top + h, left:left + w]
+            else:
+                x = lam * x + (1 - lam) * xp
+            yp = torch.full((3,), 0.1 / 3)
+            yp[images.labels[p]] += 0.9
+            y = lam * y + (1 - lam) * yp
+        xs.append(x)
+        hard.append(y)
+        t = torch.zeros(3).scatter_(0, torch.from_numpy(rec["classes"][v].astype(np.int64)),
+                                    torch.from_numpy(rec["logits"][v].astype(np.float32)))
+        soft.append(t)
+    assert 0 < mixed < len(idx)  # both branches are exercised
+    torch.manual_seed(0)
+    net2 = models.create("resnet8", 3)
+    out = net2(torch.stack(xs))
+    log_p = torch.log_softmax(out, 1)
+    ce = -(torch.stack(hard) * log_p).sum(1).mean()
+    q = torch.softmax(torch.stack(soft) / 4.0, 1)
+    kl = (q * (q.log() - torch.log_softmax(out / 4.0, 1))).sum(1).mean()
+    want = 0.7 * kl * 16 + 0.3 * ce
+    want.backward()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert all(torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6) for g, p in zip(got, net2.parameters()))
 
 
-def test_online_mode_needs_no_cache(parquet_file, tmp_path):
-    teacher_file = random_teacher(tmp_path / "teacher.safetensors")
-    args = cache_overrides(parquet_file, tmp_path, teacher_file) + [
-        "stage=student", "student.epochs=1", "student.batch_size=16", "kd.teacher=online"]
-    r = run_cli(*args, cwd=tmp_path)
+def test_a_student_trains_from_a_mixed_view_cache(shared, tmp_path):
+    shared.copy_cache(tmp_path, **MIXED)  # its settings, under this test's cache root: reused, not relabelled
+    r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file, **MIXED), "stage=student",
+                 "student.epochs=1", "student.batch_size=16")
     assert r.returncode == 0, r.stderr
-    assert "cache: skipped" in r.stderr and not (tmp_path / "cache").exists()
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["cache"]["reused"] and summary["models"]["student"]["epochs"] == 1
+
+
+def _meta(run, stage):
+    return (run / stage / "meta.json").read_bytes()
+
+
+def test_rerun_skips_finished_stages_and_a_student_change_reruns_only_the_student(shared, tmp_path):
+    shared.copy_cache(tmp_path)
+    args = cache_overrides(shared.data, tmp_path, shared.teacher_file) + [
+        "stage=all", "student.epochs=1", "student.batch_size=16", "student.baseline=true"]
+    first = run_here(*args)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["models"]) == {"teacher", "student", "baseline"} and "kd_gain_top1" in summary
+    assert (run / "curves.png").stat().st_size > 10000
+    before = {stage: _meta(run, stage) for stage in ("teacher", "student", "baseline")}
+    again = run_here(*args)
+    assert again.returncode == 0, again.stderr
+    assert {stage: _meta(run, stage) for stage in before} == before  # nothing retrained
+    assert json.loads((run / "cache.json").read_text())["reused"]
+    changed = run_here(*args, "student.optim.lr=0.05")
+    assert changed.returncode == 0, changed.stderr
+    assert _meta(run, "teacher") == before["teacher"] and json.loads((run / "cache.json").read_text())["reused"]
+    assert _meta(run, "student") != before["student"]
+    assert _meta(run, "baseline") != before["baseline"]  # same recipe and budget as the student: retrained too
+
+
+def test_online_mode_needs_no_cache(shared, tmp_path):
+    args = cache_overrides(shared.data, tmp_path, shared.teacher_file) + [
+        "stage=student", "student.epochs=1", "student.batch_size=16", "kd.teacher=online"]
+    r = run_here(*args)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs" / "tiny" / "cache.json").exists()
     assert json.loads((tmp_path / "runs" / "tiny" / "student" / "meta.json").read_text())["metrics"]["epoch"] == 1
 
 
-def test_another_temperature_needs_all_logits(parquet_file, tmp_path):
-    teacher_file = random_teacher(tmp_path / "teacher.safetensors")
-    args = cache_overrides(parquet_file, tmp_path, teacher_file, cache__topk=2) + [
-        "stage=student", "student.epochs=1", "student.batch_size=16", "kd.temperature=2"]
-    r = run_cli(*args, cwd=tmp_path)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("error: kd.temperature: 2.0 differs from cache.temperature=4.0")
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs" / "tiny" / "teacher").exists()  # before work
+def test_a_top_k_cache_holds_one_temperature_and_another_gets_its_own_cache(shared, tmp_path):
+    four = shared.copy_cache(tmp_path, cache__topk=2)  # soft labels at T = 4 (the default kd.temperature)
+    args = cache_overrides(shared.data, tmp_path, shared.teacher_file, cache__topk=2) + [
+        "student.epochs=1", "student.batch_size=16", "kd.temperature=2"]
+    r = run_here(*args, "stage=student")  # runs the stages before it: the cache stage labels a T = 2 cache
+    assert r.returncode == 0, r.stderr
+    two = Path(json.loads((tmp_path / "runs" / "tiny" / "cache.json").read_text())["folder"])
+    assert two != four and softlabels.SoftLabels(two).temperature == 2.0
 
 
 def test_replay_warning_past_the_views_rule_only():
-    rule, v = cache.MAX_USES_PER_VIEW, 4
+    rule, v = softlabels.MAX_USES_PER_VIEW, 4
     at = int(rule * v)  # each view replayed exactly `rule` times: within the rule
-    assert cache.replay_warning(at, v, 1000) is None
-    warning = cache.replay_warning(at + 1, v, 1000)
-    need = cache.views_for(at + 1)
+    assert softlabels.replay_warning(at, v, 1000) is None
+    warning = softlabels.replay_warning(at + 1, v, 1000)
+    need = softlabels.views_for(at + 1)
     assert need > v and (at + 1) / need <= rule < (at + 1) / (need - 1)  # the fewest views that meet the rule
     assert f"cache.views={need}" in warning and f"{(need - v) * 1000:,} teacher forwards" in warning
 
 
 @pytest.mark.parametrize("past", [False, True])
-def test_student_run_warns_when_views_are_replayed_past_the_rule(parquet_file, tmp_path, capfd, past):
-    from conftest import config_from
+def test_student_run_warns_when_views_are_replayed_past_the_rule(shared, tmp_path, capfd, past):
     from distill import run
-    teacher_file = random_teacher(tmp_path / "teacher.safetensors")
-    epochs = int(cache.MAX_USES_PER_VIEW * 2) + past  # over a 2-view cache
-    cfg = config_from(cache_overrides(parquet_file, tmp_path, teacher_file, cache__views=2) + [
+    shared.copy_cache(tmp_path, cache__views=2)
+    epochs = int(softlabels.MAX_USES_PER_VIEW * 2) + past  # over a 2-view cache
+    cfg = config_from(cache_overrides(shared.data, tmp_path, shared.teacher_file, cache__views=2) + [
         "stage=student", f"student.epochs={epochs}", "student.batch_size=16"])
     run.execute(cfg)  # logs to stderr, as on the command line
     assert capfd.readouterr().err.count("cached views replay each view") == past

@@ -5,13 +5,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli, tiny_overrides
+from conftest import run_cli, run_here, tiny_overrides
 from distill import artifacts
 
 
 def test_teacher_trains_saves_and_is_reused(parquet_file, tmp_path):
     args = tiny_overrides(parquet_file, tmp_path / "runs") + ["stage=teacher"]
-    r = run_cli(*args, cwd=tmp_path)
+    r = run_here(*args)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "runs" / "tiny" / "teacher"
     meta = json.loads((out / "meta.json").read_text())
@@ -21,16 +21,17 @@ def test_teacher_trains_saves_and_is_reused(parquet_file, tmp_path):
     assert [x["epoch"] for x in lines] == [1, 2] and lines[-1]["step"] == 2 * (48 // 16)
     assert f"teacher: val top-1 {meta['metrics']['top1']:.2f}%" in r.stderr + r.stdout
     assert not (out / "checkpoints").exists()
+    meta_bytes = (out / "meta.json").read_bytes()
     assert (tmp_path / "runs" / "tiny" / "config.yaml").exists()
     weights = artifacts.load_weights(out)
 
     again = run_cli(*args, cwd=tmp_path, module=True)  # python -m distill.run: same run folder, nothing to do
     assert again.returncode == 0, again.stderr
-    assert "teacher: reusing" in again.stderr + again.stdout
+    assert "teacher: reusing" in again.stderr + again.stdout and (out / "meta.json").read_bytes() == meta_bytes
     assert all(torch.equal(v, artifacts.load_weights(out)[k]) for k, v in weights.items())
 
-    changed = run_cli(*args, "teacher.label_smoothing=0.1", cwd=tmp_path)  # a teacher setting changed: retrain
-    assert changed.returncode == 0 and "reusing" not in changed.stderr + changed.stdout
+    changed = run_here(*args, "teacher.label_smoothing=0.1")  # a teacher setting changed: retrain
+    assert changed.returncode == 0 and (out / "meta.json").read_bytes() != meta_bytes
 
 
 def test_loaded_teacher_is_finetuned_through_the_recipe(parquet_file, tmp_path):
@@ -38,14 +39,14 @@ def test_loaded_teacher_is_finetuned_through_the_recipe(parquet_file, tmp_path):
     save_file(timm.create_model("resnet8", num_classes=5).state_dict(), str(ckpt))
     args = tiny_overrides(parquet_file, tmp_path / "runs") + [
         "stage=teacher", "teacher.source=timm", f"teacher.checkpoint={ckpt}", "teacher.finetune.epochs=1"]
-    r = run_cli(*args, cwd=tmp_path)
+    r = run_here(*args)
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "runs" / "tiny" / "teacher" / "meta.json").read_text())
     assert meta["num_classes"] == 3 and meta["metrics"]["epoch"] == 1
 
 
 def test_bad_data_stops_with_one_line(parquet_file, tmp_path):
-    r = run_cli(*tiny_overrides(parquet_file, tmp_path / "runs"), "data.label_column=target", cwd=tmp_path)
+    r = run_here(*tiny_overrides(parquet_file, tmp_path / "runs"), "data.label_column=target")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == \
         "error: data.label_column: no column 'target' in split 'train'; columns: image, label"

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, engine, models, report, student, tricks  # noqa: E402
+from distill import artifacts, config, data, engine, models, report, softlabels, transforms, tricks  # noqa: E402
+from distill.stages import cache, student  # noqa: E402
 
 IMAGENET = 1_281_167
 
@@ -74,17 +75,17 @@ def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
     net = models.create(s.model, bundle.num_classes)
     models.init_weights(net, s.init, s.zero_gamma)
     net = net.to(acc.device, memory_format=torch.channels_last)
-    task = LogitDistillationTask(net, teacher_net, task_loss_weight=1 - cfg.kd.alpha, temperature=cfg.cache.temperature,
+    task = LogitDistillationTask(net, teacher_net, task_loss_weight=1 - cfg.kd.alpha, temperature=cfg.kd.temperature,
                                  device=acc.device, verbose=False).train()
     optimizer = tricks.build_optimizer(net, s.optim, tricks.scaled_lr(s.optim.lr, s.batch_size))
     loader, _ = data.loaders(bundle, cfg.data, s.batch_size, 0)
-    inputs = data.normalizer(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm)
     for epoch in range(s.epochs):  # timed like the student stage: the last epoch only
         _sync()
         seen, start = 0, time.perf_counter()
         loader.dataset.set_epoch(epoch)
         for batch in loader:
-            x = inputs({"image": batch["image"].to(acc.device)}).contiguous(memory_format=torch.channels_last)
+            x = to_input({"image": batch["image"].to(acc.device)}).contiguous(memory_format=torch.channels_last)
             with acc.autocast():
                 loss = task(x, batch["label"].to(acc.device))["loss"]
             optimizer.zero_grad(set_to_none=True)
@@ -98,14 +99,13 @@ def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
 def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     """The cached-KD training loader alone (replayed views with their soft labels), to normalised tensors on the
     training device, as the student stage feeds them (pinned memory on a GPU, normalised there)."""
-    labels = cache.SoftLabels(folder)
-    items = cache.ViewItems(bundle, cfg.data, norm, labels.views, cfg.cache.eval_view, cfg.seed)
-    replay = student.ReplayItems(items, folder, cfg.kd.views, 0)
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, cfg.kd.views, 0)
+    to_input = transforms.ToInput(cfg.data, norm)
     loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
                                          num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
     seen, start = 0, time.perf_counter()
     for batch in loader:
-        items.to_input(batch["image"].to(device, non_blocking=True))
+        to_input({"image": batch["image"].to(device, non_blocking=True)})
         for key in ("kd_logits", "kd_classes", "kd_lse"):
             batch[key].to(device, non_blocking=True)
         seen += batch["image"].shape[0]
@@ -134,7 +134,7 @@ def _synthetic_images(path: Path, n: int, size: int) -> Path:
 
 def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, classes: int = 1000) -> Path:
     """A cache of ImageNet's shape with random records, written shard by shard (never whole in memory)."""
-    dtype = cache.record_dtype(views, k, classes)
+    dtype = softlabels.record_dtype(views, k, classes)
     shard_size, shards, rng = 100_000, [], np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     for s, lo in enumerate(range(0, images, shard_size)):
@@ -146,7 +146,7 @@ def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, cla
         del arr
         shards.append({"file": f"shard-{s:05d}.npy", "start": lo, "rows": rows, "sha256": ""})
     artifacts.write_json(folder / "manifest.json", {
-        "format_version": cache.FORMAT_VERSION, "fingerprint": "synthetic", "num_images": images,
+        "format_version": softlabels.FORMAT_VERSION, "fingerprint": "synthetic", "num_images": images,
         "num_classes": classes, "views": views, "topk": k, "dense": False, "temperature": 4.0,
         "shard_size": shard_size, "shards": shards})
     return folder
@@ -155,14 +155,14 @@ def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, cla
 CHILD = """
 import sys, time, numpy as np, torch
 sys.path.insert(0, {root!r})
-from distill import cache, models
+from distill import models, softlabels
 def hwm():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM'):
             return int(line.split()[1]) * 1024
 net = models.create('resnet20', 1000)
 opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-labels = cache.SoftLabels({folder!r}) if {folder!r} else None
+labels = softlabels.SoftLabels({folder!r}) if {folder!r} else None
 rng = np.random.default_rng(0)
 order = rng.permutation(len(labels) if labels else {images})
 batches = len(order) // {batch}
@@ -246,7 +246,7 @@ def main() -> None:
     # (e) raw teacher inference over the loader, then the cache stage (into a fresh root each round), per round
     eval_ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
     loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, args.workers, 0)
-    inputs = data.normalizer(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm)
     labelling = []
     for r in range(args.rounds):
         for _ in range(args.epochs):  # like training, the last pass is timed
@@ -254,7 +254,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.inference_mode(), acc.autocast():
                 for batch in loader:
-                    x = inputs({"image": batch["image"].to(acc.device, non_blocking=True)})
+                    x = to_input({"image": batch["image"].to(acc.device, non_blocking=True)})
                     teacher_folded(x.contiguous(memory_format=torch.channels_last))
             _sync()
         raw_rate = n / (time.perf_counter() - start)
@@ -336,7 +336,7 @@ def main() -> None:
         "cache_generation_vs_inference_per_forward": round(median(lambda r: r["views"] / r["raw"], labelling), 3),
         "cache_generation_vs_inference_rounds": [round(r["views"] / r["raw"], 3) for r in labelling],
         "synthetic_cache_images": args.memory_images,
-        "synthetic_cache_gb": round(cache.SoftLabels(big).nbytes() / 1e9, 3),
+        "synthetic_cache_gb": round(softlabels.SoftLabels(big).nbytes() / 1e9, 3),
         "peak_rss_ce_only_gb": round(rss_plain / 1e9, 3), "peak_rss_with_cache_gb": round(rss_cached / 1e9, 3),
         "peak_rss_growth_gb": round((rss_cached - rss_plain) / 1e9, 3),
     }

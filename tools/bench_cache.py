@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, engine, models, report  # noqa: E402
+from distill import artifacts, config, data, engine, models, report, softlabels, transforms  # noqa: E402
+from distill.stages import cache  # noqa: E402
 
 
 def main() -> None:
@@ -53,12 +54,12 @@ def main() -> None:
     # (1) raw teacher inference over the loader
     ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
     loader = data.make_loader(ds, args.batch, False, args.workers, 0)
-    inputs = data.normalizer(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm)
     model = teacher.to(acc.device, memory_format=torch.channels_last).eval()
     start = time.perf_counter()
     with torch.inference_mode(), acc.autocast():
         for batch in loader:
-            x = inputs({"image": batch["image"].to(acc.device, non_blocking=True)})
+            x = to_input({"image": batch["image"].to(acc.device, non_blocking=True)})
             model(x.contiguous(memory_format=torch.channels_last))
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -71,16 +72,17 @@ def main() -> None:
     gen_images, gen_views = n / gen_s, n * args.views / gen_s
 
     # (3) bytes per view, ImageNet-sized classes
-    per_view = cache.record_dtype(1, 10, 1000).itemsize
+    per_view = softlabels.record_dtype(1, 10, 1000).itemsize
 
     # (4) one batch of soft labels vs one student step
-    labels = cache.SoftLabels(Path(cfg.cache.root) / manifest["fingerprint"])
+    labels = softlabels.SoftLabels(Path(cfg.cache.root) / manifest["fingerprint"])
     rng = np.random.default_rng(0)
     reps = 200
     start = time.perf_counter()
     for _ in range(reps):
-        idx = rng.integers(0, n, args.student_batch)
-        labels.gather(idx, rng.integers(0, args.views, args.student_batch))
+        rows = labels.rows(rng.integers(0, n, args.student_batch))  # one batch's records, then its views' labels
+        v = rng.integers(0, args.views, args.student_batch)
+        torch.from_numpy(rows["logits"][np.arange(len(rows)), v].astype(np.float32))
     read_s = (time.perf_counter() - start) / reps
     student = models.create(args.student, bundle.num_classes).to(acc.device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, cache, config, data, engine, models, report, student  # noqa: E402
+from distill import artifacts, config, data, engine, models, report  # noqa: E402
+from distill.stages import cache, student  # noqa: E402
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import cache  # noqa: E402
+from distill import softlabels  # noqa: E402
 from distill.errors import UserError  # noqa: E402
 
 
-def summarise(labels: cache.SoftLabels) -> dict:
+def summarise(labels: softlabels.SoftLabels) -> dict:
     """Teacher accuracy, mean entropy and mean top-k mass (at the cache's T) over every cached view."""
     m, t, c, k = labels.manifest, labels.temperature, labels.num_classes, labels.topk
     correct = entropy = mass = 0.0
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true", help="re-check every shard's sha256")
     args = parser.parse_args()
     try:
-        labels = cache.SoftLabels(args.path, verify=args.verify)
+        labels = softlabels.SoftLabels(args.path, verify=args.verify)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -22,8 +22,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 
-from distill import artifacts, cache, data, engine, losses, models, preflight, teacher, tricks, views
-from distill.config import Config, KDCfg
+from distill import artifacts, data, engine, fingerprints, layout, losses, models, objectives, softlabels, \
+    transforms, tricks, views
+from distill.config import Config, DataCfg
 from distill.errors import ConfigError, DataError
 
 log = logging.getLogger("distill")
@@ -37,18 +38,20 @@ def view_for(index: int, epoch: int, num_views: int, schedule: str, seed: int) -
 
 
 class ReplayItems(Dataset):
-    """Item i at the current epoch: its cached view re-applied (uint8; normalised per batch on the device by
-    `ViewItems.to_input`), with the view id and that view's soft label (top-k logits, classes, logsumexp at T),
-    read from the memory-mapped record the view comes from."""
+    """Item i at the current epoch: its cached view re-applied (uint8; the batch becomes the network input on the
+    device, transforms.ToInput), with the view id and that view's soft label (top-k logits, classes, logsumexp at
+    T), read from the memory-mapped record the view comes from. A mixed view brings its partner's view, label,
+    lambda and box."""
 
-    def __init__(self, items: cache.ViewItems, folder: Path, schedule: str, seed: int):
-        self.items, self.folder, self.schedule, self.seed = items, folder, schedule, seed
+    def __init__(self, images: data.Images, cfg: DataCfg, folder: Path, schedule: str, seed: int):
+        self.images, self.cfg, self.folder, self.schedule, self.seed = images, cfg, folder, schedule, seed
+        self.skip_bad = cfg.on_bad_image == "skip"
         self.epoch, self._labels = 0, None
 
     @property
-    def labels(self) -> cache.SoftLabels:  # opened lazily: each DataLoader worker maps the shards itself
+    def labels(self) -> softlabels.SoftLabels:  # opened lazily: each DataLoader worker maps the shards itself
         if self._labels is None:
-            self._labels = cache.SoftLabels(self.folder)
+            self._labels = softlabels.SoftLabels(self.folder)
         return self._labels
 
     def __getstate__(self):
@@ -58,56 +61,28 @@ class ReplayItems(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> dict | None:
         if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it
             return None
         v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
         rec = self.labels.row(i)
-        img, label = self.items.image(i, with_label=True)
+        img, label = self.images.fetch(i, self.skip_bad), int(self.images.labels[i])
         # that view's soft label travels with the batch: no per-step gather or host round trip in training
-        out = {"image": views.apply(img, rec["view"][v], self.items.cfg), "label": label, "index": i, "view_id": v,
+        out = {"image": views.apply(img, rec["view"][v], self.cfg), "label": label, "index": i, "view_id": v,
                **self.labels.view_label(rec, v)}
         if "partner" in rec.dtype.names:  # a mixed view: replay the partner too, and mix the hard labels alike
             p = int(rec["partner"][v])
-            partner, plabel = self.items.image(p, with_label=True) if p >= 0 else (None, label)
-            out |= {"partner_image": views.apply(partner, rec["partner_view"][v], self.items.cfg)
+            partner = self.images.fetch(p, self.skip_bad) if p >= 0 else None
+            out |= {"partner_image": views.apply(partner, rec["partner_view"][v], self.cfg)
                     if partner is not None else torch.zeros_like(out["image"]),
-                    "partner_label": plabel, "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
+                    "partner_label": int(self.images.labels[p]) if partner is not None else label,
+                    "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
         return out
 
 
-def hard_targets(batch: dict, num_classes: int, label_smoothing: float, mix) -> torch.Tensor:
-    """Smoothed one-hot labels, mixed like the images (the engine's mix, or a cached mixed view's lambda)."""
-    target = tricks.smooth_one_hot(batch["label"], num_classes, label_smoothing)
-    if "partner_label" in batch:
-        other = tricks.smooth_one_hot(batch["partner_label"], num_classes, label_smoothing)
-        lam = batch["lam"].float()[:, None]
-        target = lam * target + (1 - lam) * other
-    return tricks.mix_targets(target, mix)
-
-
-def kd_objective(kd: KDCfg, temperature: float, num_classes: int, label_smoothing: float, soft_target,
-                 use_topk) -> engine.Objective:
-    """soft_target(batch, mix, x) -> either the teacher's probabilities at T, or (topk values, classes, lse) when
-    `use_topk(batch, mix)` says the exact sparse form applies (no mixing to fold in)."""
-    alpha_c = torch.tensor(kd.focal_alpha) if kd.focal_alpha else None
-
-    def objective(logits, batch, mix, x):
-        target = hard_targets(batch, num_classes, label_smoothing, mix)
-        ce = losses.focal(logits, target, kd.focal_gamma, alpha_c) if kd.ce == "focal" else \
-            losses.soft_cross_entropy(logits, target)
-        if kd.alpha == 0.0:
-            return ce
-        soft = soft_target(batch, mix, x)
-        kl = losses.kl_topk(logits, *soft, temperature) if use_topk(batch, mix) else \
-            losses.kl_probs(logits, soft, temperature)
-        return losses.combine(kl * temperature ** 2, ce, kd.alpha, kd.balance)
-    return objective
-
-
-def _cached_target(labels: cache.SoftLabels, temperature: float):
+def _cached_target(labels: softlabels.SoftLabels, temperature: float):
     """The soft labels of each sample's replayed view, read from the cache by `ReplayItems` with the images."""
 
     def use_topk(batch, mix):
@@ -134,28 +109,20 @@ def _online_target(model: torch.nn.Module, temperature: float, acc: Accelerator)
     return soft_target, lambda batch, mix: False
 
 
-def fingerprint(cfg: Config, bundle: data.DataBundle, norm: dict, source: str, baseline: bool) -> str:
-    kd = None if baseline else dataclasses.asdict(cfg.kd)
-    return artifacts.fingerprint({"student": dataclasses.asdict(cfg.student) | {"baseline": None}, "kd": kd,
-                                  "source": None if baseline else source, "data": bundle.identity,
-                                  "data_cfg": data.settings_identity(cfg.data), "norm": norm,
-                                  "seed": seed_of(cfg), "precision": cfg.precision})
-
-
 def seed_of(cfg: Config) -> int:
     return cfg.student.seed if cfg.student.seed is not None else cfg.seed
 
 
 def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, out: Path, name: str, fp: str,
-           objective, train_loader, inputs=None) -> dict:
+           objective, train_loader) -> dict:
     s, seed = cfg.student, seed_of(cfg)
     start = time.perf_counter()
     set_seed(seed)
     model = models.create(s.model, bundle.num_classes, s.drop_rate)
     models.init_weights(model, s.init, s.zero_gamma)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
-    plain = data.normalizer(cfg.data, norm)
-    job = engine.Fit(s, s.epochs, s.optim.lr, out, name, seed, inputs or plain, plain, **engine.guards(cfg, fp))
+    job = engine.Fit(cfg=s, epochs=s.epochs, lr_per_256=s.optim.lr, out_dir=out, name=name, seed=seed,
+                     to_input=transforms.ToInput(cfg.data, norm), **engine.guards(cfg, fp))
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names,
@@ -168,57 +135,46 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     s, kd, seed = cfg.student, cfg.kd, seed_of(cfg)
     if kd.focal_alpha is not None and len(kd.focal_alpha) != bundle.num_classes:
         raise ConfigError(f"kd.focal_alpha: {len(kd.focal_alpha)} weights for {bundle.num_classes} classes")
-    tdir = teacher.folder(cfg, run_dir)
+    tdir = layout.teacher_dir(cfg, run_dir)
     if kd.teacher == "cached":
-        folder = cache.folder_for(cfg, bundle, norm, run_dir, acc.mixed_precision)
-        labels = cache.SoftLabels(folder)
-        preflight.check_temperature(kd.temperature, labels.temperature, labels.topk, labels.num_classes)
-        temperature = kd.temperature or labels.temperature
+        folder = layout.cache_dir(cfg, layout.cache_identity(cfg, bundle, norm, run_dir, acc.mixed_precision))
+        labels = softlabels.SoftLabels(folder)
         source = labels.manifest["fingerprint"]
     else:
         tmeta = artifacts.read_json(tdir / "meta.json")
         if tmeta is None:
             raise DataError(f"student: no teacher in {tdir}; run stage=teacher first")
-        temperature = kd.temperature or cfg.cache.temperature
         source = artifacts.sha256(tdir / "model.safetensors")
-    out = run_dir / "student"
-    fp = fingerprint(cfg, bundle, norm, source, baseline=False)
+    out = layout.student_dir(run_dir)
+    fp = fingerprints.student(cfg, bundle.identity, norm, source, baseline=False)
     meta = artifacts.reusable(out, fp, "student")
     if meta is None:
         if kd.teacher == "cached":
-            warning = cache.replay_warning(s.epochs, labels.views, len(labels))
+            warning = softlabels.replay_warning(s.epochs, labels.views, len(labels))
             if warning:
                 log.warning(warning)
-            items = cache.ViewItems(bundle, cfg.data, norm, labels.views, cfg.cache.eval_view, cfg.seed)
-            replay = ReplayItems(items, folder, kd.views, seed)
+            replay = ReplayItems(bundle.images["train"], cfg.data, folder, kd.views, seed)
             train_loader = DataLoader(replay, batch_size=s.batch_size, shuffle=True, drop_last=True,
                                       num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
                                       collate_fn=data.collate,
                                       generator=torch.Generator().manual_seed(seed))  # fresh workers each epoch
-
-            def inputs(batch):
-                if "partner_image" in batch:
-                    return items.to_input(batch["image"], batch["partner_image"], batch["lam"].cpu().numpy(),
-                                          batch["box"].cpu().numpy())
-                return items.to_input(batch["image"])
-            soft_target, use_topk = _cached_target(labels, temperature)
+            soft_target, use_topk = _cached_target(labels, kd.temperature)
         else:
             tmodel = models.create(tmeta["model"], bundle.num_classes)
             tmodel.load_state_dict(artifacts.load_weights(tdir))
             tmodel = models.frozen(tmodel, acc.device)
             train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
-            inputs = None
-            soft_target, use_topk = _online_target(tmodel, temperature, acc)
-        objective = kd_objective(kd, temperature, bundle.num_classes, s.label_smoothing, soft_target, use_topk)
-        meta = _train(cfg, acc, bundle, norm, out, "student", fp, objective, train_loader, inputs)
+            soft_target, use_topk = _online_target(tmodel, kd.temperature, acc)
+        objective = objectives.kd(kd, bundle.num_classes, s.label_smoothing, soft_target, use_topk)
+        meta = _train(cfg, acc, bundle, norm, out, "student", fp, objective, train_loader)
     results = {"student": meta}
     if s.baseline:
-        out_b = run_dir / "baseline"
-        fp_b = fingerprint(cfg, bundle, norm, "", baseline=True)
+        out_b = layout.student_dir(run_dir, baseline=True)
+        fp_b = fingerprints.student(cfg, bundle.identity, norm, "", baseline=True)
         meta_b = artifacts.reusable(out_b, fp_b, "baseline")
         if meta_b is None:
             train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
             meta_b = _train(cfg, acc, bundle, norm, out_b, "baseline", fp_b,
-                            teacher.ce_objective(bundle.num_classes, s.label_smoothing), train_loader)
+                            objectives.ce(bundle.num_classes, s.label_smoothing), train_loader)
         results["baseline"] = meta_b
     return results

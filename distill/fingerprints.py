@@ -1,0 +1,71 @@
+"""The fingerprint of each output (teacher, cache, student, baseline), built from the schema's `changes` tags.
+
+Every schema field names the outputs it changes (config.py); an output's fingerprint holds exactly the settings
+that name it, plus what is not a setting (the data's identity, the normalization, the teacher's weights). A new
+setting therefore enters every fingerprint it should the moment it is declared; tests/test_config.py fails when
+a field has no tag.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from distill import artifacts, config, softlabels
+from distill.config import Config
+
+
+def tags(cls: type = Config, prefix: str = "", owner: tuple = ()) -> dict[str, tuple | None]:
+    """Every settable key -> the outputs it changes (None: the field has no tag). A section's fields tagged
+    OWNER change what the section changes (the trick set under `teacher` changes the teacher)."""
+    out: dict[str, tuple | None] = {}
+    for f in dataclasses.fields(cls):
+        changes = f.metadata.get("changes")
+        resolved = owner if changes == config.OWNER else (tuple(changes) if changes is not None else None)
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            out.update(tags(sub, prefix + f.name + ".", resolved or ()))
+        else:
+            out[prefix + f.name] = resolved
+    return out
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def settings(cfg: Config, output: str) -> dict[str, Any]:
+    """The settings that change `output`, by dotted key."""
+    return {key: _get(cfg, key) for key, outputs in tags().items() if outputs and output in outputs}
+
+
+def teacher(cfg: Config, identity: dict, norm: dict) -> str:
+    s = settings(cfg, "teacher")
+    if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
+        s["teacher.checkpoint"] = artifacts.sha256(Path(cfg.teacher.checkpoint))
+    return artifacts.fingerprint({"settings": s, "data": identity, "norm": norm})
+
+
+def label_temperature(cfg: Config, num_classes: int) -> float:
+    """The T at which the cache stores each view's logsumexp: the KD temperature when it keeps only the top k
+    (then the student's T must be this one), 1 when it keeps every logit (then the student may use any T)."""
+    return 1.0 if cfg.cache.topk >= num_classes else cfg.kd.temperature
+
+
+def cache_identity(cfg: Config, identity: dict, norm: dict, num_classes: int, teacher_sha256: str,
+                   precision: str) -> dict:
+    """Everything the cached bytes depend on (its hash names the cache folder). Settings are normalised to what
+    the bytes use, so that caches that would be byte-identical share one folder."""
+    s = settings(cfg, "cache") | {"cache.topk": min(cfg.cache.topk, num_classes),
+                                  "kd.temperature": label_temperature(cfg, num_classes)}
+    return {"format_version": softlabels.FORMAT_VERSION, "teacher_sha256": teacher_sha256, "data": identity,
+            "normalization": norm, "precision": precision, **s}
+
+
+def student(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> str:
+    """`source`: the cache's fingerprint or the teacher's weights (KD student); empty for the CE baseline."""
+    return artifacts.fingerprint({"settings": settings(cfg, "baseline" if baseline else "student"),
+                                  "data": identity, "norm": norm, "source": source})

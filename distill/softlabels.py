@@ -1,0 +1,244 @@
+"""The soft-label cache's format: the record, the shard files, the manifest, and the memory-mapped reader.
+
+The only module that reads or writes a cache folder (the cache stage computes records and hands them here):
+
+    shard-00000.npy   fixed-size records (numpy structured array, one row per image), read through mmap
+    shard-00000.json  that shard's rows and sha256, written after the shard: the shard's commit marker
+    manifest.json     written last, by the main process after a barrier: the whole cache's commit marker
+
+Each file goes to a temporary name, is fsynced, then renamed, so a killed writer leaves either the old state or
+the new one, and a rerun keeps every shard whose checksum verifies.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill import artifacts, views
+from distill.errors import DataError
+
+log = logging.getLogger("distill")
+
+FORMAT_VERSION = 2  # 2: one view per teacher forward, a fixed run of images (growable)
+
+MIX_FIELDS = ("partner", "partner_view", "lam", "box")
+
+# The most uses per cached view (student epochs / V) at which cached KD stayed within 0.3 points of online KD's
+# top-1 (mean of two seeds): V = 8 over 40 epochs, -0.10 points; V = 2 (20 uses) lost 1.69 points. Measured by
+# tools/views_experiment.sh (BENCHMARKS.md, "How many views").
+MAX_USES_PER_VIEW = 5.0
+
+
+def views_for(epochs: int) -> int:
+    """The fewest cached views that keep `epochs` of student training within the rule (MAX_USES_PER_VIEW); at
+    least 2, the fewest measured (view 0 is the un-augmented eval view)."""
+    return max(2, math.ceil(epochs / MAX_USES_PER_VIEW))
+
+
+def replay_warning(epochs: int, num_views: int, images: int) -> str | None:
+    """One line when a student replays each cached view more often than the rule allows: the V that meets it and
+    what labelling the missing views costs (the cache grows: only the new views are labelled)."""
+    if epochs / num_views <= MAX_USES_PER_VIEW:
+        return None
+    need = views_for(epochs)
+    return (f"cache: {epochs} epochs over {num_views} cached views replay each view {epochs / num_views:g} times, "
+            f"more than the {MAX_USES_PER_VIEW:g} at which cached KD measured within 0.3 points of online KD; "
+            f"cache.views={need} meets it, labelling {need - num_views} more views per image "
+            f"({(need - num_views) * images:,} teacher forwards, once)")
+
+
+def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) -> np.dtype:
+    """One row per image: for each view its parameters, top-k logits (fp16) and classes, the logsumexp of all
+    logits / T (fp32), and the teacher's top-1 class and whether it is right. Mixed views add the partner's index
+    and view, lambda and the cutmix box (all-zero box: mixup)."""
+    cls = "<i2" if num_classes <= 2**15 else "<i4"
+    v = num_views
+    fields = [("view", "<i2", (v, views.WIDTH)), ("logits", "<f2", (v, k)), ("classes", cls, (v, k)),
+              ("lse", "<f4", (v,)), ("top1", cls, (v,)), ("correct", "u1", (v,))]
+    if mixed:
+        fields += [("partner", "<i4", (v,)), ("partner_view", "<i2", (v, views.WIDTH)), ("lam", "<f4", (v,)),
+                   ("box", "<i2", (v, 4))]
+    return np.dtype(fields)
+
+
+# ---------------------------------------------------------------- writing
+
+def _shard(folder: Path, s: int, suffix: str) -> Path:
+    return folder / f"shard-{s:05d}.{suffix}"
+
+
+def write_shard(folder: Path, s: int, start: int, records: np.ndarray, skipped: list[int]) -> None:
+    """The shard's records, then its sidecar (rows, sha256, images left out): the sidecar commits the shard."""
+    path = _shard(folder, s, "npy")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    artifacts.write_json(_shard(folder, s, "json"), {"shard": s, "start": start, "rows": len(records),
+                                                     "sha256": artifacts.sha256(path), "skipped": skipped})
+
+
+def shard_done(folder: Path, s: int) -> bool:
+    """Shard s is written and its bytes match the sidecar's checksum."""
+    side = artifacts.read_json(_shard(folder, s, "json"))
+    if side is None or not _shard(folder, s, "npy").exists():
+        return False
+    if failing([{"file": _shard(folder, s, "npy").name, "sha256": side["sha256"]}], folder):
+        log.warning(f"cache: shard {s} of {folder} fails its checksum; recomputing it")
+        return False
+    return True
+
+
+def failing(shards: list[dict], folder: Path) -> list[dict]:
+    """The shard entries ({file, sha256}) whose file is missing or fails its checksum."""
+    return [sh for sh in shards if not (folder / sh["file"]).exists()
+            or artifacts.sha256(folder / sh["file"]) != sh["sha256"]]
+
+
+def read_manifest(folder: Path) -> dict | None:
+    return artifacts.read_json(Path(folder) / "manifest.json")
+
+
+def prepare(folder: Path, fp: str) -> dict | None:
+    """The manifest when the cache in `folder` is complete and every shard checks out; otherwise clear what must
+    not be trusted (temporary files, a stale manifest, shards that fail their checksum) and return None."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob("*.tmp"):  # left by a killed writer: never complete
+        tmp.unlink()
+    manifest = artifacts.read_json(folder / "manifest.json")
+    if manifest is None:
+        return None
+    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("fingerprint") != fp:
+        log.warning(f"cache: {folder}/manifest.json is from format {manifest.get('format_version')} or another "
+                    "fingerprint; recomputing")
+        (folder / "manifest.json").unlink()
+        return None
+    bad = failing(manifest["shards"], folder)
+    if not bad:
+        return manifest
+    for sh in bad:
+        log.warning(f"cache: {folder / sh['file']} fails its checksum; recomputing it")
+        (folder / sh["file"]).unlink(missing_ok=True)
+        (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
+    (folder / "manifest.json").unlink()
+    return None
+
+
+def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, num_classes: int,
+                   class_names: list[str], views: int, topk: int, temperature: float, shard_size: int,
+                   dtype: np.dtype) -> dict:
+    """The whole cache's commit marker, from the shards' sidecars, with the teacher's top-1 over the views."""
+    shards, correct, views_total, skipped = [], 0, 0, []
+    for s in range(math.ceil(num_images / shard_size)):
+        side = artifacts.read_json(_shard(folder, s, "json"))
+        if side is None:
+            raise DataError(f"cache: shard {s} is missing after every process finished; rerun stage=cache")
+        shards.append({"file": _shard(folder, s, "npy").name, "start": side["start"], "rows": side["rows"],
+                       "sha256": side["sha256"]})
+        correct += int(np.load(folder / shards[-1]["file"], mmap_mode="r")["correct"].sum())
+        skipped += side.get("skipped", [])
+        views_total += (side["rows"] - len(side.get("skipped", []))) * views
+    manifest = {"format_version": FORMAT_VERSION, "fingerprint": fp, "inputs": identity, "num_images": num_images,
+                "num_classes": num_classes, "class_names": class_names, "views": views, "topk": topk,
+                "dense": topk >= num_classes, "temperature": temperature, "shard_size": shard_size,
+                "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
+                "record_bytes": dtype.itemsize, "teacher_view_top1": 100.0 * correct / max(views_total, 1),
+                "skipped": skipped, "shards": shards}
+    artifacts.write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def smaller(root: Path, identity: dict) -> tuple[Path, dict] | None:
+    """The complete cache under `root` with the most views below `identity`'s and otherwise the same inputs: the
+    one to grow from. Its checksums are verified; a cache that fails them is passed over."""
+    views_key = "cache.views"
+    same = json.loads(json.dumps({k: v for k, v in identity.items() if k != views_key}))  # as the manifest holds it
+    found = []
+    for path in root.glob("*/manifest.json"):
+        m = artifacts.read_json(path)
+        theirs = (m or {}).get("inputs") or {}
+        if theirs.get(views_key, identity[views_key]) < identity[views_key] and \
+                {k: v for k, v in theirs.items() if k != views_key} == same:
+            found.append((theirs[views_key], path.parent, m))
+    for _, folder, m in sorted(found, key=lambda f: -f[0]):
+        if not failing(m["shards"], folder):
+            return folder, m
+        log.warning(f"cache: {folder} fails its checksums; not growing from it")
+    return None
+
+
+def shard_records(folder: Path, s: int) -> np.ndarray:
+    """Shard s of a complete cache, memory-mapped."""
+    return np.load(_shard(folder, s, "npy"), mmap_mode="r")
+
+
+# ---------------------------------------------------------------- reading
+
+class SoftLabels:
+    """Read side: shards memory-mapped (never read whole into RAM), one image's record read per sample."""
+
+    def __init__(self, folder: str | Path, verify: bool = False):
+        self.folder = Path(folder)
+        manifest = artifacts.read_json(self.folder / "manifest.json")
+        if manifest is None:
+            what = "is incomplete" if self.folder.is_dir() else "does not exist yet"
+            raise DataError(f"cache: {self.folder} {what} (no manifest.json): no soft labels for these settings; "
+                            "run stage=cache")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"cache: {self.folder} is format {manifest.get('format_version')}, this distill reads "
+                            f"{FORMAT_VERSION}; rerun stage=cache to rebuild it")
+        self.manifest = manifest
+        self.shard_size, self.num_classes = manifest["shard_size"], manifest["num_classes"]
+        self.views, self.topk, self.temperature = manifest["views"], manifest["topk"], manifest["temperature"]
+        self.dense = self.topk >= self.num_classes
+        self.skipped = set(manifest.get("skipped", []))  # images left out (failed to decode): no soft labels
+        self.shards = []
+        for sh in manifest["shards"]:
+            path = self.folder / sh["file"]
+            if verify and failing([sh], self.folder):
+                raise DataError(f"cache: {path} fails its checksum; rerun stage=cache to recompute it")
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:  # missing, truncated or not a numpy file
+                raise DataError(f"cache: {path} cannot be read ({str(e).splitlines()[0]}); rerun stage=cache to "
+                                "recompute it") from None
+            if len(arr) != sh["rows"]:
+                raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
+            self.shards.append(arr)
+
+    def __len__(self) -> int:
+        return self.manifest["num_images"]
+
+    def row(self, index: int) -> np.void:
+        """One image's record (all views): the per-sample read of the training loader."""
+        shard, offset = divmod(int(index), self.shard_size)
+        return self.shards[shard][offset]
+
+    @staticmethod
+    def view_label(rec: np.void, v: int) -> dict[str, torch.Tensor]:
+        """View v's soft label out of one record (`row`): top-k logits (float32), classes, logsumexp at T; it
+        travels with each training sample, so the training step reads nothing from the cache."""
+        return {"kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
+                "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
+                "kd_lse": torch.tensor(float(rec["lse"][v]))}
+
+    def rows(self, indices) -> np.ndarray:
+        """The full records of these images (all views), in the order given."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty(len(indices), dtype=self.shards[0].dtype)
+        shard, offset = np.divmod(indices, self.shard_size)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.shards[s][offset[sel]]
+        return out
+
+    def nbytes(self) -> int:
+        return sum((self.folder / sh["file"]).stat().st_size for sh in self.manifest["shards"])

@@ -1,0 +1,227 @@
+"""Stage 2, cache: run the teacher once over V recorded views of every training image and store its top-k logits.
+
+Shards are fixed ranges of dataset indices (`cache.shard_size`), assigned round-robin to processes, and batches
+never cross a shard boundary, so every file's bytes are the same whatever the process count; a rerun keeps the
+shards whose checksum verifies and computes the rest, which yields the same bytes as an uninterrupted run. The
+files and their format belong to softlabels.py.
+
+A cache grows: view v of image i is drawn from (seed, i, v) and each teacher forward is one view of a fixed run of
+`cache.batch_size` images from the shard's start, so the first V views of a V'-view cache are a V-view cache's
+views, bit for bit. A V'-view cache whose settings match a complete V-view one (V < V') copies those V views and
+runs the teacher on the V' - V new ones only.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from distill import artifacts, data, layout, models, softlabels, transforms, tricks, views
+from distill.config import Config, DataCfg, MixCfg
+from distill.errors import DataError
+
+log = logging.getLogger("distill")
+
+
+class ViewItems(Dataset):
+    """Item i: views `first_view` .. V-1 of training image i, drawn from (seed, i, v), applied (uint8).
+
+    With `mix`, a train view may be mixed with a partner image (its index, its own crop/flip, and lambda or the
+    cutmix box are drawn from the same generator and stored), so the teacher labels the mixed image itself."""
+
+    def __init__(self, images: data.Images, cfg: DataCfg, num_views: int, eval_view: bool, seed: int,
+                 mix: MixCfg | None = None, first_view: int = 0):
+        self.images, self.cfg, self.num_views, self.eval_view, self.seed = images, cfg, num_views, eval_view, seed
+        self.skip_bad = cfg.on_bad_image == "skip"  # an image that fails to decode is left out, as every stage does
+        self.mix = mix if mix is not None and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0) else None
+        self.first_view = first_view  # > 0 when growing a cache: views below it are already labelled
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def draw(self, i: int, img: torch.Tensor, load) -> dict[str, np.ndarray]:
+        """The stored parameters of views `first_view` .. V-1 of image i (the record fields other than the
+        teacher's), row 0 being view `first_view`; `load(j)` gives partner image j."""
+        first, s = self.first_view, self.cfg.image_size
+        n = self.num_views - first
+        out = {"view": np.tile(views.EVAL_VIEW, (n, 1))}
+        if self.mix:
+            out |= {"partner": np.full(n, -1, np.int32), "partner_view": np.tile(views.EVAL_VIEW, (n, 1)),
+                    "lam": np.ones(n, np.float32), "box": np.zeros((n, 4), np.int16)}
+        for v in range(max(first, 1 if self.eval_view else 0), self.num_views):
+            rng, r = views.rng_for(self.seed, i, v), v - first
+            out["view"][r] = views.draw(self.cfg, rng, tuple(img.shape[-2:]))
+            drawn = tricks.draw_lam(rng, self.mix, s, s) if self.mix else None
+            if drawn is not None:
+                j = int(rng.integers(len(self.images)))
+                partner = load(j)
+                out["partner_view"][r] = views.draw(self.cfg, rng, tuple(partner.shape[-2:]) if partner is not None
+                                                    else (s, s))
+                if partner is not None:  # a partner that fails to decode (skipped) leaves the view unmixed
+                    out["partner"][r] = j
+                    out["lam"][r], out["box"][r] = drawn[0], drawn[1] or (0, 0, 0, 0)
+        return out
+
+    def __getitem__(self, i: int) -> dict:
+        """uint8 views of image i (and of its partners, for mixed views) with their stored parameters; `bad` marks
+        an image left out (its views are rendered from a blank image and its records cleared)."""
+        img, decoded = self.images.fetch(i, self.skip_bad), {}
+        bad = img is None
+        if bad:
+            img = torch.zeros(3, self.cfg.image_size, self.cfg.image_size, dtype=torch.uint8)
+
+        def load(j: int) -> torch.Tensor | None:  # each partner decoded once per item
+            if j not in decoded:
+                decoded[j] = self.images.fetch(j, self.skip_bad)
+            return decoded[j]
+
+        rec = self.draw(i, img, load)
+        item = {"image": views.apply_all(img, rec["view"], self.cfg), "index": i, "bad": bad,
+                **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        if self.mix:
+            blank = torch.zeros_like(item["image"][0])
+            item["partner_image"] = torch.stack([
+                views.apply(load(int(j)), rec["partner_view"][v], self.cfg) if j >= 0 else blank
+                for v, j in enumerate(rec["partner"])])
+        return item
+
+
+@torch.inference_mode()
+def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: int, stop: int,
+                 temperature: float, cfg: Config, acc: Accelerator, bar, dtype: np.dtype,
+                 base: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    """The records of images [start, stop): views `items.first_view` .. V-1 labelled by the teacher, the views
+    below copied from `base` (this shard of a smaller cache). Each forward is one view of the next
+    `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are the same bits
+    in a grown cache as in a fresh one; each view's logsumexp is taken at `temperature`. Also returns the images
+    left out (data.on_bad_image=skip)."""
+    c, first = cfg.cache, items.first_view
+    n_new, k, run = c.views - first, dtype["logits"].shape[1], c.batch_size
+    records = np.zeros(stop - start, dtype=dtype)
+    if base is not None:
+        for name in dtype.names:
+            records[name][:, :first] = base[name]
+    bad = np.zeros(stop - start, dtype=bool)
+    loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
+                        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+
+    def label(x: torch.Tensor, row: int) -> None:  # x: network inputs [b, n_new, C, s, s] of images row ..
+        out = records[row:row + len(x)]
+        for j in range(n_new):
+            with acc.autocast():
+                logits = model(x[:, j].contiguous(memory_format=torch.channels_last)).float()
+            values, classes = logits.topk(k, dim=-1)
+            out["logits"][:, first + j] = values.half().cpu().numpy()
+            out["classes"][:, first + j] = classes.cpu().numpy()
+            out["lse"][:, first + j] = torch.logsumexp(logits / temperature, dim=-1).cpu().numpy()
+            out["top1"][:, first + j] = logits.argmax(-1).cpu().numpy()
+        bar.update(len(x))
+
+    pending, loaded, labelled = [], 0, 0
+    for batch in loader:
+        b = batch["image"].shape[0]
+        got = records[loaded:loaded + b]
+        for name in ("view",) + (softlabels.MIX_FIELDS if "partner" in batch else ()):
+            got[name][:, first:] = batch[name].numpy()
+        bad[loaded:loaded + b] = batch["bad"].numpy()
+        loaded += b
+        flat = {"image": batch["image"].flatten(0, 1).to(acc.device, non_blocking=True)}
+        if "partner_image" in batch:
+            flat |= {"partner_image": batch["partner_image"].flatten(0, 1).to(acc.device), "lam": batch["lam"],
+                     "box": batch["box"]}
+        x = to_input(flat)
+        pending.append(x.view(b, n_new, *x.shape[1:]))
+        while loaded - labelled >= run or (loaded == len(records) and loaded > labelled):
+            x = torch.cat(pending)
+            label(x[:run], labelled)
+            labelled += len(x[:run])
+            pending = [x[run:]]
+    records["correct"][:, first:] = records["top1"][:, first:] == items.images.labels[start:stop, None]
+    for name in ("logits", "classes", "lse", "top1", "correct"):  # the teacher saw a blank: keep nothing of it
+        records[name][bad] = 0
+    return records, (np.flatnonzero(bad) + start).tolist()
+
+
+def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict | None:
+    if cfg.kd.teacher == "online" and cfg.stage != "cache":
+        log.info("cache: skipped (kd.teacher=online runs the teacher every step)")
+        return None
+    start_all = time.perf_counter()
+    c = cfg.cache
+    tdir = layout.teacher_dir(cfg, run_dir)
+    tmeta = artifacts.read_json(tdir / "meta.json")
+    if tmeta is None:
+        raise DataError(f"cache: no teacher in {tdir}; run stage=teacher first")
+    identity = layout.cache_identity(cfg, bundle, norm, run_dir, acc.mixed_precision)
+    folder = layout.cache_dir(cfg, identity)
+    fp = folder.name
+    n, k, temperature = len(bundle.train), identity["cache.topk"], identity["kd.temperature"]
+    n_shards = math.ceil(n / c.shard_size)
+    mixed = c.mix.mixup_alpha > 0 or c.mix.cutmix_alpha > 0
+    dtype = softlabels.record_dtype(c.views, k, bundle.num_classes, mixed)
+
+    complete = [softlabels.prepare(folder, fp)] if acc.is_main_process else [None]
+    complete = broadcast_object_list(complete) if acc.num_processes > 1 else complete
+    if complete[0] is not None:
+        log.info(f"cache: reusing {folder}")
+        _record_run(acc, run_dir, folder, complete[0], None)
+        return complete[0]
+    acc.wait_for_everyone()
+
+    model = models.create(tmeta["model"], bundle.num_classes)
+    model.load_state_dict(artifacts.load_weights(tdir))
+    model = models.frozen(model, acc.device)
+    mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
+    todo = [s for s in mine if not softlabels.shard_done(folder, s)]
+    total = sum(min((s + 1) * c.shard_size, n) - s * c.shard_size for s in todo)
+    base = softlabels.smaller(Path(c.root), identity) if todo else None
+    first = base[1]["views"] if base is not None else 0
+    items = ViewItems(bundle.images["train"], cfg.data, c.views, c.eval_view, cfg.seed, c.mix, first)
+    log.info(f"cache: {n} images x {c.views} views, top-{k} at T={temperature:g}, {n_shards} shards "
+             f"({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
+    if base is not None:
+        log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {c.views - first} new views of "
+                 f"each image ({total * (c.views - first)} forwards), the first {first} are copied")
+    to_input = transforms.ToInput(cfg.data, norm)
+    start_t = time.perf_counter()
+    with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
+        for s in todo:
+            lo, hi = s * c.shard_size, min((s + 1) * c.shard_size, n)
+            old = softlabels.shard_records(base[0], s) if base is not None else None
+            records, skipped = _label_shard(model, items, to_input, lo, hi, temperature, cfg, acc, bar, dtype, old)
+            softlabels.write_shard(folder, s, lo, records, skipped)
+    elapsed = time.perf_counter() - start_t
+    acc.wait_for_everyone()
+    manifest = None
+    if acc.is_main_process:
+        manifest = softlabels.write_manifest(
+            folder, fp, identity, num_images=n, num_classes=bundle.num_classes, class_names=bundle.class_names,
+            views=c.views, topk=k, temperature=temperature, shard_size=c.shard_size, dtype=dtype)
+        if total:
+            log.info(f"cache: labelled {total} images ({total * (c.views - first)} views) in {elapsed:.1f} s "
+                     f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
+                     f"views {manifest['teacher_view_top1']:.2f}%")
+    acc.wait_for_everyone()
+    manifest = manifest or softlabels.read_manifest(folder)
+    _record_run(acc, run_dir, folder, manifest, {"wall_s": time.perf_counter() - start_all, "images": total,
+                                                 "images_per_s": total / max(elapsed, 1e-9)})
+    return manifest
+
+
+def _record_run(acc: Accelerator, run_dir: Path, folder: Path, manifest: dict, timing: dict | None) -> None:
+    """This run's view of the cache (which folder, how long it took) beside the run; never inside the cache,
+    whose bytes must not depend on who computed them."""
+    if acc.is_main_process:
+        previous = artifacts.read_json(run_dir / "cache.json") or {}
+        keep = previous if previous.get("folder") == str(folder) else {}
+        artifacts.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None,
+                                                             "skipped_images": len(manifest.get("skipped", []))}
+                             | (timing or {}))
