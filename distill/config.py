@@ -171,7 +171,13 @@ class StudentCfg(TrainCfg):
 
 @dataclass
 class KDCfg:
-    alpha: float = _f(0.9, doc="weight of the KD term; the CE term gets 1 - alpha", ge=0, le=1, changes=("student",))
+    loss: str = _f("kd", doc="kd (Hinton) | dkd (decoupled KD, Zhao et al. 2022) | dist (Pearson correlation, Huang et "
+                             "al. 2022); on a top-k cache dkd and dist see the tail as spread evenly (cache.topk >= "
+                             "classes makes them exact)", choices=("kd", "dkd", "dist"), changes=("student",))
+    alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha)",
+                      ge=0, changes=("student",))
+    ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd, 1 for dkd and dist "
+                                              "(the papers')", ge=0, changes=("student",))
     temperature: float = _f(4.0, doc="KD temperature T. A cache keeping the top k of more classes stores its soft "
                                      "labels at this T (one cache per T); one keeping every logit serves any T",
                             gt=0, changes=("student", "cache"))
@@ -185,6 +191,19 @@ class KDCfg:
     focal_gamma: float = _f(2.0, doc="focal loss gamma", ge=0, changes=("student",))
     focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class)",
                                             changes=("student",))
+    logit_standardization: bool = _f(False, doc="kd, dkd: z-score teacher and student logits before the softmax (Sun "
+                                                "et al. 2024); T is then the base temperature (the paper's CIFAR: 2, "
+                                                "with kd.alpha=9 and kd.ce_weight=0.1)", changes=("student",))
+    dkd_alpha: float = _f(1.0, doc="dkd: weight of the target-class term TCKD (DKD's CIFAR default 1)", ge=0,
+                          changes=("student",))
+    dkd_beta: float = _f(8.0, doc="dkd: weight of the non-target term NCKD (DKD's CIFAR default 8; 2 for resnet56 -> "
+                                  "resnet20 and resnet110 -> resnet32)", ge=0, changes=("student",))
+    dkd_warmup: int = _f(20, doc="dkd: epochs over which the DKD term ramps up linearly (DKD's CIFAR default 20)",
+                         ge=0, changes=("student",))
+    dist_beta: float = _f(2.0, doc="dist: weight of the inter-class relation (DIST's CIFAR setting 2; tau is "
+                                   "kd.temperature, 4 on CIFAR)", ge=0, changes=("student",))
+    dist_gamma: float = _f(2.0, doc="dist: weight of the intra-class relation (DIST's CIFAR setting 2)", ge=0,
+                           changes=("student",))
 
 
 @dataclass
@@ -293,6 +312,16 @@ def _check_cross(cfg: Config) -> None:
     cache_mixes = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
+    kd = cfg.kd
+    if kd.alpha > 1 and kd.ce_weight is None and kd.loss == "kd":
+        raise ConfigError(f"kd.ce_weight: needed when kd.alpha ({kd.alpha}) is above 1 (its default is 1 - alpha)")
+    if kd.logit_standardization and kd.loss == "dist":
+        raise ConfigError("kd.logit_standardization: applies to kd.loss=kd and dkd, not dist")
+    if kd.balance == "scale" and kd.loss != "kd":
+        raise ConfigError(f"kd.balance: scale balances kd.loss=kd's two terms; kd.loss={kd.loss} has its own weights")
+    if kd.loss == "dkd" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
+        raise ConfigError("student.mix: kd.loss=dkd needs each sample's class; mix in the cache (cache.mix), where "
+                          "each mixed view keeps both classes")
     t = cfg.teacher
     if t.source == "train" and t.epochs < 1:
         raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")

@@ -1,8 +1,10 @@
 """The one training/evaluation loop every stage uses; the stage passes in the model and the objective.
 
-An objective is `objective(logits, batch, mix, x) -> loss`: the engine draws the batch's mixing (a pure function of
-seed, process, epoch and step), mixes the images, runs the model, and hands the mixing and the (mixed) input to the
-objective, so that it mixes its targets the same way or runs a teacher on the very same input.
+An objective is `objective(logits, batch, mix, x, progress) -> {"loss": ..., other terms}` (objectives.py): the
+engine draws the batch's mixing (a pure function of seed, process, epoch and step), mixes the images, runs the
+model, and hands the mixing, the (mixed) input and the progress to the objective, so that it mixes its targets the
+same way or runs a teacher on the very same input. Every term is averaged per epoch into metrics.jsonl, per log
+window into steps.jsonl, and sent to the trackers.
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
 from distill import artifacts, checkpoint, tricks
+from distill.objectives import Progress
 from distill.config import CheckpointCfg, Config, TrainCfg
 from distill.errors import Stopped, TrainingError
 
 log = logging.getLogger("distill")
 
-Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None", torch.Tensor], torch.Tensor]
+Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None", torch.Tensor, Progress], dict[str, torch.Tensor]]
 
 
 @dataclass(kw_only=True)
@@ -171,7 +174,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
     schedule = tricks.build_schedule(optimizer, cfg.sched, job.epochs, steps_per_epoch)
     ckpt_dir, switch_at = job.out_dir / "checkpoints", cfg.optim.switch_to_sgd_epoch
     # where training stands; saved with every checkpoint, so that a resumed stage continues bit for bit
-    st = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "window_sum": 0.0, "window_n": 0, "seen": 0,
+    st = {"epoch": 0, "batch": 0, "step": 0, "term_sums": {}, "window_terms": {}, "window_n": 0, "seen": 0,
           "skipped": 0, "nonfinite_skipped": 0, "epoch_s": 0.0, "train_s": 0.0, "best_top1": None}
     if job.resume == "never":
         checkpoint.clear(acc, ckpt_dir)
@@ -189,7 +192,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
              f"lr {lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}"
              + (f"; resuming at epoch {st['epoch'] + 1}, step {st['step']}" if found else ""))
     metrics, step, dev = {}, st["step"], acc.device
-    window, window_n = torch.tensor(st["window_sum"], device=dev), st["window_n"]  # losses since the last log line
+    window = {k: torch.tensor(v, device=dev) for k, v in st["window_terms"].items()}  # since the last log line
+    window_n = st["window_n"]
     with _Preemption() as preemption:
         for epoch in range(st["epoch"], job.epochs):
             if epoch == switch_at and not switched:
@@ -198,7 +202,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                 log.info(f"{job.name}: switched to SGD at epoch {epoch}")
             first = st["batch"] if epoch == st["epoch"] else 0  # batches of this epoch already trained
             if first == 0:
-                st.update(loss_sum=0.0, seen=0, skipped=0, epoch_s=0.0)
+                st.update(term_sums={}, seen=0, skipped=0, epoch_s=0.0)
             schedule.step_update(step)
             model.train()
             if hasattr(train_loader, "set_epoch"):  # the same data order as the uninterrupted run
@@ -206,14 +210,16 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
             if hasattr(train_loader.dataset, "set_epoch"):  # the views (or cached views) of this epoch
                 train_loader.dataset.set_epoch(epoch)
             loader = acc.skip_first_batches(train_loader, first) if first else train_loader
-            loss_sum = torch.tensor(st["loss_sum"], device=dev)
+            sums = {k: torch.tensor(v, device=dev) for k, v in st["term_sums"].items()}  # this epoch's, per term
             skipped = torch.tensor(st["skipped"], device=dev, dtype=torch.long)
             first_bad = torch.full((), NO_BAD_STEP, device=dev, dtype=torch.long)  # no host sync per step
             seen, bad_update, start = st["seen"], False, time.perf_counter()
 
             def progress_now(batch_index: int, epochs_done: int) -> dict:
-                return st | {"epoch": epochs_done, "batch": batch_index, "step": step, "loss_sum": loss_sum.item(),
-                             "window_sum": window.item(), "window_n": window_n, "seen": seen,
+                return st | {"epoch": epochs_done, "batch": batch_index, "step": step,
+                             "term_sums": {k: v.item() for k, v in sums.items()},
+                             "window_terms": {k: v.item() for k, v in window.items()}, "window_n": window_n,
+                             "seen": seen,
                              "skipped": int(skipped.item()), "epoch_s": st["epoch_s"] + time.perf_counter() - start,
                              "fingerprint": job.fingerprint}
 
@@ -227,7 +233,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                 sync = (i + 1) % cfg.grad_accum == 0
                 with contextlib.nullcontext() if sync else acc.no_sync(model):
                     x = tricks.mix_images(x, mix)
-                    loss = objective(model(x), batch, mix, x)
+                    terms = objective(model(x), batch, mix, x, Progress(epoch, step))
+                    loss = terms["loss"]
                     acc.backward(loss / cfg.grad_accum)
                 finite = torch.isfinite(loss.detach())
                 if job.on_nonfinite == "skip":  # decided before the update: one host sync per step
@@ -235,9 +242,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                 else:
                     first_bad = torch.where(~finite, torch.minimum(first_bad, torch.full_like(first_bad, step)),
                                             first_bad)
-                kept = torch.where(finite, loss.detach().float(), torch.zeros_like(loss_sum))
-                loss_sum += kept
-                window += kept
+                for name, value in terms.items():
+                    kept = torch.where(finite, value.detach().float(), torch.zeros((), device=dev))
+                    sums[name] = sums.get(name, torch.zeros((), device=dev)) + kept
+                    window[name] = window.get(name, torch.zeros((), device=dev)) + kept
                 window_n += 1
                 seen += x.shape[0]
                 if "skipped" in batch:  # counted by data.collate when data.on_bad_image=skip
@@ -263,10 +271,11 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                 if boundary:
                     _check_finite(first_bad, job, ckpt_dir, acc)
                     lr_now = optimizer.param_groups[0]["lr"]
-                    row = {"step": step, "epoch": epoch + 1, "loss": window.item() / max(window_n, 1), "lr": lr_now}
+                    row = {"step": step, "epoch": epoch + 1, **{k: v.item() / max(window_n, 1) for k, v in
+                                                                 window.items()}, "lr": lr_now}
                     logs.write("step", row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr_now:.3g}")
-                    window.zero_()
+                    window = {}
                     window_n = 0
                 stop = preemption.due(acc, boundary)
                 if i + 1 < batches and ((job.checkpoint.every and step % job.checkpoint.every == 0) or stop):
@@ -279,7 +288,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
             elapsed = st["epoch_s"] + time.perf_counter() - start
             n_skipped = int(acc.reduce(skipped, reduction="sum").item())
             metrics = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                       "loss": acc.reduce(loss_sum, reduction="mean").item() / max(batches, 1),
+                       **{k: acc.reduce(v, reduction="mean").item() / max(batches, 1) for k, v in sums.items()},
+                       "terms": sorted(sums),
                        "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": n_skipped,
                        "nonfinite_skipped": st["nonfinite_skipped"],
                        **evaluate(model, val_loader, acc, job.to_input, cfg.channels_last)}
@@ -290,7 +300,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
             if n_skipped:
                 log.warning(f"{job.name}: skipped {n_skipped} images that failed to decode this epoch")
             logs.write("epoch", metrics)
-            acc.log({f"{job.name}/{k}": v for k, v in metrics.items()}, step=step)  # no-op without log_with
+            acc.log({f"{job.name}/{k}": v for k, v in metrics.items() if k != "terms"}, step=step)  # needs log_with
             checkpoint.save(acc, ckpt_dir, progress_now(0, epoch + 1) | {"epoch_s": 0.0}, job.checkpoint.keep,
                             job.name)
             if preemption.due(acc, True):

@@ -1,4 +1,4 @@
-"""Loss functions (pure): cross-entropy against a per-sample target distribution."""
+"""Loss functions (pure): cross-entropy against a target distribution, KL, DKD, DIST, logit standardization."""
 from __future__ import annotations
 
 import torch
@@ -10,41 +10,51 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def kl_topk(student_logits: torch.Tensor, topk_logits: torch.Tensor, topk_classes: torch.Tensor,
-            teacher_lse: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(q || p_student_T), `batchmean`, where q is the teacher's distribution known from its top-k logits and
-    the logsumexp of all its logits at T: q_i = exp(z_i / T - lse) on the top k, and the residual mass
-    r = 1 - sum(q_topk) spread evenly over the other C - k classes. Costs one logsumexp of
-    the student per row, like dense KD. With k = C it is the dense KL."""
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    num_classes, k = log_s.shape[1], topk_classes.shape[1]
-    log_q = topk_logits.float() / temperature - teacher_lse.float()[:, None]
-    q = log_q.exp()
-    log_s_top = log_s.gather(1, topk_classes)
-    kl = (q * (log_q - log_s_top)).sum(1)
-    if k < num_classes:
-        r = (1.0 - q.sum(1)).clamp_min(0.0)
-        per_class = r / (num_classes - k)
-        rest_log_s = log_s.sum(1) - log_s_top.sum(1)
-        kl = kl + torch.xlogy(r, per_class) - per_class * rest_log_s
-    return kl.mean()
-
-
-def topk_to_probs(topk_logits: torch.Tensor, topk_classes: torch.Tensor, teacher_lse: torch.Tensor,
-                  temperature: float, num_classes: int) -> torch.Tensor:
-    """The distribution `kl_topk` stands for, written out: exact top-k probabilities at T, the residual mass
-    spread evenly over the other classes. Used where two such distributions must be mixed."""
-    q_top = (topk_logits.float() / temperature - teacher_lse.float()[:, None]).exp()
-    k = topk_classes.shape[1]
-    rest = (1.0 - q_top.sum(1, keepdim=True)).clamp_min(0.0) / max(num_classes - k, 1)
-    q = rest.expand(-1, num_classes).clone() if k < num_classes else torch.zeros_like(q_top.expand(-1, num_classes))
-    return q.scatter_(1, topk_classes, q_top)
-
-
 def kl_probs(student_logits: torch.Tensor, q: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(q || p_student_T), `batchmean`, for a target distribution q given as probabilities."""
+    """KL(q || p_student_T) per sample, for a target distribution q given as probabilities."""
     log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    return (torch.xlogy(q, q) - q * log_s).sum(1).mean()
+    return (torch.xlogy(q, q) - q * log_s).sum(1)
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Each row z-scored: (z - mean) / (std + eps), std unbiased (logit standardization, Sun et al. 2024)."""
+    z = logits.float()
+    return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + eps)
+
+
+def dkd(student_logits: torch.Tensor, q: torch.Tensor, target: torch.Tensor,
+        temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled KD (Zhao et al. 2022), per sample, without the T^2 factor: TCKD, the KL between the binary
+    distributions (target class, all others) of teacher q and student, and NCKD, the KL between their
+    distributions over the non-target classes alone (each renormalised without the target). With two classes the
+    non-target distribution is one class with probability 1, so NCKD is 0."""
+    z = student_logits.float() / temperature
+    t = target.view(-1, 1)
+    lse = torch.logsumexp(z, 1, keepdim=True)
+    on_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, t, True)
+    others = z.masked_fill(on_target, float("-inf"))
+    lse_others = torch.logsumexp(others, 1, keepdim=True)
+    log_bs = torch.cat([z.gather(1, t) - lse, lse_others - lse], 1)  # log [p_t, 1 - p_t] of the student
+    q_t = q.gather(1, t)
+    bt = torch.cat([q_t, (1.0 - q_t).clamp_min(0.0)], 1)
+    tckd = (torch.xlogy(bt, bt) - bt * log_bs).sum(1)
+    log_ps_rest = (others - lse_others).masked_fill(on_target, 0.0)
+    q_rest = (q.masked_fill(on_target, 0.0) / (1.0 - q_t).clamp_min(1e-12))
+    nckd = (torch.xlogy(q_rest, q_rest) - q_rest * log_ps_rest).sum(1)
+    return tckd, nckd
+
+
+def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """1 - the mean over rows of the Pearson correlation between rows of a and b."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return 1.0 - ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)).mean()
+
+
+def dist(p_student: torch.Tensor, p_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DIST (Huang et al. 2022) on two batches of class distributions: the inter-class relation (1 - Pearson
+    correlation of each sample's distribution, averaged over samples) and the intra-class relation (the same over
+    each class's column of the batch). Without the tau^2 factor."""
+    return _pearson_distance(p_student, p_teacher), _pearson_distance(p_student.t(), p_teacher.t())
 
 
 def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: torch.Tensor | None = None) -> torch.Tensor:

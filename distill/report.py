@@ -67,13 +67,14 @@ def table(s: dict) -> str:
     return "\n".join(lines)
 
 
-def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> None:
-    """loss, validation top-1 and lr per epoch, one line per trained model."""
+def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[str, list[str]]:
+    """loss, validation top-1 and lr per epoch, one line per trained model, and the student's loss terms; returns
+    each panel's title with the labels of the lines drawn in it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for name in MODELS:
         rows = _metrics(teacher_dir if name == "teacher" and teacher_dir else run_dir / name)
         if not rows:
@@ -81,16 +82,24 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> None:
         epochs = [r["epoch"] for r in rows]
         for ax, key in zip(axes, ("loss", "top1", "lr")):
             ax.plot(epochs, [r[key] for r in rows], marker="o", markersize=3, label=name)
-    for ax, title in zip(axes, ("training loss", "validation top-1 (%)", "learning rate (end of epoch)")):
+        if name == "student":
+            for term in rows[-1].get("terms", []):
+                if term != "loss":
+                    axes[3].plot(epochs, [r.get(term) for r in rows], marker="o", markersize=3, label=term)
+    titles = ("training loss", "validation top-1 (%)", "learning rate (end of epoch)", "student loss terms")
+    for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[1].legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
+    drawn = {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in axes}
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+    return drawn
 
 
 def write(run_dir: Path, teacher_dir: Path | None = None) -> dict:

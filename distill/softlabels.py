@@ -25,7 +25,7 @@ from distill.errors import DataError
 
 log = logging.getLogger("distill")
 
-FORMAT_VERSION = 2  # 2: one view per teacher forward, a fixed run of images (growable)
+FORMAT_VERSION = 3  # 2: one view per teacher forward (growable); 3: + true-class logit, logit mean/std, lse of z-scores
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
 
@@ -55,16 +55,23 @@ def replay_warning(epochs: int, num_views: int, images: int) -> str | None:
 
 def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) -> np.dtype:
     """One row per image: for each view its parameters, top-k logits (fp16) and classes, the logsumexp of all
-    logits / T (fp32), and the teacher's top-1 class and whether it is right. Mixed views add the partner's index
-    and view, lambda and the cutmix box (all-zero box: mixup)."""
+    logits / T, the true class's logit, the mean and (unbiased) std of all logits and the logsumexp of their
+    z-scores / T (fp32: what KD, DKD and logit standardization need beyond the top k), and the teacher's top-1 class
+    and whether it is right. Mixed views add the partner's index and view, lambda, the cutmix box (all-zero:
+    mixup) and the logit of the partner's class."""
     cls = "<i2" if num_classes <= 2**15 else "<i4"
     v = num_views
     fields = [("view", "<i2", (v, views.WIDTH)), ("logits", "<f2", (v, k)), ("classes", cls, (v, k)),
-              ("lse", "<f4", (v,)), ("top1", cls, (v,)), ("correct", "u1", (v,))]
+              ("lse", "<f4", (v,)), ("target", "<f4", (v,)), ("mean", "<f4", (v,)), ("std", "<f4", (v,)),
+              ("lse_std", "<f4", (v,)), ("top1", cls, (v,)), ("correct", "u1", (v,))]
     if mixed:
         fields += [("partner", "<i4", (v,)), ("partner_view", "<i2", (v, views.WIDTH)), ("lam", "<f4", (v,)),
-                   ("box", "<i2", (v, 4))]
+                   ("box", "<i2", (v, 4)), ("partner_target", "<f4", (v,))]
     return np.dtype(fields)
+
+
+TEACHER_FIELDS = ("logits", "classes", "lse", "target", "mean", "std", "lse_std", "top1", "correct",
+                  "partner_target")  # what the teacher wrote (cleared for an image left out)
 
 
 # ---------------------------------------------------------------- writing
@@ -224,11 +231,16 @@ class SoftLabels:
 
     @staticmethod
     def view_label(rec: np.void, v: int) -> dict[str, torch.Tensor]:
-        """View v's soft label out of one record (`row`): top-k logits (float32), classes, logsumexp at T; it
-        travels with each training sample, so the training step reads nothing from the cache."""
-        return {"kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
-                "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
-                "kd_lse": torch.tensor(float(rec["lse"][v]))}
+        """View v's soft label out of one record (`row`): top-k logits (float32), classes, and the view's scalars
+        (logsumexp at T, true-class logit, mean, std, logsumexp of the z-scores; a mixed view's partner-class
+        logit); it travels with each training sample, so the training step reads nothing from the cache."""
+        out = {"kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
+               "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
+               **{f"kd_{name}": torch.tensor(float(rec[name][v])) for name in ("lse", "target", "mean", "std",
+                                                                                "lse_std")}}
+        if "partner_target" in rec.dtype.names:
+            out["kd_partner_target"] = torch.tensor(float(rec["partner_target"][v]))
+        return out
 
     def rows(self, indices) -> np.ndarray:
         """The full records of these images (all views), in the order given."""

@@ -259,3 +259,31 @@ def test_mixed_views_label_the_mixed_image(shared):
                 live = teacher(x[None])[0]
             assert torch.allclose(torch.from_numpy(rec["logits"][v].astype(np.float32)),
                                   live[torch.from_numpy(rec["classes"][v].astype(np.int64))], atol=1e-3, rtol=1e-3)
+
+
+def test_a_cache_of_an_older_format_is_refused_in_one_line(shared, tmp_path):
+    folder = shared.copy_cache(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"format_version": 2}))
+    with pytest.raises(Exception) as e:
+        softlabels.SoftLabels(folder)
+    assert str(e.value) == f"cache: {folder} is format 2, this distill reads {softlabels.FORMAT_VERSION}; rerun " \
+                           "stage=cache to rebuild it"
+
+
+def test_the_cache_holds_what_dkd_and_logit_standardization_need(shared):
+    labels = softlabels.SoftLabels(shared.cache(**MIXED))
+    cfg, bundle, to_input = _tiny_data(shared, mix={"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8})
+    images, teacher = bundle.images["train"], _teacher(shared)
+    items = cache.ViewItems(images, cfg.data, 3, True, 0, cfg.cache.mix)
+    rows = labels.rows(np.arange(10))
+    for i in range(10):
+        with torch.no_grad():
+            z = teacher(to_input(items[i]))  # every view of image i, as the teacher saw it
+        y = int(images.labels[i])
+        partner = [int(images.labels[p]) if p >= 0 else y for p in rows["partner"][i]]
+        want = {"target": z[:, y], "partner_target": z[range(3), partner], "mean": z.mean(1), "std": z.std(1),
+                "lse": torch.logsumexp(z, 1), "lse_std": torch.logsumexp((z - z.mean(1, keepdim=True))
+                                                                         / (z.std(1, keepdim=True) + 1e-7), 1)}
+        for name, value in want.items():  # a dense cache: the logsumexps are at T = 1
+            assert np.allclose(rows[name][i], value.numpy(), atol=1e-4), name

@@ -179,3 +179,14 @@ def test_no_stage_imports_another_and_only_softlabels_reads_cache_files():
         if path.name != "softlabels.py":
             text = path.read_text()
             assert "np.load" not in text and "manifest.json" not in text.replace("(no manifest.json)", ""), path
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"kd": {"loss": "dkd"}, "student": {"mix": {"mixup_alpha": 0.2}}}, "student.mix: kd.loss=dkd needs each sample"),
+    ({"kd": {"alpha": 9.0}}, "kd.ce_weight: needed when kd.alpha (9.0) is above 1"),
+    ({"kd": {"loss": "dist", "logit_standardization": True}}, "kd.logit_standardization: applies to kd.loss=kd"),
+    ({"kd": {"loss": "dkd", "balance": "scale"}}, "kd.balance: scale balances kd.loss=kd's two terms"),
+])
+def test_method_settings_that_cannot_work_stop_in_one_line(raw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.validate(raw)

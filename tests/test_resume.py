@@ -92,18 +92,18 @@ def _teacher_cfg(parquet_file, tmp_path, *extra):
 
 def _crash_at(monkeypatch, call: int, make=lambda loss: loss * float("nan")):
     """Make the teacher objective misbehave at its `call`-th call (training step `call` with grad_accum 1)."""
-    real = objectives.ce
+    real = objectives.CrossEntropy
     calls = {"n": 0}
 
     def patched(num_classes, eps):
         objective = real(num_classes, eps)
 
-        def wrapped(logits, batch, mix, x):
+        def wrapped(logits, batch, mix, x, progress):
             calls["n"] += 1
-            loss = objective(logits, batch, mix, x)
-            return make(loss) if calls["n"] == call else loss
+            terms = objective(logits, batch, mix, x, progress)
+            return {"loss": make(terms["loss"])} if calls["n"] == call else terms
         return wrapped
-    monkeypatch.setattr(objectives, "ce", patched)
+    monkeypatch.setattr(objectives, "CrossEntropy", patched)
 
 
 def _crash(loss):

@@ -7,43 +7,62 @@ import pytest
 import torch
 
 from conftest import cache_overrides, config_from, dense_kl, run_here
-from distill import artifacts, config, data, losses, models, objectives, softlabels, transforms, tricks, views
+from distill import artifacts, config, data, losses, models, objectives, report, softlabels, targets, \
+    transforms, tricks, views
 from distill.config import KDCfg, MixCfg
 from distill.stages import student
 
 MIXED = {"cache__topk": 99, "cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0, "cache__mix__prob": 0.8}
 
 
-def _soft(q):
-    return lambda batch, mix, x: tricks.mix_targets(q, mix)
+class _Fixed:
+    """A teacher that answers with fixed distributions."""
+    sees_mixed_input = False
+
+    def __init__(self, q):
+        self.q = q
+
+    def probs(self, batch, x, temperature, standardized):
+        return self.q
+
+
+START = objectives.Progress(epoch=0, step=0)
 
 
 def test_alpha_zero_is_ce_and_alpha_one_is_kd():
     torch.manual_seed(0)
     logits, t = torch.randn(6, 5), torch.randn(6, 5)
     batch = {"label": torch.tensor([0, 1, 2, 3, 4, 0])}
-    q = torch.softmax(t / 3.0, 1)
     ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 5, 0.1))
     kd = dense_kl(logits, t, 3.0) * 9.0
-    never = lambda b, m: False  # noqa: E731
 
     def obj(alpha):
-        return objectives.kd(KDCfg(alpha=alpha, temperature=3.0), 5, 0.1, _soft(q), never)(logits, batch, None, None)
-    assert obj(0.0).item() == pytest.approx(ce.item(), rel=1e-6)
-    assert obj(1.0).item() == pytest.approx(kd.item(), rel=1e-5)
-    assert obj(0.7).item() == pytest.approx(0.7 * kd.item() + 0.3 * ce.item(), rel=1e-5)
+        objective = objectives.Distillation(KDCfg(alpha=alpha, temperature=3.0), 5, 0.1,
+                                            _Fixed(torch.softmax(t / 3.0, 1)))
+        return objective(logits, batch, None, None, START)
+    assert obj(0.0)["loss"].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert obj(1.0)["loss"].item() == pytest.approx(kd.item(), rel=1e-5)
+    terms = obj(0.7)
+    assert terms["loss"].item() == pytest.approx(0.7 * kd.item() + 0.3 * ce.item(), rel=1e-5)
+    assert terms["kd"].item() == pytest.approx(kd.item(), rel=1e-5) and terms["ce"].item() == pytest.approx(ce.item())
 
 
-def test_focal_and_scale_balance():
+def test_dkd_objective_warms_up_and_dist_objective_weighs_its_relations():
     torch.manual_seed(0)
-    logits, target = torch.randn(4, 3), torch.softmax(torch.randn(4, 3), 1)
-    assert losses.focal(logits, target, 0.0).item() == pytest.approx(losses.soft_cross_entropy(logits, target).item())
-    assert losses.focal(logits, target, 2.0).item() < losses.soft_cross_entropy(logits, target).item()
-    a, b = torch.tensor(3.0, requires_grad=True), torch.tensor(0.5, requires_grad=True)
-    out = losses.combine(a * 2, b * 4, 0.9, "scale")
-    out.backward()
-    assert out.item() == pytest.approx(1.0) and a.grad.item() == pytest.approx(0.9 / 3) and \
-        b.grad.item() == pytest.approx(0.1 / 0.5)
+    logits, t = torch.randn(6, 5), torch.randn(6, 5)
+    batch = {"label": torch.tensor([0, 1, 2, 3, 4, 0])}
+    q = torch.softmax(t / 4.0, 1)
+    ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 5, 0.0))
+    tckd, nckd = losses.dkd(logits, q, batch["label"], 4.0)
+    dkd = objectives.Distillation(KDCfg(loss="dkd", dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=20), 5, 0.0, _Fixed(q))
+    for epoch, warm in ((0, 1 / 20), (9, 10 / 20), (30, 1.0)):
+        got = dkd(logits, batch, None, None, objectives.Progress(epoch=epoch, step=0))["loss"]
+        want = ce + warm * 16 * (tckd.mean() + 8.0 * nckd.mean())
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    inter, intra = losses.dist(torch.softmax(logits / 4.0, 1), q)
+    got = objectives.Distillation(KDCfg(loss="dist"), 5, 0.0, _Fixed(q))(logits, batch, None, None, START)
+    assert got["loss"].item() == pytest.approx((ce + 2 * 16 * inter + 2 * 16 * intra).item(), rel=1e-5)
+    assert set(got) == {"loss", "ce", "inter", "intra"}
 
 
 def _setting(shared, **cache):
@@ -83,10 +102,10 @@ def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(shared):
     cfg, bundle, _, _ = _setting(shared)
     labels = softlabels.SoftLabels(folder)
     batch = _batch(student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0), range(8))
-    soft, use_topk = student._cached_target(labels, 4.0)
-    assert not use_topk(batch, None)  # a dense cache (stored at T = 1) serves T = 4 from the rebuilt logits
+    teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
+    assert labels.dense and labels.temperature == 1.0  # every logit kept: stored at T = 1, serves any T
     mix = tricks.draw_mix(np.random.default_rng(1), MixCfg(mixup_alpha=1.0), 8, 12, 12)
-    q = soft(batch, mix, None)
+    q = objectives.Distillation(KDCfg(temperature=4.0), 3, 0.0, teacher)._teacher(batch, mix, None)
     rows = labels.rows(batch["index"].numpy())
     r, v = np.arange(8), batch["view_id"].numpy()
     logits = torch.zeros(8, 3).scatter_(1, torch.from_numpy(rows["classes"][r, v].astype(np.int64)),
@@ -96,8 +115,15 @@ def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(shared):
     assert torch.allclose(q, mix.lam * dense + (1 - mix.lam) * dense[mix.perm], atol=1e-6)
 
 
+METHODS = [{"loss": "kd"}, {"loss": "dkd"}, {"loss": "dist"}, {"loss": "kd", "logit_standardization": True},
+           {"loss": "dkd", "logit_standardization": True}]
+
+
 @pytest.mark.parametrize("topk", [99, 2])
-def test_online_and_cached_give_the_same_loss_on_the_same_batch(shared, topk):
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: "+".join(str(v) for v in m.values()))
+def test_online_and_cached_give_the_same_loss_on_the_same_batch(shared, topk, method):
+    """Every method from the cache equals the live teacher on the same views. With top-2 of 3 classes the cache
+    holds the top 2 and the true class, so it is exact too (the rest, at most one class, is the residual)."""
     folder = shared.cache(cache__topk=topk)
     cfg, bundle, to_input, teacher = _setting(shared)
     labels = softlabels.SoftLabels(folder)
@@ -106,13 +132,13 @@ def test_online_and_cached_give_the_same_loss_on_the_same_batch(shared, topk):
     torch.manual_seed(0)
     logits = models.create("resnet8", 3)(x)
     from accelerate import Accelerator
-    kd = KDCfg(alpha=0.9, temperature=4.0)
-    cached = objectives.kd(kd, 3, 0.0, *student._cached_target(labels, 4.0))
-    online = objectives.kd(kd, 3, 0.0, *student._online_target(teacher, 4.0, Accelerator(cpu=True)))
-    a, b = cached(logits, batch, None, x), online(logits, batch, None, x)
-    # fp16 storage of the logits is the only difference; with top-2 of 3 classes the residual mass is the third
-    # class's, so the sparse form is exact too
-    assert a.item() == pytest.approx(b.item(), rel=2e-3)
+    kd = KDCfg(temperature=4.0, dkd_warmup=0, **method)
+    cached = objectives.Distillation(kd, 3, 0.0, targets.CachedTeacher(3, labels.dense, labels.temperature))
+    online = objectives.Distillation(kd, 3, 0.0, targets.LiveTeacher(teacher, Accelerator(cpu=True).autocast))
+    a, b = cached(logits, batch, None, x, START), online(logits, batch, None, x, START)
+    assert a.keys() == b.keys()
+    for name in a:  # fp16 storage of the logits is the only difference
+        assert a[name].item() == pytest.approx(b[name].item(), rel=2e-3, abs=1e-5), name
 
 
 def test_a_student_step_on_mixed_cached_views_equals_the_step_by_hand(shared):
@@ -126,10 +152,10 @@ def test_a_student_step_on_mixed_cached_views_equals_the_step_by_hand(shared):
     idx = list(range(16))
     batch = data.collate([replay[i] for i in idx])
     kd = KDCfg(alpha=0.7, temperature=4.0)
-    objective = objectives.kd(kd, 3, 0.1, *student._cached_target(labels, kd.temperature))
+    objective = objectives.Distillation(kd, 3, 0.1, targets.CachedTeacher(3, labels.dense, labels.temperature))
     torch.manual_seed(0)
     net = models.create("resnet8", 3)
-    loss = objective(net(to_input(batch)), batch, None, None)
+    loss = objective(net(to_input(batch)), batch, None, None, START)["loss"]
     loss.backward()
     got = [p.grad.clone() for p in net.parameters()]
 
@@ -246,3 +272,19 @@ def test_student_run_warns_when_views_are_replayed_past_the_rule(shared, tmp_pat
         "stage=student", f"student.epochs={epochs}", "student.batch_size=16"])
     run.execute(cfg)  # logs to stderr, as on the command line
     assert capfd.readouterr().err.count("cached views replay each view") == past
+
+
+@pytest.mark.parametrize("method", ["dkd", "dist"])
+def test_each_method_trains_a_student_and_logs_its_terms(shared, tmp_path, method):
+    shared.copy_cache(tmp_path)
+    r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=student", "student.epochs=2",
+                 "student.batch_size=16", "student.log_every=1", f"kd.loss={method}", "kd.dkd_warmup=1")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    terms = {"dkd": {"ce", "tckd", "nckd"}, "dist": {"ce", "inter", "intra"}}[method]
+    epochs = [json.loads(line) for line in (run / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert all(terms | {"loss"} <= set(e) and set(e["terms"]) == terms | {"loss"} for e in epochs)
+    steps = (run / "student" / "steps.jsonl").read_text().splitlines()
+    assert steps and terms <= set(json.loads(steps[0]))
+    drawn = report.curves(run, tmp_path / "c.png", shared.teacher_dir)
+    assert set(drawn["student loss terms"]) == terms and (run / "curves.png").exists()

@@ -24,7 +24,7 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from distill import artifacts, data, layout, models, softlabels, transforms, tricks, views
+from distill import artifacts, data, layout, losses, models, softlabels, transforms, tricks, views
 from distill.config import Config, DataCfg, MixCfg
 from distill.errors import DataError
 
@@ -113,16 +113,26 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
     loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
 
+    labels = torch.from_numpy(items.images.labels[start:stop])
+
     def label(x: torch.Tensor, row: int) -> None:  # x: network inputs [b, n_new, C, s, s] of images row ..
         out = records[row:row + len(x)]
         for j in range(n_new):
             with acc.autocast():
-                logits = model(x[:, j].contiguous(memory_format=torch.channels_last)).float()
+                logits = model(x[:, j].contiguous(memory_format=torch.channels_last)).float().cpu()
             values, classes = logits.topk(k, dim=-1)
-            out["logits"][:, first + j] = values.half().cpu().numpy()
-            out["classes"][:, first + j] = classes.cpu().numpy()
-            out["lse"][:, first + j] = torch.logsumexp(logits / temperature, dim=-1).cpu().numpy()
-            out["top1"][:, first + j] = logits.argmax(-1).cpu().numpy()
+            mean, std = logits.mean(1), logits.std(1)
+            stats = {"logits": values.half(), "classes": classes, "lse": torch.logsumexp(logits / temperature, 1),
+                     "target": logits.gather(1, labels[row:row + len(x), None])[:, 0], "mean": mean, "std": std,
+                     "lse_std": torch.logsumexp(losses.standardize(logits) / temperature, 1),
+                     "top1": logits.argmax(-1)}
+            if "partner_target" in dtype.names:  # the partner's class (the image's own when the view is unmixed)
+                partner = torch.from_numpy(out["partner"][:, first + j].astype(np.int64))
+                cls = torch.where(partner >= 0, torch.from_numpy(items.images.labels)[partner.clamp_min(0)],
+                                  labels[row:row + len(x)])
+                stats["partner_target"] = logits.gather(1, cls[:, None])[:, 0]
+            for name, value in stats.items():
+                out[name][:, first + j] = value.numpy()
         bar.update(len(x))
 
     pending, loaded, labelled = [], 0, 0
@@ -145,8 +155,9 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
             labelled += len(x[:run])
             pending = [x[run:]]
     records["correct"][:, first:] = records["top1"][:, first:] == items.images.labels[start:stop, None]
-    for name in ("logits", "classes", "lse", "top1", "correct"):  # the teacher saw a blank: keep nothing of it
-        records[name][bad] = 0
+    for name in softlabels.TEACHER_FIELDS:  # the teacher saw a blank: keep nothing of it
+        if name in dtype.names:
+            records[name][bad] = 0
     return records, (np.flatnonzero(bad) + start).tolist()
 
 

@@ -1,4 +1,4 @@
-"""Stage 3, student: train with alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE.
+"""Stage 3, student: train with the distillation objective `kd.loss` (kd, dkd or dist; objectives.Distillation).
 
 `kd.teacher=cached` replays, for sample i at epoch e, one of its cached views (the very pixels the teacher
 labelled) with that view's soft label; `kd.teacher=online` runs the teacher on the student's exact (mixed) batch
@@ -22,8 +22,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 
-from distill import artifacts, data, engine, fingerprints, layout, losses, models, objectives, softlabels, \
-    transforms, tricks, views
+from distill import artifacts, data, engine, fingerprints, layout, models, objectives, softlabels, targets, \
+    transforms, views
 from distill.config import Config, DataCfg
 from distill.errors import ConfigError, DataError
 
@@ -82,33 +82,6 @@ class ReplayItems(Dataset):
         return out
 
 
-def _cached_target(labels: softlabels.SoftLabels, temperature: float):
-    """The soft labels of each sample's replayed view, read from the cache by `ReplayItems` with the images."""
-
-    def use_topk(batch, mix):
-        return mix is None and temperature == labels.temperature
-
-    def soft_target(batch, mix, x):
-        values, classes, lse = batch["kd_logits"], batch["kd_classes"], batch["kd_lse"]
-        if use_topk(batch, mix):
-            return values, classes, lse
-        if temperature != labels.temperature:  # dense cache: rebuild the logits, any T
-            full = torch.zeros(values.shape[0], labels.num_classes, device=values.device).scatter_(1, classes, values)
-            q = torch.softmax(full / temperature, dim=1)
-        else:
-            q = losses.topk_to_probs(values, classes, lse, temperature, labels.num_classes)
-        return tricks.mix_targets(q, mix)
-    return soft_target, use_topk
-
-
-def _online_target(model: torch.nn.Module, temperature: float, acc: Accelerator):
-    """The teacher run on the student's exact (already mixed) input."""
-    def soft_target(batch, mix, x):
-        with torch.no_grad(), acc.autocast():  # no_grad, not inference_mode: the result enters the loss graph
-            return torch.softmax(model(x).float() / temperature, dim=1)
-    return soft_target, lambda batch, mix: False
-
-
 def seed_of(cfg: Config) -> int:
     return cfg.student.seed if cfg.student.seed is not None else cfg.seed
 
@@ -158,14 +131,14 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
                                       num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
                                       collate_fn=data.collate,
                                       generator=torch.Generator().manual_seed(seed))  # fresh workers each epoch
-            soft_target, use_topk = _cached_target(labels, kd.temperature)
+            teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
         else:
             tmodel = models.create(tmeta["model"], bundle.num_classes)
             tmodel.load_state_dict(artifacts.load_weights(tdir))
             tmodel = models.frozen(tmodel, acc.device)
             train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
-            soft_target, use_topk = _online_target(tmodel, kd.temperature, acc)
-        objective = objectives.kd(kd, bundle.num_classes, s.label_smoothing, soft_target, use_topk)
+            teacher = targets.LiveTeacher(tmodel, acc.autocast)
+        objective = objectives.Distillation(kd, bundle.num_classes, s.label_smoothing, teacher)
         meta = _train(cfg, acc, bundle, norm, out, "student", fp, objective, train_loader)
     results = {"student": meta}
     if s.baseline:
@@ -175,6 +148,6 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         if meta_b is None:
             train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
             meta_b = _train(cfg, acc, bundle, norm, out_b, "baseline", fp_b,
-                            objectives.ce(bundle.num_classes, s.label_smoothing), train_loader)
+                            objectives.CrossEntropy(bundle.num_classes, s.label_smoothing), train_loader)
         results["baseline"] = meta_b
     return results

@@ -53,7 +53,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
         job = engine.Fit(cfg=t, epochs=epochs, lr_per_256=lr, out_dir=out, name="teacher", seed=cfg.seed,
                          to_input=to_input, **engine.guards(cfg, fp))
         model, metrics = engine.fit(model, train_loader, val_loader, job,
-                                    objectives.ce(bundle.num_classes, t.label_smoothing), acc)
+                                    objectives.CrossEntropy(bundle.num_classes, t.label_smoothing), acc)
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
         metrics = engine.evaluate(prepared, val_loader, acc, to_input, channels_last=False)
