@@ -119,6 +119,10 @@ class DataCfg:
     hub_config: Optional[str] = _f(None, doc="hub data set configuration name", changes=ALL)
     train_split: str = _f("train", doc="split to train on", changes=ALL)
     val_split: Optional[str] = _f(None, doc="validation split; null carves one from train", changes=ALL)
+    test_split: Optional[str] = _f(None, doc="held-out test split (a split name, a sibling <name>.parquet of a parquet "
+                                             "data.path, or a path to local data): every trained model is scored on "
+                                             "it once, at the end; never trained, validated or cached on",
+                                   changes=NONE)
     val_size: float = _f(0.1, doc="carved validation size: a fraction (<1) or a count", gt=0, changes=ALL)
     split_seed: int = _f(0, doc="seed of the validation carve", changes=ALL)
     train_size: Optional[int] = _f(None, doc="use only the first N training images (after the carve)", ge=1,
@@ -213,15 +217,24 @@ class CheckpointCfg:
     keep: int = _f(2, doc="complete checkpoints kept per stage (the newest)", ge=1, changes=NONE)
 
 
-# The stages, in the order `stage=all` runs them.
-STAGES = ("teacher", "cache", "student")
+@dataclass
+class ExportCfg:
+    onnx: bool = _f(True, doc="also write model.onnx, checked against PyTorch (needs pip install -e '.[export]')",
+                    changes=NONE)
+    opset: int = _f(17, doc="ONNX opset", ge=9, changes=NONE)
+    hub_repo: Optional[str] = _f(None, doc="push the export folder to this Hugging Face Hub repo (user/name)",
+                                 changes=NONE)
+
+
+# The stages, in the order `stage=all` runs them (export after the report, whose numbers it carries).
+STAGES = ("teacher", "cache", "student", "export")
 
 
 @dataclass
 class Config:
     name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)", changes=NONE)
-    stage: str = _f("all", doc="teacher | cache | student | all: runs that stage and the ones before it (each reused "
-                               "when up to date)", choices=STAGES + ("all",), changes=NONE)
+    stage: str = _f("all", doc="teacher | cache | student | export | all: runs that stage and the ones before it "
+                               "(each reused when up to date)", choices=STAGES + ("all",), changes=NONE)
     seed: int = _f(0, doc="global seed", changes=ALL)
     run_root: str = _f("runs", doc="root folder of run outputs", changes=NONE)
     log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...",
@@ -242,6 +255,7 @@ class Config:
     cache: CacheCfg = _f(factory=CacheCfg, changes=("cache",))
     student: StudentCfg = _f(factory=StudentCfg, changes=("student", "baseline"))
     kd: KDCfg = _f(factory=KDCfg, changes=("student",))
+    export: ExportCfg = _f(factory=ExportCfg, changes=NONE)
 
 
 def validate(raw: DictConfig | dict) -> Config:

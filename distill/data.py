@@ -27,7 +27,9 @@ class DataBundle:
     image_column: str
     label_column: str
     identity: dict = field(default_factory=dict)  # what identifies these splits, for stage fingerprints
-    images: dict = field(default_factory=dict)  # "train"/"val" -> Images (decoded once when they fit)
+    images: dict = field(default_factory=dict)  # "train"/"val"/"test" -> Images (decoded once when they fit)
+    test: datasets.Dataset | None = None  # the held-out test split (data.test_split), scored at the end only
+    test_identity: dict | None = None  # what identifies it (not part of any stage's fingerprint: nothing trains on it)
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +185,35 @@ def _warn_empty_folders(root: Path, split: str) -> None:
             log.warning(f"data: {folder} holds no images, so '{folder.name}' is not one of the classes")
 
 
+def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: str | None
+               ) -> tuple[datasets.Dataset, Rows]:
+    """The held-out split `data.test_split` names: one of the loaded splits, the sibling <name>.parquet of a
+    parquet data.path, or local data at that path. Never the training or validation split."""
+    name = cfg.test_split
+    for key, other in (("train_split", cfg.train_split), ("val_split", cfg.val_split)):
+        if name == other:
+            raise DataError(f"data.test_split: '{name}' is also data.{key}; the test split must be held out")
+    if name in splits:
+        return splits[name], Rows(np.arange(len(splits[name])), name, path)
+    sibling = Path(path).with_name(f"{name}.parquet") if source == "parquet" and path and Path(path).is_file() \
+        else None
+    if sibling is not None and sibling.is_file():
+        return datasets.load_dataset("parquet", data_files={name: str(sibling)})[name], Rows(
+            np.arange(0), name, str(sibling))
+    local = Path(name).expanduser()
+    if local.exists():
+        if path and local.resolve() == Path(path).resolve():
+            raise DataError(f"data.test_split: {name} is data.path itself; the test split must be held out")
+        other = dataclasses.replace(cfg, source="auto", path=str(local.resolve()), hub_config=None)
+        loaded = _load_splits(other, detect_source(other))
+        ds = loaded[next(iter(loaded))]
+        return ds, Rows(np.arange(len(ds)), next(iter(loaded)), str(local.resolve()))
+    where = f"{path} " if path else ""
+    raise DataError(f"data.test_split: no split '{name}' in {where}(splits: {', '.join(splits)})"
+                    + (f", and no {sibling}" if sibling else "") + "; give a split name, a path to local data, or "
+                    "data.test_split=null")
+
+
 def load(cfg: DataCfg) -> DataBundle:
     """Load the train and validation splits; carve validation from train when there is none."""
     source = detect_source(cfg)
@@ -233,13 +264,27 @@ def load(cfg: DataCfg) -> DataBundle:
     _warn_empty_classes(names, present, train.features[cfg.label_column], cfg.train_split)
     if source == "imagefolder":
         _warn_empty_folders(Path(local_path(cfg, source)), cfg.train_split)
+    test, test_identity = None, None
+    if cfg.test_split:
+        test, test_rows = _load_test(cfg, source, splits, path)
+        _check_columns(test, cfg, cfg.test_split)
+        feature = test.features[cfg.label_column]
+        if isinstance(feature, datasets.ClassLabel) and list(feature.names) != names:
+            raise DataError(f"data.test_split: its classes ({', '.join(feature.names[:5])}, ...) are not the training "
+                            f"split's ({', '.join(names[:5])}, ...)")
+        test_rows.rows = np.arange(len(test))
+        check_labels(test, cfg.label_column, len(names), "test", test_rows)
+        test_identity = {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test)}
     identity = {"source": source, "path": local_path(cfg, source), "hub_config": cfg.hub_config,
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
                             pixels.decode(ds, cfg.image_column, split, cfg.decode_mb), rows)
-              for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows))}
-    return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images)
+              for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, None))
+              if ds is not None}
+    if test is not None:
+        images["test"].rows = test_rows
+    return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
 
 
 def settings_identity(cfg: DataCfg) -> dict:

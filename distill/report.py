@@ -17,7 +17,8 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def summary(run_dir: Path, teacher_dir: Path | None = None) -> dict:
+def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None = None) -> dict:
+    """`tests`: {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one."""
     rows = {}
     for name in MODELS:
         folder = teacher_dir if name == "teacher" and teacher_dir else run_dir / name
@@ -27,25 +28,34 @@ def summary(run_dir: Path, teacher_dir: Path | None = None) -> dict:
         m = meta["metrics"]
         rows[name] = {"model": meta["model"], "top1": m["top1"], "top5": m["top5"], "params": meta["params"],
                       "train_images_per_s": m.get("images_per_s"), "wall_s": meta.get("wall_s"),
-                      "epochs": m.get("epoch", 0), "skipped_images": m.get("skipped_images", 0)}
+                      "epochs": m.get("epoch", 0), "skipped_images": m.get("skipped_images", 0),
+                      "val_count": m.get("val_count")}
+        if tests and name in tests:
+            rows[name] |= {"test_top1": tests[name]["top1"], "test_top5": tests[name]["top5"],
+                           "test_count": tests[name]["count"]}
     out = {"run": str(run_dir), "models": rows}
     c = artifacts.read_json(run_dir / "cache.json")
     if c:
         out["cache"] = c
     if "student" in rows and "baseline" in rows:
         out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
+        if "test_top1" in rows["student"] and "test_top1" in rows["baseline"]:
+            out["kd_gain_test_top1"] = rows["student"]["test_top1"] - rows["baseline"]["test_top1"]
     if "teacher" in rows and "baseline" in rows:
         out["teacher_below_baseline"] = rows["teacher"]["top1"] < rows["baseline"]["top1"]
     return out
 
 
 def table(s: dict) -> str:
-    head = f"{'':10} {'model':12} {'top-1':>7} {'top-5':>7} {'params':>9} {'train img/s':>11} {'wall':>8}"
+    test = any("test_top1" in r for r in s["models"].values())
+    head = f"{'':10} {'model':12} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "") + \
+        f" {'params':>9} {'train img/s':>11} {'wall':>8}"
     lines = [head, "-" * len(head)]
     for name, r in s["models"].items():
         ips = f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "-"
         wall = f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-"
-        lines.append(f"{name:10} {r['model']:12} {r['top1']:6.2f}% {r['top5']:6.2f}% {r['params'] / 1e6:8.3f}M "
+        t = (f" {r['test_top1']:9.2f}%" if "test_top1" in r else f" {'-':>10}") if test else ""
+        lines.append(f"{name:10} {r['model']:12} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} {r['params'] / 1e6:8.3f}M "
                      f"{ips:>11} {wall:>8}")
     c = s.get("cache")
     if c:
@@ -59,7 +69,8 @@ def table(s: dict) -> str:
         lines.append("left out, failing to decode (data.on_bad_image=skip): "
                      + ", ".join(f"{name} {n} images" for name, n in left_out.items()) + " (training: last epoch)")
     if "kd_gain_top1" in s:
-        lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1")
+        lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1"
+                     + (f" (test: {s['kd_gain_test_top1']:+.2f})" if "kd_gain_test_top1" in s else ""))
     if s.get("teacher_below_baseline"):
         t, b = s["models"]["teacher"]["top1"], s["models"]["baseline"]["top1"]
         lines.append(f"warning: the teacher ({t:.2f}%) scores below the CE baseline ({b:.2f}%): the student distils "
@@ -102,8 +113,8 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[s
     return drawn
 
 
-def write(run_dir: Path, teacher_dir: Path | None = None) -> dict:
-    s = summary(run_dir, teacher_dir)
+def write(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None = None) -> dict:
+    s = summary(run_dir, teacher_dir, tests)
     artifacts.write_json(run_dir / "summary.json", s)
     curves(run_dir, run_dir / "curves.png", teacher_dir)
     log.info("\n" + table(s) + f"\n(summary.json and curves.png in {run_dir})")

@@ -28,8 +28,8 @@ log = logging.getLogger("distill")
 
 def stage_functions() -> dict:
     """Stage name -> run(cfg, accelerator, data, normalization, run_dir), in pipeline order (config.STAGES)."""
-    from distill.stages import cache, student, teacher
-    return {"teacher": teacher.run, "cache": cache.run, "student": student.run}
+    from distill.stages import cache, export, student, teacher
+    return {"teacher": teacher.run, "cache": cache.run, "student": student.run, "export": export.run}
 
 
 def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
@@ -78,12 +78,16 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
     # stage=X runs X and the stages before it; a stage whose output is up to date is reused, not rerun
     fns = stage_functions()
     last = len(config.STAGES) if cfg.stage == "all" else config.STAGES.index(cfg.stage) + 1
-    for name in config.STAGES[:last]:
-        fns[name](cfg, acc, bundle, norm, run_dir)
-    summary = None
-    if acc.is_main_process:
-        from distill import layout, report
-        summary = report.write(run_dir, layout.teacher_dir(cfg, run_dir))
+    chosen = config.STAGES[:last]
+    for name in chosen:
+        if name != "export":
+            fns[name](cfg, acc, bundle, norm, run_dir)
+    from distill import heldout, layout, report
+    tests = heldout.score(cfg, acc, bundle, norm, run_dir) if bundle.test is not None else None
+    summary = report.write(run_dir, layout.teacher_dir(cfg, run_dir), tests) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    if "export" in chosen:  # after the report: the model card carries its numbers
+        fns["export"](cfg, acc, bundle, norm, run_dir)
     acc.end_training()
     return summary
 

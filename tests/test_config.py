@@ -79,7 +79,7 @@ def test_cli_bad_value_stops_before_any_work(tmp_path: Path):
 def test_recipes_reuse_recipes_and_groups():
     r18 = config.validate(compose_recipe("resnet50_to_r18"))
     assert (r18.teacher.source, r18.teacher.model, r18.teacher.pretrained) == ("timm", "resnet50", True)
-    assert r18.teacher.finetune.epochs == 0 and r18.data.image_size == 224 and r18.data.val_split == "validation"
+    assert r18.teacher.finetune.epochs == 0 and r18.data.image_size == 224 and r18.data.test_split == "validation"
     assert (r18.student.model, r18.student.epochs, r18.student.sched.warmup_epochs) == ("resnet18", 100, 5)
     s = r18.student
     assert (s.label_smoothing, s.mix.mixup_alpha, s.optim.weight_decay) == (0.1, 0.2, 1e-4)

@@ -24,12 +24,14 @@ def test_resnet50_to_r18_runs_every_stage_offline(tmp_path):
                 f"run_root={tmp_path}/runs",
                 f"cache.root={tmp_path}/cache", "data.image_size=32", "data.num_workers=0", "precision=no",
                 "cache.views=2", "cache.batch_size=16", "student.epochs=1", "student.batch_size=8",
-                 "student.sched.warmup_epochs=0")
+                 "student.sched.warmup_epochs=0", "data.val_size=6")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "resnet50_to_r18"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["models"]["teacher"]["model"] == "resnet50" and summary["models"]["student"]["model"] == "resnet18"
-    assert json.loads((run / "student" / "meta.json").read_text())["metrics"]["val_count"] == 9
+    assert json.loads((run / "student" / "meta.json").read_text())["metrics"]["val_count"] == 6  # carved from train
+    assert {m["test_count"] for m in summary["models"].values()} == {9}  # the validation split, held out
+    assert (run / "export" / "config.json").exists()
     assert "teacher: loaded resnet50 from" in r.stderr
 
 

@@ -51,7 +51,8 @@ def main() -> None:
     online = student.run(online_cfg, acc, bundle, norm, tmp / "online")
     rate = {name: meta["metrics"]["images_per_s"] for name, meta in
             (("ce_only", cached["baseline"]), ("cached_kd", cached["student"]), ("online_kd", online["student"]))}
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
+    result = {"device": device,
               "images": len(bundle.train), "teacher": args.teacher, "student": args.student, "batch": args.batch,
               **{f"{k}_images_per_s": round(v, 1) for k, v in rate.items()},
               "cached_kd_vs_ce_only": round(rate["cached_kd"] / rate["ce_only"], 3),

@@ -22,8 +22,8 @@ declare -A METHOD=(
 run() {  # name, then overrides
   local name=$1; shift
   local start=$SECONDS
-  python distill/run.py recipe=$R data.path="$D" run_root="$RUNS" cache.root="$RUNS/cache" teacher.dir="$T" \
-    name="$name" "$@"
+  python distill/run.py recipe=$R data.path="$D" data.test_split=null run_root="$RUNS" cache.root="$RUNS/cache" \
+    teacher.dir="$T" name="$name" "$@"
   echo "$name: $((SECONDS - start)) s wall" | tee -a "$RUNS/wall.txt"
 }
 mkdir -p "$RUNS"

@@ -16,7 +16,7 @@ TEACHER_EPOCHS=${TEACHER_EPOCHS:-60}
 VIEWS=${VIEWS:-2 8 32}
 SEEDS=${SEEDS:-0 1}
 RUNS=${RUNS:-runs/views}
-common=(recipe=cifar10_resnet20_to_resnet8 data.path="$D" data.train_size="$IMAGES" run_root="$RUNS"
+common=(recipe=cifar10_resnet20_to_resnet8 data.path="$D" data.test_split=null data.train_size="$IMAGES" run_root="$RUNS"
         teacher.dir="$RUNS/teacher" teacher.epochs="$TEACHER_EPOCHS" student.epochs="$EPOCHS"
         cache.root="$RUNS/cache")
 start=$SECONDS

@@ -1,0 +1,68 @@
+"""Top-5 classes of images, from an exported student folder alone (its config.json states the preprocessing).
+
+    python -m distill.predict runs/demo/export image.png [more images ...] [--top 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def load(folder: Path):
+    """(model, transform, class names) of an export folder, through timm's own local-dir loading."""
+    import timm
+
+    import distill  # noqa: F401  (registers the CIFAR ResNets with timm)
+
+    config = json.loads((folder / "config.json").read_text())
+    model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    return model, transform, config.get("label_names") or [str(i) for i in range(config["num_classes"])]
+
+
+def predict(folder: Path, images: list[Path], top: int = 5) -> list[list[tuple[str, float]]]:
+    """For each image, its `top` classes with their probabilities, most probable first."""
+    import torch
+    from PIL import Image
+
+    model, transform, names = load(folder)
+    out = []
+    for path in images:
+        try:
+            with Image.open(path) as img:
+                x = transform(img.convert("RGB"))[None]
+        except Exception as e:  # noqa: BLE001 - unreadable image files come in many types
+            raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        with torch.inference_mode():
+            p = model(x).softmax(1)[0]
+        values, classes = p.topk(min(top, len(names)))
+        out.append([(names[c], float(v)) for v, c in zip(values.tolist(), classes.tolist())])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path, help="an export folder (config.json, model.safetensors)")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
+    args = p.parse_args(argv)
+    if not (args.folder / "config.json").is_file():
+        print(f"error: {args.folder}: no config.json; give the export folder of a run (<run>/export)", file=sys.stderr)
+        return 2
+    try:
+        results = predict(args.folder, args.images, args.top)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, ranked in zip(args.images, results):
+        print(path)
+        for name, prob in ranked:
+            print(f"  {prob:7.4f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

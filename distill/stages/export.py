@@ -1,0 +1,226 @@
+"""Stage 4, export: the student as a deliverable, in <run>/export/ (after the report, whose numbers it carries).
+
+    config.json, model.safetensors   timm's Hugging Face layout: timm.create_model("local-dir:<run>/export",
+                                     pretrained=True) loads it with its preprocessing (input size, mean/std, crop)
+    model.onnx                       opset `export.opset`, dynamic batch axis; checked against PyTorch with
+                                     onnxruntime on real validation images (needs pip install -e ".[export]")
+    README.md                        the model card: what was distilled from what, settings, top-1, how to load
+    export.json                      this stage's fingerprint and checks (what a rerun compares to reuse it)
+
+Written to a temporary folder and renamed, so a crash never leaves half an export. `export.hub_repo` then pushes
+the folder with huggingface_hub.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from distill import artifacts, data, layout, models, transforms
+from distill.config import Config
+from distill.errors import ConfigError, DataError
+
+log = logging.getLogger("distill")
+
+CIFAR_RESNETS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
+                 "resnet32x4")
+
+
+def preprocessing(cfg: Config, norm: dict) -> dict:
+    """The evaluation view as timm's pretrained_cfg states it: `cifar` views resize the image to the input size
+    (timm's `squash`), `imagenet` views resize to size / crop_pct and crop the centre."""
+    d = cfg.data
+    if d.per_image_norm:
+        raise ConfigError("data.per_image_norm: timm's preprocessing has no per-image standardisation; export needs "
+                          "a recipe with mean/std")
+    cifar = d.transform == "cifar"
+    return {"input_size": (3, d.image_size, d.image_size), "interpolation": "bilinear",
+            "crop_pct": 1.0 if cifar else d.crop_pct, "crop_mode": "squash" if cifar else "center",
+            "mean": tuple(norm["mean"]), "std": tuple(norm["std"])}
+
+
+def _have_onnx() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _val_batch(cfg: Config, bundle: data.DataBundle, norm: dict, n: int = 64) -> torch.Tensor:
+    """Up to n real validation images, as the network sees them."""
+    ds = data.ImageDataset(bundle.images["val"], cfg.data, train=False, skip_bad=True)
+    items = [it for it in (ds[i] for i in range(min(n, len(ds)))) if it is not None]
+    return transforms.ToInput(cfg.data, norm)({"image": torch.stack([it["image"] for it in items])})
+
+
+def _onnx(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int) -> float:
+    """Export with a dynamic batch axis and return the largest |ONNX - PyTorch| on x (run with onnxruntime)."""
+    import inspect
+
+    import onnxruntime
+
+    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with warnings.catch_warnings():  # the TorchScript exporter: no onnxscript needed, deprecated but supported
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, x[:1], str(path), opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          **kwargs)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    return float(np.abs(got - want).max())
+
+
+def _throughput(model: torch.nn.Module, x: torch.Tensor, seconds: float = 1.0) -> float:
+    """Images per second of the PyTorch model on this machine's CPU (fp32, batch of x), after one warm-up pass."""
+    with torch.inference_mode():
+        model(x)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            n += len(x)
+    return n / (time.perf_counter() - start)
+
+
+def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> str:
+    """The model card (README.md of the export folder)."""
+    models_ = summary["models"]
+    t = models_.get("teacher", {})
+    kd, c = cfg.kd, cfg.cache
+    test = any("test_top1" in r for r in models_.values())
+    rows = ["| model | architecture | params | val top-1 |" + (" test top-1 |" if test else ""),
+            "| --- | --- | --- | --- |" + (" --- |" if test else "")]
+    for name, r in ((n, models_[n]) for n in ("teacher", "student", "baseline") if n in models_):
+        rows.append(f"| {name} | `{r['model']}` | {r['params'] / 1e6:.3f} M | {r['top1']:.2f}% "
+                    f"({r.get('val_count') or '?'} images) |"
+                    + (f" {r['test_top1']:.2f}% ({r['test_count']} images) |" if "test_top1" in r else " - |"
+                       if test else ""))
+    method = {"kd": f"KD (Hinton et al. 2015), alpha {kd.alpha}", "dkd": f"DKD (Zhao et al. 2022), alpha "
+              f"{kd.dkd_alpha}, beta {kd.dkd_beta}", "dist": f"DIST (Huang et al. 2022), beta {kd.dist_beta}, "
+              f"gamma {kd.dist_gamma}"}[kd.loss] + (", logit standardization" if kd.logit_standardization else "")
+    source = "soft labels from a cache of " + f"{c.views} recorded views per image (top-{c.topk} logits)" \
+        if kd.teacher == "cached" else "the teacher run live every step (online KD)"
+    register = "import distill  # registers the CIFAR ResNets with timm\n" if meta["model"] in CIFAR_RESNETS else ""
+    onnx = (f"`model.onnx`: opset {checks['opset']}, input `input` [batch, 3, {pre['input_size'][1]}, "
+            f"{pre['input_size'][2]}] (dynamic batch axis), output `logits`; largest difference from PyTorch on "
+            f"{checks['onnx_images']} validation images: {checks['onnx_max_abs_diff']:.2e}."
+            if "onnx_max_abs_diff" in checks else
+            "No ONNX file: `pip install -e \".[export]\"` (onnx, onnxruntime) and rerun `stage=export` to add it.")
+    data_line = cfg.data.path or "the demo digits (scikit-learn)"
+    return f"""# {meta['model']} distilled from {t.get('model', 'a teacher')}
+
+A `{meta['model']}` image classifier ({len(meta['class_names'])} classes) trained by distill with {method},
+T = {kd.temperature}, from {source}, on {data_line}.
+
+- Recipe: `{cfg.name}` (`python distill/run.py recipe={cfg.name} ...`; the run's resolved settings are in its
+  `config.yaml`), seed {meta.get('seed')}, {cfg.student.epochs} student epochs.
+- Input: {pre['input_size'][1]} x {pre['input_size'][2]} RGB, mean {list(pre['mean'])}, std {list(pre['std'])},
+  resized `{pre['crop_mode']}` with crop fraction {pre['crop_pct']} and {pre['interpolation']} interpolation.
+- Parameters: {meta['params']:,}. Throughput: {checks['cpu_images_per_s']:.0f} images/s on the exporting machine's
+  CPU (fp32, batch {checks['batch']}).
+
+{chr(10).join(rows)}
+
+Validation images are carved from the training data; test images, when listed, are a held-out split no stage
+trained, validated or cached on.
+
+## Load it
+
+```python
+{register}import timm
+model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()
+cfg = timm.data.resolve_data_config({{}}, model=model)
+transform = timm.data.create_transform(**cfg)  # the preprocessing above
+```
+
+```bash
+python -m distill.predict PATH/TO/THIS/FOLDER image.jpg    # top-5 classes with their probabilities
+```
+
+{onnx}
+
+Classes: {', '.join(meta['class_names'][:20])}{', ...' if len(meta['class_names']) > 20 else ''}
+"""
+
+
+def _push(folder: Path, repo: str) -> None:
+    """Upload the folder with huggingface_hub; one line saying what to do when that cannot work."""
+    from huggingface_hub import HfApi, constants, get_token
+
+    then = f"the export is in {folder}; rerun stage=export export.hub_repo={repo} once that is fixed"
+    if constants.HF_HUB_OFFLINE:
+        raise DataError(f"export.hub_repo: offline (HF_HUB_OFFLINE=1), nothing pushed; {then}")
+    if get_token() is None:
+        raise DataError(f"export.hub_repo: not logged in to the Hugging Face Hub; run `hf auth login` (or set "
+                        f"HF_TOKEN); {then}")
+    try:
+        api = HfApi()
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="distill export")
+    except Exception as e:  # noqa: BLE001 - network and permission errors come in many types
+        raise DataError(f"export.hub_repo: could not push to {repo} ({str(e).splitlines()[0]}); {then}") from None
+    log.info(f"export: pushed {folder} to https://huggingface.co/{repo}")
+
+
+def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict | None:
+    out, sdir = run_dir / "export", layout.student_dir(run_dir)
+    meta = artifacts.read_json(sdir / "meta.json")
+    summary = artifacts.read_json(run_dir / "summary.json")
+    if meta is None or summary is None:
+        raise DataError(f"export: no trained student in {sdir}; run stage=student (or stage=all) first")
+    pre = preprocessing(cfg, norm)
+    onnx = cfg.export.onnx and _have_onnx()
+    fp = artifacts.fingerprint({"weights": meta["weights_sha256"], "summary": summary["models"], "pre": pre,
+                                "onnx": onnx, "opset": cfg.export.opset, "kd": meta.get("config"), "name": cfg.name})
+    done = artifacts.read_json(out / "export.json")
+    if done and done.get("fingerprint") == fp and (out / "model.safetensors").exists():
+        log.info(f"export: reusing {out}")
+    elif acc.is_main_process:
+        done = _write(cfg, bundle, norm, run_dir, meta, summary, pre, onnx, fp)
+    acc.wait_for_everyone()
+    done = done or artifacts.read_json(out / "export.json")
+    if cfg.export.onnx and not onnx:
+        log.warning("export: no model.onnx; pip install -e \".[export]\" (onnx, onnxruntime) and rerun stage=export")
+    if cfg.export.hub_repo and acc.is_main_process:
+        _push(out, cfg.export.hub_repo)
+    log.info(f"export: {out} (load it with timm.create_model(\"local-dir:{out}\", pretrained=True); "
+             f"python -m distill.predict {out} IMAGE)")
+    return done
+
+
+def _write(cfg, bundle, norm, run_dir, meta, summary, pre, onnx, fp) -> dict:
+    out, tmp = run_dir / "export", run_dir / "export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    from timm.models import save_for_hf
+
+    model = models.create(meta["model"], bundle.num_classes)
+    model.load_state_dict(artifacts.load_weights(layout.student_dir(run_dir)))
+    model.eval()
+    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=bundle.num_classes, **pre)
+    save_for_hf(model, str(tmp), model_config={"label_names": list(bundle.class_names)}, safe_serialization=True)
+    x = _val_batch(cfg, bundle, norm)
+    checks = {"opset": cfg.export.opset, "batch": len(x), "cpu_images_per_s": _throughput(model, x)}
+    if onnx:
+        checks |= {"onnx_max_abs_diff": _onnx(model, x, tmp / "model.onnx", cfg.export.opset), "onnx_images": len(x)}
+        log.info(f"export: model.onnx (opset {cfg.export.opset}, dynamic batch) matches PyTorch on {len(x)} "
+                 f"validation images to {checks['onnx_max_abs_diff']:.2e} (largest absolute difference)")
+        if checks["onnx_max_abs_diff"] > 1e-3:
+            raise DataError(f"export: model.onnx differs from the PyTorch model by {checks['onnx_max_abs_diff']:.2e} "
+                            "on validation images; not exported")
+    (tmp / "README.md").write_text(_card(cfg, meta, summary, checks, pre))
+    record = {"fingerprint": fp, "student_weights_sha256": meta["weights_sha256"], "checks": checks,
+              "files": sorted(p.name for p in tmp.iterdir())}
+    artifacts.write_json(tmp / "export.json", record)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info(f"export: wrote {', '.join(record['files'])}")
+    return record
