@@ -144,6 +144,10 @@ class DataCfg:
     num_workers: int = _f(2, doc="DataLoader workers per process", ge=0, changes=NONE)
     decode_mb: float = _f(4096, doc="decode a split once into memory when its images share one size and fit in "
                           "this many MB (0: decode per sample, every epoch)", ge=0, changes=NONE)
+    renderer: str = _f("cpu", doc="where views are rendered: cpu (per image, in the loader workers) | device (each "
+                                  "split decoded once into memory and kept on the training device, each batch's "
+                                  "views rendered there; no workers). Teacher, cache and student use the one chosen, "
+                                  "and the cache records it", choices=("cpu", "device"), changes=ALL)
     on_bad_image: str = _f("error", doc="error | skip (count and report) an image that fails to decode",
                            choices=("error", "skip"), changes=ALL)
 

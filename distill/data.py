@@ -336,29 +336,75 @@ class Images:
         return out
 
 
+class SharedEpoch:
+    """The training epoch in shared memory: loader workers that persist across epochs read the epoch the main
+    process set, instead of the copy they were started with (written by hand: DataLoader has no epoch hook)."""
+
+    def __init__(self):
+        self._value = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(epoch)
+
+    def get(self) -> int:
+        return int(self._value)
+
+
 class ImageDataset(Dataset):
     """Items {'image' (uint8 CHW), 'label', 'index'}; `index` is the row in the split (the cache keys soft labels
     by it). Training items get a random view drawn from (seed, epoch, index), a pure function, so that a resumed run
     sees the views an uninterrupted one would; evaluation items get the eval view. With skip_bad, an image that
     fails to decode yields None, which `collate` drops and counts."""
 
-    def __init__(self, images: Images, cfg: DataCfg, train: bool, seed: int = 0, skip_bad: bool = False):
+    def __init__(self, images: Images, cfg: DataCfg, train: bool, seed: int = 0, skip_bad: bool = False,
+                 pixels: bool | None = None):
         self.images, self.cfg, self.train, self.seed, self.skip_bad = images, cfg, train, seed, skip_bad
-        self.epoch = 0
+        self.epoch = SharedEpoch()
+        # data.renderer=device: items carry the view's parameters, rendered per batch on the device (DeviceViews)
+        self.pixels = cfg.renderer == "cpu" if pixels is None else pixels
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
+        if not self.pixels:
+            return self._params_only(i)
         img = self.images.fetch(i, self.skip_bad)
         if img is None:
             return None
-        params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch, i), tuple(img.shape[-2:])) \
+        params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch.get(), i), tuple(img.shape[-2:])) \
             if self.train else views.EVAL_VIEW
         return {"image": views.apply(img, params, self.cfg), "label": int(self.images.labels[i]), "index": i}
+
+    def _params_only(self, i: int) -> dict | None:
+        if i in self.images.bad:  # failed to decode at load time
+            if self.skip_bad:
+                return None
+            self.images.fetch(i, False)  # raises, naming the row
+        hw = self.images.pixels.shape[1:3]
+        params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch.get(), i), hw) if self.train \
+            else views.EVAL_VIEW
+        return {"view": torch.from_numpy(params), "label": int(self.images.labels[i]), "index": i,
+                "split": SPLITS.index(self.images.split)}
+
+
+SPLITS = ("train", "val", "test")  # a params-only batch names its split, so the renderer knows which pixels
+
+
+def device_views(cfg: DataCfg, bundle: DataBundle, device) -> dict[int, views.DeviceViews] | None:
+    """data.renderer=device: every split's pixels on the device, by SPLITS index; None for the cpu renderer."""
+    if cfg.renderer != "device":
+        return None
+    out = {}
+    for name, images in bundle.images.items():
+        if images.pixels is None:
+            raise DataError(f"data.renderer: device needs each split decoded into memory, and split '{name}' is not "
+                            "(its images differ in size, or exceed data.decode_mb); use data.renderer=cpu")
+        out[SPLITS.index(name)] = views.DeviceViews(images.pixels, cfg, device)
+    return out
 
 
 def collate(items: list) -> dict:
@@ -370,9 +416,9 @@ def collate(items: list) -> dict:
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int) -> DataLoader:
-    """Training loaders start fresh workers each epoch, so that they see the dataset's current epoch."""
+    """Workers persist across epochs; a training dataset's epoch reaches them through shared memory (SharedEpoch)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=num_workers,
-                      collate_fn=collate, persistent_workers=num_workers > 0 and not train,
+                      collate_fn=collate, persistent_workers=num_workers > 0,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
 
 
@@ -389,7 +435,7 @@ def normalization(cfg: DataCfg, bundle: DataBundle, record: Path | None = None) 
     if saved and saved.get("key") == key:
         return saved["normalization"]
     subset = bundle.images["train"].subset(min(cfg.stats_images, len(bundle.train)))
-    ds = ImageDataset(subset, cfg, train=False, skip_bad=True)
+    ds = ImageDataset(subset, cfg, train=False, skip_bad=True, pixels=True)
     mean, std = transforms.channel_stats(make_loader(ds, 256, False, cfg.num_workers, 0))
     norm = {"per_image": False, "mean": mean, "std": std}
     log.info(f"data: computed mean {mean} std {std} from {len(subset)} training images")
@@ -406,6 +452,11 @@ def loaders(bundle: DataBundle, cfg: DataCfg, batch_size: int, seed: int,
     skip = cfg.on_bad_image == "skip"
     train = ImageDataset(bundle.images["train"], cfg, train=True, seed=seed, skip_bad=skip)
     val = ImageDataset(bundle.images["val"], cfg, train=False, skip_bad=skip)
-    return (make_loader(train, batch_size, True, cfg.num_workers, seed),
-            make_loader(val, eval_batch_size or batch_size, False, cfg.num_workers, seed))
+    return (make_loader(train, batch_size, True, workers(cfg), seed),
+            make_loader(val, eval_batch_size or batch_size, False, workers(cfg), seed))
+
+
+def workers(cfg: DataCfg) -> int:
+    """Loader workers: data.num_workers, or none when views are rendered on the device (items are a few numbers)."""
+    return cfg.num_workers if cfg.renderer == "cpu" else 0
 

@@ -175,7 +175,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
     ckpt_dir, switch_at = job.out_dir / "checkpoints", cfg.optim.switch_to_sgd_epoch
     # where training stands; saved with every checkpoint, so that a resumed stage continues bit for bit
     st = {"epoch": 0, "batch": 0, "step": 0, "term_sums": {}, "window_terms": {}, "window_n": 0, "seen": 0,
-          "skipped": 0, "nonfinite_skipped": 0, "epoch_s": 0.0, "train_s": 0.0, "best_top1": None}
+          "skipped": 0, "nonfinite_skipped": 0, "epoch_s": 0.0, "wait_s": 0.0, "train_s": 0.0, "best_top1": None}
     if job.resume == "never":
         checkpoint.clear(acc, ckpt_dir)
     found, progress = checkpoint.latest(acc, ckpt_dir, job.fingerprint, job.name) if job.resume == "auto" \
@@ -202,7 +202,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                 log.info(f"{job.name}: switched to SGD at epoch {epoch}")
             first = st["batch"] if epoch == st["epoch"] else 0  # batches of this epoch already trained
             if first == 0:
-                st.update(term_sums={}, seen=0, skipped=0, epoch_s=0.0)
+                st.update(term_sums={}, seen=0, skipped=0, epoch_s=0.0, wait_s=0.0)
             schedule.step_update(step)
             model.train()
             if hasattr(train_loader, "set_epoch"):  # the same data order as the uninterrupted run
@@ -214,6 +214,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
             skipped = torch.tensor(st["skipped"], device=dev, dtype=torch.long)
             first_bad = torch.full((), NO_BAD_STEP, device=dev, dtype=torch.long)  # no host sync per step
             seen, bad_update, start = st["seen"], False, time.perf_counter()
+            waited = [st["wait_s"]]  # host time spent waiting for the next batch (as timm's data_time measures it)
 
             def progress_now(batch_index: int, epochs_done: int) -> dict:
                 return st | {"epoch": epochs_done, "batch": batch_index, "step": step,
@@ -221,10 +222,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                              "window_terms": {k: v.item() for k, v in window.items()}, "window_n": window_n,
                              "seen": seen,
                              "skipped": int(skipped.item()), "epoch_s": st["epoch_s"] + time.perf_counter() - start,
-                             "fingerprint": job.fingerprint}
+                             "wait_s": waited[0], "fingerprint": job.fingerprint}
 
-            bar = tqdm(loader, desc=f"{job.name} {epoch + 1}/{job.epochs}", leave=False, dynamic_ncols=True,
-                       disable=not acc.is_main_process, initial=first, total=batches)
+            bar = tqdm(_timed(loader, waited), desc=f"{job.name} {epoch + 1}/{job.epochs}", leave=False,
+                       dynamic_ncols=True, disable=not acc.is_main_process, initial=first, total=batches)
             optimizer.zero_grad(set_to_none=True)
             for i, batch in enumerate(bar, start=first):
                 x = _input(batch, cfg.channels_last, job.to_input)
@@ -290,7 +291,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
             metrics = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                        **{k: acc.reduce(v, reduction="mean").item() / max(batches, 1) for k, v in sums.items()},
                        "terms": sorted(sums),
-                       "images_per_s": seen * acc.num_processes / elapsed, "skipped_images": n_skipped,
+                       "images_per_s": seen * acc.num_processes / elapsed, "data_wait_s": waited[0],
+                       "data_wait_share": waited[0] / max(elapsed, 1e-9), "skipped_images": n_skipped,
                        "nonfinite_skipped": st["nonfinite_skipped"],
                        **evaluate(model, val_loader, acc, job.to_input, cfg.channels_last)}
             st["train_s"] += elapsed
@@ -301,8 +303,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                 log.warning(f"{job.name}: skipped {n_skipped} images that failed to decode this epoch")
             logs.write("epoch", metrics)
             acc.log({f"{job.name}/{k}": v for k, v in metrics.items() if k != "terms"}, step=step)  # needs log_with
-            checkpoint.save(acc, ckpt_dir, progress_now(0, epoch + 1) | {"epoch_s": 0.0}, job.checkpoint.keep,
-                            job.name)
+            checkpoint.save(acc, ckpt_dir, progress_now(0, epoch + 1) | {"epoch_s": 0.0, "wait_s": 0.0},
+                            job.checkpoint.keep, job.name)
             if preemption.due(acc, True):
                 raise Stopped(f"{job.name}: stopped by SIGTERM after epoch {epoch + 1}; run the same command again "
                               "to resume")
@@ -310,6 +312,19 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
     metrics["train_wall_s"] = st["train_s"]
     metrics["best_top1"] = st["best_top1"]
     return acc.unwrap_model(model), metrics
+
+
+def _timed(loader, clock: list):
+    """The loader's batches, adding the time spent waiting for each to clock[0]."""
+    it = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        clock[0] += time.perf_counter() - start
+        yield batch
 
 
 def _check_finite(first_bad: torch.Tensor, job: Fit, ckpt_dir: Path, acc: Accelerator) -> None:

@@ -29,7 +29,7 @@ def folders(cfg: Config, run_dir: Path) -> dict[str, Path]:
 def score(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict[str, dict]:
     """{model: {top1, top5, count}} for every trained model of the run, computed or read back."""
     out = {}
-    to_input = transforms.ToInput(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
     for name, folder in folders(cfg, run_dir).items():
         meta = artifacts.read_json(folder / "meta.json")
         if meta is None:
@@ -43,7 +43,7 @@ def score(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, ru
         net.load_state_dict(artifacts.load_weights(folder))
         ds = data.ImageDataset(bundle.images["test"], cfg.data, train=False,
                                skip_bad=cfg.data.on_bad_image == "skip")
-        loader = data.make_loader(ds, 256, False, cfg.data.num_workers, cfg.seed)
+        loader = data.make_loader(ds, 256, False, data.workers(cfg.data), cfg.seed)
         acc.free_memory()
         prepared, loader = acc.prepare(net, loader)
         m = engine.evaluate(prepared, loader, acc, to_input, channels_last=False)

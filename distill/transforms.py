@@ -23,9 +23,11 @@ class PerImageStandardize(torch.nn.Module):
 class ToInput:
     """A batch of uint8 views -> the network input: converted and normalised in one go, on the batch's device,
     then blended with the partner views where the batch carries a cached mixed view (`partner_image`, `lam`,
-    `box`: lam < 1 mixes up, a non-empty box pastes). The one place every stage turns a batch into the input."""
+    `box`: lam < 1 mixes up, a non-empty box pastes). With data.renderer=device a batch carries view parameters
+    instead of pixels, rendered here first. The one place every stage turns a batch into the input."""
 
-    def __init__(self, cfg: DataCfg, norm: dict):
+    def __init__(self, cfg: DataCfg, norm: dict, device_views: dict | None = None):
+        self.device_views = device_views  # data.renderer=device: split index -> views.DeviceViews
         steps = [v2.ToDtype(torch.float32, scale=True)]
         if cfg.per_image_norm:
             steps.append(PerImageStandardize())
@@ -34,6 +36,8 @@ class ToInput:
         self.normalize = v2.Compose(steps)
 
     def __call__(self, batch: dict) -> torch.Tensor:
+        if "image" not in batch:  # a batch of view parameters: render its pixels on the device first
+            batch = self.device_views[int(batch["split"][0])](batch)
         x = self.normalize(batch["image"])
         if "partner_image" not in batch:
             return x

@@ -95,3 +95,60 @@ def apply_all(image: torch.Tensor, params: np.ndarray, cfg: DataCfg) -> torch.Te
 def apply(image: torch.Tensor, params, cfg: DataCfg) -> torch.Tensor:
     """Apply one stored view (uint8 out); the same code path as `apply_all`."""
     return apply_all(image, np.asarray(params, dtype=np.int16)[None], cfg)[0]
+
+
+# ---------------------------------------------------------------- batched replay on the device
+
+def render(pixels: torch.Tensor, index: torch.Tensor, params: torch.Tensor, cfg: DataCfg) -> torch.Tensor:
+    """Views of images `index` of a decoded split (uint8 [N, H, W, 3], on any device), replayed from their stored
+    parameters (int [B, WIDTH]) in one batched pass: uint8 [B, 3, s, s], on the pixels' device.
+
+    CIFAR views (resize, pad, crop, flip) are gathers: the same pixels as `apply`, bit for bit. RandomResizedCrop
+    views are resampled with torchvision's roi_align (bilinear, adaptive sampling), not `apply`'s antialiased
+    resize: close, not equal (tests/test_views.py bounds the difference)."""
+    s, device = cfg.image_size, pixels.device
+    x = pixels[index.to(device)].permute(0, 3, 1, 2)
+    kind, top, left, h, w, flip = params.to(device=device, dtype=torch.long).unbind(1)
+    flip = flip.bool()[:, None]
+    if cfg.transform == "cifar":
+        if tuple(x.shape[-2:]) != (s, s):
+            x = TF.resize(x, [s, s], antialias=True)
+        p = cfg.padding
+        x = torch.nn.functional.pad(x, [p] * 4) if p else x
+        train = kind == TRAIN  # the eval view is the unpadded image: the crop at (p, p)
+        rows = torch.where(train, top, p)[:, None] + torch.arange(s, device=device)
+        cols = torch.where(train, left, p)[:, None] + torch.arange(s, device=device)
+        cols = torch.where(flip, cols.flip(1), cols)
+        b = torch.arange(len(x), device=device)[:, None, None]
+        return x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    from torchvision.ops import roi_align
+
+    height, width = x.shape[-2:]
+    short = int(round(s / cfg.crop_pct))  # the eval view: shorter side resized to `short`, centre s x s, as `apply`
+    rh, rw = (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
+    top0, left0 = int(round((rh - s) / 2.0)), int(round((rw - s) / 2.0))
+    sy, sx = height / rh, width / rw  # resized -> source pixels
+    eval_box = torch.tensor([left0 * sx, top0 * sy, (left0 + s) * sx, (top0 + s) * sy], device=device)
+    train_box = torch.stack([left, top, left + w, top + h], 1).float()
+    boxes = torch.where((kind == TRAIN)[:, None], train_box, eval_box)
+    boxes = torch.cat([torch.arange(len(x), device=device, dtype=torch.float)[:, None], boxes], 1)
+    out = roi_align(x.float(), boxes, output_size=(s, s), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    out = torch.where(flip[:, :, None, None], out.flip(-1), out)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class DeviceViews:
+    """A decoded split kept on the training device, rendering each batch's views there (`render`): the batch
+    carries image indices and view parameters instead of pixels, and needs no loader workers. A cached mixed view's
+    partner is rendered alike."""
+
+    def __init__(self, pixels, cfg: DataCfg, device):
+        self.pixels, self.cfg = torch.as_tensor(pixels).to(device), cfg
+
+    def __call__(self, batch: dict) -> dict:
+        out = dict(batch, image=render(self.pixels, batch["index"], batch["view"], self.cfg))
+        if "partner" in batch:
+            partner = batch["partner"].to(self.pixels.device)
+            image = render(self.pixels, partner.clamp_min(0), batch["partner_view"], self.cfg)
+            out["partner_image"] = torch.where((partner >= 0)[:, None, None, None], image, torch.zeros_like(image))
+        return out

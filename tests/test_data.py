@@ -149,3 +149,23 @@ def test_training_views_are_a_pure_function_of_seed_epoch_and_index(parquet_file
         assert torch.equal(x[row], want)
     ds.set_epoch(5)
     assert not all(torch.equal(ds[i]["image"], batch["image"][r]) for r, i in enumerate(batch["index"].tolist()))
+
+
+def test_persistent_workers_see_each_epochs_views(parquet_file):
+    """Workers started once serve every epoch with that epoch's views (the epoch reaches them in shared memory)."""
+    c = cfg(path=str(parquet_file))
+    bundle = data.load(c)
+    ds = data.ImageDataset(bundle.images["train"], c, train=True, seed=3)
+    loader = data.make_loader(ds, 8, True, 2, 0)
+    assert loader.persistent_workers
+    workers = None
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for batch in loader:
+            for j, i in enumerate(batch["index"].tolist()):
+                assert torch.equal(batch["image"][j], ds[i]["image"]), (epoch, i)  # this epoch's view of image i
+        if workers is None:
+            workers = loader._iterator._workers
+        assert loader._iterator._workers is workers  # the same processes, not restarted
+    views_by_epoch = {e: (ds.set_epoch(e), ds[0]["image"])[1] for e in range(3)}
+    assert not all(torch.equal(views_by_epoch[0], v) for v in views_by_epoch.values())  # views do change

@@ -79,13 +79,13 @@ def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
                                  device=acc.device, verbose=False).train()
     optimizer = tricks.build_optimizer(net, s.optim, tricks.scaled_lr(s.optim.lr, s.batch_size))
     loader, _ = data.loaders(bundle, cfg.data, s.batch_size, 0)
-    to_input = transforms.ToInput(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
     for epoch in range(s.epochs):  # timed like the student stage: the last epoch only
         _sync()
         seen, start = 0, time.perf_counter()
         loader.dataset.set_epoch(epoch)
         for batch in loader:
-            x = to_input({"image": batch["image"].to(acc.device)}).contiguous(memory_format=torch.channels_last)
+            x = to_input(_to(batch, acc.device)).contiguous(memory_format=torch.channels_last)
             with acc.autocast():
                 loss = task(x, batch["label"].to(acc.device))["loss"]
             optimizer.zero_grad(set_to_none=True)
@@ -100,17 +100,41 @@ def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     """The cached-KD training loader alone (replayed views with their soft labels), to normalised tensors on the
     training device, as the student stage feeds them (pinned memory on a GPU, normalised there)."""
     replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, cfg.kd.views, 0)
-    to_input = transforms.ToInput(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, device))
     loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
                                          num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
     seen, start = 0, time.perf_counter()
     for batch in loader:
-        to_input({"image": batch["image"].to(device, non_blocking=True)})
+        to_input(_to(batch, device))
         for key in ("kd_logits", "kd_classes", "kd_lse"):
             batch[key].to(device, non_blocking=True)
-        seen += batch["image"].shape[0]
+        seen += len(batch["index"])
     _sync()
     return seen / (time.perf_counter() - start)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _photos(source: str, path: Path, n: int, size=(500, 375)) -> Path:
+    """n CIFAR images from `source` resized to 500 x 375 and saved as JPEG quality 90 in the hub's layout: images
+    that decode like photographs (random noise decodes far slower)."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    ds = datasets.load_dataset("parquet", data_files={"train": source})["train"].select(range(n))
+    rows = {"img": [], "label": []}
+    for row in ds:
+        buf = io.BytesIO()
+        row["img"].convert("RGB").resize(size, Image.BICUBIC).save(buf, format="JPEG", quality=90)
+        rows["img"].append({"bytes": buf.getvalue(), "path": None})
+        rows["label"].append(row["label"])
+    features = datasets.Features({"img": datasets.Image(), "label": ds.features["label"]})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    return path
 
 
 def _synthetic_images(path: Path, n: int, size: int) -> Path:
@@ -189,6 +213,12 @@ def main() -> None:
     p.add_argument("--data", help="parquet file in the hub's CIFAR layout (columns img, label)")
     p.add_argument("--synthetic", type=int, help="instead of --data: this many random JPEGs (ImageNet-shaped with "
                                                    "--image-size 224), 1000 classes, written to a temporary parquet")
+    p.add_argument("--photos", type=int, help="with --data: this many of its images as 500 x 375 JPEGs (quality 90)")
+    p.add_argument("--renderer", choices=("cpu", "device"), default="cpu", help="data.renderer: where views are "
+                   "rendered (device keeps each decoded split on the accelerator)")
+    p.add_argument("--decode-mb", type=float, default=4096, help="data.decode_mb (device rendering needs the split "
+                                                                  "decoded: 500 x 375 photos take 0.56 MB each)")
+    p.add_argument("--no-memory", action="store_true", help="skip (f), the synthetic cache's memory check")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--images", type=int, help="training images (default 5,000, or with --synthetic all of them "
                                                 "less --val; --quick 1,000)")
@@ -210,8 +240,11 @@ def main() -> None:
     args = p.parse_args()
     if (args.data is None) == (args.synthetic is None):
         p.error("give --data or --synthetic")
+    if args.photos and not args.data:
+        p.error("--photos makes its JPEGs from --data")
     quick = {"images": 1000, "memory_images": IMAGENET // 10, "memory_steps": 30, "rounds": 1}
-    full = {"images": args.synthetic - args.val if args.synthetic else 5000, "memory_images": IMAGENET,
+    made = args.synthetic or args.photos
+    full = {"images": made - args.val if made else 5000, "memory_images": IMAGENET,
             "memory_steps": 300, "rounds": 3}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
@@ -222,11 +255,15 @@ def main() -> None:
     if args.synthetic:
         args.data, args.image_column = str(_synthetic_images(tmp / "synthetic.parquet", args.synthetic,
                                                               args.image_size)), "img"
+    elif args.photos:
+        args.data = str(_photos(args.data, tmp / "photos.parquet", args.photos))
+        _phase("photos")
     geometry = {"image_size": args.image_size, "transform": "cifar" if args.image_size <= 64 else "imagenet"}
     raw = {"name": "bench", "run_root": str(tmp), "seed": 0, "precision": "auto",
            "data": {"source": "parquet", "path": args.data, "image_column": args.image_column, "val_size": args.val,
                     "train_size": args.images, "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
-                    "num_workers": args.workers, **geometry},
+                    "num_workers": args.workers, "renderer": args.renderer, "decode_mb": args.decode_mb,
+                    "test_split": None, **geometry},
            "teacher": {"model": args.teacher, "dir": str(tmp / "teacher")},
            "cache": {"root": str(tmp / "cache"), "views": args.views, "topk": 10, "batch_size": 256},
            "checkpoint": {"every": 0},
@@ -245,8 +282,8 @@ def main() -> None:
 
     # (e) raw teacher inference over the loader, then the cache stage (into a fresh root each round), per round
     eval_ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
-    loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, args.workers, 0)
-    to_input = transforms.ToInput(cfg.data, norm)
+    loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, data.workers(cfg.data), 0)
+    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
     labelling = []
     for r in range(args.rounds):
         for _ in range(args.epochs):  # like training, the last pass is timed
@@ -254,7 +291,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.inference_mode(), acc.autocast():
                 for batch in loader:
-                    x = to_input({"image": batch["image"].to(acc.device, non_blocking=True)})
+                    x = to_input(_to(batch, acc.device))
                     teacher_folded(x.contiguous(memory_format=torch.channels_last))
             _sync()
         raw_rate = n / (time.perf_counter() - start)
@@ -273,6 +310,7 @@ def main() -> None:
         metas = student.run(cfg, acc, bundle, norm, tmp / f"round{r}")
         online = student.run(online_cfg, acc, bundle, norm, tmp / f"round{r}" / "online")
         rounds.append({"cached": metas["student"]["metrics"]["images_per_s"],
+                       "wait": metas["student"]["metrics"]["data_wait_share"],
                        "ce": metas["baseline"]["metrics"]["images_per_s"],
                        "online": online["student"]["metrics"]["images_per_s"],
                        "timm": _timm_task_rate(cfg, bundle, norm, teacher_net, acc)})
@@ -307,10 +345,13 @@ def main() -> None:
     _phase("loader and ideal speed-up")
 
     # (f) memory: a synthetic ImageNet-sized cache read by training, against training without it
-    big = _synthetic_cache(tmp / "big", args.memory_images)
-    rss_plain = _peak_rss("", args.memory_images, args.batch, args.memory_steps)
-    rss_cached = _peak_rss(str(big), args.memory_images, args.batch, args.memory_steps)
-    _phase("memory")
+    if args.no_memory:
+        big, rss_plain, rss_cached = None, float("nan"), float("nan")
+    else:
+        big = _synthetic_cache(tmp / "big", args.memory_images)
+        rss_plain = _peak_rss("", args.memory_images, args.batch, args.memory_steps)
+        rss_cached = _peak_rss(str(big), args.memory_images, args.batch, args.memory_steps)
+        _phase("memory")
 
     vs_timm = median(lambda r: r["cached"] / r["timm"])
     result = {
@@ -326,6 +367,9 @@ def main() -> None:
         "cache_generation_views_per_s": round(cache_views, 1),
         "teacher_forward_ms": round(t_fwd * 1e3, 2), "student_step_ms": round(t_step * 1e3, 2),
         "teacher_forward_folded_ms": round(t_folded * 1e3, 2),
+        "renderer": args.renderer, "student_step_images_per_s": round(args.batch / t_step, 1),
+        "ce_only_vs_student_step": round(ce_rate * t_step / args.batch, 3),
+        "data_wait_share_cached_kd": round(median(lambda r: r["wait"]), 3),
         "ideal_speedup": round(ideal, 3),
         "cached_kd_vs_timm": round(vs_timm, 3),
         "cached_kd_vs_timm_of_ideal": round(vs_timm / ideal, 3),
@@ -336,7 +380,7 @@ def main() -> None:
         "cache_generation_vs_inference_per_forward": round(median(lambda r: r["views"] / r["raw"], labelling), 3),
         "cache_generation_vs_inference_rounds": [round(r["views"] / r["raw"], 3) for r in labelling],
         "synthetic_cache_images": args.memory_images,
-        "synthetic_cache_gb": round(softlabels.SoftLabels(big).nbytes() / 1e9, 3),
+        "synthetic_cache_gb": round(softlabels.SoftLabels(big).nbytes() / 1e9, 3) if big else None,
         "peak_rss_ce_only_gb": round(rss_plain / 1e9, 3), "peak_rss_with_cache_gb": round(rss_cached / 1e9, 3),
         "peak_rss_growth_gb": round((rss_cached - rss_plain) / 1e9, 3),
     }

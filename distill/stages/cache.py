@@ -72,7 +72,10 @@ class ViewItems(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         """uint8 views of image i (and of its partners, for mixed views) with their stored parameters; `bad` marks
-        an image left out (its views are rendered from a blank image and its records cleared)."""
+        an image left out (its views are rendered from a blank image and its records cleared). With
+        data.renderer=device, the parameters only: the views are rendered per batch on the device."""
+        if self.cfg.renderer == "device":
+            return self._params_only(i)
         img, decoded = self.images.fetch(i, self.skip_bad), {}
         bad = img is None
         if bad:
@@ -93,6 +96,15 @@ class ViewItems(Dataset):
                 for v, j in enumerate(rec["partner"])])
         return item
 
+    def _params_only(self, i: int) -> dict:
+        bad = i in self.images.bad
+        if bad and not self.skip_bad:
+            self.images.fetch(i, False)  # raises, naming the row
+        h, w = self.images.pixels.shape[1:3]
+        blank = torch.zeros(3, h, w, dtype=torch.uint8)  # only its shape is read when drawing a view
+        rec = self.draw(i, blank, lambda j: None if j in self.images.bad else blank)
+        return {"index": i, "bad": bad, **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+
 
 @torch.inference_mode()
 def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: int, stop: int,
@@ -111,7 +123,7 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
             records[name][:, :first] = base[name]
     bad = np.zeros(stop - start, dtype=bool)
     loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
-                        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+                        num_workers=data.workers(cfg.data), pin_memory=torch.cuda.is_available())
 
     labels = torch.from_numpy(items.images.labels[start:stop])
 
@@ -137,16 +149,23 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
 
     pending, loaded, labelled = [], 0, 0
     for batch in loader:
-        b = batch["image"].shape[0]
+        b = batch["view"].shape[0]
         got = records[loaded:loaded + b]
         for name in ("view",) + (softlabels.MIX_FIELDS if "partner" in batch else ()):
             got[name][:, first:] = batch[name].numpy()
         bad[loaded:loaded + b] = batch["bad"].numpy()
         loaded += b
-        flat = {"image": batch["image"].flatten(0, 1).to(acc.device, non_blocking=True)}
-        if "partner_image" in batch:
-            flat |= {"partner_image": batch["partner_image"].flatten(0, 1).to(acc.device), "lam": batch["lam"],
-                     "box": batch["box"]}
+        if "image" in batch:  # rendered in the loader
+            flat = {"image": batch["image"].flatten(0, 1).to(acc.device, non_blocking=True)}
+            if "partner_image" in batch:
+                flat |= {"partner_image": batch["partner_image"].flatten(0, 1).to(acc.device)}
+        else:  # data.renderer=device: every view of these images rendered by to_input
+            flat = {"index": batch["index"].repeat_interleave(n_new), "view": batch["view"].flatten(0, 1),
+                    "split": torch.zeros(b * n_new, dtype=torch.long)}
+            if "partner" in batch:
+                flat |= {"partner": batch["partner"].flatten(0, 1), "partner_view": batch["partner_view"].flatten(0, 1)}
+        if "partner" in batch:
+            flat |= {"lam": batch["lam"].flatten(0, 1), "box": batch["box"].flatten(0, 1)}
         x = to_input(flat)
         pending.append(x.view(b, n_new, *x.shape[1:]))
         while loaded - labelled >= run or (loaded == len(records) and loaded > labelled):
@@ -201,7 +220,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     if base is not None:
         log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {c.views - first} new views of "
                  f"each image ({total * (c.views - first)} forwards), the first {first} are copied")
-    to_input = transforms.ToInput(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
     start_t = time.perf_counter()
     with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
         for s in todo:

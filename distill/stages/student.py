@@ -46,7 +46,7 @@ class ReplayItems(Dataset):
     def __init__(self, images: data.Images, cfg: DataCfg, folder: Path, schedule: str, seed: int):
         self.images, self.cfg, self.folder, self.schedule, self.seed = images, cfg, folder, schedule, seed
         self.skip_bad = cfg.on_bad_image == "skip"
-        self.epoch, self._labels = 0, None
+        self.epoch, self._labels = data.SharedEpoch(), None
 
     @property
     def labels(self) -> softlabels.SoftLabels:  # opened lazily: each DataLoader worker maps the shards itself
@@ -58,7 +58,7 @@ class ReplayItems(Dataset):
         return self.__dict__ | {"_labels": None}
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -66,8 +66,10 @@ class ReplayItems(Dataset):
     def __getitem__(self, i: int) -> dict | None:
         if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it
             return None
-        v = view_for(i, self.epoch, self.labels.views, self.schedule, self.seed)
+        v = view_for(i, self.epoch.get(), self.labels.views, self.schedule, self.seed)
         rec = self.labels.row(i)
+        if self.cfg.renderer == "device":  # the view's parameters only: rendered per batch on the device
+            return self._params_only(i, v, rec)
         img, label = self.images.fetch(i, self.skip_bad), int(self.images.labels[i])
         # that view's soft label travels with the batch: no per-step gather or host round trip in training
         out = {"image": views.apply(img, rec["view"][v], self.cfg), "label": label, "index": i, "view_id": v,
@@ -78,6 +80,18 @@ class ReplayItems(Dataset):
             out |= {"partner_image": views.apply(partner, rec["partner_view"][v], self.cfg)
                     if partner is not None else torch.zeros_like(out["image"]),
                     "partner_label": int(self.images.labels[p]) if partner is not None else label,
+                    "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
+        return out
+
+
+    def _params_only(self, i: int, v: int, rec) -> dict:
+        label = int(self.images.labels[i])
+        out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "split": 0, "label": label, "index": i,
+               "view_id": v, **self.labels.view_label(rec, v)}
+        if "partner" in rec.dtype.names:
+            p = int(rec["partner"][v])
+            out |= {"partner": p, "partner_view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
+                    "partner_label": int(self.images.labels[p]) if p >= 0 else label,
                     "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
         return out
 
@@ -95,7 +109,8 @@ def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, o
     models.init_weights(model, s.init, s.zero_gamma)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
     job = engine.Fit(cfg=s, epochs=s.epochs, lr_per_256=s.optim.lr, out_dir=out, name=name, seed=seed,
-                     to_input=transforms.ToInput(cfg.data, norm), **engine.guards(cfg, fp))
+                     to_input=transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device)),
+                     **engine.guards(cfg, fp))
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names,
@@ -128,9 +143,9 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
                 log.warning(warning)
             replay = ReplayItems(bundle.images["train"], cfg.data, folder, kd.views, seed)
             train_loader = DataLoader(replay, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                                      num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
-                                      collate_fn=data.collate,
-                                      generator=torch.Generator().manual_seed(seed))  # fresh workers each epoch
+                                      num_workers=data.workers(cfg.data), pin_memory=torch.cuda.is_available(),
+                                      collate_fn=data.collate, persistent_workers=data.workers(cfg.data) > 0,
+                                      generator=torch.Generator().manual_seed(seed))  # the epoch: SharedEpoch
             teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
         else:
             tmodel = models.create(tmeta["model"], bundle.num_classes)

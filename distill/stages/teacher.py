@@ -48,7 +48,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     t = cfg.teacher
     model, epochs, lr = build(cfg, bundle.num_classes)
     train_loader, val_loader = data.loaders(bundle, cfg.data, t.batch_size, cfg.seed)
-    to_input = transforms.ToInput(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
     if epochs:
         job = engine.Fit(cfg=t, epochs=epochs, lr_per_256=lr, out_dir=out, name="teacher", seed=cfg.seed,
                          to_input=to_input, **engine.guards(cfg, fp))
