@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from PIL import Image as PILImage
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from distill import artifacts, pixels, transforms, views
@@ -320,6 +322,25 @@ class Images:
         raise DataError(f"data: the image at {self.rows.where(i)} ({self.split} sample {i}) could not be decoded "
                         f"({why})")
 
+    def encoded(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The image's JPEG file bytes and its (height, width) from the header, not decoded: what
+        data.renderer=device decodes on the device for a split too large to keep decoded there."""
+        if getattr(self, "_raw", None) is None:
+            self._raw = self.ds.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
+        value = self._raw[i][self.column]
+        raw = value["bytes"] or Path(value["path"]).read_bytes()
+        try:
+            with PILImage.open(io.BytesIO(raw)) as img:
+                (w, h), fmt = img.size, img.format
+        except Exception as e:  # noqa: BLE001 - unreadable files come in many types
+            raise DataError(f"data: the image at {self.rows.where(i)} ({self.split} sample {i}) could not be "
+                            f"read ({type(e).__name__}: {e})") from None
+        if fmt != "JPEG":
+            raise DataError(f"data.renderer: device decodes JPEG on the device, and the image at "
+                            f"{self.rows.where(i)} is {fmt}; let the split be decoded into memory (data.decode_mb) "
+                            "or use data.renderer=cpu")
+        return np.frombuffer(raw, dtype=np.uint8), (h, w)
+
     def fetch(self, i: int, skip_bad: bool) -> torch.Tensor | None:
         """`image(i)`, or None for an image that fails to decode when `skip_bad` (data.on_bad_image=skip)."""
         try:
@@ -384,34 +405,43 @@ class ImageDataset(Dataset):
             if self.skip_bad:
                 return None
             self.images.fetch(i, False)  # raises, naming the row
-        hw = self.images.pixels.shape[1:3]
+        extra = {}
+        if self.images.pixels is not None:
+            hw = self.images.pixels.shape[1:3]
+        else:  # not decoded at load time: the JPEG file travels, decoded per batch on the device
+            try:
+                extra["jpeg"], hw = self.images.encoded(i)
+            except DataError:
+                if self.skip_bad:
+                    return None
+                raise
         params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch.get(), i), hw) if self.train \
             else views.EVAL_VIEW
         return {"view": torch.from_numpy(params), "label": int(self.images.labels[i]), "index": i,
-                "split": SPLITS.index(self.images.split)}
+                "split": SPLITS.index(self.images.split), **extra}
 
 
 SPLITS = ("train", "val", "test")  # a params-only batch names its split, so the renderer knows which pixels
 
 
-def device_views(cfg: DataCfg, bundle: DataBundle, device) -> dict[int, views.DeviceViews] | None:
-    """data.renderer=device: every split's pixels on the device, by SPLITS index; None for the cpu renderer."""
+def device_views(cfg: DataCfg, bundle: DataBundle, device) -> dict | None:
+    """data.renderer=device, by SPLITS index: a split decoded into memory is kept on the device (views.DeviceViews);
+    any other is decoded there per batch from its JPEG files (views.JpegViews). None for the cpu renderer."""
     if cfg.renderer != "device":
         return None
-    out = {}
-    for name, images in bundle.images.items():
-        if images.pixels is None:
-            raise DataError(f"data.renderer: device needs each split decoded into memory, and split '{name}' is not "
-                            "(its images differ in size, or exceed data.decode_mb); use data.renderer=cpu")
-        out[SPLITS.index(name)] = views.DeviceViews(images.pixels, cfg, device)
-    return out
+    return {SPLITS.index(name): views.DeviceViews(images.pixels, cfg, device) if images.pixels is not None
+            else views.JpegViews(cfg, device) for name, images in bundle.images.items()}
 
 
 def collate(items: list) -> dict:
+    """default_collate, dropping (and counting) the None of a skipped image; JPEG files stay a list."""
     kept = [it for it in items if it is not None]
+    jpeg = [it.pop("jpeg") for it in kept] if kept and "jpeg" in kept[0] else None
     batch = default_collate(kept) if kept else {"image": torch.empty(0), "label": torch.empty(0, dtype=torch.long),
                                                 "index": torch.empty(0, dtype=torch.long)}
     batch["skipped"] = torch.tensor(len(items) - len(kept))
+    if jpeg is not None:
+        batch["jpeg"] = jpeg  # numpy arrays: accelerate leaves them on the host, where the decoder reads them
     return batch
 
 
@@ -452,11 +482,12 @@ def loaders(bundle: DataBundle, cfg: DataCfg, batch_size: int, seed: int,
     skip = cfg.on_bad_image == "skip"
     train = ImageDataset(bundle.images["train"], cfg, train=True, seed=seed, skip_bad=skip)
     val = ImageDataset(bundle.images["val"], cfg, train=False, skip_bad=skip)
-    return (make_loader(train, batch_size, True, workers(cfg), seed),
-            make_loader(val, eval_batch_size or batch_size, False, workers(cfg), seed))
+    return (make_loader(train, batch_size, True, workers(cfg, bundle.images["train"]), seed),
+            make_loader(val, eval_batch_size or batch_size, False, workers(cfg, bundle.images["val"]), seed))
 
 
-def workers(cfg: DataCfg) -> int:
-    """Loader workers: data.num_workers, or none when views are rendered on the device (items are a few numbers)."""
-    return cfg.num_workers if cfg.renderer == "cpu" else 0
+def workers(cfg: DataCfg, images: Images | None = None) -> int:
+    """Loader workers: data.num_workers, or none when a decoded split's views are rendered on the device (its items
+    are a few numbers; items that carry JPEG files keep the workers)."""
+    return 0 if cfg.renderer == "device" and (images is None or images.pixels is not None) else cfg.num_workers
 

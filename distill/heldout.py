@@ -43,7 +43,7 @@ def score(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, ru
         net.load_state_dict(artifacts.load_weights(folder))
         ds = data.ImageDataset(bundle.images["test"], cfg.data, train=False,
                                skip_bad=cfg.data.on_bad_image == "skip")
-        loader = data.make_loader(ds, 256, False, data.workers(cfg.data), cfg.seed)
+        loader = data.make_loader(ds, 256, False, data.workers(cfg.data, bundle.images["test"]), cfg.seed)
         acc.free_memory()
         prepared, loader = acc.prepare(net, loader)
         m = engine.evaluate(prepared, loader, acc, to_input, channels_last=False)

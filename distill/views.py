@@ -152,3 +152,23 @@ class DeviceViews:
             image = render(self.pixels, partner.clamp_min(0), batch["partner_view"], self.cfg)
             out["partner_image"] = torch.where((partner >= 0)[:, None, None, None], image, torch.zeros_like(image))
         return out
+
+
+class JpegViews:
+    """A split too large to keep decoded on the device: each batch carries its JPEG files (`jpeg`, host bytes),
+    decoded together on the device (torchvision.io.decode_jpeg; nvJPEG on CUDA) and cropped there with `apply`'s
+    own code. `jpeg_of` maps each view to its file when one image gives several views (the cache stage). On the CPU
+    the decoder is libjpeg-turbo, as PIL's: the same pixels as the CPU path; on CUDA nvJPEG's IDCT may differ by a
+    grey level."""
+
+    def __init__(self, cfg: DataCfg, device):
+        self.cfg, self.device = cfg, torch.device(device)
+
+    def __call__(self, batch: dict) -> dict:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        files = [torch.from_numpy(np.array(b, copy=True)) for b in batch["jpeg"]]
+        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device)
+        of = batch["jpeg_of"].tolist() if "jpeg_of" in batch else range(len(images))
+        params = batch["view"].cpu().numpy()
+        return dict(batch, image=torch.stack([apply(images[j], params[r], self.cfg) for r, j in enumerate(of)]))

@@ -74,3 +74,42 @@ def test_the_device_renderer_trains_and_caches_the_very_bits_of_the_cpu_one(shar
     for stage in ("student", "baseline"):
         a, b = (artifacts.load_weights(run / stage) for run in runs.values())
         assert all(torch.equal(a[k], b[k]) for k in a), stage
+
+
+def test_jpeg_files_decoded_on_the_device_train_and_cache_the_very_bits_of_the_cpu_path(shared, tmp_path):
+    """A split not kept decoded (data.decode_mb=0, images of two sizes): its JPEG files are decoded per batch on
+    the device (torchvision's decoder; libjpeg-turbo on the CPU, as PIL's), so the cache and the weights are the
+    CPU path's, bit for bit."""
+    import io
+    import json
+
+    import datasets
+    from PIL import Image
+
+    from conftest import CLASSES, random_teacher, run_here, tiny_images, tiny_overrides
+    from distill import artifacts
+    images, labels = tiny_images(60, size=14)
+    rows = []
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        img.resize((14, 14) if i % 2 else (18, 14)).save(buf, format="JPEG", quality=90)
+        rows.append({"bytes": buf.getvalue(), "path": None})
+    path = tmp_path / "jpeg.parquet"
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    datasets.Dataset.from_dict({"image": rows, "label": labels}, features=features).to_parquet(str(path))
+    teacher = random_teacher(tmp_path / "t.safetensors")
+    runs = {}
+    for renderer in ("cpu", "device"):
+        where = tmp_path / renderer
+        args = tiny_overrides(path, where / "runs", epochs=1) + [
+            "teacher.source=timm", f"teacher.checkpoint={teacher}", f"cache.root={where / 'cache'}", "cache.views=3",
+            "cache.topk=3", "data.image_size=12", "data.decode_mb=0", "stage=student", "student.epochs=1",
+            "student.batch_size=16", f"data.renderer={renderer}"]
+        r = run_here(*args)
+        assert r.returncode == 0, r.stderr
+        runs[renderer] = where / "runs" / "tiny"
+    folders = [Path(json.loads((run / "cache.json").read_text())["folder"]) for run in runs.values()]
+    shards = sorted(p.name for p in folders[0].glob("shard-*.npy"))
+    assert shards and all((folders[0] / n).read_bytes() == (folders[1] / n).read_bytes() for n in shards)
+    a, b = (artifacts.load_weights(run / "student") for run in runs.values())
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -102,7 +102,8 @@ def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, cfg.kd.views, 0)
     to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, device))
     loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+                                         num_workers=data.workers(cfg.data, replay.images), collate_fn=data.collate,
+                                         pin_memory=torch.cuda.is_available())
     seen, start = 0, time.perf_counter()
     for batch in loader:
         to_input(_to(batch, device))
@@ -282,7 +283,7 @@ def main() -> None:
 
     # (e) raw teacher inference over the loader, then the cache stage (into a fresh root each round), per round
     eval_ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
-    loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, data.workers(cfg.data), 0)
+    loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, data.workers(cfg.data, eval_ds.images), 0)
     to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
     labelling = []
     for r in range(args.rounds):

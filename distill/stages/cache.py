@@ -12,6 +12,7 @@ runs the teacher on the V' - V new ones only.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -29,6 +30,18 @@ from distill.config import Config, DataCfg, MixCfg
 from distill.errors import DataError
 
 log = logging.getLogger("distill")
+
+
+@functools.lru_cache(maxsize=4)
+def _blank_jpeg(size: int) -> np.ndarray:
+    """A black JPEG of the input size: what an image left out (on_bad_image=skip) decodes to on the device path."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size)).save(buf, format="JPEG")
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
 class ViewItems(Dataset):
@@ -97,13 +110,26 @@ class ViewItems(Dataset):
         return item
 
     def _params_only(self, i: int) -> dict:
-        bad = i in self.images.bad
+        bad, extra = i in self.images.bad, {}
         if bad and not self.skip_bad:
             self.images.fetch(i, False)  # raises, naming the row
-        h, w = self.images.pixels.shape[1:3]
+        if self.images.pixels is not None:
+            h, w = self.images.pixels.shape[1:3]
+        elif self.mix:
+            raise DataError("cache.mix: mixed views with data.renderer=device need the split decoded into memory "
+                            "(data.decode_mb); use data.renderer=cpu")
+        else:  # decoded per batch on the device from its JPEG file
+            try:
+                extra["jpeg"], (h, w) = self.images.encoded(i)
+            except DataError:
+                if not self.skip_bad:
+                    raise
+                bad, (h, w) = True, (self.cfg.image_size, self.cfg.image_size)
+                extra["jpeg"] = _blank_jpeg(self.cfg.image_size)
         blank = torch.zeros(3, h, w, dtype=torch.uint8)  # only its shape is read when drawing a view
         rec = self.draw(i, blank, lambda j: None if j in self.images.bad else blank)
-        return {"index": i, "bad": bad, **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        return {"index": i, "bad": bad, **extra,
+                **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
 
 
 @torch.inference_mode()
@@ -123,7 +149,8 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
             records[name][:, :first] = base[name]
     bad = np.zeros(stop - start, dtype=bool)
     loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
-                        num_workers=data.workers(cfg.data), pin_memory=torch.cuda.is_available())
+                        num_workers=data.workers(cfg.data, items.images), pin_memory=torch.cuda.is_available(),
+                        collate_fn=data.collate)
 
     labels = torch.from_numpy(items.images.labels[start:stop])
 
@@ -162,6 +189,8 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
         else:  # data.renderer=device: every view of these images rendered by to_input
             flat = {"index": batch["index"].repeat_interleave(n_new), "view": batch["view"].flatten(0, 1),
                     "split": torch.zeros(b * n_new, dtype=torch.long)}
+            if "jpeg" in batch:  # each file decoded once for its n_new views
+                flat |= {"jpeg": batch["jpeg"], "jpeg_of": torch.arange(b).repeat_interleave(n_new)}
             if "partner" in batch:
                 flat |= {"partner": batch["partner"].flatten(0, 1), "partner_view": batch["partner_view"].flatten(0, 1)}
         if "partner" in batch:

@@ -88,6 +88,8 @@ class ReplayItems(Dataset):
         label = int(self.images.labels[i])
         out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "split": 0, "label": label, "index": i,
                "view_id": v, **self.labels.view_label(rec, v)}
+        if self.images.pixels is None:  # decoded per batch on the device from its JPEG file
+            out["jpeg"] = self.images.encoded(i)[0]
         if "partner" in rec.dtype.names:
             p = int(rec["partner"][v])
             out |= {"partner": p, "partner_view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
@@ -143,8 +145,9 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
                 log.warning(warning)
             replay = ReplayItems(bundle.images["train"], cfg.data, folder, kd.views, seed)
             train_loader = DataLoader(replay, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                                      num_workers=data.workers(cfg.data), pin_memory=torch.cuda.is_available(),
-                                      collate_fn=data.collate, persistent_workers=data.workers(cfg.data) > 0,
+                                      num_workers=data.workers(cfg.data, replay.images),
+                                      pin_memory=torch.cuda.is_available(), collate_fn=data.collate,
+                                      persistent_workers=data.workers(cfg.data, replay.images) > 0,
                                       generator=torch.Generator().manual_seed(seed))  # the epoch: SharedEpoch
             teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
         else:
