@@ -96,7 +96,8 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[s
         if name == "student":
             for term in rows[-1].get("terms", []):
                 if term != "loss":
-                    axes[3].plot(epochs, [r.get(term) for r in rows], marker="o", markersize=3, label=term)
+                    values = [r.get(term, float("nan")) for r in rows]  # nan: an epoch logged before the term
+                    axes[3].plot(epochs, values, marker="o", markersize=3, label=term)
     titles = ("training loss", "validation top-1 (%)", "learning rate (end of epoch)", "student loss terms")
     for ax, title in zip(axes, titles):
         ax.set_title(title)
