@@ -13,7 +13,9 @@ the folder with huggingface_hub.
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -116,13 +118,14 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
             if "onnx_max_abs_diff" in checks else
             "No ONNX file: `pip install -e \".[export]\"` (onnx, onnxruntime) and rerun `stage=export` to add it.")
     data_line = cfg.data.path or "the demo digits (scikit-learn)"
+    recipe, command = _origin(cfg)
     return f"""# {meta['model']} distilled from {t.get('model', 'a teacher')}
 
 A `{meta['model']}` image classifier ({len(meta['class_names'])} classes) trained by distill with {method},
 T = {kd.temperature}, from {source}, on {data_line}.
 
-- Recipe: `{cfg.name}` (`python distill/run.py recipe={cfg.name} ...`; the run's resolved settings are in its
-  `config.yaml`), seed {meta.get('seed')}, {cfg.student.epochs} student epochs.
+- Recipe: `{recipe}`; command: `{command}` (the run's resolved settings are in its `config.yaml`); seed
+  {meta.get('seed')}, {cfg.student.epochs} student epochs.
 - Input: {pre['input_size'][1]} x {pre['input_size'][2]} RGB, mean {list(pre['mean'])}, std {list(pre['std'])},
   resized `{pre['crop_mode']}` with crop fraction {pre['crop_pct']} and {pre['interpolation']} interpolation.
 - Parameters: {meta['params']:,}. Throughput: {checks['cpu_images_per_s']:.0f} images/s on the exporting machine's
@@ -150,6 +153,19 @@ python -m distill.predict PATH/TO/THIS/FOLDER image.jpg    # top-5 classes with 
 
 Classes: {', '.join(meta['class_names'][:20])}{', ...' if len(meta['class_names']) > 20 else ''}
 """
+
+
+def _origin(cfg: Config) -> tuple[str, str]:
+    """The recipe Hydra composed and the command line of this process, when it is distill's entry point."""
+    recipe = cfg.name
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        recipe = HydraConfig.get().runtime.choices.get("recipe", recipe)
+    except (ImportError, ValueError):  # not under Hydra's main (a run from Python)
+        pass
+    if sys.argv and sys.argv[0].endswith(("run.py", "distill.run")):
+        return recipe, "python distill/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return recipe, f"python distill/run.py recipe={recipe} ..."
 
 
 def _push(folder: Path, repo: str) -> None:
