@@ -34,7 +34,7 @@ def stage_functions() -> dict:
 
 def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     """Run the chosen stages into run_dir (default <run_root>/<name>); return the run's summary."""
-    # imported here, not at the top: --help and config errors answer before accelerate and datasets load
+    # imported here, not at the top: --help and config errors answer before torch loads
     from accelerate.utils import broadcast_object_list
 
     from distill import artifacts, data, engine, preflight

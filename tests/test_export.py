@@ -155,3 +155,18 @@ def test_the_demo_ends_with_its_export_and_predict_gives_the_students_top1(demo,
         assert len(ranked) == 5 and ranked[0][0] == want and ranked[0][1] >= ranked[1][1]
         assert sum(p for _, p in ranked) <= 1.0 + 1e-6
     assert predict.main([str(folder), str(tmp_path / "digit0.png")]) == 0
+
+
+def test_import_distill_is_light_and_registers_the_cifar_resnets_once_timm_loads():
+    """What the card tells a user: `import distill`, then timm finds resnet8; and importing distill alone (as
+    `--help` and config errors do) loads neither torch nor timm."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = ("import sys, distill; assert 'torch' not in sys.modules and 'timm' not in sys.modules; "
+            "import timm; assert timm.is_model('resnet8') and timm.is_model('resnet32x4')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr

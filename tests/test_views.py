@@ -84,7 +84,6 @@ def test_jpeg_files_decoded_on_the_device_train_and_cache_the_very_bits_of_the_c
     import json
 
     import datasets
-    from PIL import Image
 
     from conftest import CLASSES, random_teacher, run_here, tiny_images, tiny_overrides
     from distill import artifacts
