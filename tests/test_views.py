@@ -112,3 +112,18 @@ def test_jpeg_files_decoded_on_the_device_train_and_cache_the_very_bits_of_the_c
     assert shards and all((folders[0] / n).read_bytes() == (folders[1] / n).read_bytes() for n in shards)
     a, b = (artifacts.load_weights(run / "student") for run in runs.values())
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cached_mixing_is_tricks_blend_row_by_row_bit_for_bit():
+    """ToInput mixes a batch of cached mixed views at once on the device; each row is what tricks.blend gives."""
+    from distill import transforms, tricks
+    torch.manual_seed(0)
+    image, partner = (torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8) for _ in range(2))
+    lam = torch.tensor([1.0, 0.3, 0.75, 0.6])
+    box = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [2, 1, 4, 4], [5, 0, 3, 8]])  # unmixed, mixup, two cutmix
+    to_input = transforms.ToInput(DataCfg(), {"mean": [0.5] * 3, "std": [0.25] * 3})
+    got = to_input({"image": image, "partner_image": partner, "lam": lam, "box": box})
+    x, y = to_input({"image": image}), to_input({"image": partner})
+    for r in range(4):
+        b = tuple(box[r].tolist())
+        assert torch.equal(got[r], tricks.blend(x[r], y[r], float(lam[r]), b if b[2] * b[3] else None)), r
