@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from distill import artifacts, pixels, transforms, views
 from distill.config import DataCfg
-from distill.errors import DataError
+from distill.errors import ConfigError, DataError
 
 log = logging.getLogger("distill")
 
@@ -32,6 +32,7 @@ class DataBundle:
     images: dict = field(default_factory=dict)  # "train"/"val"/"test" -> Images (decoded once when they fit)
     test: datasets.Dataset | None = None  # the held-out test split (data.test_split), scored at the end only
     test_identity: dict | None = None  # what identifies it (not part of any stage's fingerprint: nothing trains on it)
+    on_device: dict = field(default_factory=dict, repr=False)  # device -> device_views(), made once per run
 
     @property
     def num_classes(self) -> int:
@@ -335,11 +336,21 @@ class Images:
         except Exception as e:  # noqa: BLE001 - unreadable files come in many types
             raise DataError(f"data: the image at {self.rows.where(i)} ({self.split} sample {i}) could not be "
                             f"read ({type(e).__name__}: {e})") from None
-        if fmt != "JPEG":
-            raise DataError(f"data.renderer: device decodes JPEG on the device, and the image at "
-                            f"{self.rows.where(i)} is {fmt}; let the split be decoded into memory (data.decode_mb) "
-                            "or use data.renderer=cpu")
+        if fmt != "JPEG":  # a setting that cannot work, not a bad image: data.on_bad_image=skip must not drop it
+            raise ConfigError(f"data.renderer: device decodes JPEG on the device, and the image at "
+                              f"{self.rows.where(i)} is {fmt}; let the split be decoded into memory (data.decode_mb) "
+                              "or use data.renderer=cpu")
         return np.frombuffer(raw, dtype=np.uint8), (h, w)
+
+    def view_source(self, i: int) -> tuple[tuple[int, int], np.ndarray | None]:
+        """What data.renderer=device needs of image i, without decoding it here: its (height, width), and its JPEG
+        file when the split is not kept decoded. DataError, naming the row, for an image that failed to decode."""
+        if i in self.bad:
+            self.image(i)  # raises, naming the row
+        if self.pixels is not None:
+            return tuple(self.pixels.shape[1:3]), None
+        jpeg, hw = self.encoded(i)
+        return hw, jpeg
 
     def fetch(self, i: int, skip_bad: bool) -> torch.Tensor | None:
         """`image(i)`, or None for an image that fails to decode when `skip_bad` (data.on_bad_image=skip)."""
@@ -401,24 +412,17 @@ class ImageDataset(Dataset):
         return {"image": views.apply(img, params, self.cfg), "label": int(self.images.labels[i]), "index": i}
 
     def _params_only(self, i: int) -> dict | None:
-        if i in self.images.bad:  # failed to decode at load time
+        try:
+            hw, jpeg = self.images.view_source(i)
+        except DataError as e:
             if self.skip_bad:
                 return None
-            self.images.fetch(i, False)  # raises, naming the row
-        extra = {}
-        if self.images.pixels is not None:
-            hw = self.images.pixels.shape[1:3]
-        else:  # not decoded at load time: the JPEG file travels, decoded per batch on the device
-            try:
-                extra["jpeg"], hw = self.images.encoded(i)
-            except DataError:
-                if self.skip_bad:
-                    return None
-                raise
+            raise DataError(f"{e}; set data.on_bad_image=skip to leave it out of every stage") from None
         params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch.get(), i), hw) if self.train \
             else views.EVAL_VIEW
-        return {"view": torch.from_numpy(params), "label": int(self.images.labels[i]), "index": i,
-                "split": SPLITS.index(self.images.split), **extra}
+        item = {"view": torch.from_numpy(params), "label": int(self.images.labels[i]), "index": i,
+                "split": SPLITS.index(self.images.split)}
+        return item if jpeg is None else item | {"jpeg": jpeg}  # not decoded at load time: decoded on the device
 
 
 SPLITS = ("train", "val", "test")  # a params-only batch names its split, so the renderer knows which pixels
@@ -429,8 +433,11 @@ def device_views(cfg: DataCfg, bundle: DataBundle, device) -> dict | None:
     any other is decoded there per batch from its JPEG files (views.JpegViews). None for the cpu renderer."""
     if cfg.renderer != "device":
         return None
-    return {SPLITS.index(name): views.DeviceViews(images.pixels, cfg, device) if images.pixels is not None
+    if str(device) not in bundle.on_device:  # each split copied to the device once per run, not once per stage
+        bundle.on_device[str(device)] = {
+            SPLITS.index(name): views.DeviceViews(images.pixels, cfg, device) if images.pixels is not None
             else views.JpegViews(cfg, device) for name, images in bundle.images.items()}
+    return bundle.on_device[str(device)]
 
 
 def collate(items: list) -> dict:

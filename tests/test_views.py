@@ -127,3 +127,14 @@ def test_cached_mixing_is_tricks_blend_row_by_row_bit_for_bit():
     for r in range(4):
         b = tuple(box[r].tolist())
         assert torch.equal(got[r], tricks.blend(x[r], y[r], float(lam[r]), b if b[2] * b[3] else None)), r
+
+
+def test_png_files_on_the_device_path_stop_in_one_line_even_when_bad_images_are_skipped(shared, tmp_path):
+    """PNG cannot be decoded on the device: a setting to change, never images to leave out silently."""
+    from conftest import run_here, tiny_overrides
+    r = run_here(*tiny_overrides(shared.data, tmp_path / "runs", epochs=1), "stage=teacher", "data.decode_mb=0",
+                 "data.renderer=device", "data.on_bad_image=skip")
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: data.renderer: device decodes JPEG on the device, and the image at row ")
+    assert not (tmp_path / "runs" / "tiny" / "teacher" / "meta.json").exists()

@@ -60,9 +60,10 @@ class ViewItems(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def draw(self, i: int, img: torch.Tensor, load) -> dict[str, np.ndarray]:
-        """The stored parameters of views `first_view` .. V-1 of image i (the record fields other than the
-        teacher's), row 0 being view `first_view`; `load(j)` gives partner image j."""
+    def draw(self, i: int, hw: tuple[int, int], partner_hw) -> dict[str, np.ndarray]:
+        """The stored parameters of views `first_view` .. V-1 of image i, of size `hw` (the record fields other
+        than the teacher's), row 0 being view `first_view`; `partner_hw(j)` is partner j's size, None for an
+        image left out."""
         first, s = self.first_view, self.cfg.image_size
         n = self.num_views - first
         out = {"view": np.tile(views.EVAL_VIEW, (n, 1))}
@@ -71,14 +72,13 @@ class ViewItems(Dataset):
                     "lam": np.ones(n, np.float32), "box": np.zeros((n, 4), np.int16)}
         for v in range(max(first, 1 if self.eval_view else 0), self.num_views):
             rng, r = views.rng_for(self.seed, i, v), v - first
-            out["view"][r] = views.draw(self.cfg, rng, tuple(img.shape[-2:]))
+            out["view"][r] = views.draw(self.cfg, rng, hw)
             drawn = tricks.draw_lam(rng, self.mix, s, s) if self.mix else None
             if drawn is not None:
                 j = int(rng.integers(len(self.images)))
-                partner = load(j)
-                out["partner_view"][r] = views.draw(self.cfg, rng, tuple(partner.shape[-2:]) if partner is not None
-                                                    else (s, s))
-                if partner is not None:  # a partner that fails to decode (skipped) leaves the view unmixed
+                size = partner_hw(j)
+                out["partner_view"][r] = views.draw(self.cfg, rng, size or (s, s))
+                if size is not None:  # a partner that fails to decode (skipped) leaves the view unmixed
                     out["partner"][r] = j
                     out["lam"][r], out["box"][r] = drawn[0], drawn[1] or (0, 0, 0, 0)
         return out
@@ -99,7 +99,7 @@ class ViewItems(Dataset):
                 decoded[j] = self.images.fetch(j, self.skip_bad)
             return decoded[j]
 
-        rec = self.draw(i, img, load)
+        rec = self.draw(i, tuple(img.shape[-2:]), lambda j: None if load(j) is None else tuple(load(j).shape[-2:]))
         item = {"image": views.apply_all(img, rec["view"], self.cfg), "index": i, "bad": bad,
                 **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
         if self.mix:
@@ -110,26 +110,21 @@ class ViewItems(Dataset):
         return item
 
     def _params_only(self, i: int) -> dict:
-        bad, extra = i in self.images.bad, {}
-        if bad and not self.skip_bad:
-            self.images.fetch(i, False)  # raises, naming the row
-        if self.images.pixels is not None:
-            h, w = self.images.pixels.shape[1:3]
-        elif self.mix:
+        if self.mix and self.images.pixels is None:
             raise DataError("cache.mix: mixed views with data.renderer=device need the split decoded into memory "
                             "(data.decode_mb); use data.renderer=cpu")
-        else:  # decoded per batch on the device from its JPEG file
-            try:
-                extra["jpeg"], (h, w) = self.images.encoded(i)
-            except DataError:
-                if not self.skip_bad:
-                    raise
-                bad, (h, w) = True, (self.cfg.image_size, self.cfg.image_size)
-                extra["jpeg"] = _blank_jpeg(self.cfg.image_size)
-        blank = torch.zeros(3, h, w, dtype=torch.uint8)  # only its shape is read when drawing a view
-        rec = self.draw(i, blank, lambda j: None if j in self.images.bad else blank)
-        return {"index": i, "bad": bad, **extra,
-                **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        s, bad = self.cfg.image_size, False
+        try:
+            hw, jpeg = self.images.view_source(i)
+        except DataError as e:
+            if not self.skip_bad:
+                raise DataError(f"{e}; set data.on_bad_image=skip to leave it out of every stage") from None
+            bad, hw = True, (s, s)  # as the CPU path: views of a blank image, records cleared
+            jpeg = _blank_jpeg(s) if self.images.pixels is None else None
+        # a partner is only drawn for mixed views, which need a decoded split: every image has its size
+        rec = self.draw(i, hw, lambda j: None if j in self.images.bad else tuple(self.images.pixels.shape[1:3]))
+        item = {"index": i, "bad": bad, **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        return item if jpeg is None else item | {"jpeg": jpeg}
 
 
 @torch.inference_mode()

@@ -67,34 +67,22 @@ class ReplayItems(Dataset):
         if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it
             return None
         v = view_for(i, self.epoch.get(), self.labels.views, self.schedule, self.seed)
-        rec = self.labels.row(i)
-        if self.cfg.renderer == "device":  # the view's parameters only: rendered per batch on the device
-            return self._params_only(i, v, rec)
-        img, label = self.images.fetch(i, self.skip_bad), int(self.images.labels[i])
-        # that view's soft label travels with the batch: no per-step gather or host round trip in training
-        out = {"image": views.apply(img, rec["view"][v], self.cfg), "label": label, "index": i, "view_id": v,
-               **self.labels.view_label(rec, v)}
-        if "partner" in rec.dtype.names:  # a mixed view: replay the partner too, and mix the hard labels alike
-            p = int(rec["partner"][v])
-            partner = self.images.fetch(p, self.skip_bad) if p >= 0 else None
-            out |= {"partner_image": views.apply(partner, rec["partner_view"][v], self.cfg)
-                    if partner is not None else torch.zeros_like(out["image"]),
-                    "partner_label": int(self.images.labels[p]) if partner is not None else label,
-                    "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
-        return out
-
-
-    def _params_only(self, i: int, v: int, rec) -> dict:
-        label = int(self.images.labels[i])
-        out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "split": 0, "label": label, "index": i,
-               "view_id": v, **self.labels.view_label(rec, v)}
-        if self.images.pixels is None:  # decoded per batch on the device from its JPEG file
-            out["jpeg"] = self.images.encoded(i)[0]
-        if "partner" in rec.dtype.names:
-            p = int(rec["partner"][v])
+        rec, label = self.labels.row(i), int(self.images.labels[i])
+        # the view's parameters and its soft label travel with the sample: the training step reads no cache
+        out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
+               "view_id": v, "split": 0, **self.labels.view_label(rec, v)}
+        p = int(rec["partner"][v]) if "partner" in rec.dtype.names else None
+        if p is not None:  # a mixed view: its partner too, and the hard labels mixed alike
             out |= {"partner": p, "partner_view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
                     "partner_label": int(self.images.labels[p]) if p >= 0 else label,
                     "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
+        if self.cfg.renderer == "device":  # rendered per batch on the device (a JPEG file travels if not decoded)
+            return out if self.images.pixels is not None else out | {"jpeg": self.images.encoded(i)[0]}
+        out["image"] = views.apply(self.images.fetch(i, self.skip_bad), rec["view"][v], self.cfg)
+        if p is not None:
+            partner = self.images.fetch(p, self.skip_bad) if p >= 0 else None
+            out["partner_image"] = views.apply(partner, rec["partner_view"][v], self.cfg) if partner is not None \
+                else torch.zeros_like(out["image"])
         return out
 
 
