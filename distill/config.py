@@ -345,17 +345,19 @@ def _check_cross(cfg: Config) -> None:
         raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")
 
 
-def schema_keys(cls: type = Config, prefix: str = "") -> dict[str, str]:
-    """Every settable key with its help line, for `--help` text and for checking command-line overrides."""
-    out: dict[str, str] = {}
+def leaves(cls: type = Config, prefix: str = ""):
+    """(dotted key, its field, the section fields it sits in, innermost first) for every settable key."""
     for f in dataclasses.fields(cls):
-        key = prefix + f.name
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            out.update(schema_keys(sub, key + "."))
+            yield from ((key, leaf, (*above, f)) for key, leaf, above in leaves(sub, prefix + f.name + "."))
         else:
-            out[key] = f.metadata.get("doc", "")
-    return out
+            yield prefix + f.name, f, ()
+
+
+def schema_keys() -> dict[str, str]:
+    """Every settable key with its help line, for `--help` text and for checking command-line overrides."""
+    return {key: f.metadata.get("doc", "") for key, f, _ in leaves()}
 
 
 def check_overrides(args: list[str], groups: set[str]) -> None:

@@ -7,7 +7,6 @@ a field has no tag.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,17 @@ from distill import artifacts, config, softlabels
 from distill.config import Config
 
 
-def tags(cls: type = Config, prefix: str = "", owner: tuple = ()) -> dict[str, tuple | None]:
-    """Every settable key -> the outputs it changes (None: the field has no tag). A section's fields tagged
-    OWNER change what the section changes (the trick set under `teacher` changes the teacher)."""
-    out: dict[str, tuple | None] = {}
-    for f in dataclasses.fields(cls):
+def tags() -> dict[str, tuple | None]:
+    """Every settable key -> the outputs it changes (None: the field has no tag). A field tagged OWNER changes
+    what its nearest enclosing section with its own tag changes (the trick set under `teacher` changes the teacher)."""
+    out = {}
+    for key, f, sections in config.leaves():
         changes = f.metadata.get("changes")
-        resolved = owner if changes == config.OWNER else (tuple(changes) if changes is not None else None)
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
-            out.update(tags(sub, prefix + f.name + ".", resolved or ()))
-        else:
-            out[prefix + f.name] = resolved
+        for section in sections:  # innermost first
+            if changes != config.OWNER:
+                break
+            changes = section.metadata.get("changes")
+        out[key] = None if changes is None or changes == config.OWNER else tuple(changes)
     return out
 
 
