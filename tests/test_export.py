@@ -39,8 +39,13 @@ def test_every_model_is_scored_on_the_test_split_which_trains_nothing(tested, sh
     assert again.returncode == 0, again.stderr
     assert {name: (run / name / "meta.json").read_bytes() for name in metas} == metas  # nothing retrained
     assert "test_top1" not in json.loads((run / "summary.json").read_text())["models"]["student"]
-    assert run_here(*args).returncode == 0  # scores read back from test.json; the report shows them again
+    scored = {name: (run / name / "test.json").read_bytes() for name in ("student", "baseline")}
+    assert run_here(*args).returncode == 0
+    assert {name: (run / name / "test.json").read_bytes() for name in scored} == scored  # read back, not redone
     assert "test_top1" in json.loads((run / "summary.json").read_text())["models"]["student"]
+    (run / "student" / "test.json").write_text(json.dumps({"key": {}, "metrics": {}}))  # another weights' score
+    assert run_here(*args).returncode == 0
+    assert (run / "student" / "test.json").read_bytes() == scored["student"]  # scored again: the same number
 
 
 def test_a_test_split_that_is_the_training_split_is_refused(shared, tmp_path):
