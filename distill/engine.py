@@ -213,6 +213,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
             sums = {k: torch.tensor(v, device=dev) for k, v in st["term_sums"].items()}  # this epoch's, per term
             skipped = torch.tensor(st["skipped"], device=dev, dtype=torch.long)
             first_bad = torch.full((), NO_BAD_STEP, device=dev, dtype=torch.long)  # no host sync per step
+            zero = torch.zeros((), device=dev)
             seen, bad_update, start = st["seen"], False, time.perf_counter()
             waited = [st["wait_s"]]  # host time spent waiting for the next batch (as timm's data_time measures it)
 
@@ -243,10 +244,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: O
                 else:
                     first_bad = torch.where(~finite, torch.minimum(first_bad, torch.full_like(first_bad, step)),
                                             first_bad)
-                for name, value in terms.items():
-                    kept = torch.where(finite, value.detach().float(), torch.zeros((), device=dev))
-                    sums[name] = sums.get(name, torch.zeros((), device=dev)) + kept
-                    window[name] = window.get(name, torch.zeros((), device=dev)) + kept
+                for name, value in terms.items():  # a non-finite step adds nothing (decided on the device)
+                    kept = torch.where(finite, value.detach().float(), zero)
+                    sums[name] = sums[name] + kept if name in sums else kept
+                    window[name] = window[name] + kept if name in window else kept
                 window_n += 1
                 seen += x.shape[0]
                 if "skipped" in batch:  # counted by data.collate when data.on_bad_image=skip
