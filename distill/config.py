@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from distill import methods
 from distill.errors import ConfigError
 
 
@@ -27,9 +28,10 @@ OWNER = "owner"  # a field of a shared section (TrainCfg, MixCfg): changes whate
 TRAINED = ("teacher", "student", "baseline")
 
 
-def _f(default: Any = None, *, factory: Any = None, doc: str = "", changes: Any = None, **rules: Any) -> Any:
+def _f(default: Any = None, *, factory: Any = None, doc: Any = "", changes: Any = None, **rules: Any) -> Any:
     """A schema field with a help line, the outputs it changes (`changes`: names from OUTPUTS, or OWNER; a section
-    field names its section's outputs) and range rules (gt, ge, lt, le, choices)."""
+    field names its section's outputs) and range rules (gt, ge, lt, le, choices). `doc` and `choices` may be
+    functions, called when needed (kd.loss's come from the methods' registry, which loads torch)."""
     meta = dict(rules, doc=doc, changes=changes)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -179,9 +181,10 @@ class StudentCfg(TrainCfg):
 
 @dataclass
 class KDCfg:
-    loss: str = _f("kd", doc="kd (Hinton) | dkd (decoupled KD, Zhao et al. 2022) | dist (Pearson correlation, Huang et "
-                             "al. 2022); on a top-k cache dkd and dist see the tail as spread evenly (cache.topk >= "
-                             "classes makes them exact)", choices=("kd", "dkd", "dist"), changes=("student",))
+    loss: str = _f("kd", doc=lambda: "the distillation method (one file each in distill/methods/): "
+                   + methods.help_line() + ". On a top-k cache the teacher's tail (classes outside the top k and the "
+                   "view's own) is spread evenly: exact for what the cache stores (cache.topk >= classes: exact)",
+                   choices=lambda: methods.names(), changes=("student",))
     alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha)",
                       ge=0, changes=("student",))
     ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd, 1 for dkd and dist "
@@ -199,9 +202,10 @@ class KDCfg:
     focal_gamma: float = _f(2.0, doc="focal loss gamma", ge=0, changes=("student",))
     focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class)",
                                             changes=("student",))
-    logit_standardization: bool = _f(False, doc="kd, dkd: z-score teacher and student logits before the softmax (Sun "
-                                                "et al. 2024); T is then the base temperature (the paper's CIFAR: 2, "
-                                                "with kd.alpha=9 and kd.ce_weight=0.1)", changes=("student",))
+    logit_standardization: bool = _f(False, doc="z-score teacher and student logits before the softmax (Sun et al. "
+                                                "2024; kd and dkd, not dist); T is then the base temperature (the "
+                                                "paper's CIFAR KD: 2, with kd.alpha=9 and kd.ce_weight=0.1)",
+                                     changes=("student",))
     dkd_alpha: float = _f(1.0, doc="dkd: weight of the target-class term TCKD (DKD's CIFAR default 1)", ge=0,
                           changes=("student",))
     dkd_beta: float = _f(8.0, doc="dkd: weight of the non-target term NCKD (DKD's CIFAR default 8; 2 for resnet56 -> "
@@ -294,8 +298,9 @@ def _check_rules(obj: Any, prefix: str) -> None:
         if value is None:
             continue
         m = f.metadata
-        if "choices" in m and value not in m["choices"]:
-            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(m['choices'])}")
+        choices = m["choices"]() if callable(m.get("choices")) else m.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
         for rule, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
                                ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
             if rule in m and not ok(value, m[rule]):
@@ -330,16 +335,7 @@ def _check_cross(cfg: Config) -> None:
     cache_mixes = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
-    kd = cfg.kd
-    if kd.alpha > 1 and kd.ce_weight is None and kd.loss == "kd":
-        raise ConfigError(f"kd.ce_weight: needed when kd.alpha ({kd.alpha}) is above 1 (its default is 1 - alpha)")
-    if kd.logit_standardization and kd.loss == "dist":
-        raise ConfigError("kd.logit_standardization: applies to kd.loss=kd and dkd, not dist")
-    if kd.balance == "scale" and kd.loss != "kd":
-        raise ConfigError(f"kd.balance: scale balances kd.loss=kd's two terms; kd.loss={kd.loss} has its own weights")
-    if kd.loss == "dkd" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
-        raise ConfigError("student.mix: kd.loss=dkd needs each sample's class; mix in the cache (cache.mix), where "
-                          "each mixed view keeps both classes")
+    methods.get(cfg.kd.loss).check(cfg)  # each method's own settings checks
     t = cfg.teacher
     if t.source == "train" and t.epochs < 1:
         raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")
@@ -356,14 +352,20 @@ def leaves(cls: type = Config, prefix: str = ""):
 
 
 def schema_keys() -> dict[str, str]:
-    """Every settable key with its help line, for `--help` text and for checking command-line overrides."""
-    return {key: f.metadata.get("doc", "") for key, f, _ in leaves()}
+    """Every settable key with its help line, for `--help` text."""
+    return {key: _doc(f) for key, f, _ in leaves()}
+
+
+def _doc(f: dataclasses.Field) -> str:
+    doc = f.metadata.get("doc", "")
+    return doc() if callable(doc) else doc
 
 
 def check_overrides(args: list[str], groups: set[str]) -> None:
     """Reject a command-line override of a key the schema does not have, in one line, before Hydra composes.
-    `+key=...` additions, Hydra's own keys and config-group choices pass through (validation sees them later)."""
-    keys = schema_keys()
+    `+key=...` additions, Hydra's own keys and config-group choices pass through (validation sees them later).
+    Reads only the key names, so it answers before torch loads."""
+    keys = [key for key, _, _ in leaves()]
     for arg in args:
         if arg.startswith(("-", "+")) or "=" not in arg:
             continue

@@ -1,8 +1,26 @@
-"""Loss functions (pure): cross-entropy against a target distribution, KL, DKD, DIST, logit standardization."""
+"""The public loss API: call these from your own training loop, as you would timm's or torchdistill's losses.
+
+    kd(student_logits, teacher_logits, temperature)
+    dkd(student_logits, teacher_logits, labels, temperature, alpha, beta)
+    dist(student_logits, teacher_logits, temperature, beta, gamma)
+    standardize(logits)                      # logit standardization's z-score (Sun et al. 2024)
+
+Each distillation function returns a dict of scalar tensors: the method's terms as its paper defines them (batch
+mean, each already multiplied by T^2) and `loss`, their weighted sum, with no CE term and no warm-up. They are the
+same functions the stages train with (one implementation per method, in distill/methods/), computed in log space so
+that they stay exact for a teacher of any confidence. Also here: the hard-label losses the objectives use.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from distill.methods.dist import dist
+from distill.methods.dkd import dkd
+from distill.methods.kd import kd
+from distill.methods.standardize import standardize
+
+__all__ = ["kd", "dkd", "dist", "standardize", "soft_cross_entropy", "focal", "combine"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -10,58 +28,11 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def kl_probs(student_logits: torch.Tensor, q: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(q || p_student_T) per sample, for a target distribution q given as probabilities."""
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    return (torch.xlogy(q, q) - q * log_s).sum(1)
-
-
-def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Each row z-scored: (z - mean) / (std + eps), std unbiased (logit standardization, Sun et al. 2024)."""
-    z = logits.float()
-    return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + eps)
-
-
-def dkd(student_logits: torch.Tensor, q: torch.Tensor, target: torch.Tensor,
-        temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoupled KD (Zhao et al. 2022), per sample, without the T^2 factor: TCKD, the KL between the binary
-    distributions (target class, all others) of teacher q and student, and NCKD, the KL between their
-    distributions over the non-target classes alone (each renormalised without the target). With two classes the
-    non-target distribution is one class with probability 1, so NCKD is 0."""
-    z = student_logits.float() / temperature
-    t = target.view(-1, 1)
-    lse = torch.logsumexp(z, 1, keepdim=True)
-    on_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, t, True)
-    others = z.masked_fill(on_target, float("-inf"))
-    lse_others = torch.logsumexp(others, 1, keepdim=True)
-    log_bs = torch.cat([z.gather(1, t) - lse, lse_others - lse], 1)  # log [p_t, 1 - p_t] of the student
-    q_t = q.gather(1, t)
-    bt = torch.cat([q_t, (1.0 - q_t).clamp_min(0.0)], 1)
-    tckd = (torch.xlogy(bt, bt) - bt * log_bs).sum(1)
-    log_ps_rest = (others - lse_others).masked_fill(on_target, 0.0)
-    q_rest = (q.masked_fill(on_target, 0.0) / (1.0 - q_t).clamp_min(1e-12))
-    nckd = (torch.xlogy(q_rest, q_rest) - q_rest * log_ps_rest).sum(1)
-    return tckd, nckd
-
-
-def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """1 - the mean over rows of the Pearson correlation between rows of a and b."""
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return 1.0 - ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)).mean()
-
-
-def dist(p_student: torch.Tensor, p_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DIST (Huang et al. 2022) on two batches of class distributions: the inter-class relation (1 - Pearson
-    correlation of each sample's distribution, averaged over samples) and the intra-class relation (the same over
-    each class's column of the batch). Without the tau^2 factor."""
-    return _pearson_distance(p_student, p_teacher), _pearson_distance(p_student.t(), p_teacher.t())
-
-
 def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float, alpha: torch.Tensor | None = None) -> torch.Tensor:
     """Focal loss (Lin et al. 2017) against a target distribution: -sum_c t_c a_c (1 - p_c)^gamma log p_c;
     gamma = 0 and no alpha is the cross-entropy."""
     log_p = F.log_softmax(logits.float(), dim=1)
-    weight = (1.0 - log_p.exp()).pow(gamma)
+    weight = (-torch.expm1(log_p)).pow(gamma)  # 1 - p without cancelling for a confident prediction
     if alpha is not None:
         weight = weight * alpha.to(weight)[None]
     return -(target * weight * log_p).sum(1).mean()

@@ -22,10 +22,13 @@ import torch
 
 from distill import artifacts, views
 from distill.errors import DataError
+from distill.methods.standardize import standardize
 
 log = logging.getLogger("distill")
 
-FORMAT_VERSION = 3  # 2: one view per teacher forward (growable); 3: + true-class logit, logit mean/std, lse of z-scores
+FORMAT_VERSION = 4  # 2: one view per teacher forward (growable); 3: + true-class logit, logit mean/std, lse of
+# z-scores; 4: the tail's own logsumexps (classes outside the top k and the view's classes), so that a reader never
+# forms 1 - sum(q), which cancels for a confident teacher
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
 
@@ -54,24 +57,44 @@ def replay_warning(epochs: int, num_views: int, images: int) -> str | None:
 
 
 def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) -> np.dtype:
-    """One row per image: for each view its parameters, top-k logits (fp16) and classes, the logsumexp of all
-    logits / T, the true class's logit, the mean and (unbiased) std of all logits and the logsumexp of their
-    z-scores / T (fp32: what KD, DKD and logit standardization need beyond the top k), and the teacher's top-1 class
-    and whether it is right. Mixed views add the partner's index and view, lambda, the cutmix box (all-zero:
-    mixup) and the logit of the partner's class."""
+    """One row per image: for each view its parameters, top-k logits (fp16) and classes, and in fp32 the logsumexp
+    of all logits / T, the true class's logit, the mean and (unbiased) std of all logits, and the logsumexps / T of
+    the logits and of their z-scores over the tail: the classes outside the top k and the view's own classes (what
+    KD, DKD and logit standardization need beyond the top k); then the teacher's top-1 class and whether it is
+    right. Mixed views add the partner's index and view, lambda, the cutmix box (all-zero: mixup) and the logit of
+    the partner's class (one of the view's own classes)."""
     cls = "<i2" if num_classes <= 2**15 else "<i4"
     v = num_views
     fields = [("view", "<i2", (v, views.WIDTH)), ("logits", "<f2", (v, k)), ("classes", cls, (v, k)),
               ("lse", "<f4", (v,)), ("target", "<f4", (v,)), ("mean", "<f4", (v,)), ("std", "<f4", (v,)),
-              ("lse_std", "<f4", (v,)), ("top1", cls, (v,)), ("correct", "u1", (v,))]
+              ("lse_rest", "<f4", (v,)), ("lse_std_rest", "<f4", (v,)), ("top1", cls, (v,)), ("correct", "u1", (v,))]
     if mixed:
         fields += [("partner", "<i4", (v,)), ("partner_view", "<i2", (v, views.WIDTH)), ("lam", "<f4", (v,)),
                    ("box", "<i2", (v, 4)), ("partner_target", "<f4", (v,))]
     return np.dtype(fields)
 
 
-TEACHER_FIELDS = ("logits", "classes", "lse", "target", "mean", "std", "lse_std", "top1", "correct",
+TEACHER_FIELDS = ("logits", "classes", "lse", "target", "mean", "std", "lse_rest", "lse_std_rest", "top1", "correct",
                   "partner_target")  # what the teacher wrote (cleared for an image left out)
+
+
+def teacher_fields(logits: torch.Tensor, labels: torch.Tensor, partner_classes: torch.Tensor | None, k: int,
+                   temperature: float) -> dict[str, torch.Tensor]:
+    """What the cache stores of one view for a batch of teacher logits [b, C] (float32): the record's teacher
+    fields (`top1` included, `correct` left to the caller). The tail (`lse_rest`, `lse_std_rest`) is every class
+    outside the top k, the label and (mixed views) the partner's class; empty, -inf, when they cover every class."""
+    values, classes = logits.topk(k, dim=-1)
+    z = standardize(logits)
+    known = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, classes, True).scatter_(1, labels.view(-1, 1), True)
+    out = {"logits": values.half(), "classes": classes, "lse": torch.logsumexp(logits / temperature, 1),
+           "target": logits.gather(1, labels.view(-1, 1))[:, 0], "mean": logits.mean(1), "std": logits.std(1),
+           "top1": logits.argmax(-1)}
+    if partner_classes is not None:
+        known.scatter_(1, partner_classes.view(-1, 1), True)
+        out["partner_target"] = logits.gather(1, partner_classes.view(-1, 1))[:, 0]
+    out["lse_rest"] = torch.logsumexp((logits / temperature).masked_fill(known, float("-inf")), 1)
+    out["lse_std_rest"] = torch.logsumexp((z / temperature).masked_fill(known, float("-inf")), 1)
+    return out
 
 
 # ---------------------------------------------------------------- writing
@@ -232,12 +255,12 @@ class SoftLabels:
     @staticmethod
     def view_label(rec: np.void, v: int) -> dict[str, torch.Tensor]:
         """View v's soft label out of one record (`row`): top-k logits (float32), classes, and the view's scalars
-        (logsumexp at T, true-class logit, mean, std, logsumexp of the z-scores; a mixed view's partner-class
-        logit); it travels with each training sample, so the training step reads nothing from the cache."""
+        (true-class logit, mean, std, the tail's logsumexps at T; a mixed view's partner-class logit); it travels
+        with each training sample, so the training step reads nothing from the cache."""
         out = {"kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
                "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
-               **{f"kd_{name}": torch.tensor(float(rec[name][v])) for name in ("lse", "target", "mean", "std",
-                                                                                "lse_std")}}
+               **{f"kd_{name}": torch.tensor(float(rec[name][v])) for name in ("target", "mean", "std", "lse_rest",
+                                                                                "lse_std_rest")}}
         if "partner_target" in rec.dtype.names:
             out["kd_partner_target"] = torch.tensor(float(rec["partner_target"][v]))
         return out

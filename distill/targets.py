@@ -1,49 +1,57 @@
 """Where the soft target comes from: the cache or a live teacher, behind one interface.
 
-`probs(batch, x, temperature, standardized)` gives the teacher's distribution over the classes for each sample of
-the batch, as dense probabilities. From a live teacher it is the softmax of its logits on the student's very input
-`x`. From the cache it is the distribution the cache represents, built exactly: every logit when the cache keeps
-them all; otherwise the top k, the true class (and a mixed view's partner class) at their exact probability, and
-the remaining mass spread evenly over the other classes. Every loss then works on dense probabilities, so KD, DKD
-and logit standardization are exact on that distribution.
+`log_probs(batch, x, temperature, standardized)` gives the teacher's log-probabilities over the classes at T for
+each sample of the batch; every method takes its target in log space (distill/methods/), so no probability near 1
+is ever subtracted from 1. From a live teacher it is the log softmax of its logits on the student's very input `x`.
+From the cache it is the distribution the cache represents, built exactly from what it stores: every logit when the
+cache keeps them all; otherwise the top k, the true class (and a mixed view's partner class) at their exact
+probability, and the tail's mass, stored as its own logsumexp, spread evenly over the other classes.
 """
 from __future__ import annotations
 
 import torch
 
-from distill import losses
+from distill.methods.logspace import log_softmax_at
+from distill.methods.standardize import standardize
+
+STD_EPS = 1e-7  # standardize()'s epsilon, applied here to the stored mean and std
 
 
 class CachedTeacher:
-    """Soft labels read with each sample (`ReplayItems`); `temperature` is the T of the cache's logsumexp."""
+    """Soft labels read with each sample (`ReplayItems`); `temperature` is the T of a top-k cache's logsumexps."""
 
     sees_mixed_input = False  # the engine's own mixing is folded in by mixing these distributions
 
     def __init__(self, num_classes: int, dense: bool, temperature: float):
         self.num_classes, self.dense, self.temperature = num_classes, dense, temperature
 
-    def probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
+    def log_probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
         values, classes = batch["kd_logits"].float(), batch["kd_classes"]
         if self.dense:  # every logit is in the cache: any T, standardised or not
             logits = torch.zeros(values.shape[0], self.num_classes, device=values.device).scatter_(1, classes, values)
-            return torch.softmax((losses.standardize(logits) if standardized else logits) / temperature, 1)
+            return log_softmax_at(standardize(logits) if standardized else logits, temperature)
         if temperature != self.temperature:
             raise ValueError(f"a top-k cache holds T={self.temperature}, not {temperature}")
-        known = [(classes, values), (batch["label"].view(-1, 1), batch["kd_target"].float().view(-1, 1))]
+        z = torch.zeros(values.shape[0], self.num_classes, device=values.device).scatter_(1, classes, values)
+        own = [(batch["label"], batch["kd_target"])]  # fp32, written over their fp16 copy when in the top k
         if "kd_partner_target" in batch:
-            known.append((batch["partner_label"].view(-1, 1), batch["kd_partner_target"].float().view(-1, 1)))
-        mean, std = batch["kd_mean"].float().view(-1, 1), batch["kd_std"].float().view(-1, 1)
-        lse = (batch["kd_lse_std"] if standardized else batch["kd_lse"]).float().view(-1, 1)
-        q = torch.zeros(values.shape[0], self.num_classes, device=values.device)
-        mask = torch.zeros_like(q, dtype=torch.bool)
-        for cls, z in known:
-            if standardized:
-                z = (z - mean) / (std + 1e-7)
-            q.scatter_(1, cls, (z / temperature - lse).exp())
-            mask.scatter_(1, cls, True)
-        rest = (~mask).sum(1, keepdim=True)
-        residual = (1.0 - q.sum(1, keepdim=True)).clamp_min(0.0) / rest.clamp_min(1)
-        return torch.where(mask, q, residual.expand_as(q))
+            own.append((batch["partner_label"], batch["kd_partner_target"]))
+        for cls, logit in own:
+            z.scatter_(1, cls.view(-1, 1), logit.float().view(-1, 1))
+        known = torch.zeros_like(z, dtype=torch.bool).scatter_(1, classes, True)
+        for cls, _ in own:
+            known.scatter_(1, cls.view(-1, 1), True)
+        if standardized:  # with every class stored, z-score the stored values themselves (as a dense cache does);
+            # otherwise with the teacher's fp32 mean and std, fp16's error on a logit growing by |z| / std
+            complete = known.all(1, keepdim=True)
+            mean = torch.where(complete, z.mean(1, keepdim=True), batch["kd_mean"].float().view(-1, 1))
+            std = torch.where(complete, z.std(1, keepdim=True), batch["kd_std"].float().view(-1, 1))
+            z = (z - mean) / (std + STD_EPS)
+        a = (z / temperature).masked_fill(~known, float("-inf"))
+        tail = (batch["kd_lse_std_rest"] if standardized else batch["kd_lse_rest"]).float().view(-1, 1)
+        log_total = torch.logaddexp(torch.logsumexp(a, 1, keepdim=True), tail)
+        per_tail_class = tail - torch.log((~known).sum(1, keepdim=True).clamp_min(1).float())
+        return torch.where(known, a, per_tail_class) - log_total
 
 
 class LiveTeacher:
@@ -54,7 +62,7 @@ class LiveTeacher:
     def __init__(self, model: torch.nn.Module, autocast):
         self.model, self.autocast = model, autocast
 
-    def probs(self, batch: dict, x: torch.Tensor, temperature: float, standardized: bool) -> torch.Tensor:
+    def log_probs(self, batch: dict, x: torch.Tensor, temperature: float, standardized: bool) -> torch.Tensor:
         with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: the result enters the loss graph
             logits = self.model(x).float()
-        return torch.softmax((losses.standardize(logits) if standardized else logits) / temperature, 1)
+        return log_softmax_at(standardize(logits) if standardized else logits, temperature)

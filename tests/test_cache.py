@@ -110,6 +110,13 @@ def test_a_sparse_cache_stores_the_logsumexp_at_the_kd_temperature(shared):
     with torch.no_grad():
         live = _teacher(shared)(x)
     assert torch.allclose(torch.from_numpy(rows["lse"][:, 1].copy()), torch.logsumexp(live / 4.0, 1), atol=1e-5)
+    tails = 0
+    for i in range(6):  # the tail: the classes outside the top 2 and the image's own, its logsumexp at T stored
+        tail = sorted(set(range(3)) - set(rows["classes"][i, 1].tolist()) - {int(images.labels[i])})
+        want = torch.logsumexp(live[i, tail] / 4.0, 0).item() if tail else float("-inf")
+        assert rows["lse_rest"][i, 1] == pytest.approx(want, abs=1e-5)
+        tails += bool(tail)
+    assert 0 < tails < 6  # both kinds of record: with a tail class, and with every class stored
 
 
 def test_fingerprint_changes_with_what_the_bytes_depend_on(shared):
@@ -283,7 +290,7 @@ def test_the_cache_holds_what_dkd_and_logit_standardization_need(shared):
         y = int(images.labels[i])
         partner = [int(images.labels[p]) if p >= 0 else y for p in rows["partner"][i]]
         want = {"target": z[:, y], "partner_target": z[range(3), partner], "mean": z.mean(1), "std": z.std(1),
-                "lse": torch.logsumexp(z, 1), "lse_std": torch.logsumexp((z - z.mean(1, keepdim=True))
-                                                                         / (z.std(1, keepdim=True) + 1e-7), 1)}
+                "lse": torch.logsumexp(z, 1)}
         for name, value in want.items():  # a dense cache: the logsumexps are at T = 1
             assert np.allclose(rows[name][i], value.numpy(), atol=1e-4), name
+        assert np.isneginf(rows["lse_rest"][i]).all() and np.isneginf(rows["lse_std_rest"][i]).all()  # no tail

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import cache_overrides, config_from, dense_kl, run_here
-from distill import artifacts, config, data, losses, models, objectives, report, softlabels, targets, \
+from distill import artifacts, config, data, losses, methods, models, objectives, report, softlabels, targets, \
     transforms, tricks, views
 from distill.config import KDCfg, MixCfg
 from distill.stages import student
@@ -16,14 +16,14 @@ MIXED = {"cache__topk": 99, "cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_
 
 
 class _Fixed:
-    """A teacher that answers with fixed distributions."""
+    """A teacher that answers with fixed distributions (given as probabilities, handed over as their logs)."""
     sees_mixed_input = False
 
     def __init__(self, q):
         self.q = q
 
-    def probs(self, batch, x, temperature, standardized):
-        return self.q
+    def log_probs(self, batch, x, temperature, standardized):
+        return self.q.log()
 
 
 START = objectives.Progress(epoch=0, step=0)
@@ -53,15 +53,16 @@ def test_dkd_objective_warms_up_and_dist_objective_weighs_its_relations():
     batch = {"label": torch.tensor([0, 1, 2, 3, 4, 0])}
     q = torch.softmax(t / 4.0, 1)
     ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 5, 0.0))
-    tckd, nckd = losses.dkd(logits, q, batch["label"], 4.0)
+    terms = losses.dkd(logits, t, batch["label"], 4.0, 1.0, 8.0)  # the public function, on the same teacher
     dkd = objectives.Distillation(KDCfg(loss="dkd", dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=20), 5, 0.0, _Fixed(q))
     for epoch, warm in ((0, 1 / 20), (9, 10 / 20), (30, 1.0)):
         got = dkd(logits, batch, None, None, objectives.Progress(epoch=epoch, step=0))["loss"]
-        want = ce + warm * 16 * (tckd.mean() + 8.0 * nckd.mean())
+        want = ce + warm * (terms["tckd"] + 8.0 * terms["nckd"])
         assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    inter, intra = losses.dist(torch.softmax(logits / 4.0, 1), q)
+    relations = losses.dist(logits, t, 4.0, 2.0, 2.0)
     got = objectives.Distillation(KDCfg(loss="dist"), 5, 0.0, _Fixed(q))(logits, batch, None, None, START)
-    assert got["loss"].item() == pytest.approx((ce + 2 * 16 * inter + 2 * 16 * intra).item(), rel=1e-5)
+    assert got["loss"].item() == pytest.approx((ce + relations["loss"]).item(), rel=1e-5)
+    assert got["inter"].item() == pytest.approx(relations["inter"].item(), rel=1e-5)
     assert set(got) == {"loss", "ce", "inter", "intra"}
 
 
@@ -105,7 +106,7 @@ def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(shared):
     teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
     assert labels.dense and labels.temperature == 1.0  # every logit kept: stored at T = 1, serves any T
     mix = tricks.draw_mix(np.random.default_rng(1), MixCfg(mixup_alpha=1.0), 8, 12, 12)
-    q = objectives.Distillation(KDCfg(temperature=4.0), 3, 0.0, teacher)._teacher(batch, mix, None)
+    q = objectives.Distillation(KDCfg(temperature=4.0), 3, 0.0, teacher)._teacher(batch, mix, None).exp()
     rows = labels.rows(batch["index"].numpy())
     r, v = np.arange(8), batch["view_id"].numpy()
     logits = torch.zeros(8, 3).scatter_(1, torch.from_numpy(rows["classes"][r, v].astype(np.int64)),
@@ -288,3 +289,43 @@ def test_each_method_trains_a_student_and_logs_its_terms(shared, tmp_path, metho
     assert steps and terms <= set(json.loads(steps[0]))
     drawn = report.curves(run, tmp_path / "c.png", shared.teacher_dir)
     assert set(drawn["student loss terms"]) == terms and (run / "curves.png").exists()
+
+
+class _Throwaway(methods.Method):
+    """A method defined in this test file alone: squared error between the two distributions at T."""
+    name = "throwaway_l2"
+    help = "sum of squared differences of the distributions (a test's method)"
+    terms = ("l2",)
+
+    def __call__(self, student_logits, log_q, batch, kd_cfg, epoch):
+        p = torch.softmax(student_logits.float() / kd_cfg.temperature, 1)
+        l2 = ((p - log_q.exp()) ** 2).sum(1).mean()
+        return {"l2": l2, "loss": 3.0 * l2}
+
+
+@pytest.fixture
+def throwaway():
+    methods.register(_Throwaway)
+    yield _Throwaway.name
+    methods.unregister(_Throwaway.name)
+
+
+def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp_path, throwaway):
+    """Adding a method is one file: registered here, it is a valid kd.loss, its help line is in --help, and the
+    student stage trains with it and logs its term."""
+    assert throwaway in config.schema_keys()["kd.loss"] and _Throwaway.help in config.schema_keys()["kd.loss"]
+    shared.copy_cache(tmp_path)
+    r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=student", "student.epochs=1",
+                 "student.batch_size=16", f"kd.loss={throwaway}")
+    assert r.returncode == 0, r.stderr
+    epochs = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "student" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert set(epochs[0]["terms"]) == {"loss", "ce", "l2"} and 0 < epochs[0]["l2"] < 2
+    # the objective is CE (weight 1: the method's default) plus the method's own loss, on a real batch
+    batch = {"label": torch.tensor([0, 1, 2])}
+    logits, q = torch.randn(3, 3), torch.softmax(torch.randn(3, 3), 1)
+    teacher = type("Fixed", (), {"sees_mixed_input": False, "log_probs": lambda self, *a: q.log()})()
+    got = objectives.Distillation(KDCfg(loss=throwaway), 3, 0.0, teacher)(logits, batch, None, None, START)
+    want = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 3, 0.0)) + \
+        3.0 * ((torch.softmax(logits / 4.0, 1) - q) ** 2).sum(1).mean()
+    assert got["loss"].item() == pytest.approx(want.item(), rel=1e-6)

@@ -107,7 +107,7 @@ def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     seen, start = 0, time.perf_counter()
     for batch in loader:
         to_input(_to(batch, device))
-        for key in ("kd_logits", "kd_classes", "kd_lse"):
+        for key in ("kd_logits", "kd_classes", "kd_lse_rest"):
             batch[key].to(device, non_blocking=True)
         seen += len(batch["index"])
     _sync()

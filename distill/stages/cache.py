@@ -25,7 +25,7 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from distill import artifacts, data, layout, losses, models, softlabels, transforms, tricks, views
+from distill import artifacts, data, layout, models, softlabels, transforms, tricks, views
 from distill.config import Config, DataCfg, MixCfg
 from distill.errors import DataError
 
@@ -154,17 +154,12 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
         for j in range(n_new):
             with acc.autocast():
                 logits = model(x[:, j].contiguous(memory_format=torch.channels_last)).float().cpu()
-            values, classes = logits.topk(k, dim=-1)
-            mean, std = logits.mean(1), logits.std(1)
-            stats = {"logits": values.half(), "classes": classes, "lse": torch.logsumexp(logits / temperature, 1),
-                     "target": logits.gather(1, labels[row:row + len(x), None])[:, 0], "mean": mean, "std": std,
-                     "lse_std": torch.logsumexp(losses.standardize(logits) / temperature, 1),
-                     "top1": logits.argmax(-1)}
+            own, partner_cls = labels[row:row + len(x)], None
             if "partner_target" in dtype.names:  # the partner's class (the image's own when the view is unmixed)
                 partner = torch.from_numpy(out["partner"][:, first + j].astype(np.int64))
-                cls = torch.where(partner >= 0, torch.from_numpy(items.images.labels)[partner.clamp_min(0)],
-                                  labels[row:row + len(x)])
-                stats["partner_target"] = logits.gather(1, cls[:, None])[:, 0]
+                partner_cls = torch.where(partner >= 0, torch.from_numpy(items.images.labels)[partner.clamp_min(0)],
+                                          own)
+            stats = softlabels.teacher_fields(logits, own, partner_cls, k, temperature)
             for name, value in stats.items():
                 out[name][:, first + j] = value.numpy()
         bar.update(len(x))

@@ -1,0 +1,114 @@
+"""The distillation methods, one file each, registered by name: `kd.loss=NAME` picks one.
+
+Each method file holds the method's pure loss function (also public as `distill.losses.NAME`) and one `Method`
+subclass decorated with `@register`: its name, its help line (kd.loss's `--help` and choices are built from these),
+the terms it returns, the settings checks it needs, and how the student's objective calls it. Adding a method is
+one new file here (found by name, nothing else to edit) and its test; a method defined elsewhere (a user's file, a
+test) registers the same way.
+
+Every method works in log space: the teacher's soft target arrives as log-probabilities at T (`log_q`), never as
+probabilities that a loss subtracts from 1, so a confident teacher gives the exact loss (logspace.py).
+
+May import: torch, distill.errors, and the other modules of this folder. Nothing here reads config files, data or
+the cache: the objective (distill/objectives.py) hands each method the student's logits and the teacher's target.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING
+
+from distill.errors import ConfigError
+
+if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports this registry, not the other way
+    import torch
+
+    from distill.config import Config, KDCfg
+
+_REGISTRY: dict[str, "Method"] = {}
+_LOADED = False
+_NOT_METHODS = {"logspace", "standardize"}  # helpers in this folder that define no method
+
+
+class Method:
+    """A distillation method. Subclasses set the class attributes and implement `__call__`."""
+
+    name: str = ""
+    help: str = ""  # one line: what it is and who proposed it (kd.loss's help)
+    terms: tuple[str, ...] = ()  # the terms __call__ returns besides `loss`, logged per epoch
+    standardizable: bool = True  # kd.logit_standardization may z-score the logits before it
+    needs_labels: bool = False  # needs each sample's own class (so no mixup/cutmix on the student side)
+    balanceable: bool = False  # kd.balance=scale may balance its term against CE
+    rank: int = 100  # place in kd.loss's list (then by name)
+
+    def active(self, kd: "KDCfg") -> bool:
+        """Whether the method adds anything with these settings (False: CE alone, the teacher is not asked)."""
+        return True
+
+    def ce_weight(self, kd: "KDCfg") -> float:
+        """The CE term's weight when kd.ce_weight is null (the paper's)."""
+        return 1.0
+
+    def check(self, cfg: "Config") -> None:
+        """Refuse, in one line naming the key, settings this method cannot honour (before any work)."""
+        kd, mix = cfg.kd, cfg.student.mix
+        if kd.logit_standardization and not self.standardizable:
+            able = ", ".join(m.name for m in all_methods() if m.standardizable)
+            raise ConfigError(f"kd.logit_standardization: applies to kd.loss={able}, not {self.name}")
+        if self.needs_labels and (mix.mixup_alpha or mix.cutmix_alpha):
+            raise ConfigError(f"student.mix: kd.loss={self.name} needs each sample's class; mix in the cache "
+                              "(cache.mix), where each mixed view keeps both classes")
+        if kd.balance == "scale" and not self.balanceable:
+            raise ConfigError(f"kd.balance: scale balances kd.loss=kd's two terms; kd.loss={self.name} has its own "
+                              "weights")
+
+    def __call__(self, student_logits: "torch.Tensor", log_q: "torch.Tensor", batch: dict, kd: "KDCfg",
+                 epoch: int) -> dict[str, "torch.Tensor"]:
+        """The method's terms (batch mean, T^2 applied) and `loss`: their weighted sum, the part of the student's
+        objective this method adds to the CE term. `log_q`: the teacher's log-probabilities at kd.temperature
+        (already standardised and mixed as the student's input); `epoch`: 0-based (for warm-ups)."""
+        raise NotImplementedError
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make `cls` selectable as `kd.loss=cls.name`."""
+    if not cls.name or cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
+        raise ValueError(f"distill.methods: method name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a method registered from outside this folder (a test's throwaway method)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtin() -> None:
+    """Import every method file of this folder once (each registers itself)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for info in pkgutil.iter_modules(__path__):
+            if not info.name.startswith("_") and info.name not in _NOT_METHODS:
+                importlib.import_module(f"{__name__}.{info.name}")
+
+
+def all_methods() -> list[Method]:
+    _load_builtin()
+    return sorted(_REGISTRY.values(), key=lambda m: (m.rank, m.name))
+
+
+def names() -> tuple[str, ...]:
+    return tuple(m.name for m in all_methods())
+
+
+def get(name: str) -> Method:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(f"kd.loss: '{name}' is not one of {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def help_line() -> str:
+    """kd.loss's help: every method with its one line."""
+    return " | ".join(f"{m.name}: {m.help}" for m in all_methods())

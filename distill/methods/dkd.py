@@ -1,0 +1,76 @@
+"""DKD, decoupled knowledge distillation (Zhao et al., CVPR 2022), `kd.loss=dkd`.
+
+At T, teacher and student distributions are split at the sample's class t into the binary pair b = [p_t, p_rest]
+(p_rest = sum of p_j over j != t) and the distribution over the other classes alone, p^_j = p_j / p_rest (j != t):
+
+    tckd = KL(b_teacher || b_student) * T^2,   nckd = KL(p^_teacher || p^_student) * T^2   (batch means),
+    loss = alpha * tckd + beta * nckd.
+
+Everything is computed in log space: p_rest is the logsumexp over the other classes where p_t > 1/2, never
+1 - p_t, so the loss stays exact for a teacher whose p_t rounds to 1 in float32 (the label's logit about 17 above
+the rest at T = 1, DKD's ImageNet setting); and log1p(-p_t) where p_t <= 1/2, so a small p_t (many classes, high T)
+keeps its digits too. With two classes p^ is one class with probability 1 and nckd is 0.
+
+In the student's objective: w_ce * CE + min((epoch + 1) / kd.dkd_warmup, 1) * loss, w_ce = kd.ce_weight (null: 1).
+The authors' settings (mdistiller): CIFAR-100 CE_WEIGHT 1, ALPHA 1, BETA 8 (2 for resnet56 -> resnet20 and
+resnet110 -> resnet32), T 4, WARMUP 20 -> kd.dkd_alpha=1 kd.dkd_beta=8 kd.temperature=4 kd.dkd_warmup=20;
+ImageNet ALPHA 0.5, BETA 0.5, T 1, WARMUP 1. mdistiller's warm-up factor is epoch / WARMUP with 1-based epochs, the
+same as ours with 0-based ones. With logit standardization the authors' tools/train.py (`--logit-stand --kd-weight 9`)
+sets ALPHA = ALPHA * 9 and then BETA = ALPHA * 9, i.e. 81 whatever BETA was, and leaves DKD's T as it was (its
+`--base-temp` goes to KD.TEMPERATURE, which DKD does not read): kd.logit_standardization=true kd.dkd_alpha=9
+kd.dkd_beta=81 kd.temperature=4 for resnet32x4 -> resnet8x4 (BETA * 9 = 72 is what the flag's name suggests).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distill.methods import Method, register
+from distill.methods.logspace import kl_rows, log_rest, log_softmax_at
+
+
+def per_sample(student_logits: torch.Tensor, log_q: torch.Tensor, labels: torch.Tensor,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD) per sample, without T^2; log_q: the teacher's log-probabilities at T."""
+    t = labels.view(-1, 1)
+    z = student_logits.float() / temperature
+    on_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, t, True)
+    log_p = F.log_softmax(z, 1)
+    log_p_rest, log_q_rest = log_rest(log_p, t), log_rest(log_q, t)
+    binary_p = torch.cat([log_p.gather(1, t), log_p_rest], 1)  # log [p_t, p_rest]
+    binary_q = torch.cat([log_q.gather(1, t), log_q_rest], 1)
+    tckd = kl_rows(binary_q, binary_p)
+    hat_p = F.log_softmax(z.masked_fill(on_target, float("-inf")), 1)  # log p^ over the other classes
+    hat_q = F.log_softmax(log_q.masked_fill(on_target, float("-inf")), 1)
+    nckd = kl_rows(hat_q, hat_p)
+    return tckd, nckd
+
+
+def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+        alpha: float, beta: float) -> dict[str, torch.Tensor]:
+    """DKD's two terms: {"tckd", "nckd"} (batch means, each times T^2) and "loss" = alpha * tckd + beta * nckd.
+    alpha weighs the target-class term, beta the non-target term; no CE term and no warm-up (add your own)."""
+    tckd, nckd = per_sample(student_logits, log_softmax_at(teacher_logits, temperature), labels, temperature)
+    tckd, nckd = tckd.mean() * temperature ** 2, nckd.mean() * temperature ** 2
+    return {"tckd": tckd, "nckd": nckd, "loss": alpha * tckd + beta * nckd}
+
+
+@register
+class DKD(Method):
+    name = "dkd"
+    rank = 1
+    help = ("CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2 (decoupled KD, Zhao et al. 2022); "
+            "warm-up: min((epoch + 1) / kd.dkd_warmup, 1)")
+    terms = ("tckd", "nckd")
+    needs_labels = True
+
+    def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
+        t = kd_cfg.temperature
+        tckd, nckd = per_sample(student_logits, log_q, batch["label"], t)
+        if "partner_label" in batch:  # a cached mixed view: its two classes, weighted like the hard labels
+            lam = batch["lam"].float()
+            tckd_p, nckd_p = per_sample(student_logits, log_q, batch["partner_label"], t)
+            tckd, nckd = lam * tckd + (1 - lam) * tckd_p, lam * nckd + (1 - lam) * nckd_p
+        tckd, nckd = tckd.mean() * t ** 2, nckd.mean() * t ** 2
+        warm = min((epoch + 1) / kd_cfg.dkd_warmup, 1.0) if kd_cfg.dkd_warmup else 1.0
+        return {"tckd": tckd, "nckd": nckd, "loss": warm * (kd_cfg.dkd_alpha * tckd + kd_cfg.dkd_beta * nckd)}
