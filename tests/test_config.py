@@ -94,6 +94,16 @@ def test_recipes_reuse_recipes_and_groups():
     assert c10.data.label_column == "label" and c10.data.val_size == 5000 and c10.teacher.epochs == 240
 
 
+@pytest.mark.parametrize("name,alpha,beta", [("cifar100_resnet32x4_to_resnet8x4_dkd_ls", 9.0, 81.0),
+                                             ("cifar100_resnet56_to_resnet20_dkd_ls", 12.0, 144.0)])
+def test_dkd_with_logit_standardization_recipes_map_the_authors_code_and_share_the_pairs_teacher(name, alpha, beta):
+    cfg = config.validate(compose_recipe(name))
+    pair = name.removesuffix("_dkd_ls")
+    assert (cfg.kd.loss, cfg.kd.logit_standardization, cfg.kd.dkd_alpha, cfg.kd.dkd_beta, cfg.kd.temperature,
+            cfg.kd.dkd_warmup) == ("dkd", True, alpha, beta, 4.0, 20)
+    assert cfg.teacher.dir == f"runs/{pair}/teacher" and cfg.cache == config.validate(compose_recipe(pair)).cache
+
+
 def test_recipes_are_listed_with_one_line_each():
     lines = config.recipe_lines(ROOT / "recipes" / "recipe")
     readme = (ROOT / "recipes" / "README.md").read_text()

@@ -329,3 +329,31 @@ def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp
     want = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 3, 0.0)) + \
         3.0 * ((torch.softmax(logits / 4.0, 1) - q) ** 2).sum(1).mean()
     assert got["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(tmp_path, monkeypatch):
+    """`python distill/run.py kd.loss=dkd kd.temperature=1` (one student epoch, every step logged): the first
+    step's logged nckd is the value the method computed, and equals the float64 paper formula on that batch's
+    cached teacher logits and the student's logits. (The demo teacher gives its labels 0.90 to 0.99 on these views;
+    the confident teachers, up to a target logit 40 above the rest, are test_losses' grid.)"""
+    from test_losses import ref_dkd
+    dkd_cls, seen = type(methods.get("dkd")), []
+    real = dkd_cls.__call__
+
+    def spy(self, student_logits, log_q, batch, kd_cfg, epoch):
+        out = real(self, student_logits, log_q, batch, kd_cfg, epoch)
+        if not seen:
+            seen.append((student_logits.detach().double(), batch["kd_logits"].double(), batch["kd_classes"],
+                         batch["label"], out["nckd"].item()))
+        return out
+    monkeypatch.setattr(dkd_cls, "__call__", spy)
+    r = run_here(f"run_root={tmp_path / 'runs'}", f"cache.root={tmp_path / 'cache'}", "kd.loss=dkd",
+                 "kd.temperature=1", "stage=student", "student.baseline=false", "student.epochs=1",
+                 "student.log_every=1")
+    assert r.returncode == 0, r.stderr
+    logged = json.loads((tmp_path / "runs" / "demo" / "student" / "steps.jsonl").read_text().splitlines()[0])
+    student_logits, values, classes, labels, computed = seen[0]
+    teacher = torch.zeros_like(student_logits).scatter_(1, classes, values)  # the demo cache keeps every logit
+    _, nckd = ref_dkd(student_logits, torch.softmax(teacher, 1), labels, 1.0)
+    assert np.isfinite(logged["nckd"]) and logged["nckd"] == pytest.approx(computed, rel=1e-6)
+    assert computed == pytest.approx(nckd.item(), rel=1e-5)

@@ -30,13 +30,17 @@ def from_log_probs(student_logits: torch.Tensor, log_q: torch.Tensor, temperatur
     return _pearson_distance(p, q), _pearson_distance(p.t(), q.t())
 
 
+def _terms(student_logits, log_q, temperature: float, beta: float, gamma: float) -> dict[str, torch.Tensor]:
+    inter, intra = from_log_probs(student_logits, log_q, temperature)
+    inter, intra = inter * temperature ** 2, intra * temperature ** 2
+    return {"inter": inter, "intra": intra, "loss": beta * inter + gamma * intra}
+
+
 def dist(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, beta: float,
          gamma: float) -> dict[str, torch.Tensor]:
     """DIST's two relations: {"inter", "intra"} (each times T^2; inter averages over the batch's samples, intra
     over the classes) and "loss" = beta * inter + gamma * intra. No CE term (add your own)."""
-    inter, intra = from_log_probs(student_logits, log_softmax_at(teacher_logits, temperature), temperature)
-    inter, intra = inter * temperature ** 2, intra * temperature ** 2
-    return {"inter": inter, "intra": intra, "loss": beta * inter + gamma * intra}
+    return _terms(student_logits, log_softmax_at(teacher_logits, temperature), temperature, beta, gamma)
 
 
 @register
@@ -49,7 +53,4 @@ class DIST(Method):
     standardizable = False
 
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
-        t = kd_cfg.temperature
-        inter, intra = from_log_probs(student_logits, log_q, t)
-        inter, intra = inter * t ** 2, intra * t ** 2
-        return {"inter": inter, "intra": intra, "loss": kd_cfg.dist_beta * inter + kd_cfg.dist_gamma * intra}
+        return _terms(student_logits, log_q, kd_cfg.temperature, kd_cfg.dist_beta, kd_cfg.dist_gamma)

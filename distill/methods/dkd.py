@@ -46,13 +46,18 @@ def per_sample(student_logits: torch.Tensor, log_q: torch.Tensor, labels: torch.
     return tckd, nckd
 
 
+def _terms(tckd: torch.Tensor, nckd: torch.Tensor, temperature: float, alpha: float, beta: float) -> dict:
+    """Per-sample terms -> their batch means times T^2, and the weighted loss."""
+    tckd, nckd = tckd.mean() * temperature ** 2, nckd.mean() * temperature ** 2
+    return {"tckd": tckd, "nckd": nckd, "loss": alpha * tckd + beta * nckd}
+
+
 def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
         alpha: float, beta: float) -> dict[str, torch.Tensor]:
     """DKD's two terms: {"tckd", "nckd"} (batch means, each times T^2) and "loss" = alpha * tckd + beta * nckd.
     alpha weighs the target-class term, beta the non-target term; no CE term and no warm-up (add your own)."""
-    tckd, nckd = per_sample(student_logits, log_softmax_at(teacher_logits, temperature), labels, temperature)
-    tckd, nckd = tckd.mean() * temperature ** 2, nckd.mean() * temperature ** 2
-    return {"tckd": tckd, "nckd": nckd, "loss": alpha * tckd + beta * nckd}
+    per = per_sample(student_logits, log_softmax_at(teacher_logits, temperature), labels, temperature)
+    return _terms(*per, temperature, alpha, beta)
 
 
 @register
@@ -71,6 +76,5 @@ class DKD(Method):
             lam = batch["lam"].float()
             tckd_p, nckd_p = per_sample(student_logits, log_q, batch["partner_label"], t)
             tckd, nckd = lam * tckd + (1 - lam) * tckd_p, lam * nckd + (1 - lam) * nckd_p
-        tckd, nckd = tckd.mean() * t ** 2, nckd.mean() * t ** 2
         warm = min((epoch + 1) / kd_cfg.dkd_warmup, 1.0) if kd_cfg.dkd_warmup else 1.0
-        return {"tckd": tckd, "nckd": nckd, "loss": warm * (kd_cfg.dkd_alpha * tckd + kd_cfg.dkd_beta * nckd)}
+        return _terms(tckd, nckd, t, warm * kd_cfg.dkd_alpha, warm * kd_cfg.dkd_beta)
