@@ -331,7 +331,7 @@ def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp
     assert got["loss"].item() == pytest.approx(want.item(), rel=1e-6)
 
 
-def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(tmp_path, monkeypatch):
+def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(demo, tmp_path, monkeypatch):
     """`python distill/run.py kd.loss=dkd kd.temperature=1` (one student epoch, every step logged): the first
     step's logged nckd is the value the method computed, and equals the float64 paper formula on that batch's
     cached teacher logits and the student's logits. (The demo teacher gives its labels 0.90 to 0.99 on these views;
@@ -347,10 +347,12 @@ def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(tmp_path, monkeypatch):
                          batch["label"], out["nckd"].item()))
         return out
     monkeypatch.setattr(dkd_cls, "__call__", spy)
-    r = run_here(f"run_root={tmp_path / 'runs'}", f"cache.root={tmp_path / 'cache'}", "kd.loss=dkd",
-                 "kd.temperature=1", "stage=student", "student.baseline=false", "student.epochs=1",
-                 "student.log_every=1")
+    where, _ = demo  # its teacher and its cache of every logit (any T) are reused: only the student trains
+    r = run_here(f"run_root={tmp_path / 'runs'}", f"cache.root={where / 'cache'}",
+                 f"teacher.dir={where / 'runs' / 'demo' / 'teacher'}", "kd.loss=dkd", "kd.temperature=1",
+                 "stage=student", "student.baseline=false", "student.epochs=1", "student.log_every=1")
     assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "runs" / "demo" / "cache.json").read_text())["reused"]
     logged = json.loads((tmp_path / "runs" / "demo" / "student" / "steps.jsonl").read_text().splitlines()[0])
     student_logits, values, classes, labels, computed = seen[0]
     teacher = torch.zeros_like(student_logits).scatter_(1, classes, values)  # the demo cache keeps every logit
