@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 
 class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
-    """Finds no module itself: on timm's first import it wraps timm's loader so that distill.cifar_resnet registers
+    """Finds no module itself: on timm's first import it wraps timm's loader so that distill.training.cifar_resnet registers
     the CIFAR ResNets right after timm has loaded. Written by hand: Python has no post-import hook."""
 
     def find_spec(self, name, path=None, target=None):
@@ -26,12 +26,12 @@ class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
 
             def load_then_register(module):
                 load(module)
-                importlib.import_module("distill.cifar_resnet")
+                importlib.import_module("distill.training.cifar_resnet")
             spec.loader.exec_module = load_then_register
         return spec
 
 
 if "timm" in sys.modules:
-    importlib.import_module("distill.cifar_resnet")
+    importlib.import_module("distill.training.cifar_resnet")
 elif not any(isinstance(f, _RegisterAfterTimm) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterTimm())

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from distill import artifacts, data, engine, layout, models, transforms
+from distill import data
+from distill.data import transforms
+from distill.store import artifacts, layout
+from distill.training import engine, models
 from distill.config import Config
 
 log = logging.getLogger("distill")

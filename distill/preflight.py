@@ -6,7 +6,7 @@ import difflib
 
 import timm
 
-from distill import models  # noqa: F401  (registers the CIFAR ResNets, so their names are timm names)
+from distill.training import models  # noqa: F401  (registers the CIFAR ResNets, so their names are timm names)
 from distill.config import Config
 from distill.errors import ConfigError
 

@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from distill import artifacts
+from distill.store import artifacts
 
 log = logging.getLogger("distill")
 

@@ -37,7 +37,9 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     # imported here, not at the top: --help and config errors answer before torch loads
     from accelerate.utils import broadcast_object_list
 
-    from distill import artifacts, data, engine, preflight
+    from distill import data, preflight
+    from distill.store import artifacts
+    from distill.training import engine
 
     preflight.before_data(cfg)
     run_dir = run_dir or Path(cfg.run_root) / cfg.name
@@ -64,15 +66,15 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
 
 def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
     """Record the config and the normalization, run the chosen stages, and write the report."""
-    from distill import data
+    from distill.store import layout
 
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-        norm = data.normalization(cfg.data, bundle, run_dir / "data_stats.json")
+        norm = layout.normalization(cfg.data, bundle, run_dir / "data_stats.json")
     acc.wait_for_everyone()
     if not acc.is_main_process:
-        norm = data.normalization(cfg.data, bundle, run_dir / "data_stats.json")  # reads what main recorded
+        norm = layout.normalization(cfg.data, bundle, run_dir / "data_stats.json")  # reads what main recorded
     if cfg.log_with:
         acc.init_trackers(cfg.name)
     # stage=X runs X and the stages before it; a stage whose output is up to date is reused, not rerun
@@ -82,7 +84,8 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
     for name in chosen:
         if name != "export":
             fns[name](cfg, acc, bundle, norm, run_dir)
-    from distill import heldout, layout, report
+    from distill import heldout, report
+    from distill.store import layout
     tests = heldout.score(cfg, acc, bundle, norm, run_dir) if bundle.test is not None else None
     summary = report.write(run_dir, layout.teacher_dir(cfg, run_dir), tests) if acc.is_main_process else None
     acc.wait_for_everyone()

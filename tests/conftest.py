@@ -109,7 +109,7 @@ def random_teacher(path: Path, model: str = "resnet8", seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    import distill.models  # noqa: F401  (registers the CIFAR ResNets)
+    import distill.training.models  # noqa: F401  (registers the CIFAR ResNets)
 
     torch.manual_seed(seed)
     save_file(timm.create_model(model, num_classes=len(CLASSES)).state_dict(), str(path))

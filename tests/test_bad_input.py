@@ -11,7 +11,9 @@ from safetensors.torch import load_file, save_file
 
 from conftest import (CLASSES, ROOT, cache_overrides, compose_recipe, config_from, random_teacher, run_cli, run_here,
                       tiny_images)
-from distill import artifacts, config, data, fingerprints, models, preflight, run, softlabels
+from distill import config, data, preflight, run
+from distill.store import artifacts, fingerprints, softlabels
+from distill.training import models
 from distill.errors import CheckpointError, ConfigError, DataError
 
 
@@ -105,7 +107,7 @@ HOLD = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from distill import artifacts
+from distill.store import artifacts
 with artifacts.exclusive(Path(sys.argv[2])):
     print("held", flush=True)
     time.sleep(120)

@@ -13,7 +13,10 @@ import torch
 from torchvision.transforms import v2
 
 from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here, tiny_dataset
-from distill import artifacts, config, data, fingerprints, models, softlabels, transforms, views
+from distill import config, data
+from distill.data import transforms, views
+from distill.store import artifacts, fingerprints, softlabels
+from distill.training import models
 from distill.config import DataCfg
 from distill.stages import cache
 

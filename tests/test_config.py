@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose_recipe, run_cli
-from distill import config, softlabels
+from distill import config
+from distill.store import softlabels
 from distill.errors import ConfigError
 
 
@@ -116,7 +117,7 @@ def test_recipes_are_listed_with_one_line_each():
 # ---------------------------------------------------------------- structure: fingerprints from tags, stage imports
 
 def test_every_schema_field_names_the_outputs_it_changes():
-    from distill import fingerprints
+    from distill.store import fingerprints
     tags = fingerprints.tags()
     assert [key for key, outputs in tags.items() if outputs is None] == []  # a new field without `changes=`
     assert all(set(outputs) <= set(config.OUTPUTS) for outputs in tags.values())
@@ -151,7 +152,7 @@ def _with(cfg, key, value):
 
 @pytest.mark.parametrize("output", ["cache", "teacher", "student", "baseline"])
 def test_each_tagged_field_changes_its_outputs_fingerprint_and_no_other(output):
-    from distill import artifacts, fingerprints
+    from distill.store import artifacts, fingerprints
     cfg = config.validate({})
     identity, norm = {"train_fingerprint": "x"}, {"mean": [0.5] * 3, "std": [0.25] * 3}
 

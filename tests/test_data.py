@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from conftest import CLASSES, tiny_dataset
-from distill import data, pixels, transforms, views
+from distill import data
+from distill.store import layout
+from distill.data import pixels, transforms, views
 from distill.config import DataCfg
 from distill.errors import DataError
 
@@ -128,11 +130,11 @@ def test_views_shapes_and_norms():
 def test_computed_normalization_matches_numpy(parquet_file, tmp_path):
     c = cfg(path=str(parquet_file))
     bundle = data.load(c)
-    norm = data.normalization(c, bundle, tmp_path / "stats.json")
+    norm = layout.normalization(c, bundle, tmp_path / "stats.json")
     pixels = np.stack([np.asarray(r["image"].convert("RGB"), dtype=np.float64) / 255 for r in bundle.train])
     assert norm["mean"] == pytest.approx(pixels.mean(axis=(0, 1, 2)).tolist(), abs=1e-5)
     assert norm["std"] == pytest.approx(pixels.std(axis=(0, 1, 2)).tolist(), abs=1e-5)
-    assert data.normalization(c, bundle, tmp_path / "stats.json") == norm  # read back, recorded once
+    assert layout.normalization(c, bundle, tmp_path / "stats.json") == norm  # read back, recorded once
 
 
 def test_training_views_are_a_pure_function_of_seed_epoch_and_index(parquet_file):

@@ -8,7 +8,10 @@ import torch
 from PIL import Image
 
 from conftest import cache_overrides, run_here, tiny_dataset
-from distill import artifacts, data, models, transforms, views
+from distill import data
+from distill.data import transforms, views
+from distill.store import artifacts
+from distill.training import models
 from distill.stages import export
 
 

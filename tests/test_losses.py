@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill import losses, methods, objectives, softlabels, targets
+from distill import losses, methods
+from distill.store import softlabels
+from distill.training import objectives, targets
 from distill.config import KDCfg
 
 TOL = 1e-5  # relative, float32 against float64

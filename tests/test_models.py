@@ -6,7 +6,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from distill import config, models
+from distill import config
+from distill.training import models
 from distill.stages import teacher
 from distill.errors import CheckpointError, ConfigError
 

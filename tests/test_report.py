@@ -1,7 +1,8 @@
 """The end-of-run report: it says when the teacher scores below the CE baseline, and only then."""
 import pytest
 
-from distill import artifacts, report
+from distill import report
+from distill.store import artifacts
 
 
 @pytest.mark.parametrize("teacher_top1, below", [(70.0, True), (80.0, False)])

@@ -12,7 +12,9 @@ import torch
 from accelerate import Accelerator
 
 from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here, tiny_dataset, tiny_overrides
-from distill import artifacts, checkpoint, data, objectives
+from distill import data
+from distill.store import artifacts, checkpoint, layout
+from distill.training import objectives
 from distill.stages import teacher
 from distill.errors import CheckpointError, TrainingError
 
@@ -112,7 +114,7 @@ def _crash(loss):
 
 def _run_teacher(cfg, tmp_path):
     bundle = data.load(cfg.data)
-    norm = data.normalization(cfg.data, bundle)
+    norm = layout.normalization(cfg.data, bundle)
     return teacher.run(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny")
 
 

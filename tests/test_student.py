@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from conftest import cache_overrides, config_from, dense_kl, run_here
-from distill import artifacts, config, data, losses, methods, models, objectives, report, softlabels, targets, \
-    transforms, tricks, views
+from distill import config, data, losses, methods, report
+from distill.data import transforms, views
+from distill.store import artifacts, softlabels
+from distill.training import models, objectives, targets, tricks
 from distill.config import KDCfg, MixCfg
 from distill.stages import student
 

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import run_cli, run_here, tiny_overrides
-from distill import artifacts
+from distill.store import artifacts
 
 
 def test_teacher_trains_saves_and_is_reused(parquet_file, tmp_path):

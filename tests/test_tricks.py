@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill import models, tricks
+from distill.training import models, tricks
 from distill.config import MixCfg, OptimCfg, SchedCfg
 from distill.losses import soft_cross_entropy
 

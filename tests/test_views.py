@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill import views
+from distill.data import views
 from distill.config import DataCfg
 
 
@@ -59,7 +59,7 @@ def test_the_device_renderer_trains_and_caches_the_very_bits_of_the_cpu_one(shar
     import json
 
     from conftest import cache_overrides, run_here
-    from distill import artifacts
+    from distill.store import artifacts
     runs = {}
     for renderer in ("cpu", "device"):
         where = tmp_path / renderer
@@ -86,7 +86,7 @@ def test_jpeg_files_decoded_on_the_device_train_and_cache_the_very_bits_of_the_c
     import datasets
 
     from conftest import CLASSES, random_teacher, run_here, tiny_images, tiny_overrides
-    from distill import artifacts
+    from distill.store import artifacts
     images, labels = tiny_images(60, size=14)
     rows = []
     for i, img in enumerate(images):
@@ -116,7 +116,8 @@ def test_jpeg_files_decoded_on_the_device_train_and_cache_the_very_bits_of_the_c
 
 def test_cached_mixing_is_tricks_blend_row_by_row_bit_for_bit():
     """ToInput mixes a batch of cached mixed views at once on the device; each row is what tricks.blend gives."""
-    from distill import transforms, tricks
+    from distill.data import transforms
+    from distill.training import tricks
     torch.manual_seed(0)
     image, partner = (torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8) for _ in range(2))
     lam = torch.tensor([1.0, 0.3, 0.75, 0.6])

@@ -33,7 +33,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, config, data, engine, models, report, softlabels, transforms, tricks  # noqa: E402
+from distill import config, data, report  # noqa: E402
+from distill.data import transforms
+from distill.store import artifacts, layout, softlabels
+from distill.training import engine, models, tricks
 from distill.stages import cache, student  # noqa: E402
 
 IMAGENET = 1_281_167
@@ -180,7 +183,8 @@ def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, cla
 CHILD = """
 import sys, time, numpy as np, torch
 sys.path.insert(0, {root!r})
-from distill import models, softlabels
+from distill.store import softlabels
+from distill.training import models
 def hwm():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM'):
@@ -273,7 +277,7 @@ def main() -> None:
     cfg = config.validate(raw)
     bundle = data.load(cfg.data)
     _phase("data")
-    norm = data.normalization(cfg.data, bundle)
+    norm = layout.normalization(cfg.data, bundle)
     n = len(bundle.train)
     torch.manual_seed(0)
     teacher_net = models.create(args.teacher, bundle.num_classes)

@@ -18,7 +18,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, config, data, engine, models, report, softlabels, transforms  # noqa: E402
+from distill import config, data, report  # noqa: E402
+from distill.data import transforms
+from distill.store import artifacts, layout, softlabels
+from distill.training import engine, models
 from distill.stages import cache  # noqa: E402
 
 
@@ -44,7 +47,7 @@ def main() -> None:
                   "batch_size": args.batch,  # the same teacher batch (in forwards) as the raw pass
                   "shard_size": 10000}})
     bundle = data.load(cfg.data)
-    norm = data.normalization(cfg.data, bundle)
+    norm = layout.normalization(cfg.data, bundle)
     torch.manual_seed(0)
     teacher = models.create(args.teacher, bundle.num_classes)
     run_dir = tmp / "run"

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, config, data, engine, models, report  # noqa: E402
+from distill import config, data, report  # noqa: E402
+from distill.store import artifacts, layout
+from distill.training import engine, models
 from distill.stages import cache, student  # noqa: E402
 
 
@@ -41,7 +43,7 @@ def main() -> None:
                        "sched": {"warmup_epochs": 0}}}
     cfg = config.validate(raw)
     bundle = data.load(cfg.data)
-    norm = data.normalization(cfg.data, bundle)
+    norm = layout.normalization(cfg.data, bundle)
     torch.manual_seed(0)
     artifacts.save_model(tmp / "teacher", models.create(args.teacher, bundle.num_classes), {"model": args.teacher})
     cache.run(cfg, acc, bundle, norm, tmp / "bench")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import softlabels  # noqa: E402
+from distill.store import softlabels  # noqa: E402
 from distill.errors import UserError  # noqa: E402
 
 

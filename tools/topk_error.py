@@ -23,7 +23,10 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import artifacts, config, data, methods, models, softlabels, targets, transforms  # noqa: E402
+from distill import config, data, methods  # noqa: E402
+from distill.data import transforms
+from distill.store import artifacts, layout, softlabels
+from distill.training import models, targets
 from distill.config import KDCfg  # noqa: E402
 from distill.stages import student  # noqa: E402
 
@@ -54,7 +57,7 @@ def measure(run: Path, ks: list[int], temperatures: list[float], batch_size: int
         raise SystemExit(f"{cache_folder}: keeps the top {labels.topk} of {labels.num_classes} logits; the reference "
                          "needs every logit (cache.topk >= classes)")
     bundle = data.load(cfg.data)
-    norm = data.normalization(cfg.data, bundle, run / "data_stats.json")  # as the stages found it
+    norm = layout.normalization(cfg.data, bundle, run / "data_stats.json")  # as the stages found it
     to_input = transforms.ToInput(cfg.data, norm)
     nets = _students(run, cfg, labels.num_classes)
     rows: dict[tuple, list] = {}

@@ -25,7 +25,10 @@ from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from distill import artifacts, data, layout, models, softlabels, transforms, tricks, views
+from distill import data
+from distill.data import transforms, views
+from distill.store import artifacts, layout, softlabels
+from distill.training import models, tricks
 from distill.config import Config, DataCfg, MixCfg
 from distill.errors import DataError
 
@@ -113,14 +116,12 @@ class ViewItems(Dataset):
         if self.mix and self.images.pixels is None:
             raise DataError("cache.mix: mixed views with data.renderer=device need the split decoded into memory "
                             "(data.decode_mb); use data.renderer=cpu")
-        s, bad = self.cfg.image_size, False
-        try:
-            hw, jpeg = self.images.view_source(i)
-        except DataError as e:
-            if not self.skip_bad:
-                raise DataError(f"{e}; set data.on_bad_image=skip to leave it out of every stage") from None
-            bad, hw = True, (s, s)  # as the CPU path: views of a blank image, records cleared
-            jpeg = _blank_jpeg(s) if self.images.pixels is None else None
+        s = self.cfg.image_size
+        source = self.images.view_source_or_skip(i, self.skip_bad)
+        bad = source is None
+        if bad:  # as the CPU path: views of a blank image, records cleared
+            source = (s, s), (_blank_jpeg(s) if self.images.pixels is None else None)
+        hw, jpeg = source
         # a partner is only drawn for mixed views, which need a decoded split: every image has its size
         rec = self.draw(i, hw, lambda j: None if j in self.images.bad else tuple(self.images.pixels.shape[1:3]))
         item = {"index": i, "bad": bad, **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}

@@ -24,7 +24,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from distill import artifacts, data, layout, models, transforms
+from distill import data
+from distill.data import transforms
+from distill.store import artifacts, layout
+from distill.training import models
 from distill.config import Config
 from distill.errors import ConfigError, DataError
 

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from distill import artifacts, data, engine, fingerprints, layout, models, objectives, softlabels, targets, \
-    transforms, views
+from distill import data
+from distill.data import transforms, views
+from distill.store import artifacts, fingerprints, layout, softlabels
+from distill.training import engine, models, objectives, targets
 from distill.config import Config, DataCfg
 from distill.errors import ConfigError, DataError
 
@@ -37,16 +39,17 @@ def view_for(index: int, epoch: int, num_views: int, schedule: str, seed: int) -
     return int(np.random.default_rng([seed, epoch, index]).integers(num_views))
 
 
-class ReplayItems(Dataset):
+class ReplayItems(data.EpochItems):
     """Item i at the current epoch: its cached view re-applied (uint8; the batch becomes the network input on the
     device, transforms.ToInput), with the view id and that view's soft label (top-k logits, classes, logsumexp at
     T), read from the memory-mapped record the view comes from. A mixed view brings its partner's view, label,
     lambda and box."""
 
     def __init__(self, images: data.Images, cfg: DataCfg, folder: Path, schedule: str, seed: int):
+        super().__init__()
         self.images, self.cfg, self.folder, self.schedule, self.seed = images, cfg, folder, schedule, seed
         self.skip_bad = cfg.on_bad_image == "skip"
-        self.epoch, self._labels = data.SharedEpoch(), None
+        self._labels = None
 
     @property
     def labels(self) -> softlabels.SoftLabels:  # opened lazily: each DataLoader worker maps the shards itself
@@ -56,12 +59,6 @@ class ReplayItems(Dataset):
 
     def __getstate__(self):
         return self.__dict__ | {"_labels": None}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch.set(epoch)
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, i: int) -> dict | None:
         if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it

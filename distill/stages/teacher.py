@@ -10,7 +10,10 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from distill import artifacts, data, engine, fingerprints, layout, models, objectives, transforms
+from distill import data
+from distill.data import transforms
+from distill.store import artifacts, fingerprints, layout
+from distill.training import engine, models, objectives
 from distill.config import Config
 from distill.errors import ConfigError
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import artifacts, views
+from distill.data import views
+from distill.store import artifacts
 from distill.errors import DataError
 from distill.methods.standardize import standardize
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from distill import artifacts
+from distill.store import artifacts
 from distill.errors import CheckpointError
 
 log = logging.getLogger("distill")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from distill import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets in timm's registry)
+from distill.training import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets in timm's registry)
 from distill.errors import CheckpointError
 
 log = logging.getLogger("distill")

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from distill import losses, methods, tricks
-from distill.methods import logspace
+from distill import methods
 from distill.config import KDCfg
+from distill.methods import hard, logspace
+from distill.methods.standardize import standardize
+from distill.training import tricks
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class CrossEntropy:
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
 
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
-        ce = losses.soft_cross_entropy(logits, hard_targets(batch, self.num_classes, self.label_smoothing, mix))
+        ce = hard.soft_cross_entropy(logits, hard_targets(batch, self.num_classes, self.label_smoothing, mix))
         return {"loss": ce}
 
 
@@ -69,13 +71,13 @@ class Distillation:
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
         c = self.cfg
         target = hard_targets(batch, self.num_classes, self.label_smoothing, mix)
-        hard = losses.focal(logits, target, c.focal_gamma, self.focal_alpha) if c.ce == "focal" else \
-            losses.soft_cross_entropy(logits, target)
+        ce = hard.focal(logits, target, c.focal_gamma, self.focal_alpha) if c.ce == "focal" else \
+            hard.soft_cross_entropy(logits, target)
         if not self.method.active(c):  # e.g. kd with alpha 0: no teacher needed
-            return {"loss": hard, "ce": hard}
-        student = losses.standardize(logits) if c.logit_standardization else logits
+            return {"loss": ce, "ce": ce}
+        student = standardize(logits) if c.logit_standardization else logits
         terms = self.method(student, self._teacher(batch, mix, x), batch, c, progress.epoch)
         distilled = terms.pop("loss")
         if c.balance == "scale":
-            return {"loss": losses.combine(distilled, hard, c.alpha, "scale"), "ce": hard, **terms}
-        return {"loss": self.ce_weight * hard + distilled, "ce": hard, **terms}
+            return {"loss": hard.combine(distilled, ce, c.alpha, "scale"), "ce": ce, **terms}
+        return {"loss": self.ce_weight * ce + distilled, "ce": ce, **terms}

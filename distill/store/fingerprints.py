@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill import artifacts, config, softlabels
+from distill import config
+from distill.store import artifacts, softlabels
 from distill.config import Config
 
 

@@ -1,0 +1,21 @@
+"""Data and views: where images and labels come from, and how a training view of an image is drawn and re-drawn.
+
+    sources.py     data.path -> the splits (hub, parquet, imagefolder, save_to_disk, the demo digits), the
+                   validation carve, the test split, label and class checks: `load` returns a DataBundle
+    images.py      Images: a split's images, decoded once into memory when they fit (pixels.py)
+    datasets.py    the index-carrying training and evaluation items, collate, the epoch shared with workers
+    loaders.py     DataLoaders and worker counts
+    views.py       recordable, replayable views (crop box, flip): what the cache stores and the student replays
+    transforms.py  ToInput: a batch of uint8 views -> the network input, on the device; channel statistics
+
+A new data source goes in sources.py (`detect_source` and `_load_splits`). May import: distill.config,
+distill.errors and this folder; never the store, training or the stages.
+"""
+from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, collate, device_views
+from distill.data.images import Images
+from distill.data.loaders import loaders, make_loader, workers
+from distill.data.sources import DataBundle, load, settings_identity
+from distill.data.transforms import channel_stats
+
+__all__ = ["DataBundle", "EpochItems", "Images", "ImageDataset", "SharedEpoch", "SPLITS", "channel_stats", "collate",
+           "device_views", "load", "loaders", "make_loader", "settings_identity", "workers"]

@@ -1,0 +1,12 @@
+"""The store: everything a run writes to disk and reads back, and how it knows an output is still valid.
+
+    artifacts.py     atomic JSON, checksums, content fingerprints; a stage's weights and meta.json, reuse checks,
+                     the run lock
+    checkpoint.py    training checkpoints: written to a temporary folder and renamed, verified before loading
+    softlabels.py    the soft-label cache's file format: records, shards, manifest, the memory-mapped reader
+    fingerprints.py  each output's fingerprint, from the schema's `changes` tags
+    layout.py        where each stage writes and the next one reads (run folder, cache folder, data statistics)
+
+May import: distill.config, distill.errors, distill.methods (the record's standardization) and
+distill.data (the view record); never the training loop or the stages.
+"""

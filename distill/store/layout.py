@@ -1,0 +1,62 @@
+"""Where each stage writes and the next one reads: the run folder, and the cache root shared by fingerprint.
+
+    <run_root>/<name>/            the run (or a sweep point's folder)
+        teacher/                  stage teacher (or teacher.dir, shared between runs)
+        student/  baseline/       stage student
+        cache.json                which cache folder this run used
+        data_stats.json           the training split's channel mean/std, when the recipe gives none
+    <cache.root>/<fingerprint>/   stage cache: soft labels, shared by every run with the same settings
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from distill import data
+from distill.config import Config, DataCfg
+from distill.store import artifacts, fingerprints
+
+log = logging.getLogger("distill")
+
+
+def teacher_dir(cfg: Config, run_dir: Path) -> Path:
+    """<run>/teacher, or teacher.dir when runs share one teacher."""
+    return Path(cfg.teacher.dir) if cfg.teacher.dir else run_dir / "teacher"
+
+
+def student_dir(run_dir: Path, baseline: bool = False) -> Path:
+    return run_dir / ("baseline" if baseline else "student")
+
+
+def cache_identity(cfg: Config, bundle, norm: dict, run_dir: Path, precision: str) -> dict:
+    """The cache's fingerprint inputs, given the teacher the teacher stage wrote."""
+    digest = artifacts.sha256(teacher_dir(cfg, run_dir) / "model.safetensors")
+    return fingerprints.cache_identity(cfg, bundle.identity, norm, bundle.num_classes, digest, precision)
+
+
+def cache_dir(cfg: Config, identity: dict) -> Path:
+    """The folder of the cache with these fingerprint inputs (whether or not it exists yet)."""
+    return Path(cfg.cache.root) / artifacts.fingerprint(identity)
+
+
+def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = None) -> dict:
+    """Mean/std from the recipe, or computed once from the training split (eval view, first `stats_images`
+    images) and recorded in `record`, keyed by the split's fingerprint so a later run reads it back."""
+    if cfg.per_image_norm:
+        return {"per_image": True, "mean": None, "std": None}
+    if cfg.mean is not None:
+        return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
+    key = artifacts.fingerprint([bundle.identity["train_fingerprint"], cfg.image_size, cfg.transform,
+                                 cfg.crop_pct, cfg.stats_images])
+    saved = artifacts.read_json(record) if record else None
+    if saved and saved.get("key") == key:
+        return saved["normalization"]
+    subset = bundle.images["train"].subset(min(cfg.stats_images, len(bundle.train)))
+    ds = data.ImageDataset(subset, cfg, train=False, skip_bad=True, pixels=True)
+    mean, std = data.channel_stats(data.make_loader(ds, 256, False, cfg.num_workers, 0))
+    norm = {"per_image": False, "mean": mean, "std": std}
+    log.info(f"data: computed mean {mean} std {std} from {len(subset)} training images")
+    if record:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(record, {"key": key, "normalization": norm})
+    return norm

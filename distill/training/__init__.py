@@ -1,0 +1,11 @@
+"""Training: the one loop every stage trains with, and what goes into it.
+
+    engine.py        the loop (resume, SIGTERM, NaN policy, logs, checkpoints), named pieces over one TrainState
+    tricks.py        optimizer, LR schedule, mixup/cutmix, label smoothing (timm's where it has them)
+    models.py        timm models, init, checkpoint files, the BatchNorm-folded teacher; cifar_resnet.py
+    objectives.py    what a stage minimises: CE, or CE plus a distillation method (distill/methods/)
+    targets.py       where the soft target comes from: the cache or a live teacher, as log-probabilities
+
+May import: distill.config, distill.errors, distill.methods, distill.data and distill.store; never
+the stages.
+"""
