@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 
 class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
-    """Finds no module itself: on timm's first import it wraps timm's loader so that distill.training.cifar_resnet registers
-    the CIFAR ResNets right after timm has loaded. Written by hand: Python has no post-import hook."""
+    """Finds no module itself: on timm's first import it wraps timm's loader so that distill.training.cifar_resnet
+    registers the CIFAR ResNets right after timm has loaded. Written by hand: Python has no post-import hook."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "timm":

@@ -236,15 +236,16 @@ class ExportCfg:
                                  changes=NONE)
 
 
-# The stages, in the order `stage=all` runs them (export after the report, whose numbers it carries).
-STAGES = ("teacher", "cache", "student", "export")
+# The stages, in the order `stage=all` runs them: export after the report, whose numbers its model card carries.
+STAGES = ("teacher", "cache", "student", "report", "export")
 
 
 @dataclass
 class Config:
     name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)", changes=NONE)
-    stage: str = _f("all", doc="teacher | cache | student | export | all: runs that stage and the ones before it "
-                               "(each reused when up to date)", choices=STAGES + ("all",), changes=NONE)
+    stage: str = _f("all", doc="teacher | cache | student | report | export | all: runs that stage and the ones "
+                               "before it (each reused when up to date); every run ends with the report (test-split "
+                               "scores, table, summary.json, curves.png)", choices=STAGES + ("all",), changes=NONE)
     seed: int = _f(0, doc="global seed", changes=ALL)
     run_root: str = _f("runs", doc="root folder of run outputs", changes=NONE)
     log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...",
@@ -253,7 +254,7 @@ class Config:
                         choices=("auto", "no", "bf16", "fp16"), changes=ALL)
     resume: str = _f("auto", doc="auto: continue an interrupted stage from its newest complete checkpoint | never: "
                                  "delete its checkpoints and start the stage over", choices=("auto", "never"),
-  changes=NONE)
+                     changes=NONE)
     on_nonfinite: str = _f("abort", doc="NaN/inf loss: abort (stop, naming the step; the last good checkpoint stays) | "
                                         "skip (skip that step's update and count it; costs one host sync per step)",
                            choices=("abort", "skip"), changes=TRAINED)

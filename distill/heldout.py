@@ -7,15 +7,11 @@ validates or caches on the test split.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
-from accelerate import Accelerator
 
 from distill import data
-from distill.data import transforms
 from distill.store import artifacts, layout
 from distill.training import engine, models
-from distill.config import Config
+from distill.training.context import RunContext
 
 log = logging.getLogger("distill")
 
@@ -24,16 +20,10 @@ def key(meta: dict, bundle: data.DataBundle) -> dict:
     return {"weights_sha256": meta.get("weights_sha256"), "test": bundle.test_identity}
 
 
-def folders(cfg: Config, run_dir: Path) -> dict[str, Path]:
-    return {"teacher": layout.teacher_dir(cfg, run_dir), "student": layout.student_dir(run_dir),
-            "baseline": layout.student_dir(run_dir, baseline=True)}
-
-
-def score(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict[str, dict]:
+def score(ctx: RunContext) -> dict[str, dict]:
     """{model: {top1, top5, count}} for every trained model of the run, computed or read back."""
-    out = {}
-    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
-    for name, folder in folders(cfg, run_dir).items():
+    cfg, acc, bundle, out = ctx.cfg, ctx.acc, ctx.data, {}
+    for name, folder in layout.model_dirs(ctx.run_dir, ctx.teacher_dir).items():
         meta = artifacts.read_json(folder / "meta.json")
         if meta is None:
             continue
@@ -42,14 +32,13 @@ def score(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, ru
         if saved and saved.get("key") == want:
             out[name] = saved["metrics"]
             continue
-        net = models.create(meta["model"], bundle.num_classes)
-        net.load_state_dict(artifacts.load_weights(folder))
+        net, _ = models.load_trained(folder, bundle.num_classes, "test", name)
         ds = data.ImageDataset(bundle.images["test"], cfg.data, train=False,
                                skip_bad=cfg.data.on_bad_image == "skip")
         loader = data.make_loader(ds, 256, False, data.workers(cfg.data, bundle.images["test"]), cfg.seed)
         acc.free_memory()
         prepared, loader = acc.prepare(net, loader)
-        m = engine.evaluate(prepared, loader, acc, to_input, channels_last=False)
+        m = engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False)
         metrics = {"top1": m["top1"], "top5": m["top5"], "count": m["val_count"]}
         if acc.is_main_process:
             artifacts.write_json(folder / "test.json", {"key": want, "metrics": metrics})

@@ -5,11 +5,9 @@ import json
 import logging
 from pathlib import Path
 
-from distill.store import artifacts
+from distill.store import artifacts, layout
 
 log = logging.getLogger("distill")
-
-MODELS = ("teacher", "student", "baseline")
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -20,8 +18,7 @@ def _metrics(folder: Path) -> list[dict]:
 def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None = None) -> dict:
     """`tests`: {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one."""
     rows = {}
-    for name in MODELS:
-        folder = teacher_dir if name == "teacher" and teacher_dir else run_dir / name
+    for name, folder in layout.model_dirs(run_dir, teacher_dir).items():
         meta = artifacts.read_json(folder / "meta.json")
         if meta is None:
             continue
@@ -48,8 +45,8 @@ def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None =
 
 def table(s: dict) -> str:
     test = any("test_top1" in r for r in s["models"].values())
-    head = f"{'':10} {'model':12} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "") + \
-        f" {'params':>9} {'train img/s':>11} {'wall':>8}"
+    head = (f"{'':10} {'model':12} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "")
+            + f" {'params':>9} {'train img/s':>11} {'wall':>8}")
     lines = [head, "-" * len(head)]
     for name, r in s["models"].items():
         ips = f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "-"
@@ -86,8 +83,8 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[s
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    for name in MODELS:
-        rows = _metrics(teacher_dir if name == "teacher" and teacher_dir else run_dir / name)
+    for name, folder in layout.model_dirs(run_dir, teacher_dir).items():
+        rows = _metrics(folder)
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
@@ -128,3 +125,14 @@ def print_fields(result: dict) -> None:
     for key, value in result.items():
         print(f"{key.ljust(width)}  {value}")
     print(json.dumps(result))
+
+
+def stage(ctx) -> dict | None:
+    """The report step (config.STAGES): every trained model scored once on the test split when there is one
+    (heldout.py), then the table, summary.json and curves.png; returns the summary (main process)."""
+    from distill import heldout
+
+    tests = heldout.score(ctx) if ctx.data.test is not None else None
+    summary = write(ctx.run_dir, ctx.teacher_dir, tests) if ctx.acc.is_main_process else None
+    ctx.acc.wait_for_everyone()
+    return summary

@@ -20,23 +20,23 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from distill import config  # noqa: E402
-from distill.errors import DataError, Stopped, UserError  # noqa: E402
+from distill.errors import Stopped, UserError  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 log = logging.getLogger("distill")
 
 
 def stage_functions() -> dict:
-    """Stage name -> run(cfg, accelerator, data, normalization, run_dir), in pipeline order (config.STAGES)."""
+    """Stage name -> run(RunContext), in pipeline order (config.STAGES)."""
+    from distill import report
     from distill.stages import cache, export, student, teacher
-    return {"teacher": teacher.run, "cache": cache.run, "student": student.run, "export": export.run}
+    return {"teacher": teacher.run, "cache": cache.run, "student": student.run, "report": report.stage,
+            "export": export.run}
 
 
 def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     """Run the chosen stages into run_dir (default <run_root>/<name>); return the run's summary."""
     # imported here, not at the top: --help and config errors answer before torch loads
-    from accelerate.utils import broadcast_object_list
-
     from distill import data, preflight
     from distill.store import artifacts
     from distill.training import engine
@@ -50,23 +50,18 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
-    with contextlib.ExitStack() as held:  # one live run per run folder (the main process holds it)
-        busy = [None]
-        if acc.is_main_process:
-            try:
-                held.enter_context(artifacts.exclusive(run_dir))
-            except UserError as e:
-                busy = [str(e)]
-        if acc.num_processes > 1:
-            busy = broadcast_object_list(busy)
-        if busy[0]:
-            raise DataError(busy[0])
+    with contextlib.ExitStack() as held:
+        def lock() -> None:  # one live run per run folder: the main process holds its lock until the run ends
+            held.enter_context(artifacts.exclusive(run_dir))
+        artifacts.on_main(acc, lock)
         return _stages(cfg, acc, bundle, run_dir)
 
 
 def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
-    """Record the config and the normalization, run the chosen stages, and write the report."""
+    """Record the config and the normalization, then run the chosen stages in pipeline order: stage=X runs X and
+    the stages before it, and every run ends with its report; a stage whose output is up to date is reused."""
     from distill.store import layout
+    from distill.training.context import RunContext
 
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -77,22 +72,13 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
         norm = layout.normalization(cfg.data, bundle, run_dir / "data_stats.json")  # reads what main recorded
     if cfg.log_with:
         acc.init_trackers(cfg.name)
-    # stage=X runs X and the stages before it; a stage whose output is up to date is reused, not rerun
-    fns = stage_functions()
-    last = len(config.STAGES) if cfg.stage == "all" else config.STAGES.index(cfg.stage) + 1
-    chosen = config.STAGES[:last]
-    for name in chosen:
-        if name != "export":
-            fns[name](cfg, acc, bundle, norm, run_dir)
-    from distill import heldout, report
-    from distill.store import layout
-    tests = heldout.score(cfg, acc, bundle, norm, run_dir) if bundle.test is not None else None
-    summary = report.write(run_dir, layout.teacher_dir(cfg, run_dir), tests) if acc.is_main_process else None
-    acc.wait_for_everyone()
-    if "export" in chosen:  # after the report: the model card carries its numbers
-        fns["export"](cfg, acc, bundle, norm, run_dir)
+    ctx = RunContext.make(cfg, acc, bundle, norm, run_dir)
+    chosen = config.STAGES if cfg.stage == "all" else config.STAGES[:config.STAGES.index(cfg.stage) + 1]
+    if "report" not in chosen:
+        chosen += ("report",)  # every run ends with its report
+    outputs = {name: fn(ctx) for name, fn in stage_functions().items() if name in chosen}
     acc.end_training()
-    return summary
+    return outputs["report"]
 
 
 def sweep_point(cfg: config.Config) -> Path | None:

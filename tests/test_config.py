@@ -5,7 +5,7 @@ import pytest
 
 from conftest import ROOT, compose_recipe, run_cli
 from distill import config
-from distill.store import softlabels
+from distill.stages import student
 from distill.errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def test_recipe_header_states_its_uses_per_view_and_cost(recipe):
     assert (int(v), int(e)) == (cfg.cache.views, cfg.student.epochs)
     assert float(uses) == round(cfg.student.epochs / cfg.cache.views, 1)
     assert (int(cached), int(online)) == (cfg.cache.views, cfg.student.epochs)
-    assert cfg.cache.views == softlabels.views_for(cfg.student.epochs)  # the fewest views the measured rule allows
+    assert cfg.cache.views == student.views_for(cfg.student.epochs)  # the fewest views the measured rule allows
 
 
 def test_recipe_overrides_groups_and_keys():
@@ -190,6 +190,50 @@ def test_no_stage_imports_another_and_only_softlabels_reads_cache_files():
         if path.name != "softlabels.py":
             text = path.read_text()
             assert "np.load" not in text and "manifest.json" not in text.replace("(no manifest.json)", ""), path
+
+
+# The parts of distill/, bottom to top: a module imports only from its own part and the parts below it.
+PARTS = ["errors", "methods", "config", "data", "store", "training", "stages"]  # anything else: the top (run, report..)
+
+
+def _part(module: str) -> int:
+    """distill.X... -> X's place in PARTS (a top-level module not listed is the top)."""
+    name = module.split(".")[1] if module.count(".") else ""
+    return PARTS.index(name) if name in PARTS else len(PARTS)
+
+
+def _distill_imports(tree) -> set[str]:
+    """The distill modules a file imports (at any depth, but not under `if TYPE_CHECKING:`, which is hints only)."""
+    import ast
+    hinted = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", "") ==
+              "TYPE_CHECKING" for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in hinted:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module == "distill":
+            found |= {f"distill.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distill."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("distill.")}
+    return found
+
+
+def test_each_part_imports_only_from_itself_and_the_parts_below():
+    import ast
+    checked = 0
+    for path in (ROOT / "distill").rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        here = _part(module)
+        for imported in _distill_imports(ast.parse(path.read_text())):
+            assert _part(imported) <= here, f"{module} ({(PARTS + ['top'])[here]}) imports {imported}, a part above it"
+            checked += 1
+    assert checked > 50  # the walk saw the imports
+    for part in ("methods", "data", "store", "training", "stages"):
+        doc = ast.get_docstring(ast.parse((ROOT / "distill" / part / "__init__.py").read_text()))
+        assert doc and "May import" in doc, part
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import cache_overrides, run_here, tiny_dataset
-from distill import data
+from distill import config, data
 from distill.data import transforms, views
 from distill.store import artifacts
 from distill.training import models
@@ -85,7 +85,7 @@ def test_the_export_loads_with_plain_timm_and_gives_the_students_logits(tested):
 def test_onnx_matches_pytorch_on_a_batch_of_images(tested, shared):
     onnxruntime = pytest.importorskip("onnxruntime")
     run, _, _ = tested
-    cfg = data.DataCfg(path=str(shared.data), val_size=12, image_size=12)
+    cfg = config.DataCfg(path=str(shared.data), val_size=12, image_size=12)
     images = data.load(cfg).images["val"]
     x = transforms.ToInput(cfg, {"mean": [0.5] * 3, "std": [0.25] * 3})(
         {"image": torch.stack([images.image(i) for i in range(12)])})

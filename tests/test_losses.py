@@ -296,8 +296,8 @@ def test_focal_and_scale_balance():
 
 def test_the_registry_builds_kd_loss_choices_and_help():
     from distill import config
-    assert methods.names()[:3] == ("kd", "dkd", "dist")
+    assert methods.names()[:3] == ("kd", "dist", "dkd")  # the default first, then by name
     help_line = config.schema_keys()["kd.loss"]
     assert all(m.name in help_line and m.help in help_line for m in methods.all_methods())
-    with pytest.raises(Exception, match="kd.loss: 'nope' is not one of kd, dkd, dist"):
+    with pytest.raises(Exception, match="kd.loss: 'nope' is not one of kd, dist, dkd"):
         config.validate({"kd": {"loss": "nope"}})

@@ -17,6 +17,7 @@ from distill.store import artifacts, checkpoint, layout
 from distill.training import objectives
 from distill.stages import teacher
 from distill.errors import CheckpointError, TrainingError
+from distill.training.context import RunContext
 
 STEPS_PER_EPOCH = 30  # 480 training images / batch 16
 
@@ -115,7 +116,7 @@ def _crash(loss):
 def _run_teacher(cfg, tmp_path):
     bundle = data.load(cfg.data)
     norm = layout.normalization(cfg.data, bundle)
-    return teacher.run(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny")
+    return teacher.run(RunContext.make(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny"))
 
 
 def test_damaged_checkpoint_is_never_half_loaded(parquet_file, tmp_path, monkeypatch, caplog):

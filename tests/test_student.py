@@ -257,11 +257,11 @@ def test_a_top_k_cache_holds_one_temperature_and_another_gets_its_own_cache(shar
 
 
 def test_replay_warning_past_the_views_rule_only():
-    rule, v = softlabels.MAX_USES_PER_VIEW, 4
+    rule, v = student.MAX_USES_PER_VIEW, 4
     at = int(rule * v)  # each view replayed exactly `rule` times: within the rule
-    assert softlabels.replay_warning(at, v, 1000) is None
-    warning = softlabels.replay_warning(at + 1, v, 1000)
-    need = softlabels.views_for(at + 1)
+    assert student.replay_warning(at, v, 1000) is None
+    warning = student.replay_warning(at + 1, v, 1000)
+    need = student.views_for(at + 1)
     assert need > v and (at + 1) / need <= rule < (at + 1) / (need - 1)  # the fewest views that meet the rule
     assert f"cache.views={need}" in warning and f"{(need - v) * 1000:,} teacher forwards" in warning
 
@@ -270,7 +270,7 @@ def test_replay_warning_past_the_views_rule_only():
 def test_student_run_warns_when_views_are_replayed_past_the_rule(shared, tmp_path, capfd, past):
     from distill import run
     shared.copy_cache(tmp_path, cache__views=2)
-    epochs = int(softlabels.MAX_USES_PER_VIEW * 2) + past  # over a 2-view cache
+    epochs = int(student.MAX_USES_PER_VIEW * 2) + past  # over a 2-view cache
     cfg = config_from(cache_overrides(shared.data, tmp_path, shared.teacher_file, cache__views=2) + [
         "stage=student", f"student.epochs={epochs}", "student.batch_size=16"])
     run.execute(cfg)  # logs to stderr, as on the command line
@@ -293,32 +293,27 @@ def test_each_method_trains_a_student_and_logs_its_terms(shared, tmp_path, metho
     assert set(drawn["student loss terms"]) == terms and (run / "curves.png").exists()
 
 
-class _Throwaway(methods.Method):
-    """A method defined in this test file alone: squared error between the two distributions at T."""
-    name = "throwaway_l2"
-    help = "sum of squared differences of the distributions (a test's method)"
-    terms = ("l2",)
-
-    def __call__(self, student_logits, log_q, batch, kd_cfg, epoch):
-        p = torch.softmax(student_logits.float() / kd_cfg.temperature, 1)
-        l2 = ((p - log_q.exp()) ** 2).sum(1).mean()
-        return {"l2": l2, "loss": 3.0 * l2}
-
-
 @pytest.fixture
 def throwaway():
-    methods.register(_Throwaway)
-    yield _Throwaway.name
-    methods.unregister(_Throwaway.name)
+    """A method defined in this test file alone (squared error between the two distributions at T): defining the
+    subclass registers it, for this test only."""
+    class Throwaway(methods.Method, name="throwaway_l2",
+                    help="sum of squared differences of the distributions (a test's method)"):
+        def __call__(self, student_logits, log_q, batch, kd_cfg, epoch):
+            p = torch.softmax(student_logits.float() / kd_cfg.temperature, 1)
+            l2 = ((p - log_q.exp()) ** 2).sum(1).mean()
+            return {"l2": l2, "loss": 3.0 * l2}
+    yield Throwaway
+    methods.unregister(Throwaway.name)
 
 
 def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp_path, throwaway):
     """Adding a method is one file: registered here, it is a valid kd.loss, its help line is in --help, and the
     student stage trains with it and logs its term."""
-    assert throwaway in config.schema_keys()["kd.loss"] and _Throwaway.help in config.schema_keys()["kd.loss"]
+    assert throwaway.name in config.schema_keys()["kd.loss"] and throwaway.help in config.schema_keys()["kd.loss"]
     shared.copy_cache(tmp_path)
     r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=student", "student.epochs=1",
-                 "student.batch_size=16", f"kd.loss={throwaway}")
+                 "student.batch_size=16", f"kd.loss={throwaway.name}")
     assert r.returncode == 0, r.stderr
     epochs = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "student" / "metrics.jsonl").read_text()
               .splitlines()]
@@ -327,7 +322,7 @@ def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp
     batch = {"label": torch.tensor([0, 1, 2])}
     logits, q = torch.randn(3, 3), torch.softmax(torch.randn(3, 3), 1)
     teacher = type("Fixed", (), {"sees_mixed_input": False, "log_probs": lambda self, *a: q.log()})()
-    got = objectives.Distillation(KDCfg(loss=throwaway), 3, 0.0, teacher)(logits, batch, None, None, START)
+    got = objectives.Distillation(KDCfg(loss=throwaway.name), 3, 0.0, teacher)(logits, batch, None, None, START)
     want = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 3, 0.0)) + \
         3.0 * ((torch.softmax(logits / 4.0, 1) - q) ** 2).sum(1).mean()
     assert got["loss"].item() == pytest.approx(want.item(), rel=1e-6)

@@ -34,10 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import config, data, report  # noqa: E402
-from distill.data import transforms
-from distill.store import artifacts, layout, softlabels
-from distill.training import engine, models, tricks
+from distill.data import transforms  # noqa: E402
+from distill.store import artifacts, layout, softlabels  # noqa: E402
+from distill.training import engine, models, tricks  # noqa: E402
 from distill.stages import cache, student  # noqa: E402
+from distill.training.context import RunContext  # noqa: E402
 
 IMAGENET = 1_281_167
 
@@ -183,8 +184,8 @@ def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, cla
 CHILD = """
 import sys, time, numpy as np, torch
 sys.path.insert(0, {root!r})
-from distill.store import softlabels
-from distill.training import models
+from distill.store import softlabels  # noqa: E402
+from distill.training import models  # noqa: E402
 def hwm():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM'):
@@ -302,7 +303,7 @@ def main() -> None:
         raw_rate = n / (time.perf_counter() - start)
         cfg_r = cfg if r == 0 else config.validate(raw | {"cache": raw["cache"] | {"root": str(tmp / f"cache{r}")}})
         start = time.perf_counter()
-        manifest = cache.run(cfg_r, acc, bundle, norm, tmp / f"labelling{r}")
+        manifest = cache.run(RunContext.make(cfg_r, acc, bundle, norm, tmp / f"labelling{r}"))
         labelling.append({"raw": raw_rate, "views": n * args.views / (time.perf_counter() - start)})
         _phase(f"teacher inference and cache generation, round {r + 1} of {args.rounds}")
     folder = Path(cfg.cache.root) / manifest["fingerprint"]  # the first round's copy (every round's is the same)
@@ -312,8 +313,8 @@ def main() -> None:
                                         "student": raw["student"] | {"baseline": False}})
     rounds = []
     for r in range(args.rounds):
-        metas = student.run(cfg, acc, bundle, norm, tmp / f"round{r}")
-        online = student.run(online_cfg, acc, bundle, norm, tmp / f"round{r}" / "online")
+        metas = student.run(RunContext.make(cfg, acc, bundle, norm, tmp / f"round{r}"))
+        online = student.run(RunContext.make(online_cfg, acc, bundle, norm, tmp / f"round{r}" / "online"))
         rounds.append({"cached": metas["student"]["metrics"]["images_per_s"],
                        "wait": metas["student"]["metrics"]["data_wait_share"],
                        "ce": metas["baseline"]["metrics"]["images_per_s"],

@@ -19,10 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import config, data, report  # noqa: E402
-from distill.data import transforms
-from distill.store import artifacts, layout, softlabels
-from distill.training import engine, models
+from distill.data import transforms  # noqa: E402
+from distill.store import artifacts, layout, softlabels  # noqa: E402
+from distill.training import engine, models  # noqa: E402
 from distill.stages import cache  # noqa: E402
+from distill.training.context import RunContext  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +71,7 @@ def main() -> None:
 
     # (2) cache generation through the real stage
     start = time.perf_counter()
-    manifest = cache.run(cfg, acc, bundle, norm, run_dir)
+    manifest = cache.run(RunContext.make(cfg, acc, bundle, norm, run_dir))
     gen_s = time.perf_counter() - start
     gen_images, gen_views = n / gen_s, n * args.views / gen_s
 

@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import config, data, methods  # noqa: E402
-from distill.data import transforms
-from distill.store import artifacts, layout, softlabels
-from distill.training import models, targets
+from distill.data import transforms  # noqa: E402
+from distill.store import artifacts, layout, softlabels  # noqa: E402
+from distill.training import models, targets  # noqa: E402
 from distill.config import KDCfg  # noqa: E402
 from distill.stages import student  # noqa: E402
 

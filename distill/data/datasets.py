@@ -63,17 +63,21 @@ class ImageDataset(EpochItems):
         img = self.images.fetch(i, self.skip_bad)
         if img is None:
             return None
-        params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch.get(), i), tuple(img.shape[-2:])) \
-            if self.train else views.EVAL_VIEW
+        params = self._view(i, tuple(img.shape[-2:]))
         return {"image": views.apply(img, params, self.cfg), "label": int(self.images.labels[i]), "index": i}
+
+    def _view(self, i: int, hw: tuple[int, int]):
+        """Training: a random view drawn from (seed, epoch, index); evaluation: the eval view."""
+        if not self.train:
+            return views.EVAL_VIEW
+        return views.draw(self.cfg, views.train_rng(self.seed, self.epoch.get(), i), hw)
 
     def _params_only(self, i: int) -> dict | None:
         source = self.images.view_source_or_skip(i, self.skip_bad)
         if source is None:
             return None
         hw, jpeg = source
-        params = views.draw(self.cfg, views.train_rng(self.seed, self.epoch.get(), i), hw) if self.train \
-            else views.EVAL_VIEW
+        params = self._view(i, hw)
         item = {"view": torch.from_numpy(params), "label": int(self.images.labels[i]), "index": i,
                 "split": SPLITS.index(self.images.split)}
         return item if jpeg is None else item | {"jpeg": jpeg}  # not decoded at load time: decoded on the device

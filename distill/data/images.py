@@ -96,17 +96,16 @@ class Images:
 
     def fetch(self, i: int, skip_bad: bool) -> torch.Tensor | None:
         """`image(i)`, or None for an image that fails to decode when `skip_bad` (data.on_bad_image=skip)."""
-        try:
-            return self.image(i)
-        except DataError as e:
-            if skip_bad:
-                return None
-            raise bad_image(e) from None
+        return self._or_skip(self.image, i, skip_bad)
 
     def view_source_or_skip(self, i: int, skip_bad: bool) -> tuple[tuple[int, int], np.ndarray | None] | None:
         """`view_source(i)`, or None for an image that fails to decode when `skip_bad`."""
+        return self._or_skip(self.view_source, i, skip_bad)
+
+    @staticmethod
+    def _or_skip(read, i: int, skip_bad: bool):
         try:
-            return self.view_source(i)
+            return read(i)
         except DataError as e:
             if skip_bad:
                 return None

@@ -80,10 +80,10 @@ def local_path(cfg: DataCfg, source: str) -> str | None:
     return str(Path(cfg.path).resolve()) if source in ("parquet", "imagefolder", "disk") else cfg.path
 
 
-def _load_splits(cfg: DataCfg, source: str) -> datasets.DatasetDict:
+def _load_splits(cfg: DataCfg, source: str, path: str | None) -> datasets.DatasetDict:
+    """Every split of the source; `path`: local_path's (data.path itself for the hub)."""
     if source == "demo":
         return datasets.DatasetDict({"train": demo_dataset()})
-    path = local_path(cfg, source)
     if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
         raise DataError(f"data.path: no such file or directory: {path}")
     try:
@@ -155,8 +155,8 @@ def _warn_empty_classes(names: list[str], present: list[int], feature, split: st
     have = set(present)
     empty = [n for i, n in enumerate(names) if i not in have]
     if empty:
-        why = "" if isinstance(feature, datasets.ClassLabel) else \
-            f" (integer labels: the class count comes from the largest label, {len(names) - 1}; a stray label?)"
+        why = ("" if isinstance(feature, datasets.ClassLabel) else
+               f" (integer labels: the class count comes from the largest label, {len(names) - 1}; a stray label?)")
         log.warning(f"data: {len(empty)} of {len(names)} classes have no image in split '{split}': "
                     f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}{why}")
 
@@ -179,8 +179,8 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
             raise DataError(f"data.test_split: '{name}' is also data.{key}; the test split must be held out")
     if name in splits:
         return splits[name], Rows(np.arange(len(splits[name])), name, path)
-    sibling = Path(path).with_name(f"{name}.parquet") if source == "parquet" and path and Path(path).is_file() \
-        else None
+    parquet_file = source == "parquet" and path and Path(path).is_file()
+    sibling = Path(path).with_name(f"{name}.parquet") if parquet_file else None
     if sibling is not None and sibling.is_file():
         return datasets.load_dataset("parquet", data_files={name: str(sibling)})[name], Rows(
             np.arange(0), name, str(sibling))
@@ -189,7 +189,8 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
         if path and local.resolve() == Path(path).resolve():
             raise DataError(f"data.test_split: {name} is data.path itself; the test split must be held out")
         other = dataclasses.replace(cfg, source="auto", path=str(local.resolve()), hub_config=None)
-        loaded = _load_splits(other, detect_source(other))
+        other_source = detect_source(other)
+        loaded = _load_splits(other, other_source, local_path(other, other_source))
         ds = loaded[next(iter(loaded))]
         return ds, Rows(np.arange(len(ds)), next(iter(loaded)), str(local.resolve()))
     where = f"{path} " if path else ""
@@ -199,44 +200,69 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
 
 
 def load(cfg: DataCfg) -> DataBundle:
-    """Load the train and validation splits; carve validation from train when there is none."""
+    """Load the train and validation splits (validation carved from train when there is none), check their labels
+    and classes, and the held-out test split when one is named."""
     source = detect_source(cfg)
-    splits = _load_splits(cfg, source)
-    if cfg.train_split not in splits:
-        raise DataError(f"data.train_split: no split '{cfg.train_split}'; splits: {', '.join(splits)}")
-    train = splits[cfg.train_split]
-    _check_columns(train, cfg, cfg.train_split)
-    if not isinstance(train.features[cfg.label_column], datasets.ClassLabel) and \
-            train.features[cfg.label_column].dtype == "string":
-        train = train.class_encode_column(cfg.label_column)
     path = local_path(cfg, source) if source != "demo" else None
-    train_rows = Rows(np.arange(len(train)), cfg.train_split, path)
-    if cfg.val_split is not None:
-        if cfg.val_split not in splits:
-            raise DataError(f"data.val_split: no split '{cfg.val_split}'; splits: {', '.join(splits)}")
-        val = splits[cfg.val_split]
-        _check_columns(val, cfg, cfg.val_split)
-        val_rows = Rows(np.arange(len(val)), cfg.val_split, path)
-    else:
-        size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
-        if (size if isinstance(size, int) else int(size * len(train))) < 1 or \
-                (isinstance(size, int) and size >= len(train)):
-            raise DataError(f"data.val_size: {cfg.val_size} does not fit a training split of {len(train)} images")
-        label = train.features[cfg.label_column]
-        stratify = cfg.label_column if isinstance(label, datasets.ClassLabel) else None
-        parts, unstratified = _carve(train, size, cfg.split_seed, stratify)
-        if unstratified:
-            log.warning(f"data: validation carve not stratified by class ({unstratified})")
-        # the same carve of the row numbers alone (it depends only on the count, labels and seed): source rows
-        index = datasets.Dataset.from_dict(
-            {"row": np.arange(len(train)), cfg.label_column: labels_of(train, cfg.label_column)},
-            features=datasets.Features({"row": datasets.Value("int64"), cfg.label_column: label}))
-        rows, _ = _carve(index, size, cfg.split_seed, stratify if not unstratified else None)
-        train, val = parts["train"], parts["test"]
-        train_rows, val_rows = (Rows(np.asarray(rows[k]["row"]), cfg.train_split, path) for k in ("train", "test"))
+    splits = _load_splits(cfg, source, path)
+    train = _named_split(cfg, splits, "train_split")
+    label = train.features[cfg.label_column]
+    if not isinstance(label, datasets.ClassLabel) and label.dtype == "string":
+        train = train.class_encode_column(cfg.label_column)
+    train, val, train_rows, val_rows = _validation(cfg, splits, train, path)
     if cfg.train_size is not None and cfg.train_size < len(train):
         train = train.select(range(cfg.train_size))
         train_rows.rows = train_rows.rows[:cfg.train_size]
+    names = _checked_classes(cfg, train, val, train_rows, val_rows)
+    if source == "imagefolder":
+        _warn_empty_folders(Path(path), cfg.train_split)
+    test, test_rows, test_identity = _test_split(cfg, source, splits, path, names) if cfg.test_split else (None,) * 3
+    identity = {"source": source, "path": path, "hub_config": cfg.hub_config,
+                "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
+                "train_rows": len(train), "val_rows": len(val), "classes": names}
+    images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
+                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb), rows)
+              for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
+              if ds is not None}
+    return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
+
+
+def _named_split(cfg: DataCfg, splits, key: str) -> datasets.Dataset:
+    """The split that data.<key> names, its columns checked."""
+    name = getattr(cfg, key)
+    if name not in splits:
+        raise DataError(f"data.{key}: no split '{name}'; splits: {', '.join(splits)}")
+    _check_columns(splits[name], cfg, name)
+    return splits[name]
+
+
+def _validation(cfg: DataCfg, splits, train: datasets.Dataset, path: str | None):
+    """(train, validation, their Rows): data.val_split, or a stratified carve of data.val_size from train, whose
+    rows are mapped back to the user's file."""
+    if cfg.val_split is not None:
+        val = _named_split(cfg, splits, "val_split")
+        return train, val, Rows(np.arange(len(train)), cfg.train_split, path), Rows(np.arange(len(val)),
+                                                                                   cfg.val_split, path)
+    size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
+    carved = size if isinstance(size, int) else int(size * len(train))
+    if carved < 1 or carved >= len(train):
+        raise DataError(f"data.val_size: {cfg.val_size} does not fit a training split of {len(train)} images")
+    label = train.features[cfg.label_column]
+    stratify = cfg.label_column if isinstance(label, datasets.ClassLabel) else None
+    parts, unstratified = _carve(train, size, cfg.split_seed, stratify)
+    if unstratified:
+        log.warning(f"data: validation carve not stratified by class ({unstratified})")
+    # the same carve of the row numbers alone (it depends only on the count, labels and seed): source rows
+    index = datasets.Dataset.from_dict(
+        {"row": np.arange(len(train)), cfg.label_column: labels_of(train, cfg.label_column)},
+        features=datasets.Features({"row": datasets.Value("int64"), cfg.label_column: label}))
+    rows, _ = _carve(index, size, cfg.split_seed, stratify if not unstratified else None)
+    train_rows, val_rows = (Rows(np.asarray(rows[k]["row"]), cfg.train_split, path) for k in ("train", "test"))
+    return parts["train"], parts["test"], train_rows, val_rows
+
+
+def _checked_classes(cfg: DataCfg, train, val, train_rows: Rows, val_rows: Rows) -> list[str]:
+    """The class names; at least two present in train, every label of train and validation in range."""
     names = _class_names(train, cfg)
     present = np.unique(labels_of(train, cfg.label_column)).tolist()
     if len(present) < 2:
@@ -246,29 +272,20 @@ def load(cfg: DataCfg) -> DataBundle:
     check_labels(train, cfg.label_column, len(names), "train", train_rows)
     check_labels(val, cfg.label_column, len(names), "validation", val_rows)
     _warn_empty_classes(names, present, train.features[cfg.label_column], cfg.train_split)
-    if source == "imagefolder":
-        _warn_empty_folders(Path(local_path(cfg, source)), cfg.train_split)
-    test, test_identity = None, None
-    if cfg.test_split:
-        test, test_rows = _load_test(cfg, source, splits, path)
-        _check_columns(test, cfg, cfg.test_split)
-        feature = test.features[cfg.label_column]
-        if isinstance(feature, datasets.ClassLabel) and list(feature.names) != names:
-            raise DataError(f"data.test_split: its classes ({', '.join(feature.names[:5])}, ...) are not the training "
-                            f"split's ({', '.join(names[:5])}, ...)")
-        test_rows.rows = np.arange(len(test))
-        check_labels(test, cfg.label_column, len(names), "test", test_rows)
-        test_identity = {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test)}
-    identity = {"source": source, "path": local_path(cfg, source), "hub_config": cfg.hub_config,
-                "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
-                "train_rows": len(train), "val_rows": len(val), "classes": names}
-    images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
-                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb), rows)
-              for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, None))
-              if ds is not None}
-    if test is not None:
-        images["test"].rows = test_rows
-    return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
+    return names
+
+
+def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list[str]):
+    """(test split, its Rows, its identity): the same columns and classes as training, every label in range."""
+    test, test_rows = _load_test(cfg, source, splits, path)
+    _check_columns(test, cfg, cfg.test_split)
+    feature = test.features[cfg.label_column]
+    if isinstance(feature, datasets.ClassLabel) and list(feature.names) != names:
+        raise DataError(f"data.test_split: its classes ({', '.join(feature.names[:5])}, ...) are not the training "
+                        f"split's ({', '.join(names[:5])}, ...)")
+    test_rows.rows = np.arange(len(test))
+    check_labels(test, cfg.label_column, len(names), "test", test_rows)
+    return test, test_rows, {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test)}
 
 
 def settings_identity(cfg: DataCfg) -> dict:

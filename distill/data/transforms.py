@@ -43,8 +43,8 @@ class ToInput:
         lam = torch.as_tensor(batch["lam"], device=x.device).reshape(-1).float()[:, None, None, None]
         top, left, h, w = torch.as_tensor(batch["box"], device=x.device).reshape(-1, 4).long().unbind(1)
         rows, cols = torch.arange(x.shape[-2], device=x.device), torch.arange(x.shape[-1], device=x.device)
-        inside = ((rows >= top[:, None]) & (rows < (top + h)[:, None]))[:, :, None] & \
-            ((cols >= left[:, None]) & (cols < (left + w)[:, None]))[:, None, :]
+        inside = (((rows >= top[:, None]) & (rows < (top + h)[:, None]))[:, :, None]
+                  & ((cols >= left[:, None]) & (cols < (left + w)[:, None]))[:, None, :])
         # cutmix rows paste the partner inside their box; the others blend by lam (lam = 1: unmixed, x exactly);
         # batched on the device, no host round trip (the formulas of tricks.blend)
         cut = (h * w > 0)[:, None, None, None]

@@ -72,7 +72,7 @@ def draw(cfg: DataCfg, rng: np.random.Generator, image_hw: tuple[int, int]) -> n
 
 def apply_all(image: torch.Tensor, params: np.ndarray, cfg: DataCfg) -> torch.Tensor:
     """Apply stored views (int16[V, WIDTH]) to one uint8 CHW image: uint8 [V, C, s, s], before dtype conversion
-    and normalization (which run batched, see cache.ViewItems.to_input). CIFAR-style views share one resize and
+    and normalization (which run batched, in transforms.ToInput). CIFAR-style views share one resize and
     one padding; each crop is a slice."""
     s = cfg.image_size
     out = []

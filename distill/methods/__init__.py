@@ -1,8 +1,8 @@
 """The distillation methods, one file each, registered by name: `kd.loss=NAME` picks one.
 
 Each method file holds the method's pure loss function (also public as `distill.losses.NAME`) and one `Method`
-subclass decorated with `@register`: its name, its help line (kd.loss's `--help` and choices are built from these),
-the terms it returns, the settings checks it needs, and how the student's objective calls it. Adding a method is
+subclass, which registers itself: its name and help line (kd.loss's `--help` and choices are built from these),
+the settings checks it needs, and how the student's objective calls it. Adding a method is
 one new file here (found by name, nothing else to edit) and its test; a method defined elsewhere (a user's file, a
 test) registers the same way.
 
@@ -31,15 +31,27 @@ _NOT_METHODS = {"hard", "logspace", "standardize"}  # helpers in this folder tha
 
 
 class Method:
-    """A distillation method. Subclasses set the class attributes and implement `__call__`."""
+    """A distillation method. A subclass registers itself by name, with its help line and flags as class keywords:
+
+        class Mine(Method, name="mine", help="what it is (who proposed it)", needs_labels=True):
+            def __call__(self, student_logits, log_q, batch, kd_cfg, epoch): ...
+    """
 
     name: str = ""
     help: str = ""  # one line: what it is and who proposed it (kd.loss's help)
-    terms: tuple[str, ...] = ()  # the terms __call__ returns besides `loss`, logged per epoch
     standardizable: bool = True  # kd.logit_standardization may z-score the logits before it
     needs_labels: bool = False  # needs each sample's own class (so no mixup/cutmix on the student side)
     balanceable: bool = False  # kd.balance=scale may balance its term against CE
-    rank: int = 100  # place in kd.loss's list (then by name)
+
+    def __init_subclass__(cls, *, name: str, help: str, **flags):
+        super().__init_subclass__()
+        unknown = set(flags) - {"standardizable", "needs_labels", "balanceable"}
+        if unknown:
+            raise TypeError(f"distill.methods: {cls.__name__} sets unknown flags {sorted(unknown)}")
+        cls.name, cls.help = name, help
+        for flag, value in flags.items():
+            setattr(cls, flag, value)
+        register(cls)
 
     def active(self, kd: "KDCfg") -> bool:
         """Whether the method adds anything with these settings (False: CE alone, the teacher is not asked)."""
@@ -71,7 +83,7 @@ class Method:
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make `cls` selectable as `kd.loss=cls.name`."""
+    """Make `cls` selectable as `kd.loss=cls.name` (every subclass of Method calls it when it is defined)."""
     if not cls.name or cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
         raise ValueError(f"distill.methods: method name {cls.name!r} is empty or already registered")
     _REGISTRY[cls.name] = cls()
@@ -79,7 +91,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def unregister(name: str) -> None:
-    """Remove a method registered from outside this folder (a test's throwaway method)."""
+    """Remove a method defined outside this folder (a test's throwaway method)."""
     _REGISTRY.pop(name, None)
 
 
@@ -95,7 +107,7 @@ def _load_builtin() -> None:
 
 def all_methods() -> list[Method]:
     _load_builtin()
-    return sorted(_REGISTRY.values(), key=lambda m: (m.rank, m.name))
+    return sorted(_REGISTRY.values(), key=lambda m: (m.name != "kd", m.name))  # the default first, then by name
 
 
 def names() -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.methods import Method, register
+from distill.methods import Method
 from distill.methods.logspace import log_softmax_at
 
 
@@ -43,14 +43,7 @@ def dist(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
     return _terms(student_logits, log_softmax_at(teacher_logits, temperature), temperature, beta, gamma)
 
 
-@register
-class DIST(Method):
-    name = "dist"
-    rank = 2
-    help = ("CE + (kd.dist_beta * inter + kd.dist_gamma * intra) * T^2: Pearson relations of the distributions "
-            "(Huang et al. 2022; tau = kd.temperature)")
-    terms = ("inter", "intra")
-    standardizable = False
-
+class DIST(Method, name="dist", standardizable=False,
+           help="CE + (kd.dist_beta * inter + kd.dist_gamma * intra) * T^2, Pearson relations (Huang et al. 2022)"):
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
         return _terms(student_logits, log_q, kd_cfg.temperature, kd_cfg.dist_beta, kd_cfg.dist_gamma)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill.methods import Method, register
+from distill.methods import Method
 from distill.methods.logspace import kl_rows, log_rest, log_softmax_at
 
 
@@ -60,15 +60,8 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torc
     return _terms(*per, temperature, alpha, beta)
 
 
-@register
-class DKD(Method):
-    name = "dkd"
-    rank = 1
-    help = ("CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2 (decoupled KD, Zhao et al. 2022); "
-            "warm-up: min((epoch + 1) / kd.dkd_warmup, 1)")
-    terms = ("tckd", "nckd")
-    needs_labels = True
-
+class DKD(Method, name="dkd", needs_labels=True,
+          help="CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2, decoupled KD (Zhao et al. 2022)"):
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
         t = kd_cfg.temperature
         tckd, nckd = per_sample(student_logits, log_q, batch["label"], t)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from distill.errors import ConfigError
-from distill.methods import Method, register
+from distill.methods import Method
 from distill.methods.logspace import kl_rows, log_softmax_at
 
 
@@ -30,14 +30,8 @@ def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
     return {"kd": term, "loss": term}
 
 
-@register
-class KD(Method):
-    name = "kd"
-    rank = 0
-    help = "kd.alpha * KL(q_T || p_T) * T^2 + CE (Hinton et al. 2015)"
-    terms = ("kd",)
-    balanceable = True
-
+class KD(Method, name="kd", balanceable=True,
+         help="kd.alpha * KL(q_T || p_T) * T^2 + CE (Hinton et al. 2015)"):
     def active(self, kd_cfg) -> bool:
         return kd_cfg.alpha > 0
 

@@ -16,20 +16,21 @@ import functools
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from distill import data
+from distill.config import Config, DataCfg, MixCfg
 from distill.data import transforms, views
 from distill.store import artifacts, layout, softlabels
 from distill.training import models, tricks
-from distill.config import Config, DataCfg, MixCfg
+from distill.training.context import RunContext
 from distill.errors import DataError
 
 log = logging.getLogger("distill")
@@ -128,55 +129,62 @@ class ViewItems(Dataset):
         return item if jpeg is None else item | {"jpeg": jpeg}
 
 
-@torch.inference_mode()
-def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: int, stop: int,
-                 temperature: float, cfg: Config, acc: Accelerator, bar, dtype: np.dtype,
-                 base: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
-    """The records of images [start, stop): views `items.first_view` .. V-1 labelled by the teacher, the views
-    below copied from `base` (this shard of a smaller cache). Each forward is one view of the next
-    `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are the same bits
-    in a grown cache as in a fresh one; each view's logsumexp is taken at `temperature`. Also returns the images
-    left out (data.on_bad_image=skip)."""
-    c, first = cfg.cache, items.first_view
-    n_new, k, run = c.views - first, dtype["logits"].shape[1], c.batch_size
-    records = np.zeros(stop - start, dtype=dtype)
-    if base is not None:
-        for name in dtype.names:
-            records[name][:, :first] = base[name]
-    bad = np.zeros(stop - start, dtype=bool)
-    loader = DataLoader(Subset(items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
-                        num_workers=data.workers(cfg.data, items.images), pin_memory=torch.cuda.is_available(),
-                        collate_fn=data.collate)
+@dataclass
+class _Labeller:
+    """The teacher over one process's shards: what stays fixed for the whole stage, and the records of a shard."""
+    model: torch.nn.Module
+    items: ViewItems
+    to_input: transforms.ToInput
+    temperature: float
+    cfg: Config
+    acc: Accelerator
+    dtype: np.dtype
+    bar: tqdm | None = None
 
-    labels = torch.from_numpy(items.images.labels[start:stop])
+    @torch.inference_mode()
+    def shard(self, start: int, stop: int, base: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+        """The records of images [start, stop): views `items.first_view` .. V-1 labelled by the teacher, the views
+        below copied from `base` (this shard of a smaller cache). Each forward is one view of the next
+        `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are the same bits
+        in a grown cache as in a fresh one; each view's logsumexp is taken at `temperature`. Also returns the images
+        left out (data.on_bad_image=skip)."""
+        first, run, labels = self.items.first_view, self.cfg.cache.batch_size, self.items.images.labels
+        n_new = self.cfg.cache.views - first
+        records, bad = np.zeros(stop - start, dtype=self.dtype), np.zeros(stop - start, dtype=bool)
+        if base is not None:
+            for name in self.dtype.names:
+                records[name][:, :first] = base[name]
+        loader = DataLoader(Subset(self.items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
+                            num_workers=data.workers(self.cfg.data, self.items.images),
+                            pin_memory=torch.cuda.is_available(), collate_fn=data.collate)
+        pending, loaded, labelled = [], 0, 0
+        for batch in loader:
+            b = batch["view"].shape[0]
+            got = records[loaded:loaded + b]
+            for name in ("view",) + (softlabels.MIX_FIELDS if "partner" in batch else ()):
+                got[name][:, first:] = batch[name].numpy()
+            bad[loaded:loaded + b] = batch["bad"].numpy()
+            loaded += b
+            x = self.to_input(self._inputs(batch, n_new))
+            pending.append(x.view(b, n_new, *x.shape[1:]))
+            while loaded - labelled >= run or (loaded == len(records) and loaded > labelled):  # full teacher runs
+                x = torch.cat(pending)
+                self._label(records, x[:run], labelled, start)
+                labelled += len(x[:run])
+                pending = [x[run:]]
+        records["correct"][:, first:] = records["top1"][:, first:] == labels[start:stop, None]
+        for name in softlabels.TEACHER_FIELDS:  # the teacher saw a blank: keep nothing of it
+            if name in self.dtype.names:
+                records[name][bad] = 0
+        return records, (np.flatnonzero(bad) + start).tolist()
 
-    def label(x: torch.Tensor, row: int) -> None:  # x: network inputs [b, n_new, C, s, s] of images row ..
-        out = records[row:row + len(x)]
-        for j in range(n_new):
-            with acc.autocast():
-                logits = model(x[:, j].contiguous(memory_format=torch.channels_last)).float().cpu()
-            own, partner_cls = labels[row:row + len(x)], None
-            if "partner_target" in dtype.names:  # the partner's class (the image's own when the view is unmixed)
-                partner = torch.from_numpy(out["partner"][:, first + j].astype(np.int64))
-                partner_cls = torch.where(partner >= 0, torch.from_numpy(items.images.labels)[partner.clamp_min(0)],
-                                          own)
-            stats = softlabels.teacher_fields(logits, own, partner_cls, k, temperature)
-            for name, value in stats.items():
-                out[name][:, first + j] = value.numpy()
-        bar.update(len(x))
-
-    pending, loaded, labelled = [], 0, 0
-    for batch in loader:
-        b = batch["view"].shape[0]
-        got = records[loaded:loaded + b]
-        for name in ("view",) + (softlabels.MIX_FIELDS if "partner" in batch else ()):
-            got[name][:, first:] = batch[name].numpy()
-        bad[loaded:loaded + b] = batch["bad"].numpy()
-        loaded += b
+    def _inputs(self, batch: dict, n_new: int) -> dict:
+        """One loader batch (b images x n_new views) as the flat batch ToInput turns into network inputs."""
+        dev, b = self.acc.device, batch["view"].shape[0]
         if "image" in batch:  # rendered in the loader
-            flat = {"image": batch["image"].flatten(0, 1).to(acc.device, non_blocking=True)}
+            flat = {"image": batch["image"].flatten(0, 1).to(dev, non_blocking=True)}
             if "partner_image" in batch:
-                flat |= {"partner_image": batch["partner_image"].flatten(0, 1).to(acc.device)}
+                flat |= {"partner_image": batch["partner_image"].flatten(0, 1).to(dev)}
         else:  # data.renderer=device: every view of these images rendered by to_input
             flat = {"index": batch["index"].repeat_interleave(n_new), "view": batch["view"].flatten(0, 1),
                     "split": torch.zeros(b * n_new, dtype=torch.long)}
@@ -186,84 +194,90 @@ def _label_shard(model, items: ViewItems, to_input: transforms.ToInput, start: i
                 flat |= {"partner": batch["partner"].flatten(0, 1), "partner_view": batch["partner_view"].flatten(0, 1)}
         if "partner" in batch:
             flat |= {"lam": batch["lam"].flatten(0, 1), "box": batch["box"].flatten(0, 1)}
-        x = to_input(flat)
-        pending.append(x.view(b, n_new, *x.shape[1:]))
-        while loaded - labelled >= run or (loaded == len(records) and loaded > labelled):
-            x = torch.cat(pending)
-            label(x[:run], labelled)
-            labelled += len(x[:run])
-            pending = [x[run:]]
-    records["correct"][:, first:] = records["top1"][:, first:] == items.images.labels[start:stop, None]
-    for name in softlabels.TEACHER_FIELDS:  # the teacher saw a blank: keep nothing of it
-        if name in dtype.names:
-            records[name][bad] = 0
-    return records, (np.flatnonzero(bad) + start).tolist()
+        return flat
+
+    def _label(self, records: np.ndarray, x: torch.Tensor, row: int, start: int) -> None:
+        """The teacher's fields of every new view of images row .. row + len(x) of the shard (x: [b, n_new, ...])."""
+        first, k, labels = self.items.first_view, self.dtype["logits"].shape[1], self.items.images.labels
+        out, own = records[row:row + len(x)], torch.from_numpy(labels[start + row:start + row + len(x)])
+        for j in range(x.shape[1]):
+            with self.acc.autocast():
+                logits = self.model(x[:, j].contiguous(memory_format=torch.channels_last)).float().cpu()
+            partner_cls = None
+            if "partner_target" in self.dtype.names:  # the partner's class (the image's own when unmixed)
+                partner = torch.from_numpy(out["partner"][:, first + j].astype(np.int64))
+                partner_cls = torch.where(partner >= 0, torch.from_numpy(labels)[partner.clamp_min(0)], own)
+            for name, value in softlabels.teacher_fields(logits, own, partner_cls, k, self.temperature).items():
+                out[name][:, first + j] = value.numpy()
+        if self.bar is not None:
+            self.bar.update(len(x))
 
 
-def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict | None:
+def run(ctx: RunContext) -> dict | None:
+    """Label the cache this run's settings name, or reuse it when it is complete and every checksum holds."""
+    cfg, acc = ctx.cfg, ctx.acc
     if cfg.kd.teacher == "online" and cfg.stage != "cache":
         log.info("cache: skipped (kd.teacher=online runs the teacher every step)")
         return None
     start_all = time.perf_counter()
-    c = cfg.cache
-    tdir = layout.teacher_dir(cfg, run_dir)
-    tmeta = artifacts.read_json(tdir / "meta.json")
-    if tmeta is None:
-        raise DataError(f"cache: no teacher in {tdir}; run stage=teacher first")
-    identity = layout.cache_identity(cfg, bundle, norm, run_dir, acc.mixed_precision)
+    layout.trained(ctx.teacher_dir, "cache", "teacher")
+    identity = layout.cache_identity(cfg, ctx.data, ctx.norm, ctx.run_dir, acc.mixed_precision)
     folder = layout.cache_dir(cfg, identity)
-    fp = folder.name
-    n, k, temperature = len(bundle.train), identity["cache.topk"], identity["kd.temperature"]
-    n_shards = math.ceil(n / c.shard_size)
-    mixed = c.mix.mixup_alpha > 0 or c.mix.cutmix_alpha > 0
-    dtype = softlabels.record_dtype(c.views, k, bundle.num_classes, mixed)
-
-    complete = [softlabels.prepare(folder, fp)] if acc.is_main_process else [None]
-    complete = broadcast_object_list(complete) if acc.num_processes > 1 else complete
-    if complete[0] is not None:
+    complete = artifacts.on_main(acc, lambda: softlabels.prepare(folder, folder.name))
+    if complete is not None:
         log.info(f"cache: reusing {folder}")
-        _record_run(acc, run_dir, folder, complete[0], None)
-        return complete[0]
+        _record_run(acc, ctx.run_dir, folder, complete, None)
+        return complete
     acc.wait_for_everyone()
-
-    model = models.create(tmeta["model"], bundle.num_classes)
-    model.load_state_dict(artifacts.load_weights(tdir))
-    model = models.frozen(model, acc.device)
-    mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
-    todo = [s for s in mine if not softlabels.shard_done(folder, s)]
-    total = sum(min((s + 1) * c.shard_size, n) - s * c.shard_size for s in todo)
-    base = softlabels.smaller(Path(c.root), identity) if todo else None
-    first = base[1]["views"] if base is not None else 0
-    items = ViewItems(bundle.images["train"], cfg.data, c.views, c.eval_view, cfg.seed, c.mix, first)
-    log.info(f"cache: {n} images x {c.views} views, top-{k} at T={temperature:g}, {n_shards} shards "
-             f"({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
-    if base is not None:
-        log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {c.views - first} new views of "
-                 f"each image ({total * (c.views - first)} forwards), the first {first} are copied")
-    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
-    start_t = time.perf_counter()
-    with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
-        for s in todo:
-            lo, hi = s * c.shard_size, min((s + 1) * c.shard_size, n)
-            old = softlabels.shard_records(base[0], s) if base is not None else None
-            records, skipped = _label_shard(model, items, to_input, lo, hi, temperature, cfg, acc, bar, dtype, old)
-            softlabels.write_shard(folder, s, lo, records, skipped)
-    elapsed = time.perf_counter() - start_t
+    c = cfg.cache
+    dtype = softlabels.record_dtype(c.views, identity["cache.topk"], ctx.num_classes,
+                                    c.mix.mixup_alpha > 0 or c.mix.cutmix_alpha > 0)
+    total, first, elapsed = _label_mine(ctx, identity, folder, dtype)
     acc.wait_for_everyone()
     manifest = None
     if acc.is_main_process:
         manifest = softlabels.write_manifest(
-            folder, fp, identity, num_images=n, num_classes=bundle.num_classes, class_names=bundle.class_names,
-            views=c.views, topk=k, temperature=temperature, shard_size=c.shard_size, dtype=dtype)
+            folder, folder.name, identity, num_images=len(ctx.data.train), num_classes=ctx.num_classes,
+            class_names=ctx.data.class_names, views=c.views, topk=identity["cache.topk"],
+            temperature=identity["kd.temperature"], shard_size=c.shard_size, dtype=dtype)
         if total:
             log.info(f"cache: labelled {total} images ({total * (c.views - first)} views) in {elapsed:.1f} s "
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
     manifest = manifest or softlabels.read_manifest(folder)
-    _record_run(acc, run_dir, folder, manifest, {"wall_s": time.perf_counter() - start_all, "images": total,
-                                                 "images_per_s": total / max(elapsed, 1e-9)})
+    _record_run(acc, ctx.run_dir, folder, manifest, {"wall_s": time.perf_counter() - start_all, "images": total,
+                                                     "images_per_s": total / max(elapsed, 1e-9)})
     return manifest
+
+
+def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype) -> tuple[int, int, float]:
+    """This process's shards that are not done yet, labelled and written: (images labelled, first new view,
+    seconds). Growing a smaller complete cache copies its views and labels only the new ones."""
+    cfg, acc, c = ctx.cfg, ctx.acc, ctx.cfg.cache
+    n, temperature = len(ctx.data.train), identity["kd.temperature"]
+    n_shards = math.ceil(n / c.shard_size)
+    mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
+    todo = [s for s in mine if not softlabels.shard_done(folder, s)]
+    total = sum(min((s + 1) * c.shard_size, n) - s * c.shard_size for s in todo)
+    base = softlabels.smaller(Path(c.root), identity) if todo else None
+    first = base[1]["views"] if base is not None else 0
+    log.info(f"cache: {n} images x {c.views} views, top-{identity['cache.topk']} at T={temperature:g}, {n_shards} "
+             f"shards ({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
+    if base is not None:
+        log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {c.views - first} new views of "
+                 f"each image ({total * (c.views - first)} forwards), the first {first} are copied")
+    model, _ = models.load_trained(ctx.teacher_dir, ctx.num_classes, "cache", "teacher")
+    items = ViewItems(ctx.data.images["train"], cfg.data, c.views, c.eval_view, cfg.seed, c.mix, first)
+    labeller = _Labeller(models.frozen(model, acc.device), items, ctx.to_input, temperature, cfg, acc, dtype)
+    start = time.perf_counter()
+    with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
+        labeller.bar = bar
+        for s in todo:
+            lo, hi = s * c.shard_size, min((s + 1) * c.shard_size, n)
+            old = softlabels.shard_records(base[0], s) if base is not None else None
+            softlabels.write_shard(folder, s, lo, *labeller.shard(lo, hi, old))
+    return total, first, time.perf_counter() - start
 
 
 def _record_run(acc: Accelerator, run_dir: Path, folder: Path, manifest: dict, timing: dict | None) -> None:

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 
 from distill import data
+from distill.config import Config
 from distill.data import transforms
+from distill.errors import ConfigError, DataError
 from distill.store import artifacts, layout
 from distill.training import models
-from distill.config import Config
-from distill.errors import ConfigError, DataError
+from distill.training.context import RunContext
 
 log = logging.getLogger("distill")
 
@@ -112,8 +112,8 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
     method = {"kd": f"KD (Hinton et al. 2015), alpha {kd.alpha}", "dkd": f"DKD (Zhao et al. 2022), alpha "
               f"{kd.dkd_alpha}, beta {kd.dkd_beta}", "dist": f"DIST (Huang et al. 2022), beta {kd.dist_beta}, "
               f"gamma {kd.dist_gamma}"}[kd.loss] + (", logit standardization" if kd.logit_standardization else "")
-    source = "soft labels from a cache of " + f"{c.views} recorded views per image (top-{c.topk} logits)" \
-        if kd.teacher == "cached" else "the teacher run live every step (online KD)"
+    source = (f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
+              if kd.teacher == "cached" else "the teacher run live every step (online KD)")
     register = "import distill  # registers the CIFAR ResNets with timm\n" if meta["model"] in CIFAR_RESNETS else ""
     onnx = (f"`model.onnx`: opset {checks['opset']}, input `input` [batch, 3, {pre['input_size'][1]}, "
             f"{pre['input_size'][2]}] (dynamic batch axis), output `logits`; largest difference from PyTorch on "
@@ -190,13 +190,15 @@ def _push(folder: Path, repo: str) -> None:
     log.info(f"export: pushed {folder} to https://huggingface.co/{repo}")
 
 
-def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict | None:
-    out, sdir = run_dir / "export", layout.student_dir(run_dir)
-    meta = artifacts.read_json(sdir / "meta.json")
+def run(ctx: RunContext) -> dict | None:
+    """The student's export folder, rebuilt when the student, its numbers or the export settings changed."""
+    cfg, acc, run_dir = ctx.cfg, ctx.acc, ctx.run_dir
+    out = run_dir / "export"
+    meta = layout.trained(layout.student_dir(run_dir), "export", "student")
     summary = artifacts.read_json(run_dir / "summary.json")
-    if meta is None or summary is None:
-        raise DataError(f"export: no trained student in {sdir}; run stage=student (or stage=all) first")
-    pre = preprocessing(cfg, norm)
+    if summary is None:
+        raise DataError(f"export: no report in {run_dir} (summary.json); run stage=export (or stage=all)")
+    pre = preprocessing(cfg, ctx.norm)
     onnx = cfg.export.onnx and _have_onnx()
     fp = artifacts.fingerprint({"weights": meta["weights_sha256"], "summary": summary["models"], "pre": pre,
                                 "onnx": onnx, "opset": cfg.export.opset, "kd": meta.get("config"), "name": cfg.name})
@@ -204,7 +206,7 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     if done and done.get("fingerprint") == fp and (out / "model.safetensors").exists():
         log.info(f"export: reusing {out}")
     elif acc.is_main_process:
-        done = _write(cfg, bundle, norm, run_dir, meta, summary, pre, onnx, fp)
+        done = _write(ctx, summary, pre, onnx, fp)
     acc.wait_for_everyone()
     done = done or artifacts.read_json(out / "export.json")
     if cfg.export.onnx and not onnx:
@@ -216,17 +218,17 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     return done
 
 
-def _write(cfg, bundle, norm, run_dir, meta, summary, pre, onnx, fp) -> dict:
+def _write(ctx: RunContext, summary: dict, pre: dict, onnx: bool, fp: str) -> dict:
+    cfg, bundle, run_dir = ctx.cfg, ctx.data, ctx.run_dir
     out, tmp = run_dir / "export", run_dir / "export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     from timm.models import save_for_hf
 
-    model = models.create(meta["model"], bundle.num_classes)
-    model.load_state_dict(artifacts.load_weights(layout.student_dir(run_dir)))
+    model, meta = models.load_trained(layout.student_dir(run_dir), bundle.num_classes, "export", "student")
     model.eval()
     model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=bundle.num_classes, **pre)
     save_for_hf(model, str(tmp), model_config={"label_names": list(bundle.class_names)}, safe_serialization=True)
-    x = _val_batch(cfg, bundle, norm)
+    x = _val_batch(cfg, bundle, ctx.norm)  # on the host: checked on the CPU, as it is exported
     checks = {"opset": cfg.export.opset, "batch": len(x), "cpu_images_per_s": _throughput(model, x)}
     if onnx:
         checks |= {"onnx_max_abs_diff": _onnx(model, x, tmp / "model.onnx", cfg.export.opset), "onnx_images": len(x)}

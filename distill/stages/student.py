@@ -13,23 +13,46 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
 from distill import data
-from distill.data import transforms, views
+from distill.config import Config, DataCfg
+from distill.data import views
+from distill.errors import ConfigError
 from distill.store import artifacts, fingerprints, layout, softlabels
 from distill.training import engine, models, objectives, targets
-from distill.config import Config, DataCfg
-from distill.errors import ConfigError, DataError
+from distill.training.context import RunContext
 
 log = logging.getLogger("distill")
+
+# The most uses per cached view (student epochs / V) at which cached KD stayed within 0.3 points of online KD's
+# top-1 (mean of two seeds): V = 8 over 40 epochs, -0.10 points; V = 2 (20 uses) lost 1.69 points. Measured by
+# tools/views_experiment.sh (BENCHMARKS.md, "How many views").
+MAX_USES_PER_VIEW = 5.0
+
+
+def views_for(epochs: int) -> int:
+    """The fewest cached views that keep `epochs` of student training within the rule (MAX_USES_PER_VIEW); at
+    least 2, the fewest measured (view 0 is the un-augmented eval view)."""
+    return max(2, math.ceil(epochs / MAX_USES_PER_VIEW))
+
+
+def replay_warning(epochs: int, num_views: int, images: int) -> str | None:
+    """One line when a student replays each cached view more often than the rule allows: the V that meets it and
+    what labelling the missing views costs (the cache grows: only the new views are labelled)."""
+    if epochs / num_views <= MAX_USES_PER_VIEW:
+        return None
+    need = views_for(epochs)
+    return (f"cache: {epochs} epochs over {num_views} cached views replay each view {epochs / num_views:g} times, "
+            f"more than the {MAX_USES_PER_VIEW:g} at which cached KD measured within 0.3 points of online KD; "
+            f"cache.views={need} meets it, labelling {need - num_views} more views per image "
+            f"({(need - num_views) * images:,} teacher forwards, once)")
 
 
 def view_for(index: int, epoch: int, num_views: int, schedule: str, seed: int) -> int:
@@ -78,8 +101,8 @@ class ReplayItems(data.EpochItems):
         out["image"] = views.apply(self.images.fetch(i, self.skip_bad), rec["view"][v], self.cfg)
         if p is not None:
             partner = self.images.fetch(p, self.skip_bad) if p >= 0 else None
-            out["partner_image"] = views.apply(partner, rec["partner_view"][v], self.cfg) if partner is not None \
-                else torch.zeros_like(out["image"])
+            out["partner_image"] = (views.apply(partner, rec["partner_view"][v], self.cfg) if partner is not None
+                                    else torch.zeros_like(out["image"]))
         return out
 
 
@@ -87,8 +110,8 @@ def seed_of(cfg: Config) -> int:
     return cfg.student.seed if cfg.student.seed is not None else cfg.seed
 
 
-def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, out: Path, name: str, fp: str,
-           objective, train_loader) -> dict:
+def _train(ctx: RunContext, out: Path, name: str, fp: str, objective, train_loader) -> dict:
+    cfg, acc, bundle = ctx.cfg, ctx.acc, ctx.data
     s, seed = cfg.student, seed_of(cfg)
     start = time.perf_counter()
     set_seed(seed)
@@ -96,61 +119,68 @@ def _train(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, o
     models.init_weights(model, s.init, s.zero_gamma)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
     job = engine.Fit(cfg=s, epochs=s.epochs, lr_per_256=s.optim.lr, out_dir=out, name=name, seed=seed,
-                     to_input=transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device)),
-                     **engine.guards(cfg, fp))
+                     to_input=ctx.to_input, **engine.guards(cfg, fp))
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names,
-                          image_size=cfg.data.image_size, normalization=norm, seed=seed,
+                          image_size=cfg.data.image_size, normalization=ctx.norm, seed=seed,
                           config={"student": dataclasses.asdict(s), "kd": dataclasses.asdict(cfg.kd)},
                           wall_s=time.perf_counter() - start)
 
 
-def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
-    s, kd, seed = cfg.student, cfg.kd, seed_of(cfg)
-    if kd.focal_alpha is not None and len(kd.focal_alpha) != bundle.num_classes:
-        raise ConfigError(f"kd.focal_alpha: {len(kd.focal_alpha)} weights for {bundle.num_classes} classes")
-    tdir = layout.teacher_dir(cfg, run_dir)
-    if kd.teacher == "cached":
-        folder = layout.cache_dir(cfg, layout.cache_identity(cfg, bundle, norm, run_dir, acc.mixed_precision))
-        labels = softlabels.SoftLabels(folder)
+def run(ctx: RunContext) -> dict:
+    """The KD student (reused while its fingerprint holds) and, with student.baseline, its CE-only twin."""
+    cfg, kd = ctx.cfg, ctx.cfg.kd
+    if kd.focal_alpha is not None and len(kd.focal_alpha) != ctx.num_classes:
+        raise ConfigError(f"kd.focal_alpha: {len(kd.focal_alpha)} weights for {ctx.num_classes} classes")
+    labels = _soft_labels(ctx) if kd.teacher == "cached" else None
+    if labels is not None:
         source = labels.manifest["fingerprint"]
     else:
-        tmeta = artifacts.read_json(tdir / "meta.json")
-        if tmeta is None:
-            raise DataError(f"student: no teacher in {tdir}; run stage=teacher first")
-        source = artifacts.sha256(tdir / "model.safetensors")
-    out = layout.student_dir(run_dir)
-    fp = fingerprints.student(cfg, bundle.identity, norm, source, baseline=False)
+        layout.trained(ctx.teacher_dir, "student", "teacher")
+        source = artifacts.sha256(ctx.teacher_dir / "model.safetensors")
+    out = layout.student_dir(ctx.run_dir)
+    fp = fingerprints.student(cfg, ctx.data.identity, ctx.norm, source, baseline=False)
     meta = artifacts.reusable(out, fp, "student")
     if meta is None:
-        if kd.teacher == "cached":
-            warning = softlabels.replay_warning(s.epochs, labels.views, len(labels))
-            if warning:
-                log.warning(warning)
-            replay = ReplayItems(bundle.images["train"], cfg.data, folder, kd.views, seed)
-            train_loader = DataLoader(replay, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                                      num_workers=data.workers(cfg.data, replay.images),
-                                      pin_memory=torch.cuda.is_available(), collate_fn=data.collate,
-                                      persistent_workers=data.workers(cfg.data, replay.images) > 0,
-                                      generator=torch.Generator().manual_seed(seed))  # the epoch: SharedEpoch
-            teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
-        else:
-            tmodel = models.create(tmeta["model"], bundle.num_classes)
-            tmodel.load_state_dict(artifacts.load_weights(tdir))
-            tmodel = models.frozen(tmodel, acc.device)
-            train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
-            teacher = targets.LiveTeacher(tmodel, acc.autocast)
-        objective = objectives.Distillation(kd, bundle.num_classes, s.label_smoothing, teacher)
-        meta = _train(cfg, acc, bundle, norm, out, "student", fp, objective, train_loader)
+        teacher, train_loader = _teacher_and_loader(ctx, labels)
+        objective = objectives.Distillation(kd, ctx.num_classes, cfg.student.label_smoothing, teacher)
+        meta = _train(ctx, out, "student", fp, objective, train_loader)
     results = {"student": meta}
-    if s.baseline:
-        out_b = layout.student_dir(run_dir, baseline=True)
-        fp_b = fingerprints.student(cfg, bundle.identity, norm, "", baseline=True)
-        meta_b = artifacts.reusable(out_b, fp_b, "baseline")
-        if meta_b is None:
-            train_loader, _ = data.loaders(bundle, cfg.data, s.batch_size, seed)
-            meta_b = _train(cfg, acc, bundle, norm, out_b, "baseline", fp_b,
-                            objectives.CrossEntropy(bundle.num_classes, s.label_smoothing), train_loader)
-        results["baseline"] = meta_b
+    if cfg.student.baseline:
+        results["baseline"] = _baseline(ctx)
     return results
+
+
+def _soft_labels(ctx: RunContext) -> softlabels.SoftLabels:
+    identity = layout.cache_identity(ctx.cfg, ctx.data, ctx.norm, ctx.run_dir, ctx.acc.mixed_precision)
+    return softlabels.SoftLabels(layout.cache_dir(ctx.cfg, identity))
+
+
+def _teacher_and_loader(ctx: RunContext, labels: softlabels.SoftLabels | None):
+    """The soft targets and the training loader: the cache's views replayed with their soft labels, or the live
+    teacher on the student's own training views."""
+    cfg, s, seed = ctx.cfg, ctx.cfg.student, seed_of(ctx.cfg)
+    if labels is not None:
+        warning = replay_warning(s.epochs, labels.views, len(labels))
+        if warning:
+            log.warning(warning)
+        replay = ReplayItems(ctx.data.images["train"], cfg.data, labels.folder, cfg.kd.views, seed)
+        loader = data.make_loader(replay, s.batch_size, True, data.workers(cfg.data, replay.images), seed)
+        return targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature), loader
+    model, _ = models.load_trained(ctx.teacher_dir, ctx.num_classes, "student", "teacher")
+    loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
+    return targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast), loader
+
+
+def _baseline(ctx: RunContext) -> dict:
+    """The same student, recipe, budget and seed with CE only."""
+    cfg = ctx.cfg
+    out = layout.student_dir(ctx.run_dir, baseline=True)
+    fp = fingerprints.student(cfg, ctx.data.identity, ctx.norm, "", baseline=True)
+    meta = artifacts.reusable(out, fp, "baseline")
+    if meta is None:
+        train_loader, _ = data.loaders(ctx.data, cfg.data, cfg.student.batch_size, seed_of(cfg))
+        meta = _train(ctx, out, "baseline", fp,
+                      objectives.CrossEntropy(ctx.num_classes, cfg.student.label_smoothing), train_loader)
+    return meta

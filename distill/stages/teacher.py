@@ -5,17 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from distill import data
-from distill.data import transforms
-from distill.store import artifacts, fingerprints, layout
-from distill.training import engine, models, objectives
 from distill.config import Config
 from distill.errors import ConfigError
+from distill.store import artifacts, fingerprints
+from distill.training import engine, models, objectives
+from distill.training.context import RunContext
 
 log = logging.getLogger("distill")
 
@@ -40,8 +38,9 @@ def build(cfg: Config, num_classes: int):
     return model, t.finetune.epochs, t.finetune.lr
 
 
-def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> dict:
-    out = layout.teacher_dir(cfg, run_dir)
+def run(ctx: RunContext) -> dict:
+    cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
+    out = ctx.teacher_dir
     fp = fingerprints.teacher(cfg, bundle.identity, norm)
     meta = artifacts.reusable(out, fp, "teacher")
     if meta is not None:
@@ -51,15 +50,14 @@ def run(cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_
     t = cfg.teacher
     model, epochs, lr = build(cfg, bundle.num_classes)
     train_loader, val_loader = data.loaders(bundle, cfg.data, t.batch_size, cfg.seed)
-    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
     if epochs:
         job = engine.Fit(cfg=t, epochs=epochs, lr_per_256=lr, out_dir=out, name="teacher", seed=cfg.seed,
-                         to_input=to_input, **engine.guards(cfg, fp))
+                         to_input=ctx.to_input, **engine.guards(cfg, fp))
         model, metrics = engine.fit(model, train_loader, val_loader, job,
                                     objectives.CrossEntropy(bundle.num_classes, t.label_smoothing), acc)
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
-        metrics = engine.evaluate(prepared, val_loader, acc, to_input, channels_last=False)
+        metrics = engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False)
     return engine.publish(acc, out, model, "teacher", metrics, fingerprint=fp, model=t.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names,
                           image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(t),

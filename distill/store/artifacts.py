@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill.errors import DataError
+from distill.errors import DataError, UserError
 
 
 def fingerprint(obj) -> str:
@@ -104,3 +104,22 @@ def exclusive(folder: Path):
         yield
     finally:
         f.close()  # closing releases the flock
+
+
+def on_main(acc, decide):
+    """`decide()` run on the main process alone, its (picklable) answer, or the one-line error it raised, handed to
+    every process, which returns it or raises it alike: one decision for all (is the cache complete, which
+    checkpoint to load, is the run folder free)."""
+    from accelerate.utils import broadcast_object_list
+
+    answer, error = None, None
+    if acc.is_main_process:
+        try:
+            answer = decide()
+        except UserError as e:
+            error = (type(e), str(e))
+    if acc.num_processes > 1:
+        answer, error = broadcast_object_list([answer, error])
+    if error:
+        raise error[0](error[1])
+    return answer

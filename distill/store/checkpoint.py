@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 
 from distill.store import artifacts
 from distill.errors import CheckpointError
@@ -102,17 +101,8 @@ def _find(folder: Path, fingerprint: str, processes: int, what: str) -> tuple[st
 
 def latest(acc: Accelerator, folder: Path, fingerprint: str, what: str) -> tuple[Path | None, dict | None]:
     """The newest checkpoint that verifies completely, with its progress; the main process decides for all."""
-    found: list = [None, None, None]
-    if acc.is_main_process:
-        try:
-            found[:2] = _find(folder, fingerprint, acc.num_processes, what)
-        except CheckpointError as e:
-            found[2] = str(e)
-    if acc.num_processes > 1:
-        found = broadcast_object_list(found)
-    if found[2]:
-        raise CheckpointError(found[2])
-    return (Path(found[0]) if found[0] else None), found[1]
+    path, progress = artifacts.on_main(acc, lambda: _find(folder, fingerprint, acc.num_processes, what))
+    return (Path(path) if path else None), progress
 
 
 def restore(acc: Accelerator, path: Path, what: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from distill import data
 from distill.config import Config, DataCfg
+from distill.errors import DataError
 from distill.store import artifacts, fingerprints
 
 log = logging.getLogger("distill")
@@ -26,6 +27,24 @@ def teacher_dir(cfg: Config, run_dir: Path) -> Path:
 
 def student_dir(run_dir: Path, baseline: bool = False) -> Path:
     return run_dir / ("baseline" if baseline else "student")
+
+
+MODELS = ("teacher", "student", "baseline")
+
+
+def trained(folder: Path, needed_by: str, what: str) -> dict:
+    """The meta.json of the model stage `what` trained into `folder`; a missing one stops the run in one line
+    naming the stage that makes it."""
+    meta = artifacts.read_json(folder / "meta.json")
+    if meta is None:
+        raise DataError(f"{needed_by}: no trained {what} in {folder}; run stage={what} first")
+    return meta
+
+
+def model_dirs(run_dir: Path, teacher: Path | None = None) -> dict[str, Path]:
+    """Each trained model's folder (MODELS): `teacher` (teacher_dir: the shared teacher.dir), or <run>/teacher."""
+    return {"teacher": teacher or run_dir / "teacher", "student": student_dir(run_dir),
+            "baseline": student_dir(run_dir, baseline=True)}
 
 
 def cache_identity(cfg: Config, bundle, norm: dict, run_dir: Path, precision: str) -> dict:

@@ -33,30 +33,6 @@ FORMAT_VERSION = 4  # 2: one view per teacher forward (growable); 3: + true-clas
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
 
-# The most uses per cached view (student epochs / V) at which cached KD stayed within 0.3 points of online KD's
-# top-1 (mean of two seeds): V = 8 over 40 epochs, -0.10 points; V = 2 (20 uses) lost 1.69 points. Measured by
-# tools/views_experiment.sh (BENCHMARKS.md, "How many views").
-MAX_USES_PER_VIEW = 5.0
-
-
-def views_for(epochs: int) -> int:
-    """The fewest cached views that keep `epochs` of student training within the rule (MAX_USES_PER_VIEW); at
-    least 2, the fewest measured (view 0 is the un-augmented eval view)."""
-    return max(2, math.ceil(epochs / MAX_USES_PER_VIEW))
-
-
-def replay_warning(epochs: int, num_views: int, images: int) -> str | None:
-    """One line when a student replays each cached view more often than the rule allows: the V that meets it and
-    what labelling the missing views costs (the cache grows: only the new views are labelled)."""
-    if epochs / num_views <= MAX_USES_PER_VIEW:
-        return None
-    need = views_for(epochs)
-    return (f"cache: {epochs} epochs over {num_views} cached views replay each view {epochs / num_views:g} times, "
-            f"more than the {MAX_USES_PER_VIEW:g} at which cached KD measured within 0.3 points of online KD; "
-            f"cache.views={need} meets it, labelling {need - num_views} more views per image "
-            f"({(need - num_views) * images:,} teacher forwards, once)")
-
-
 def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) -> np.dtype:
     """One row per image: for each view its parameters, top-k logits (fp16) and classes, and in fp32 the logsumexp
     of all logits / T, the true class's logit, the mean and (unbiased) std of all logits, and the logsumexps / T of
@@ -134,8 +110,12 @@ def failing(shards: list[dict], folder: Path) -> list[dict]:
             or artifacts.sha256(folder / sh["file"]) != sh["sha256"]]
 
 
+MANIFEST = "manifest.json"
+
+
 def read_manifest(folder: Path) -> dict | None:
-    return artifacts.read_json(Path(folder) / "manifest.json")
+    """The cache's manifest, or None while it is incomplete: the one way this module reads it."""
+    return artifacts.read_json(Path(folder) / MANIFEST)
 
 
 def prepare(folder: Path, fp: str) -> dict | None:
@@ -144,13 +124,13 @@ def prepare(folder: Path, fp: str) -> dict | None:
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob("*.tmp"):  # left by a killed writer: never complete
         tmp.unlink()
-    manifest = artifacts.read_json(folder / "manifest.json")
+    manifest = read_manifest(folder)
     if manifest is None:
         return None
     if manifest.get("format_version") != FORMAT_VERSION or manifest.get("fingerprint") != fp:
         log.warning(f"cache: {folder}/manifest.json is from format {manifest.get('format_version')} or another "
                     "fingerprint; recomputing")
-        (folder / "manifest.json").unlink()
+        (folder / MANIFEST).unlink()
         return None
     bad = failing(manifest["shards"], folder)
     if not bad:
@@ -159,7 +139,7 @@ def prepare(folder: Path, fp: str) -> dict | None:
         log.warning(f"cache: {folder / sh['file']} fails its checksum; recomputing it")
         (folder / sh["file"]).unlink(missing_ok=True)
         (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
-    (folder / "manifest.json").unlink()
+    (folder / MANIFEST).unlink()
     return None
 
 
@@ -183,7 +163,7 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
                 "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
                 "record_bytes": dtype.itemsize, "teacher_view_top1": 100.0 * correct / max(views_total, 1),
                 "skipped": skipped, "shards": shards}
-    artifacts.write_json(folder / "manifest.json", manifest)
+    artifacts.write_json(folder / MANIFEST, manifest)
     return manifest
 
 
@@ -193,11 +173,11 @@ def smaller(root: Path, identity: dict) -> tuple[Path, dict] | None:
     views_key = "cache.views"
     same = json.loads(json.dumps({k: v for k, v in identity.items() if k != views_key}))  # as the manifest holds it
     found = []
-    for path in root.glob("*/manifest.json"):
-        m = artifacts.read_json(path)
+    for path in root.glob(f"*/{MANIFEST}"):
+        m = read_manifest(path.parent)
         theirs = (m or {}).get("inputs") or {}
-        if theirs.get(views_key, identity[views_key]) < identity[views_key] and \
-                {k: v for k, v in theirs.items() if k != views_key} == same:
+        fewer = theirs.get(views_key, identity[views_key]) < identity[views_key]
+        if fewer and {k: v for k, v in theirs.items() if k != views_key} == same:
             found.append((theirs[views_key], path.parent, m))
     for _, folder, m in sorted(found, key=lambda f: -f[0]):
         if not failing(m["shards"], folder):
@@ -218,7 +198,7 @@ class SoftLabels:
 
     def __init__(self, folder: str | Path, verify: bool = False):
         self.folder = Path(folder)
-        manifest = artifacts.read_json(self.folder / "manifest.json")
+        manifest = read_manifest(self.folder)
         if manifest is None:
             what = "is incomplete" if self.folder.is_dir() else "does not exist yet"
             raise DataError(f"cache: {self.folder} {what} (no manifest.json): no soft labels for these settings; "

@@ -145,7 +145,6 @@ class _Logs:
                 f.write(json.dumps(row) + "\n")
 
 
-NO_BAD_STEP = 2**62  # first_bad's value while every loss so far was finite
 
 
 def _switch_to_sgd(acc, model, job: Fit, global_batch: int, steps_per_epoch: int):

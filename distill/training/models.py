@@ -12,6 +12,7 @@ from torch.fx.experimental.optimization import fuse
 
 from distill.training import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets in timm's registry)
 from distill.errors import CheckpointError
+from distill.store import artifacts, layout
 
 log = logging.getLogger("distill")
 
@@ -114,3 +115,12 @@ def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 
         model.reset_classifier(num_classes)
         return model, True
     return model, False
+
+
+def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> tuple[nn.Module, dict]:
+    """The model that stage `what` trained into `folder` (its meta.json names the architecture) and its meta; a
+    missing one stops the run in one line naming the stage that makes it."""
+    meta = layout.trained(folder, needed_by, what)
+    model = create(meta["model"], num_classes)
+    model.load_state_dict(artifacts.load_weights(folder))
+    return model, meta

@@ -71,8 +71,8 @@ class Distillation:
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
         c = self.cfg
         target = hard_targets(batch, self.num_classes, self.label_smoothing, mix)
-        ce = hard.focal(logits, target, c.focal_gamma, self.focal_alpha) if c.ce == "focal" else \
-            hard.soft_cross_entropy(logits, target)
+        ce = (hard.focal(logits, target, c.focal_gamma, self.focal_alpha) if c.ce == "focal"
+              else hard.soft_cross_entropy(logits, target))
         if not self.method.active(c):  # e.g. kd with alpha 0: no teacher needed
             return {"loss": ce, "ce": ce}
         student = standardize(logits) if c.logit_standardization else logits
