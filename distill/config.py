@@ -300,35 +300,35 @@ def _check_rules(obj: Any, prefix: str) -> None:
             continue
         if value is None:
             continue
-        m = f.metadata
-        choices = m["choices"]() if callable(m.get("choices")) else m.get("choices")
+        rules = f.metadata
+        choices = rules["choices"]() if callable(rules.get("choices")) else rules.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
         for rule, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
                                ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
-            if rule in m and not ok(value, m[rule]):
-                raise ConfigError(f"{key}: {value} must be {word} {m[rule]}")
+            if rule in rules and not ok(value, rules[rule]):
+                raise ConfigError(f"{key}: {value} must be {word} {rules[rule]}")
 
 
 def _check_cross(cfg: Config) -> None:
-    d = cfg.data
-    if (d.mean is None) != (d.std is None):
+    data = cfg.data
+    if (data.mean is None) != (data.std is None):
         raise ConfigError("data.mean/data.std: give both or neither")
     for key in ("mean", "std"):
-        v = getattr(d, key)
+        v = getattr(data, key)
         if v is not None and len(v) != 3:
             raise ConfigError(f"data.{key}: needs 3 values (R, G, B), got {len(v)}")
-    if d.std is not None and min(d.std) <= 0:
+    if data.std is not None and min(data.std) <= 0:
         raise ConfigError("data.std: every value must be > 0")
-    if len(d.scale) != 2 or not 0 < d.scale[0] <= d.scale[1] <= 1:
-        raise ConfigError(f"data.scale: needs [min, max] with 0 < min <= max <= 1, got {d.scale}")
-    if d.source == "demo" and d.path:
-        raise ConfigError(f"data.path: {d.path} is given but data.source=demo trains on the built-in digits; set "
+    if len(data.scale) != 2 or not 0 < data.scale[0] <= data.scale[1] <= 1:
+        raise ConfigError(f"data.scale: needs [min, max] with 0 < min <= max <= 1, got {data.scale}")
+    if data.source == "demo" and data.path:
+        raise ConfigError(f"data.path: {data.path} is given but data.source=demo trains on the built-in digits; set "
                           "data.source=auto to use the path, or drop data.path")
-    if d.source not in ("demo", "auto") and not d.path:
-        raise ConfigError(f"data.path: required for data.source={d.source}")
-    if d.val_size >= 1 and d.val_size != int(d.val_size):
-        raise ConfigError(f"data.val_size: {d.val_size} is neither a fraction < 1 nor a whole count")
+    if data.source not in ("demo", "auto") and not data.path:
+        raise ConfigError(f"data.path: required for data.source={data.source}")
+    if data.val_size >= 1 and data.val_size != int(data.val_size):
+        raise ConfigError(f"data.val_size: {data.val_size} is neither a fraction < 1 nor a whole count")
     for name in ("teacher", "student"):
         o = getattr(cfg, name).optim
         if o.switch_to_sgd_epoch is not None and o.name == "sgd":
@@ -339,8 +339,8 @@ def _check_cross(cfg: Config) -> None:
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
     methods.get(cfg.kd.loss).check(cfg)  # each method's own settings checks
-    t = cfg.teacher
-    if t.source == "train" and t.epochs < 1:
+    teacher = cfg.teacher
+    if teacher.source == "train" and teacher.epochs < 1:
         raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")
 
 

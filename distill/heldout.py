@@ -38,8 +38,8 @@ def score(ctx: RunContext) -> dict[str, dict]:
         loader = data.make_loader(ds, 256, False, data.workers(cfg.data, bundle.images["test"]), cfg.seed)
         acc.free_memory()
         prepared, loader = acc.prepare(net, loader)
-        m = engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False)
-        metrics = {"top1": m["top1"], "top5": m["top5"], "count": m["val_count"]}
+        scores = engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False)
+        metrics = {"top1": scores["top1"], "top5": scores["top5"], "count": scores["val_count"]}
         if acc.is_main_process:
             artifacts.write_json(folder / "test.json", {"key": want, "metrics": metrics})
         log.info(f"{name}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['count']} "

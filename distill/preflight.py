@@ -39,7 +39,8 @@ def check_tracker(name: str | None) -> None:
 
 
 def before_data(cfg: Config) -> None:
-    t = cfg.teacher
-    check_model(t.model, "teacher.model", t.source == "timm" and t.pretrained and not t.checkpoint)
+    teacher = cfg.teacher
+    hub_weights = teacher.source == "timm" and teacher.pretrained and not teacher.checkpoint
+    check_model(teacher.model, "teacher.model", hub_weights)
     check_model(cfg.student.model, "student.model")
     check_tracker(cfg.log_with)

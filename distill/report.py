@@ -22,18 +22,19 @@ def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None =
         meta = artifacts.read_json(folder / "meta.json")
         if meta is None:
             continue
-        m = meta["metrics"]
-        rows[name] = {"model": meta["model"], "top1": m["top1"], "top5": m["top5"], "params": meta["params"],
-                      "train_images_per_s": m.get("images_per_s"), "wall_s": meta.get("wall_s"),
-                      "epochs": m.get("epoch", 0), "skipped_images": m.get("skipped_images", 0),
-                      "val_count": m.get("val_count")}
+        metrics = meta["metrics"]
+        rows[name] = {"model": meta["model"], "top1": metrics["top1"], "top5": metrics["top5"],
+                      "params": meta["params"],
+                      "train_images_per_s": metrics.get("images_per_s"), "wall_s": meta.get("wall_s"),
+                      "epochs": metrics.get("epoch", 0), "skipped_images": metrics.get("skipped_images", 0),
+                      "val_count": metrics.get("val_count")}
         if tests and name in tests:
             rows[name] |= {"test_top1": tests[name]["top1"], "test_top5": tests[name]["top5"],
                            "test_count": tests[name]["count"]}
     out = {"run": str(run_dir), "models": rows}
-    c = artifacts.read_json(run_dir / "cache.json")
-    if c:
-        out["cache"] = c
+    cache = artifacts.read_json(run_dir / "cache.json")
+    if cache:
+        out["cache"] = cache
     if "student" in rows and "baseline" in rows:
         out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
         if "test_top1" in rows["student"] and "test_top1" in rows["baseline"]:
@@ -112,11 +113,11 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[s
 
 
 def write(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None = None) -> dict:
-    s = summary(run_dir, teacher_dir, tests)
-    artifacts.write_json(run_dir / "summary.json", s)
+    result = summary(run_dir, teacher_dir, tests)
+    artifacts.write_json(run_dir / "summary.json", result)
     curves(run_dir, run_dir / "curves.png", teacher_dir)
-    log.info("\n" + table(s) + f"\n(summary.json and curves.png in {run_dir})")
-    return s
+    log.info("\n" + table(result) + f"\n(summary.json and curves.png in {run_dir})")
+    return result
 
 
 def print_fields(result: dict) -> None:

@@ -32,13 +32,13 @@ from distill.methods.logspace import kl_rows, log_rest, log_softmax_at
 def per_sample(student_logits: torch.Tensor, log_q: torch.Tensor, labels: torch.Tensor,
                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD) per sample, without T^2; log_q: the teacher's log-probabilities at T."""
-    t = labels.view(-1, 1)
+    target = labels.view(-1, 1)
     z = student_logits.float() / temperature
-    on_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, t, True)
+    on_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, target, True)
     log_p = F.log_softmax(z, 1)
-    log_p_rest, log_q_rest = log_rest(log_p, t), log_rest(log_q, t)
-    binary_p = torch.cat([log_p.gather(1, t), log_p_rest], 1)  # log [p_t, p_rest]
-    binary_q = torch.cat([log_q.gather(1, t), log_q_rest], 1)
+    log_p_rest, log_q_rest = log_rest(log_p, target), log_rest(log_q, target)
+    binary_p = torch.cat([log_p.gather(1, target), log_p_rest], 1)  # log [p_t, p_rest]
+    binary_q = torch.cat([log_q.gather(1, target), log_q_rest], 1)
     tckd = kl_rows(binary_q, binary_p)
     hat_p = F.log_softmax(z.masked_fill(on_target, float("-inf")), 1)  # log p^ over the other classes
     hat_q = F.log_softmax(log_q.masked_fill(on_target, float("-inf")), 1)
@@ -63,11 +63,11 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torc
 class DKD(Method, name="dkd", needs_labels=True,
           help="CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2, decoupled KD (Zhao et al. 2022)"):
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
-        t = kd_cfg.temperature
-        tckd, nckd = per_sample(student_logits, log_q, batch["label"], t)
+        temperature = kd_cfg.temperature
+        tckd, nckd = per_sample(student_logits, log_q, batch["label"], temperature)
         if "partner_label" in batch:  # a cached mixed view: its two classes, weighted like the hard labels
             lam = batch["lam"].float()
-            tckd_p, nckd_p = per_sample(student_logits, log_q, batch["partner_label"], t)
+            tckd_p, nckd_p = per_sample(student_logits, log_q, batch["partner_label"], temperature)
             tckd, nckd = lam * tckd + (1 - lam) * tckd_p, lam * nckd + (1 - lam) * nckd_p
         warm = min((epoch + 1) / kd_cfg.dkd_warmup, 1.0) if kd_cfg.dkd_warmup else 1.0
-        return _terms(tckd, nckd, t, warm * kd_cfg.dkd_alpha, warm * kd_cfg.dkd_beta)
+        return _terms(tckd, nckd, temperature, warm * kd_cfg.dkd_alpha, warm * kd_cfg.dkd_beta)

@@ -46,6 +46,6 @@ class KD(Method, name="kd", balanceable=True,
         super().check(cfg)
 
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
-        t = kd_cfg.temperature
-        term = from_log_probs(student_logits, log_q, t).mean() * t ** 2
+        temperature = kd_cfg.temperature
+        term = from_log_probs(student_logits, log_q, temperature).mean() * temperature ** 2
         return {"kd": term, "loss": kd_cfg.alpha * term}

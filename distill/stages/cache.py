@@ -117,11 +117,11 @@ class ViewItems(Dataset):
         if self.mix and self.images.pixels is None:
             raise DataError("cache.mix: mixed views with data.renderer=device need the split decoded into memory "
                             "(data.decode_mb); use data.renderer=cpu")
-        s = self.cfg.image_size
+        size = self.cfg.image_size
         source = self.images.view_source_or_skip(i, self.skip_bad)
         bad = source is None
         if bad:  # as the CPU path: views of a blank image, records cleared
-            source = (s, s), (_blank_jpeg(s) if self.images.pixels is None else None)
+            source = (size, size), (_blank_jpeg(size) if self.images.pixels is None else None)
         hw, jpeg = source
         # a partner is only drawn for mixed views, which need a decoded split: every image has its size
         rec = self.draw(i, hw, lambda j: None if j in self.images.bad else tuple(self.images.pixels.shape[1:3]))
@@ -229,19 +229,19 @@ def run(ctx: RunContext) -> dict | None:
         _record_run(acc, ctx.run_dir, folder, complete, None)
         return complete
     acc.wait_for_everyone()
-    c = cfg.cache
-    dtype = softlabels.record_dtype(c.views, identity["cache.topk"], ctx.num_classes,
-                                    c.mix.mixup_alpha > 0 or c.mix.cutmix_alpha > 0)
+    settings = cfg.cache
+    dtype = softlabels.record_dtype(settings.views, identity["cache.topk"], ctx.num_classes,
+                                    settings.mix.mixup_alpha > 0 or settings.mix.cutmix_alpha > 0)
     total, first, elapsed = _label_mine(ctx, identity, folder, dtype)
     acc.wait_for_everyone()
     manifest = None
     if acc.is_main_process:
         manifest = softlabels.write_manifest(
             folder, folder.name, identity, num_images=len(ctx.data.train), num_classes=ctx.num_classes,
-            class_names=ctx.data.class_names, views=c.views, topk=identity["cache.topk"],
-            temperature=identity["kd.temperature"], shard_size=c.shard_size, dtype=dtype)
+            class_names=ctx.data.class_names, views=settings.views, topk=identity["cache.topk"],
+            temperature=identity["kd.temperature"], shard_size=settings.shard_size, dtype=dtype)
         if total:
-            log.info(f"cache: labelled {total} images ({total * (c.views - first)} views) in {elapsed:.1f} s "
+            log.info(f"cache: labelled {total} images ({total * (settings.views - first)} views) in {elapsed:.1f} s "
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
@@ -254,27 +254,28 @@ def run(ctx: RunContext) -> dict | None:
 def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype) -> tuple[int, int, float]:
     """This process's shards that are not done yet, labelled and written: (images labelled, first new view,
     seconds). Growing a smaller complete cache copies its views and labels only the new ones."""
-    cfg, acc, c = ctx.cfg, ctx.acc, ctx.cfg.cache
+    cfg, acc, settings = ctx.cfg, ctx.acc, ctx.cfg.cache
     n, temperature = len(ctx.data.train), identity["kd.temperature"]
-    n_shards = math.ceil(n / c.shard_size)
+    n_shards = math.ceil(n / settings.shard_size)
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
     todo = [s for s in mine if not softlabels.shard_done(folder, s)]
-    total = sum(min((s + 1) * c.shard_size, n) - s * c.shard_size for s in todo)
-    base = softlabels.smaller(Path(c.root), identity) if todo else None
+    total = sum(min((s + 1) * settings.shard_size, n) - s * settings.shard_size for s in todo)
+    base = softlabels.smaller(Path(settings.root), identity) if todo else None
     first = base[1]["views"] if base is not None else 0
-    log.info(f"cache: {n} images x {c.views} views, top-{identity['cache.topk']} at T={temperature:g}, {n_shards} "
-             f"shards ({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
+    log.info(f"cache: {n} images x {settings.views} views, top-{identity['cache.topk']} at T={temperature:g}, "
+             f"{n_shards} shards ({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
     if base is not None:
-        log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {c.views - first} new views of "
-                 f"each image ({total * (c.views - first)} forwards), the first {first} are copied")
+        log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {settings.views - first} new "
+                 f"views of each image ({total * (settings.views - first)} forwards), the first {first} are copied")
     model, _ = models.load_trained(ctx.teacher_dir, ctx.num_classes, "cache", "teacher")
-    items = ViewItems(ctx.data.images["train"], cfg.data, c.views, c.eval_view, cfg.seed, c.mix, first)
+    items = ViewItems(ctx.data.images["train"], cfg.data, settings.views, settings.eval_view, cfg.seed, settings.mix,
+                      first)
     labeller = _Labeller(models.frozen(model, acc.device), items, ctx.to_input, temperature, cfg, acc, dtype)
     start = time.perf_counter()
     with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
         labeller.bar = bar
         for s in todo:
-            lo, hi = s * c.shard_size, min((s + 1) * c.shard_size, n)
+            lo, hi = s * settings.shard_size, min((s + 1) * settings.shard_size, n)
             old = softlabels.shard_records(base[0], s) if base is not None else None
             softlabels.write_shard(folder, s, lo, *labeller.shard(lo, hi, old))
     return total, first, time.perf_counter() - start

@@ -40,13 +40,13 @@ CIFAR_RESNETS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "res
 def preprocessing(cfg: Config, norm: dict) -> dict:
     """The evaluation view as timm's pretrained_cfg states it: `cifar` views resize the image to the input size
     (timm's `squash`), `imagenet` views resize to size / crop_pct and crop the centre."""
-    d = cfg.data
-    if d.per_image_norm:
+    data_cfg = cfg.data
+    if data_cfg.per_image_norm:
         raise ConfigError("data.per_image_norm: timm's preprocessing has no per-image standardisation; export needs "
                           "a recipe with mean/std")
-    cifar = d.transform == "cifar"
-    return {"input_size": (3, d.image_size, d.image_size), "interpolation": "bilinear",
-            "crop_pct": 1.0 if cifar else d.crop_pct, "crop_mode": "squash" if cifar else "center",
+    cifar = data_cfg.transform == "cifar"
+    return {"input_size": (3, data_cfg.image_size, data_cfg.image_size), "interpolation": "bilinear",
+            "crop_pct": 1.0 if cifar else data_cfg.crop_pct, "crop_mode": "squash" if cifar else "center",
             "mean": tuple(norm["mean"]), "std": tuple(norm["std"])}
 
 

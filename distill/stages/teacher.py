@@ -20,22 +20,22 @@ log = logging.getLogger("distill")
 
 def build(cfg: Config, num_classes: int):
     """The teacher model before any training, and (epochs, lr per 256) of the training it still needs."""
-    t = cfg.teacher
-    if t.source == "train":
-        model = models.create(t.model, num_classes, t.drop_rate)
-        models.init_weights(model, t.init, t.zero_gamma)
-        return model, t.epochs, t.optim.lr
-    if t.checkpoint:
-        model, reset = models.load_file(t.model, t.checkpoint, num_classes, t.drop_rate)
-        origin = t.checkpoint
+    teacher = cfg.teacher
+    if teacher.source == "train":
+        model = models.create(teacher.model, num_classes, teacher.drop_rate)
+        models.init_weights(model, teacher.init, teacher.zero_gamma)
+        return model, teacher.epochs, teacher.optim.lr
+    if teacher.checkpoint:
+        model, reset = models.load_file(teacher.model, teacher.checkpoint, num_classes, teacher.drop_rate)
+        origin = teacher.checkpoint
     else:
-        model = models.create(t.model, num_classes, t.drop_rate, pretrained=t.pretrained)
-        reset, origin = model.pretrained_cfg.get("num_classes") != num_classes, f"timm hub ({t.model})"
-    if reset and t.finetune.epochs == 0:
+        model = models.create(teacher.model, num_classes, teacher.drop_rate, pretrained=teacher.pretrained)
+        reset, origin = model.pretrained_cfg.get("num_classes") != num_classes, f"timm hub ({teacher.model})"
+    if reset and teacher.finetune.epochs == 0:
         raise ConfigError(f"teacher.finetune.epochs: the teacher from {origin} has another class count than the "
                           f"data ({num_classes}); its new classifier needs fine-tuning (set teacher.finetune.epochs)")
-    log.info(f"teacher: loaded {t.model} from {origin}")
-    return model, t.finetune.epochs, t.finetune.lr
+    log.info(f"teacher: loaded {teacher.model} from {origin}")
+    return model, teacher.finetune.epochs, teacher.finetune.lr
 
 
 def run(ctx: RunContext) -> dict:
@@ -47,18 +47,18 @@ def run(ctx: RunContext) -> dict:
         return meta
     set_seed(cfg.seed)
     start = time.perf_counter()
-    t = cfg.teacher
+    teacher = cfg.teacher
     model, epochs, lr = build(cfg, bundle.num_classes)
-    train_loader, val_loader = data.loaders(bundle, cfg.data, t.batch_size, cfg.seed)
+    train_loader, val_loader = data.loaders(bundle, cfg.data, teacher.batch_size, cfg.seed)
     if epochs:
-        job = engine.Fit(cfg=t, epochs=epochs, lr_per_256=lr, out_dir=out, name="teacher", seed=cfg.seed,
+        job = engine.Fit(cfg=teacher, epochs=epochs, lr_per_256=lr, out_dir=out, name="teacher", seed=cfg.seed,
                          to_input=ctx.to_input, **engine.guards(cfg, fp))
         model, metrics = engine.fit(model, train_loader, val_loader, job,
-                                    objectives.CrossEntropy(bundle.num_classes, t.label_smoothing), acc)
+                                    objectives.CrossEntropy(bundle.num_classes, teacher.label_smoothing), acc)
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
         metrics = engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False)
-    return engine.publish(acc, out, model, "teacher", metrics, fingerprint=fp, model=t.model,
+    return engine.publish(acc, out, model, "teacher", metrics, fingerprint=fp, model=teacher.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names,
-                          image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(t),
+                          image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(teacher),
                           wall_s=time.perf_counter() - start)

@@ -42,10 +42,10 @@ def settings(cfg: Config, output: str) -> dict[str, Any]:
 
 
 def teacher(cfg: Config, identity: dict, norm: dict) -> str:
-    s = settings(cfg, "teacher")
+    inputs = settings(cfg, "teacher")
     if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
-        s["teacher.checkpoint"] = artifacts.sha256(Path(cfg.teacher.checkpoint))
-    return artifacts.fingerprint({"settings": s, "data": identity, "norm": norm})
+        inputs["teacher.checkpoint"] = artifacts.sha256(Path(cfg.teacher.checkpoint))
+    return artifacts.fingerprint({"settings": inputs, "data": identity, "norm": norm})
 
 
 def label_temperature(cfg: Config, num_classes: int) -> float:
@@ -58,10 +58,10 @@ def cache_identity(cfg: Config, identity: dict, norm: dict, num_classes: int, te
                    precision: str) -> dict:
     """Everything the cached bytes depend on (its hash names the cache folder). Settings are normalised to what
     the bytes use, so that caches that would be byte-identical share one folder."""
-    s = settings(cfg, "cache") | {"cache.topk": min(cfg.cache.topk, num_classes),
+    inputs = settings(cfg, "cache") | {"cache.topk": min(cfg.cache.topk, num_classes),
                                   "kd.temperature": label_temperature(cfg, num_classes)}
     return {"format_version": softlabels.FORMAT_VERSION, "teacher_sha256": teacher_sha256, "data": identity,
-            "normalization": norm, "precision": precision, **s}
+            "normalization": norm, "precision": precision, **inputs}
 
 
 def student(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> str:

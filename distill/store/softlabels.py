@@ -174,14 +174,14 @@ def smaller(root: Path, identity: dict) -> tuple[Path, dict] | None:
     same = json.loads(json.dumps({k: v for k, v in identity.items() if k != views_key}))  # as the manifest holds it
     found = []
     for path in root.glob(f"*/{MANIFEST}"):
-        m = read_manifest(path.parent)
-        theirs = (m or {}).get("inputs") or {}
+        manifest = read_manifest(path.parent)
+        theirs = (manifest or {}).get("inputs") or {}
         fewer = theirs.get(views_key, identity[views_key]) < identity[views_key]
         if fewer and {k: v for k, v in theirs.items() if k != views_key} == same:
-            found.append((theirs[views_key], path.parent, m))
-    for _, folder, m in sorted(found, key=lambda f: -f[0]):
-        if not failing(m["shards"], folder):
-            return folder, m
+            found.append((theirs[views_key], path.parent, manifest))
+    for _, folder, manifest in sorted(found, key=lambda f: -f[0]):
+        if not failing(manifest["shards"], folder):
+            return folder, manifest
         log.warning(f"cache: {folder} fails its checksums; not growing from it")
     return None
 

@@ -292,21 +292,21 @@ class _Training:
 
     def _start_epoch(self, epoch: int) -> _Epoch:
         """Switch optimizer if due, set the epoch's data order and views, and pick up where a resume left off."""
-        st, dev = self.state, self.acc.device
+        state, dev = self.state, self.acc.device
         if epoch == self.job.cfg.optim.switch_to_sgd_epoch and not self.switched:
             self._switch_to_sgd()
             log.info(f"{self.job.name}: switched to SGD at epoch {epoch}")
-        first = st.batch if epoch == st.epoch else 0  # batches of this epoch already trained
+        first = state.batch if epoch == state.epoch else 0  # batches of this epoch already trained
         if first == 0:
-            st.term_sums, st.seen, st.skipped, st.epoch_s, st.wait_s = {}, 0, 0, 0.0, 0.0
-        self.schedule.step_update(st.step)
+            state.term_sums, state.seen, state.skipped, state.epoch_s, state.wait_s = {}, 0, 0, 0.0, 0.0
+        self.schedule.step_update(state.step)
         self.model.train()
         if hasattr(self.train_loader, "set_epoch"):  # the same data order as the uninterrupted run
             self.train_loader.set_epoch(epoch)
         if hasattr(self.train_loader.dataset, "set_epoch"):  # the views (or cached views) of this epoch
             self.train_loader.dataset.set_epoch(epoch)
-        return _Epoch(index=epoch, first=first, sums=_Sums(st.term_sums, dev), seen=st.seen, wait_s=st.wait_s,
-                      skipped=torch.tensor(st.skipped, device=dev, dtype=torch.long), first_bad=_FirstBad(dev))
+        return _Epoch(index=epoch, first=first, sums=_Sums(state.term_sums, dev), seen=state.seen, wait_s=state.wait_s,
+                      skipped=torch.tensor(state.skipped, device=dev, dtype=torch.long), first_bad=_FirstBad(dev))
 
     def _train_epoch(self, run: _Epoch) -> None:
         loader = self.acc.skip_first_batches(self.train_loader, run.first) if run.first else self.train_loader
@@ -347,64 +347,64 @@ class _Training:
 
     def _update(self, run: _Epoch) -> None:
         """The optimizer step (skipped, and counted, after a non-finite loss under on_nonfinite=skip)."""
-        job, st = self.job, self.state
+        job, state = self.job, self.state
         if run.bad_update:
-            st.nonfinite_skipped += 1
-            log.warning(f"{job.name}: non-finite loss at step {st.step + 1}; update skipped "
-                        f"({st.nonfinite_skipped} so far)")
-            if st.nonfinite_skipped > job.max_nonfinite:
-                raise TrainingError(f"{job.name}: {st.nonfinite_skipped} steps with a non-finite loss, more than "
-                                    f"max_nonfinite={job.max_nonfinite}; stopped at step {st.step + 1}")
+            state.nonfinite_skipped += 1
+            log.warning(f"{job.name}: non-finite loss at step {state.step + 1}; update skipped "
+                        f"({state.nonfinite_skipped} so far)")
+            if state.nonfinite_skipped > job.max_nonfinite:
+                raise TrainingError(f"{job.name}: {state.nonfinite_skipped} steps with a non-finite loss, more than "
+                                    f"max_nonfinite={job.max_nonfinite}; stopped at step {state.step + 1}")
         else:
             if job.cfg.clip_grad:
                 self.acc.clip_grad_norm_(self.model.parameters(), job.cfg.clip_grad)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         run.bad_update = False
-        st.step += 1
-        self.schedule.step_update(st.step)
+        state.step += 1
+        self.schedule.step_update(state.step)
 
     def _after_update(self, run: _Epoch, i: int) -> None:
         """Every log_every steps a steps.jsonl line; every checkpoint.every steps, or on SIGTERM, a checkpoint."""
-        job, st = self.job, self.state
-        boundary = st.step % job.cfg.log_every == 0
+        job, state = self.job, self.state
+        boundary = state.step % job.cfg.log_every == 0
         if boundary:
             run.first_bad.check(job, self.ckpt_dir, self.acc)
             lr_now = self.optimizer.param_groups[0]["lr"]
-            row = {"step": st.step, "epoch": run.index + 1,
-                   **{k: v / max(st.window_n, 1) for k, v in self.window.host().items()}, "lr": lr_now}
+            row = {"step": state.step, "epoch": run.index + 1,
+                   **{k: v / max(state.window_n, 1) for k, v in self.window.host().items()}, "lr": lr_now}
             self.logs.write("step", row)
             self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr_now:.3g}")
-            self.window, st.window_n = _Sums({}, self.acc.device), 0
+            self.window, state.window_n = _Sums({}, self.acc.device), 0
         stop = self.preemption.due(self.acc, boundary)
-        if i + 1 < self.batches and ((job.checkpoint.every and st.step % job.checkpoint.every == 0) or stop):
+        if i + 1 < self.batches and ((job.checkpoint.every and state.step % job.checkpoint.every == 0) or stop):
             run.first_bad.check(job, self.ckpt_dir, self.acc)
             saved = self._save(self._snapshot(run, i + 1, run.index))
             if stop:
-                raise Stopped(f"{job.name}: stopped by SIGTERM at step {st.step}; saved {saved}; run the same "
+                raise Stopped(f"{job.name}: stopped by SIGTERM at step {state.step}; saved {saved}; run the same "
                               "command again to resume")
 
     def _end_epoch(self, run: _Epoch) -> None:
         """Validate, write the epoch's metrics, checkpoint at the epoch boundary, stop if SIGTERM came."""
-        job, acc, st = self.job, self.acc, self.state
+        job, acc, state = self.job, self.acc, self.state
         run.first_bad.check(job, self.ckpt_dir, acc)
-        elapsed = st.epoch_s + time.perf_counter() - run.start
+        elapsed = state.epoch_s + time.perf_counter() - run.start
         n_skipped = int(acc.reduce(run.skipped, reduction="sum").item())
         sums = {k: acc.reduce(v, reduction="mean").item() / max(self.batches, 1) for k, v in run.sums.values.items()}
-        self.metrics = {"epoch": run.index + 1, "step": st.step, "lr": self.optimizer.param_groups[0]["lr"], **sums,
+        self.metrics = {"epoch": run.index + 1, "step": state.step, "lr": self.optimizer.param_groups[0]["lr"], **sums,
                         "terms": sorted(sums), "images_per_s": run.seen * acc.num_processes / elapsed,
                         "data_wait_s": run.wait_s, "data_wait_share": run.wait_s / max(elapsed, 1e-9),
-                        "skipped_images": n_skipped, "nonfinite_skipped": st.nonfinite_skipped,
+                        "skipped_images": n_skipped, "nonfinite_skipped": state.nonfinite_skipped,
                         **evaluate(self.model, self.val_loader, acc, job.to_input, job.cfg.channels_last)}
-        st.train_s += elapsed
-        st.best_top1 = max(self.metrics["top1"], st.best_top1 or 0.0)
-        m = self.metrics
-        log.info(f"{job.name} epoch {run.index + 1}/{job.epochs}: loss {m['loss']:.4f} | val top-1 {m['top1']:.2f}% "
-                 f"top-5 {m['top5']:.2f}% | {m['images_per_s']:.0f} img/s")
+        state.train_s += elapsed
+        state.best_top1 = max(self.metrics["top1"], state.best_top1 or 0.0)
+        metrics = self.metrics
+        log.info(f"{job.name} epoch {run.index + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "
+                 f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% | {metrics['images_per_s']:.0f} img/s")
         if n_skipped:
             log.warning(f"{job.name}: skipped {n_skipped} images that failed to decode this epoch")
-        self.logs.write("epoch", m)
-        acc.log({f"{job.name}/{k}": v for k, v in m.items() if k != "terms"}, step=st.step)  # needs log_with
+        self.logs.write("epoch", metrics)
+        acc.log({f"{job.name}/{k}": v for k, v in metrics.items() if k != "terms"}, step=state.step)  # needs log_with
         self._save(dataclasses.replace(self._snapshot(run, 0, run.index + 1), epoch_s=0.0, wait_s=0.0))
         if self.preemption.due(acc, True):
             raise Stopped(f"{job.name}: stopped by SIGTERM after epoch {run.index + 1}; run the same command again "
@@ -416,10 +416,10 @@ class _Training:
 
     def _snapshot(self, run: _Epoch, batch_index: int, epochs_done: int) -> TrainState:
         """The state to resume from at this point: what the step loop has added so far, brought to the host."""
-        st = self.state
-        return dataclasses.replace(st, epoch=epochs_done, batch=batch_index, term_sums=run.sums.host(),
+        state = self.state
+        return dataclasses.replace(state, epoch=epochs_done, batch=batch_index, term_sums=run.sums.host(),
                                    window_terms=self.window.host(), seen=run.seen, skipped=int(run.skipped.item()),
-                                   epoch_s=st.epoch_s + time.perf_counter() - run.start, wait_s=run.wait_s)
+                                   epoch_s=state.epoch_s + time.perf_counter() - run.start, wait_s=run.wait_s)
 
 
 def _timed(loader, run: _Epoch):

@@ -62,22 +62,22 @@ class Distillation:
 
     def _teacher(self, batch, mix, x) -> torch.Tensor:
         """The teacher's log-probabilities at T for each sample as the student sees it (mixed like its input)."""
-        c = self.cfg
-        log_q = self.teacher.log_probs(batch, x, c.temperature, c.logit_standardization)
+        kd = self.cfg
+        log_q = self.teacher.log_probs(batch, x, kd.temperature, kd.logit_standardization)
         if self.teacher.sees_mixed_input or mix is None:
             return log_q
         return logspace.mix(log_q, mix.lam, mix.perm.to(log_q.device))
 
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
-        c = self.cfg
+        kd = self.cfg
         target = hard_targets(batch, self.num_classes, self.label_smoothing, mix)
-        ce = (hard.focal(logits, target, c.focal_gamma, self.focal_alpha) if c.ce == "focal"
+        ce = (hard.focal(logits, target, kd.focal_gamma, self.focal_alpha) if kd.ce == "focal"
               else hard.soft_cross_entropy(logits, target))
-        if not self.method.active(c):  # e.g. kd with alpha 0: no teacher needed
+        if not self.method.active(kd):  # e.g. kd with alpha 0: no teacher needed
             return {"loss": ce, "ce": ce}
-        student = standardize(logits) if c.logit_standardization else logits
-        terms = self.method(student, self._teacher(batch, mix, x), batch, c, progress.epoch)
+        student = standardize(logits) if kd.logit_standardization else logits
+        terms = self.method(student, self._teacher(batch, mix, x), batch, kd, progress.epoch)
         distilled = terms.pop("loss")
-        if c.balance == "scale":
-            return {"loss": hard.combine(distilled, ce, c.alpha, "scale"), "ce": ce, **terms}
+        if kd.balance == "scale":
+            return {"loss": hard.combine(distilled, ce, kd.alpha, "scale"), "ce": ce, **terms}
         return {"loss": self.ce_weight * ce + distilled, "ce": ce, **terms}
