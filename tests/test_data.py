@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import CLASSES, tiny_dataset
-from distill import data
+from distill import config, data
 from distill.store import layout
 from distill.data import pixels, transforms, views
 from distill.config import DataCfg
@@ -171,3 +171,18 @@ def test_persistent_workers_see_each_epochs_views(parquet_file):
         assert loader._iterator._workers is workers  # the same processes, not restarted
     views_by_epoch = {e: (ds.set_epoch(e), ds[0]["image"])[1] for e in range(3)}
     assert not all(torch.equal(views_by_epoch[0], v) for v in views_by_epoch.values())  # views do change
+
+
+@pytest.mark.parametrize("form", ["split name", "file name", "absolute path", "relative path"])
+def test_every_documented_form_of_the_test_split_loads_it(tmp_path, monkeypatch, form):
+    """data.test_split takes a split name, the sibling <name>.parquet of a parquet data.path, or a path to local
+    data; a path to a .parquet file used to stop with a traceback (Invalid name '.../test.parquet.parquet')."""
+    train = tmp_path / "d" / "train.parquet"
+    train.parent.mkdir()
+    tiny_dataset(30).to_parquet(str(train))
+    tiny_dataset(12, seed=3).to_parquet(str(train.with_name("test.parquet")))
+    monkeypatch.chdir(tmp_path)
+    value = {"split name": "test", "file name": "test.parquet", "absolute path": str(train.with_name("test.parquet")),
+             "relative path": "d/test.parquet"}[form]
+    cfg = config.validate({"data": {"path": str(train), "val_size": 6, "test_split": value}}).data
+    assert len(data.load(cfg).test) == 12

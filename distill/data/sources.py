@@ -180,7 +180,10 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
     if name in splits:
         return splits[name], Rows(np.arange(len(splits[name])), name, path)
     parquet_file = source == "parquet" and path and Path(path).is_file()
-    sibling = Path(path).with_name(f"{name}.parquet") if parquet_file else None
+    plain = Path(name).name == name  # a name, not a path: its sibling file is <name>.parquet (or <name> itself)
+    sibling = None
+    if parquet_file and plain:
+        sibling = Path(path).with_name(name if name.endswith(".parquet") else f"{name}.parquet")
     if sibling is not None and sibling.is_file():
         return datasets.load_dataset("parquet", data_files={name: str(sibling)})[name], Rows(
             np.arange(0), name, str(sibling))
