@@ -245,3 +245,19 @@ def test_each_part_imports_only_from_itself_and_the_parts_below():
 def test_method_settings_that_cannot_work_stop_in_one_line(raw, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config.validate(raw)
+
+
+def test_ci_runs_the_readmes_install_line_and_it_brings_what_the_tests_use():
+    """A newcomer types the README's two commands; .ci/run takes those very lines from the README (so a missing
+    step cannot hide behind CI), and the extras the install line names include every optional package a test
+    imports (onnx, onnxruntime: the export tests)."""
+    ci, readme = (ROOT / ".ci" / "run").read_text(), (ROOT / "README.md").read_text()
+    assert "readme_line 'pip install'" in ci and "readme_line 'python -m pytest'" in ci
+    assert not re.search(r"pip install[^\n]*-e", ci)  # no install of its own besides the README's
+    install = next(line for line in readme.splitlines() if line.startswith("pip install"))
+    extras = re.search(r'\.\[([\w,]+)\]', install).group(1).split(",")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    wanted = " ".join(re.search(rf"^{extra} = \[([^\]]*)\]", pyproject, re.M).group(1) for extra in extras)
+    used = {m.group(1) for path in (ROOT / "tests").glob("*.py")
+            for m in re.finditer(r'importorskip\("(\w+)"\)', path.read_text())}
+    assert used and all(f'"{name}' in wanted for name in used), (used, wanted)

@@ -103,7 +103,8 @@ def test_the_model_card_shows_the_runs_numbers(tested):
     for name, m in summary["models"].items():
         assert f"| {name} | `{m['model']}` |" in card
         assert f"{m['top1']:.2f}% ({m['val_count']} images)" in card and f"{m['test_top1']:.2f}% (30 images)" in card
-    assert "import distill  # registers the CIFAR ResNets" in card and "model.onnx" in card
+    assert "import distill  # registers the CIFAR ResNets" in card
+    assert "model.onnx" in card  # named either way: as a file, or how to add it (pip install -e ".[export]")
 
 
 def test_export_is_reused_when_up_to_date_and_redone_when_the_student_changes(tested):
