@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from distill import data
-from distill.store import artifacts, layout
+from distill import data, files
+from distill.store import layout
 from distill.training import engine, models
 from distill.training.context import RunContext
 
@@ -24,11 +24,11 @@ def score(ctx: RunContext) -> dict[str, dict]:
     """{model: {top1, top5, count}} for every trained model of the run, computed or read back."""
     cfg, acc, bundle, out = ctx.cfg, ctx.acc, ctx.data, {}
     for name, folder in layout.model_dirs(ctx.run_dir, ctx.teacher_dir).items():
-        meta = artifacts.read_json(folder / "meta.json")
+        meta = files.read_json(folder / "meta.json")
         if meta is None:
             continue
         want = key(meta, bundle)
-        saved = artifacts.read_json(folder / "test.json")
+        saved = files.read_json(folder / "test.json")
         if saved and saved.get("key") == want:
             out[name] = saved["metrics"]
             continue
@@ -41,7 +41,7 @@ def score(ctx: RunContext) -> dict[str, dict]:
         scores = engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False)
         metrics = {"top1": scores["top1"], "top5": scores["top5"], "count": scores["val_count"]}
         if acc.is_main_process:
-            artifacts.write_json(folder / "test.json", {"key": want, "metrics": metrics})
+            files.write_json(folder / "test.json", {"key": want, "metrics": metrics})
         log.info(f"{name}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['count']} "
                  f"images of split '{cfg.data.test_split}'")
         out[name] = metrics

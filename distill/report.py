@@ -5,7 +5,8 @@ import json
 import logging
 from pathlib import Path
 
-from distill.store import artifacts, layout
+from distill import files
+from distill.store import layout
 
 log = logging.getLogger("distill")
 
@@ -19,7 +20,7 @@ def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None =
     """`tests`: {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one."""
     rows = {}
     for name, folder in layout.model_dirs(run_dir, teacher_dir).items():
-        meta = artifacts.read_json(folder / "meta.json")
+        meta = files.read_json(folder / "meta.json")
         if meta is None:
             continue
         metrics = meta["metrics"]
@@ -32,7 +33,7 @@ def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None =
             rows[name] |= {"test_top1": tests[name]["top1"], "test_top5": tests[name]["top5"],
                            "test_count": tests[name]["count"]}
     out = {"run": str(run_dir), "models": rows}
-    cache = artifacts.read_json(run_dir / "cache.json")
+    cache = files.read_json(run_dir / "cache.json")
     if cache:
         out["cache"] = cache
     if "student" in rows and "baseline" in rows:
@@ -114,7 +115,7 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[s
 
 def write(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None = None) -> dict:
     result = summary(run_dir, teacher_dir, tests)
-    artifacts.write_json(run_dir / "summary.json", result)
+    files.write_json(run_dir / "summary.json", result)
     curves(run_dir, run_dir / "curves.png", teacher_dir)
     log.info("\n" + table(result) + f"\n(summary.json and curves.png in {run_dir})")
     return result

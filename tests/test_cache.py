@@ -13,7 +13,7 @@ import torch
 from torchvision.transforms import v2
 
 from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here, tiny_dataset
-from distill import config, data
+from distill import config, data, files
 from distill.data import transforms, views
 from distill.store import artifacts, fingerprints, softlabels
 from distill.training import models
@@ -130,7 +130,7 @@ def test_fingerprint_changes_with_what_the_bytes_depend_on(shared):
 
     def fp(raw=base, digest="a", b=bundle):
         c = config.validate(raw)
-        return artifacts.fingerprint(fingerprints.cache_identity(c, b.identity, norm, b.num_classes, digest, "no"))
+        return files.fingerprint(fingerprints.cache_identity(c, b.identity, norm, b.num_classes, digest, "no"))
 
     ref = fp()
     changed = [fp(digest="b"), fp(base | {"cache": {"topk": 2}}), fp(base | {"cache": {"topk": 2},

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here, tiny_dataset, tiny_overrides
-from distill import data
+from distill import data, files
 from distill.store import artifacts, checkpoint, layout
 from distill.training import objectives
 from distill.stages import teacher
@@ -69,7 +69,7 @@ def test_interrupted_student_resumes_to_the_same_weights(student_setup, tmp_path
     if sig == signal.SIGTERM:  # preemption: a clean stop with a complete checkpoint
         assert code == 143 and "student: stopped by SIGTERM at step" in err and "Traceback" not in err
         newest = checkpoint.complete(out / "checkpoints")[-1]
-        assert checkpoint._problem(newest, artifacts.read_json(newest / "progress.json")) is None
+        assert checkpoint._problem(newest, files.read_json(newest / "progress.json")) is None
     else:
         assert code == -signal.SIGKILL
     r = run_here(*args(tmp_path))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import config, data, report  # noqa: E402
+from distill import config, data, files, report  # noqa: E402
 from distill.data import transforms  # noqa: E402
 from distill.store import artifacts, layout, softlabels  # noqa: E402
 from distill.training import engine, models, tricks  # noqa: E402
@@ -174,7 +174,7 @@ def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, cla
         arr.flush()
         del arr
         shards.append({"file": f"shard-{s:05d}.npy", "start": lo, "rows": rows, "sha256": ""})
-    artifacts.write_json(folder / "manifest.json", {
+    files.write_json(folder / "manifest.json", {
         "format_version": softlabels.FORMAT_VERSION, "fingerprint": "synthetic", "num_images": images,
         "num_classes": classes, "views": views, "topk": k, "dense": False, "temperature": 4.0,
         "shard_size": shard_size, "shards": shards})

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from distill import data
+from distill import data, files
 from distill.config import Config, DataCfg, MixCfg
 from distill.data import transforms, views
 from distill.store import artifacts, layout, softlabels
@@ -285,8 +285,8 @@ def _record_run(acc: Accelerator, run_dir: Path, folder: Path, manifest: dict, t
     """This run's view of the cache (which folder, how long it took) beside the run; never inside the cache,
     whose bytes must not depend on who computed them."""
     if acc.is_main_process:
-        previous = artifacts.read_json(run_dir / "cache.json") or {}
+        previous = files.read_json(run_dir / "cache.json") or {}
         keep = previous if previous.get("folder") == str(folder) else {}
-        artifacts.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None,
+        files.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None,
                                                              "skipped_images": len(manifest.get("skipped", []))}
                              | (timing or {}))

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import data
+from distill import data, files
 from distill.config import Config
 from distill.data import transforms
 from distill.errors import ConfigError, DataError
-from distill.store import artifacts, layout
+from distill.store import layout
 from distill.training import models
 from distill.training.context import RunContext
 
@@ -195,20 +195,20 @@ def run(ctx: RunContext) -> dict | None:
     cfg, acc, run_dir = ctx.cfg, ctx.acc, ctx.run_dir
     out = run_dir / "export"
     meta = layout.trained(layout.student_dir(run_dir), "export", "student")
-    summary = artifacts.read_json(run_dir / "summary.json")
+    summary = files.read_json(run_dir / "summary.json")
     if summary is None:
         raise DataError(f"export: no report in {run_dir} (summary.json); run stage=export (or stage=all)")
     pre = preprocessing(cfg, ctx.norm)
     onnx = cfg.export.onnx and _have_onnx()
-    fp = artifacts.fingerprint({"weights": meta["weights_sha256"], "summary": summary["models"], "pre": pre,
+    fp = files.fingerprint({"weights": meta["weights_sha256"], "summary": summary["models"], "pre": pre,
                                 "onnx": onnx, "opset": cfg.export.opset, "kd": meta.get("config"), "name": cfg.name})
-    done = artifacts.read_json(out / "export.json")
+    done = files.read_json(out / "export.json")
     if done and done.get("fingerprint") == fp and (out / "model.safetensors").exists():
         log.info(f"export: reusing {out}")
     elif acc.is_main_process:
         done = _write(ctx, summary, pre, onnx, fp)
     acc.wait_for_everyone()
-    done = done or artifacts.read_json(out / "export.json")
+    done = done or files.read_json(out / "export.json")
     if cfg.export.onnx and not onnx:
         log.warning("export: no model.onnx; pip install -e \".[export]\" (onnx, onnxruntime) and rerun stage=export")
     if cfg.export.hub_repo and acc.is_main_process:
@@ -240,7 +240,7 @@ def _write(ctx: RunContext, summary: dict, pre: dict, onnx: bool, fp: str) -> di
     (tmp / "README.md").write_text(_card(cfg, meta, summary, checks, pre))
     record = {"fingerprint": fp, "student_weights_sha256": meta["weights_sha256"], "checks": checks,
               "files": sorted(p.name for p in tmp.iterdir())}
-    artifacts.write_json(tmp / "export.json", record)
+    files.write_json(tmp / "export.json", record)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log.info(f"export: wrote {', '.join(record['files'])}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from distill import data
+from distill import data, files
 from distill.config import Config, DataCfg
 from distill.data import views
 from distill.errors import ConfigError
@@ -138,7 +138,7 @@ def run(ctx: RunContext) -> dict:
         source = labels.manifest["fingerprint"]
     else:
         layout.trained(ctx.teacher_dir, "student", "teacher")
-        source = artifacts.sha256(ctx.teacher_dir / "model.safetensors")
+        source = files.sha256(ctx.teacher_dir / "model.safetensors")
     out = layout.student_dir(ctx.run_dir)
     fp = fingerprints.student(cfg, ctx.data.identity, ctx.norm, source, baseline=False)
     meta = artifacts.reusable(out, fp, "student")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from distill import files
 from distill.store import artifacts
 from distill.errors import CheckpointError
 
@@ -44,8 +45,8 @@ def save(acc: Accelerator, folder: Path, progress: dict, keep: int, what: str) -
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            files = {p.name: artifacts.sha256(p) for p in sorted(tmp.iterdir())}
-            artifacts.write_json(tmp / PROGRESS, progress | {"processes": acc.num_processes, "files": files})
+            files = {p.name: files.sha256(p) for p in sorted(tmp.iterdir())}
+            files.write_json(tmp / PROGRESS, progress | {"processes": acc.num_processes, "files": files})
             shutil.rmtree(final, ignore_errors=True)  # the same step saved again (an epoch end on an `every` step)
             tmp.rename(final)
             for old in complete(folder)[:-keep]:
@@ -72,7 +73,7 @@ def _problem(path: Path, progress: dict | None) -> str | None:
     for name, digest in files.items():
         if not (path / name).is_file():
             return f"{name} is missing"
-        if artifacts.sha256(path / name) != digest:
+        if files.sha256(path / name) != digest:
             return f"{name} fails its checksum (truncated or changed)"
     return None
 
@@ -80,7 +81,7 @@ def _problem(path: Path, progress: dict | None) -> str | None:
 def _find(folder: Path, fingerprint: str, processes: int, what: str) -> tuple[str | None, dict | None]:
     damaged = None
     for path in reversed(complete(folder)):
-        progress = artifacts.read_json(path / PROGRESS)
+        progress = files.read_json(path / PROGRESS)
         problem = _problem(path, progress)
         if problem:
             log.warning(f"{what}: checkpoint {path} cannot be restored: {problem}; trying an older one")

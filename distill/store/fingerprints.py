@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill import config
-from distill.store import artifacts, softlabels
+from distill import config, files
+from distill.store import softlabels
 from distill.config import Config
 
 
@@ -44,8 +44,8 @@ def settings(cfg: Config, output: str) -> dict[str, Any]:
 def teacher(cfg: Config, identity: dict, norm: dict) -> str:
     inputs = settings(cfg, "teacher")
     if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
-        inputs["teacher.checkpoint"] = artifacts.sha256(Path(cfg.teacher.checkpoint))
-    return artifacts.fingerprint({"settings": inputs, "data": identity, "norm": norm})
+        inputs["teacher.checkpoint"] = files.sha256(Path(cfg.teacher.checkpoint))
+    return files.fingerprint({"settings": inputs, "data": identity, "norm": norm})
 
 
 def label_temperature(cfg: Config, num_classes: int) -> float:
@@ -66,5 +66,5 @@ def cache_identity(cfg: Config, identity: dict, norm: dict, num_classes: int, te
 
 def student(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> str:
     """`source`: the cache's fingerprint or the teacher's weights (KD student); empty for the CE baseline."""
-    return artifacts.fingerprint({"settings": settings(cfg, "baseline" if baseline else "student"),
+    return files.fingerprint({"settings": settings(cfg, "baseline" if baseline else "student"),
                                   "data": identity, "norm": norm, "source": source})

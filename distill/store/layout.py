@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill import data
+from distill import data, files
 from distill.config import Config, DataCfg
 from distill.errors import DataError
-from distill.store import artifacts, fingerprints
+from distill.store import fingerprints
 
 log = logging.getLogger("distill")
 
@@ -35,7 +35,7 @@ MODELS = ("teacher", "student", "baseline")
 def trained(folder: Path, needed_by: str, what: str) -> dict:
     """The meta.json of the model stage `what` trained into `folder`; a missing one stops the run in one line
     naming the stage that makes it."""
-    meta = artifacts.read_json(folder / "meta.json")
+    meta = files.read_json(folder / "meta.json")
     if meta is None:
         raise DataError(f"{needed_by}: no trained {what} in {folder}; run stage={what} first")
     return meta
@@ -49,13 +49,13 @@ def model_dirs(run_dir: Path, teacher: Path | None = None) -> dict[str, Path]:
 
 def cache_identity(cfg: Config, bundle, norm: dict, run_dir: Path, precision: str) -> dict:
     """The cache's fingerprint inputs, given the teacher the teacher stage wrote."""
-    digest = artifacts.sha256(teacher_dir(cfg, run_dir) / "model.safetensors")
+    digest = files.sha256(teacher_dir(cfg, run_dir) / "model.safetensors")
     return fingerprints.cache_identity(cfg, bundle.identity, norm, bundle.num_classes, digest, precision)
 
 
 def cache_dir(cfg: Config, identity: dict) -> Path:
     """The folder of the cache with these fingerprint inputs (whether or not it exists yet)."""
-    return Path(cfg.cache.root) / artifacts.fingerprint(identity)
+    return Path(cfg.cache.root) / files.fingerprint(identity)
 
 
 def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = None) -> dict:
@@ -65,9 +65,9 @@ def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = N
         return {"per_image": True, "mean": None, "std": None}
     if cfg.mean is not None:
         return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
-    key = artifacts.fingerprint([bundle.identity["train_fingerprint"], cfg.image_size, cfg.transform,
+    key = files.fingerprint([bundle.identity["train_fingerprint"], cfg.image_size, cfg.transform,
                                  cfg.crop_pct, cfg.stats_images])
-    saved = artifacts.read_json(record) if record else None
+    saved = files.read_json(record) if record else None
     if saved and saved.get("key") == key:
         return saved["normalization"]
     subset = bundle.images["train"].subset(min(cfg.stats_images, len(bundle.train)))
@@ -77,5 +77,5 @@ def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = N
     log.info(f"data: computed mean {mean} std {std} from {len(subset)} training images")
     if record:
         record.parent.mkdir(parents=True, exist_ok=True)
-        artifacts.write_json(record, {"key": key, "normalization": norm})
+        files.write_json(record, {"key": key, "normalization": norm})
     return norm

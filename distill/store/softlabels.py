@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill import files
 from distill.data import views
-from distill.store import artifacts
 from distill.errors import DataError
 from distill.methods.standardize import standardize
 
@@ -89,13 +89,13 @@ def write_shard(folder: Path, s: int, start: int, records: np.ndarray, skipped: 
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    artifacts.write_json(_shard(folder, s, "json"), {"shard": s, "start": start, "rows": len(records),
-                                                     "sha256": artifacts.sha256(path), "skipped": skipped})
+    files.write_json(_shard(folder, s, "json"), {"shard": s, "start": start, "rows": len(records),
+                                                     "sha256": files.sha256(path), "skipped": skipped})
 
 
 def shard_done(folder: Path, s: int) -> bool:
     """Shard s is written and its bytes match the sidecar's checksum."""
-    side = artifacts.read_json(_shard(folder, s, "json"))
+    side = files.read_json(_shard(folder, s, "json"))
     if side is None or not _shard(folder, s, "npy").exists():
         return False
     if failing([{"file": _shard(folder, s, "npy").name, "sha256": side["sha256"]}], folder):
@@ -107,7 +107,7 @@ def shard_done(folder: Path, s: int) -> bool:
 def failing(shards: list[dict], folder: Path) -> list[dict]:
     """The shard entries ({file, sha256}) whose file is missing or fails its checksum."""
     return [sh for sh in shards if not (folder / sh["file"]).exists()
-            or artifacts.sha256(folder / sh["file"]) != sh["sha256"]]
+            or files.sha256(folder / sh["file"]) != sh["sha256"]]
 
 
 MANIFEST = "manifest.json"
@@ -115,7 +115,7 @@ MANIFEST = "manifest.json"
 
 def read_manifest(folder: Path) -> dict | None:
     """The cache's manifest, or None while it is incomplete: the one way this module reads it."""
-    return artifacts.read_json(Path(folder) / MANIFEST)
+    return files.read_json(Path(folder) / MANIFEST)
 
 
 def prepare(folder: Path, fp: str) -> dict | None:
@@ -149,7 +149,7 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
     """The whole cache's commit marker, from the shards' sidecars, with the teacher's top-1 over the views."""
     shards, correct, views_total, skipped = [], 0, 0, []
     for s in range(math.ceil(num_images / shard_size)):
-        side = artifacts.read_json(_shard(folder, s, "json"))
+        side = files.read_json(_shard(folder, s, "json"))
         if side is None:
             raise DataError(f"cache: shard {s} is missing after every process finished; rerun stage=cache")
         shards.append({"file": _shard(folder, s, "npy").name, "start": side["start"], "rows": side["rows"],
@@ -163,7 +163,7 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
                 "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
                 "record_bytes": dtype.itemsize, "teacher_view_top1": 100.0 * correct / max(views_total, 1),
                 "skipped": skipped, "shards": shards}
-    artifacts.write_json(folder / MANIFEST, manifest)
+    files.write_json(folder / MANIFEST, manifest)
     return manifest
 
 
