@@ -1,9 +1,11 @@
+import os
+
 import datasets
 import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, tiny_dataset
+from conftest import CLASSES, tiny_dataset, tiny_images
 from distill import config, data
 from distill.store import layout
 from distill.data import pixels, transforms, views
@@ -186,3 +188,49 @@ def test_every_documented_form_of_the_test_split_loads_it(tmp_path, monkeypatch,
              "relative path": "d/test.parquet"}[form]
     cfg = config.validate({"data": {"path": str(train), "val_size": 6, "test_split": value}}).data
     assert len(data.load(cfg).test) == 12
+
+
+def _restore_mtime(path, stat):
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_replaced_image_file_with_the_same_size_and_mtime_is_read_anew_and_changes_the_identity(tmp_path):
+    """`cp -p`, `rsync -a` and `tar x` keep a file's size and mtime, which is all `datasets`' cache looks at: a
+    replaced file must be read anew (the new pixels) and change the data's identity (so the stages retrain)."""
+    root = tmp_path / "folder"
+    images, labels = tiny_images(12)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        (root / "train" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        img.save(root / "train" / CLASSES[label] / f"{i}.bmp")  # uncompressed: other pixels, same size
+    cfg = config.validate({"data": {"path": str(root), "val_size": 3, "decode_mb": 0}}).data
+    before = data.load(cfg)
+    old_pixels = [before.images["train"].image(i) for i in range(len(before.train))]
+    first = next((root / "train").rglob("*.bmp"))
+    stat = first.stat()
+    raw = bytearray(first.read_bytes())
+    raw[-300:] = bytes(255 - b for b in raw[-300:])  # other pixels, in place
+    first.write_bytes(bytes(raw))
+    _restore_mtime(first, stat)
+    assert first.stat().st_size == stat.st_size and first.stat().st_mtime_ns == stat.st_mtime_ns
+    after = data.load(cfg)
+    assert after.identity != before.identity  # what every stage's fingerprint takes
+    changed = [i for i in range(len(after.train)) if not torch.equal(after.images["train"].image(i), old_pixels[i])]
+    assert len(changed) == 1  # the new pixels of that one image
+
+
+def test_a_replaced_parquet_file_with_the_same_mtime_changes_the_data_and_the_test_split(tmp_path):
+    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    tiny_dataset(30, seed=0).to_parquet(str(train))
+    tiny_dataset(12, seed=1).to_parquet(str(test))
+    cfg = config.validate({"data": {"path": str(train), "val_size": 6, "test_split": "test", "decode_mb": 0}}).data
+    before = data.load(cfg)
+    old_first = before.images["train"].image(0)
+    for path, seed in ((train, 5), (test, 6)):
+        stat = path.stat()
+        tiny_dataset(30 if path == train else 12, seed=seed).to_parquet(str(path))
+        _restore_mtime(path, stat)
+    after = data.load(cfg)
+    assert after.identity != before.identity
+    assert after.test_identity != before.test_identity  # a test.json keyed by the old one is scored again
+    assert not torch.equal(after.images["train"].image(0), old_first)  # read anew, not datasets' old cache
+    assert data.load(cfg).identity == after.identity  # unchanged data: the same identity (hashed once, remembered)

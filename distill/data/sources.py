@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 
 from distill.config import DataCfg
-from distill.data import pixels
+from distill.data import content, pixels
 from distill.data.images import Images, Rows, labels_of
 from distill.errors import DataError
 
@@ -87,12 +87,14 @@ def _load_splits(cfg: DataCfg, source: str, path: str | None) -> datasets.Datase
     if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
         raise DataError(f"data.path: no such file or directory: {path}")
     try:
-        if source == "parquet":
+        if source == "parquet":  # datasets' cache of local files: one folder per content (data/content.py)
+            where = content.cache_dir(content.content_hash(path))
             if Path(path).is_file():
-                return datasets.load_dataset("parquet", data_files={cfg.train_split: path})
-            return datasets.load_dataset("parquet", data_dir=path)
+                return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where)
+            return datasets.load_dataset("parquet", data_dir=path, cache_dir=where)
         if source == "imagefolder":
-            return datasets.load_dataset("imagefolder", data_dir=path)
+            return datasets.load_dataset("imagefolder", data_dir=path,
+                                         cache_dir=content.cache_dir(content.content_hash(path)))
         if source == "disk":
             loaded = datasets.load_from_disk(path)
             if isinstance(loaded, datasets.Dataset):
@@ -185,7 +187,8 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
     if parquet_file and plain:
         sibling = Path(path).with_name(name if name.endswith(".parquet") else f"{name}.parquet")
     if sibling is not None and sibling.is_file():
-        return datasets.load_dataset("parquet", data_files={name: str(sibling)})[name], Rows(
+        where = content.cache_dir(content.content_hash(sibling))
+        return datasets.load_dataset("parquet", data_files={name: str(sibling)}, cache_dir=where)[name], Rows(
             np.arange(0), name, str(sibling))
     local = Path(name).expanduser()
     if local.exists():
@@ -220,7 +223,7 @@ def load(cfg: DataCfg) -> DataBundle:
     if source == "imagefolder":
         _warn_empty_folders(Path(path), cfg.train_split)
     test, test_rows, test_identity = _test_split(cfg, source, splits, path, names) if cfg.test_split else (None,) * 3
-    identity = {"source": source, "path": path, "hub_config": cfg.hub_config,
+    identity = {"source": source, "path": path, "hub_config": cfg.hub_config, "content": _content(source, path),
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
@@ -228,6 +231,11 @@ def load(cfg: DataCfg) -> DataBundle:
               for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
               if ds is not None}
     return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
+
+
+def _content(source: str, path: str | None) -> str | None:
+    """Local data is identified by its bytes (data/content.py); the hub's by `datasets`' own fingerprints."""
+    return content.content_hash(path) if source in ("parquet", "imagefolder", "disk") else None
 
 
 def _named_split(cfg: DataCfg, splits, key: str) -> datasets.Dataset:
@@ -288,7 +296,9 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list
                         f"split's ({', '.join(names[:5])}, ...)")
     test_rows.rows = np.arange(len(test))
     check_labels(test, cfg.label_column, len(names), "test", test_rows)
-    return test, test_rows, {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test)}
+    file = test_rows.path if test_rows.path and Path(test_rows.path).exists() else None
+    return test, test_rows, {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test),
+                             "content": content.content_hash(file) if file else None}
 
 
 def settings_identity(cfg: DataCfg) -> dict:
