@@ -234,3 +234,22 @@ def test_a_replaced_parquet_file_with_the_same_mtime_changes_the_data_and_the_te
     assert after.test_identity != before.test_identity  # a test.json keyed by the old one is scored again
     assert not torch.equal(after.images["train"].image(0), old_first)  # read anew, not datasets' old cache
     assert data.load(cfg).identity == after.identity  # unchanged data: the same identity (hashed once, remembered)
+
+
+@pytest.mark.parametrize("form", ["byte copy", "the training file by its path"])
+def test_a_test_split_sharing_images_with_training_is_refused_naming_both(tmp_path, form):
+    """Held out means disjoint by content: a sibling split that is a copy of the training file, or the training file
+    itself reached through another form of path, would publish a 'test' top-1 measured on training images."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    tiny_dataset(30, seed=0).to_parquet(str(folder / "train.parquet"))
+    if form == "byte copy":
+        (folder / "test.parquet").write_bytes((folder / "train.parquet").read_bytes())
+        raw = {"path": str(folder / "train.parquet"), "test_split": "test"}
+    else:
+        raw = {"path": str(folder), "test_split": str(folder / "train.parquet")}
+    cfg = config.validate({"data": {**raw, "val_size": 6}}).data
+    with pytest.raises(DataError, match=r"data.test_split: its image at row \d+ of split '\w+' in .* is also the "
+                                        r"(train|validation) image at row \d+ of split 'train' in .*; the test split "
+                                        "must share no image with training or validation"):
+        data.load(cfg)

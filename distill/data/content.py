@@ -60,3 +60,32 @@ def content_hash(path: str | Path) -> str:
 def cache_dir(content: str) -> str:
     """`datasets`' cache folder for the data with this content (so other bytes are never served the old cache)."""
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "distill" / content[:16])
+
+
+def image_digests(ds: datasets.Dataset, column: str) -> list[bytes]:
+    """A 16-byte digest of each image's encoded bytes (the file as stored, not decoded), in row order."""
+    raw = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    out = []
+    for batch in raw.iter(batch_size=1024):
+        for value in batch[column]:
+            data = value["bytes"] if value["bytes"] is not None else Path(value["path"]).read_bytes()
+            out.append(hashlib.blake2b(data, digest_size=16).digest())
+    return out
+
+
+def shared_images(test: datasets.Dataset, others: dict[str, datasets.Dataset], column: str, key: str):
+    """The first image the test split shares with another split, as (test row, split name, its row), or None.
+    Every image's bytes are hashed once; the verdict is remembered by `key` (the splits' identities), so a large
+    data set is read for it once, not on every run."""
+    index = files.read_json(_index()) or {}
+    if index.get("disjoint", {}).get(key):
+        return None
+    test_rows = {d: i for i, d in reversed(list(enumerate(image_digests(test, column))))}
+    for name, ds in others.items():
+        for j, d in enumerate(image_digests(ds, column)):
+            if d in test_rows:
+                return test_rows[d], name, j
+    index = files.read_json(_index()) or {}
+    index.setdefault("disjoint", {})[key] = True
+    files.write_json(_index(), index)
+    return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from distill import files
 from distill.config import DataCfg
 from distill.data import content, pixels
 from distill.data.images import Images, Rows, labels_of
@@ -222,7 +223,8 @@ def load(cfg: DataCfg) -> DataBundle:
     names = _checked_classes(cfg, train, val, train_rows, val_rows)
     if source == "imagefolder":
         _warn_empty_folders(Path(path), cfg.train_split)
-    test, test_rows, test_identity = _test_split(cfg, source, splits, path, names) if cfg.test_split else (None,) * 3
+    test, test_rows, test_identity = (_test_split(cfg, source, splits, path, names, train, val, train_rows, val_rows)
+                                      if cfg.test_split else (None,) * 3)
     identity = {"source": source, "path": path, "hub_config": cfg.hub_config, "content": _content(source, path),
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
@@ -286,8 +288,10 @@ def _checked_classes(cfg: DataCfg, train, val, train_rows: Rows, val_rows: Rows)
     return names
 
 
-def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list[str]):
-    """(test split, its Rows, its identity): the same columns and classes as training, every label in range."""
+def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list[str], train, val,
+                train_rows: Rows, val_rows: Rows):
+    """(test split, its Rows, its identity): the same columns and classes as training, every label in range, and
+    no image shared with the training or validation split (compared by the images' bytes)."""
     test, test_rows = _load_test(cfg, source, splits, path)
     _check_columns(test, cfg, cfg.test_split)
     feature = test.features[cfg.label_column]
@@ -297,8 +301,17 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list
     test_rows.rows = np.arange(len(test))
     check_labels(test, cfg.label_column, len(names), "test", test_rows)
     file = test_rows.path if test_rows.path and Path(test_rows.path).exists() else None
-    return test, test_rows, {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test),
-                             "content": content.content_hash(file) if file else None}
+    identity = {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test),
+                "content": content.content_hash(file) if file else None}
+    key = files.fingerprint([identity, train._fingerprint, val._fingerprint, content.content_hash(path)
+                             if path and Path(path).exists() else path])
+    shared = content.shared_images(test, {"train": train, "validation": val}, cfg.image_column, key)
+    if shared is not None:
+        i, split, j = shared
+        where = (train_rows if split == "train" else val_rows).where(j)
+        raise DataError(f"data.test_split: its image at {test_rows.where(i)} is also the {split} image at {where}; "
+                        "the test split must share no image with training or validation")
+    return test, test_rows, identity
 
 
 def settings_identity(cfg: DataCfg) -> dict:

@@ -45,8 +45,8 @@ def save(acc: Accelerator, folder: Path, progress: dict, keep: int, what: str) -
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            files = {p.name: files.sha256(p) for p in sorted(tmp.iterdir())}
-            files.write_json(tmp / PROGRESS, progress | {"processes": acc.num_processes, "files": files})
+            sums = {p.name: files.sha256(p) for p in sorted(tmp.iterdir())}
+            files.write_json(tmp / PROGRESS, progress | {"processes": acc.num_processes, "files": sums})
             shutil.rmtree(final, ignore_errors=True)  # the same step saved again (an epoch end on an `every` step)
             tmp.rename(final)
             for old in complete(folder)[:-keep]:
@@ -65,12 +65,12 @@ def _problem(path: Path, progress: dict | None) -> str | None:
     """Why this checkpoint cannot be restored in full, or None."""
     if progress is None:
         return f"{PROGRESS} is missing or unreadable"
-    files = progress.get("files", {})
+    sums = progress.get("files", {})
     rngs = [f"random_states_{i}.pkl" for i in range(progress.get("processes", 0))]
     for name in ["model.safetensors", "optimizer.bin", *rngs]:
-        if name not in files:
+        if name not in sums:
             return f"it holds no {name}"
-    for name, digest in files.items():
+    for name, digest in sums.items():
         if not (path / name).is_file():
             return f"{name} is missing"
         if files.sha256(path / name) != digest:
