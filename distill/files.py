@@ -32,7 +32,7 @@ def _fsync_rename(tmp: Path, final: Path) -> None:
 
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file at once
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     _fsync_rename(tmp, path)
 

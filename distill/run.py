@@ -13,7 +13,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # started as a file: import `distill` as a package, and stop distill/ shadowing others
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import contextlib  # noqa: E402
 import logging  # noqa: E402
 
 import hydra  # noqa: E402
@@ -50,10 +49,7 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
-    with contextlib.ExitStack() as held:
-        def lock() -> None:  # one live run per run folder: the main process holds its lock until the run ends
-            held.enter_context(artifacts.exclusive(run_dir))
-        artifacts.on_main(acc, lock)
+    with artifacts.held(acc, run_dir, "wait for it to finish, or give this run another name="):  # one run a folder
         return _stages(cfg, acc, bundle, run_dir)
 
 

@@ -188,7 +188,7 @@ def test_a_grown_cache_equals_a_fresh_one_and_labels_only_the_new_views(shared, 
     assert build(tmp_path / "grown", 5) == 48 * 3  # grown from the 2-view cache: only views 2, 3, 4 labelled
     assert build(tmp_path / "fresh", 5) == 48 * 5
     grown = [f for f in (tmp_path / "grown" / "cache").iterdir()
-             if json.loads((f / "manifest.json").read_text())["views"] == 5]
+             if f.is_dir() and json.loads((f / "manifest.json").read_text())["views"] == 5]
     assert len(grown) == 1 and _files(grown[0]) == _files(_only_cache(tmp_path / "fresh" / "cache"))
 
 

@@ -1,11 +1,14 @@
 """End-to-end runs of the teacher stage through the real entry point, on tiny data."""
 import json
+import os
+import shutil
 
+import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli, run_here, tiny_overrides
+from conftest import cache_overrides, run_cli, run_here, tiny_overrides
 from distill.store import artifacts
 
 
@@ -51,3 +54,23 @@ def test_bad_data_stops_with_one_line(parquet_file, tmp_path):
     assert r.stderr.strip().splitlines()[-1] == \
         "error: data.label_column: no column 'target' in split 'train'; columns: image, label"
     assert not (tmp_path / "runs" / "tiny" / "teacher").exists()
+
+
+@pytest.mark.parametrize("folder", ["teacher.dir", "cache"])
+def test_a_shared_folder_another_run_is_writing_stops_this_run_in_one_line(shared, tmp_path, folder):
+    """Two runs sharing a teacher.dir (or one cache) never write it at once: the second stops naming the holder."""
+    teacher_dir, cache_root = tmp_path / "shared-teacher", tmp_path / "cache"
+    args = [*cache_overrides(shared.data, tmp_path, shared.teacher_file), f"teacher.dir={teacher_dir}"]
+    if folder == "teacher.dir":
+        target, lock = teacher_dir, None
+    else:  # the cache this run would label, held beside its folder
+        first = run_here(*args)
+        assert first.returncode == 0, first.stderr
+        cache = next(p for p in cache_root.iterdir() if p.is_dir())
+        shutil.rmtree(cache)  # not complete any more: this run would write it
+        target, lock = cache, cache.with_name(f".{cache.name}.lock")
+    with artifacts.exclusive(target, lock=lock):  # another live run holds it
+        r = run_here(*args)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"error: {target}: in use by a running distill (pid {os.getpid()}); " \
+                                                "wait for it to finish"

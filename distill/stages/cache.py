@@ -223,6 +223,14 @@ def run(ctx: RunContext) -> dict | None:
     layout.trained(ctx.teacher_dir, "cache", "teacher")
     identity = layout.cache_identity(cfg, ctx.data, ctx.norm, ctx.run_dir, acc.mixed_precision)
     folder = layout.cache_dir(cfg, identity)
+    # one run labels a cache at a time; the lock beside the folder, whose bytes must not depend on who wrote them
+    with artifacts.held(acc, folder, lock=folder.with_name(f".{folder.name}.lock")):
+        return _labelled(ctx, identity, folder, start_all)
+
+
+def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -> dict:
+    """The complete cache in `folder`: reused when every checksum holds, else labelled (what is missing)."""
+    cfg, acc = ctx.cfg, ctx.acc
     complete = artifacts.on_main(acc, lambda: softlabels.prepare(folder, folder.name))
     if complete is not None:
         log.info(f"cache: reusing {folder}")

@@ -39,6 +39,12 @@ def build(cfg: Config, num_classes: int):
 
 
 def run(ctx: RunContext) -> dict:
+    """The teacher in its folder (a shared teacher.dir held by one run at a time), reused while up to date."""
+    with artifacts.held(ctx.acc, ctx.teacher_dir):
+        return _run(ctx)
+
+
+def _run(ctx: RunContext) -> dict:
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
     fp = fingerprints.teacher(cfg, bundle.identity, norm)

@@ -49,19 +49,21 @@ def load_weights(folder: Path) -> dict:
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path):
-    """Hold `folder` for one live run: an flock on <folder>/.lock, which the kernel drops when its process ends,
-    however it ends (so a lock left by a killed run never blocks the next). A folder held by a live run raises."""
-    folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / ".lock", "a+")
+def exclusive(folder: Path, advice: str = "wait for it to finish, or give this run another name=",
+              lock: Path | None = None):
+    """Hold `folder` for one live run: an flock on `lock` (<folder>/.lock), which the kernel drops when its process
+    ends, however it ends (so a lock left by a killed run never blocks the next). A folder held by a live run
+    raises."""
+    lock = lock or folder / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         pid = f.read().strip() or "?"
         f.close()
-        raise DataError(f"{folder}: in use by a running distill (pid {pid}); wait for it to finish, or give this run "
-                        "another name=") from None
+        raise DataError(f"{folder}: in use by a running distill (pid {pid}); {advice}") from None
     try:
         f.seek(0)
         f.truncate()
@@ -89,3 +91,14 @@ def on_main(acc, decide):
     if error:
         raise error[0](error[1])
     return answer
+
+
+@contextlib.contextmanager
+def held(acc, folder: Path, advice: str = "wait for it to finish", lock: Path | None = None):
+    """`exclusive(folder)` held by the main process for the block; a folder another live run holds stops every
+    process in one line naming it: two runs never write one folder (a shared teacher.dir, a cache) at once."""
+    with contextlib.ExitStack() as stack:
+        def take() -> None:
+            stack.enter_context(exclusive(folder, advice, lock))
+        on_main(acc, take)
+        yield
