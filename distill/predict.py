@@ -17,9 +17,31 @@ def load(folder: Path):
     import distill  # noqa: F401  (registers the CIFAR ResNets with timm)
 
     config = json.loads((folder / "config.json").read_text())
-    model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{folder}: no model.safetensors; give the export folder of a run (<run>/export)")
+    record = _record(folder)
+    if record.get("sha256", {}).get(weights.name) not in (None, _sha256(weights)):
+        raise ValueError(f"{weights} fails the checksum export.json recorded; rerun stage=export to rebuild it")
+    try:
+        model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign weights file fails in many ways
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{weights} cannot be loaded ({first}); rerun stage=export to rebuild it") from None
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     return model, transform, config.get("label_names") or [str(i) for i in range(config["num_classes"])]
+
+
+def _record(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "export.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _sha256(path: Path) -> str:
+    from distill import files
+    return files.sha256(path)
 
 
 def predict(folder: Path, images: list[Path], top: int = 5) -> list[list[tuple[str, float]]]:
@@ -49,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
     args = p.parse_args(argv)
+    if args.top < 1:
+        print(f"error: --top: {args.top} classes; give at least 1", file=sys.stderr)
+        return 2
     if not (args.folder / "config.json").is_file():
         print(f"error: {args.folder}: no config.json; give the export folder of a run (<run>/export)", file=sys.stderr)
         return 2

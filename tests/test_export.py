@@ -179,3 +179,28 @@ def test_import_distill_is_light_and_registers_the_cifar_resnets_once_timm_loads
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_damaged_export_is_rebuilt_not_reused_and_predict_answers_bad_input_in_one_line(shared, tmp_path, capsys):
+    from distill import predict
+    shared.copy_cache(tmp_path)
+    args = [*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=export", "student.epochs=1",
+            "student.batch_size=16", "student.baseline=false"]
+    assert run_here(*args).returncode == 0
+    out = tmp_path / "runs" / "tiny" / "export"
+    weights = out / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:len(good) // 2])  # truncated
+    capsys.readouterr()
+    assert predict.main([str(out), "x.png"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {weights} fails the checksum export.json recorded; rerun stage=export to rebuild it"]
+    r = run_here(*args)
+    assert r.returncode == 0 and f"export: {weights} is missing or fails its checksum; rebuilding" in r.stderr
+    assert weights.read_bytes() == good  # rebuilt: the same student, the same file
+    for argv, line in (([str(out), "x.png", "--top", "-3"], "error: --top: -3 classes; give at least 1"),):
+        assert predict.main(argv) == 2 and capsys.readouterr().err.strip().splitlines() == [line]
+    weights.unlink()
+    assert predict.main([str(out), "x.png"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {out}: no model.safetensors; give the export folder of a run (<run>/export)"]

@@ -203,7 +203,7 @@ def run(ctx: RunContext) -> dict | None:
     fp = files.fingerprint({"weights": meta["weights_sha256"], "summary": summary["models"], "pre": pre,
                                 "onnx": onnx, "opset": cfg.export.opset, "kd": meta.get("config"), "name": cfg.name})
     done = files.read_json(out / "export.json")
-    if done and done.get("fingerprint") == fp and (out / "model.safetensors").exists():
+    if done and done.get("fingerprint") == fp and _intact(out, done):
         log.info(f"export: reusing {out}")
     elif acc.is_main_process:
         done = _write(ctx, summary, pre, onnx, fp)
@@ -216,6 +216,15 @@ def run(ctx: RunContext) -> dict | None:
     log.info(f"export: {out} (load it with timm.create_model(\"local-dir:{out}\", pretrained=True); "
              f"python -m distill.predict {out} IMAGE)")
     return done
+
+
+def _intact(out: Path, record: dict) -> bool:
+    """Every file export.json lists is there with the bytes it recorded; otherwise say which is not (rebuilt)."""
+    for name, digest in record.get("sha256", {name: None for name in record.get("files", [])}).items():
+        if not (out / name).is_file() or digest is None or files.sha256(out / name) != digest:
+            log.warning(f"export: {out / name} is missing or fails its checksum; rebuilding the export")
+            return False
+    return True
 
 
 def _write(ctx: RunContext, summary: dict, pre: dict, onnx: bool, fp: str) -> dict:
@@ -239,7 +248,8 @@ def _write(ctx: RunContext, summary: dict, pre: dict, onnx: bool, fp: str) -> di
                             "on validation images; not exported")
     (tmp / "README.md").write_text(_card(cfg, meta, summary, checks, pre))
     record = {"fingerprint": fp, "student_weights_sha256": meta["weights_sha256"], "checks": checks,
-              "files": sorted(p.name for p in tmp.iterdir())}
+              "files": sorted(p.name for p in tmp.iterdir()),
+              "sha256": {p.name: files.sha256(p) for p in sorted(tmp.iterdir())}}
     files.write_json(tmp / "export.json", record)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
