@@ -13,6 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # started as a file: import `distill` as a package, and stop distill/ shadowing others
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import dataclasses  # noqa: E402
 import logging  # noqa: E402
 
 import hydra  # noqa: E402
@@ -46,6 +47,10 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-save INFO lines drown our progress
+    if cfg.precision not in ("auto", acc.mixed_precision):
+        log.warning(f"precision={cfg.precision}: not available here (no GPU); this run trains with "
+                    f"precision={acc.mixed_precision}, and its outputs are fingerprinted so")
+    cfg = dataclasses.replace(cfg, precision=acc.mixed_precision)  # what runs: auto, or fp16 on a CPU, is "no"
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")

@@ -356,3 +356,12 @@ def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(demo, tmp_path, monkeypatch):
     _, nckd = ref_dkd(student_logits, torch.softmax(teacher, 1), labels, 1.0)
     assert np.isfinite(logged["nckd"]) and logged["nckd"] == pytest.approx(computed, rel=1e-6)
     assert computed == pytest.approx(nckd.item(), rel=1e-5)
+
+
+def test_a_dkd_warmup_longer_than_the_schedule_is_said_once(shared, tmp_path):
+    shared.copy_cache(tmp_path)
+    r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=student", "student.epochs=2",
+                 "student.batch_size=16", "student.baseline=false", "kd.loss=dkd", "kd.dkd_warmup=20")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("student: kd.dkd_warmup=20 is longer than student.epochs=2: the DKD term reaches only 2/20 "
+                          "of its weight; set kd.dkd_warmup to at most 2 for the full weight") == 1

@@ -74,3 +74,14 @@ def test_a_shared_folder_another_run_is_writing_stops_this_run_in_one_line(share
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"error: {target}: in use by a running distill (pid {os.getpid()}); " \
                                                 "wait for it to finish"
+
+
+def test_fp16_on_a_cpu_says_so_once_and_trains_what_precision_no_trains(shared, tmp_path):
+    """precision=fp16 cannot act without a GPU: said once, and fingerprinted as what runs (fp32), so the teacher
+    trained with precision=no is reused rather than trained again for nothing."""
+    args = [*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=teacher"]
+    first = run_here(*[a for a in args if not a.startswith("precision=")], "precision=fp16")
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("precision=fp16: not available here (no GPU); this run trains with precision=no") == 1
+    again = run_here(*[a for a in args if not a.startswith("precision=")], "precision=no")
+    assert again.returncode == 0 and "teacher: reusing" in again.stderr

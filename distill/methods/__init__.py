@@ -57,6 +57,10 @@ class Method:
         """Whether the method adds anything with these settings (False: CE alone, the teacher is not asked)."""
         return True
 
+    def warnings(self, cfg: "Config") -> list[str]:
+        """Lines the student stage logs once before training: settings that act less than they seem to."""
+        return []
+
     def ce_weight(self, kd: "KDCfg") -> float:
         """The CE term's weight when kd.ce_weight is null (the paper's)."""
         return 1.0

@@ -62,6 +62,13 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torc
 
 class DKD(Method, name="dkd", needs_labels=True,
           help="CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2, decoupled KD (Zhao et al. 2022)"):
+    def warnings(self, cfg) -> list[str]:
+        warmup, epochs = cfg.kd.dkd_warmup, cfg.student.epochs
+        if warmup and warmup > epochs:
+            return [f"kd.dkd_warmup={warmup} is longer than student.epochs={epochs}: the DKD term reaches only "
+                    f"{epochs}/{warmup} of its weight; set kd.dkd_warmup to at most {epochs} for the full weight"]
+        return []
+
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
         temperature = kd_cfg.temperature
         tckd, nckd = per_sample(student_logits, log_q, batch["label"], temperature)

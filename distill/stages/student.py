@@ -145,6 +145,8 @@ def run(ctx: RunContext) -> dict:
     if meta is None:
         teacher, train_loader = _teacher_and_loader(ctx, labels)
         objective = objectives.Distillation(kd, ctx.num_classes, cfg.student.label_smoothing, teacher)
+        for line in objective.method.warnings(cfg):
+            log.warning(f"student: {line}")
         meta = _train(ctx, out, "student", fp, objective, train_loader)
     results = {"student": meta}
     if cfg.student.baseline:

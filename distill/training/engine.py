@@ -74,6 +74,8 @@ def make_accelerator(precision: str = "auto", **kwargs) -> Accelerator:
     has_gpu = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not has_gpu:  # fp16 mixed precision needs a GPU: the run trains in fp32
+        precision = "no"
     return Accelerator(cpu=not has_gpu, mixed_precision=precision,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
 
