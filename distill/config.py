@@ -364,6 +364,17 @@ def _doc(f: dataclasses.Field) -> str:
     return doc() if callable(doc) else doc
 
 
+def check_recipe(args: list[str], folder: Path) -> None:
+    """`recipe=NAME` names a recipe file in `folder`; else one line listing the recipes there (close ones first)."""
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), None)
+    if name is None or (folder / f"{name}.yaml").is_file():
+        return
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"recipe: no recipe '{name}'{hint}; recipes: {', '.join(known)}")
+
+
 def check_overrides(args: list[str], groups: set[str]) -> None:
     """Reject a command-line override of a key the schema does not have, in one line, before Hydra composes.
     `+key=...` additions, Hydra's own keys and config-group choices pass through (validation sees them later).

@@ -113,6 +113,7 @@ def main() -> None:
     config.register_schema()
     groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
     try:
+        config.check_recipe(sys.argv[1:], RECIPES / "recipe")
         config.check_overrides(sys.argv[1:], groups)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -213,3 +213,28 @@ def test_a_skipped_image_is_left_out_by_every_stage_and_counted(tmp_path, capfd)
         {"teacher": 1, "student": 1, "baseline": 1}
     assert "left out, failing to decode (data.on_bad_image=skip): teacher 1 images, student 1 images, baseline 1 " \
            "images, cache 1 images" in capfd.readouterr().err
+
+
+def test_an_unknown_recipe_lists_the_recipes_in_one_line(tmp_path):
+    r = run_cli("recipe=cifar10_resnet20_to_resnt8", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("error: recipe: no recipe 'cifar10_resnet20_to_resnt8' (did you mean "
+                               "cifar10_resnet20_to_resnet8") and "; recipes: " in lines[0] and "demo" in lines[0]
+
+
+def test_an_integer_setting_is_printed_as_given(parquet_file):
+    with pytest.raises(DataError, match=r"^data.val_size: 5000 does not fit a training split of 60 images$"):
+        data.load(config.validate({"data": {"path": str(parquet_file), "val_size": 5000}}).data)
+
+
+def test_the_sibling_test_split_is_found_beside_the_link_the_user_gave(tmp_path):
+    from conftest import tiny_dataset
+    (tmp_path / "real").mkdir()
+    (tmp_path / "mine").mkdir()
+    tiny_dataset(30).to_parquet(str(tmp_path / "real" / "data.parquet"))
+    (tmp_path / "mine" / "train.parquet").symlink_to(tmp_path / "real" / "data.parquet")
+    tiny_dataset(12, seed=4).to_parquet(str(tmp_path / "mine" / "test.parquet"))  # beside the link
+    cfg = config.validate({"data": {"path": str(tmp_path / "mine" / "train.parquet"), "val_size": 6,
+                                    "test_split": "test"}}).data
+    assert len(data.load(cfg).test) == 12

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +77,9 @@ def detect_source(cfg: DataCfg) -> str:
 
 
 def local_path(cfg: DataCfg, source: str) -> str | None:
-    """Local data as an absolute path: `datasets` fingerprints a relative path together with the working directory,
-    so the same files reached from another folder would otherwise look like other data (and retrain the stages)."""
-    return str(Path(cfg.path).resolve()) if source in ("parquet", "imagefolder", "disk") else cfg.path
+    """Local data as an absolute path, links kept as the user gave them (a sibling test split is looked up beside
+    the link, not its target); what identifies the data is its content (data/content.py), not this path."""
+    return os.path.abspath(os.path.expanduser(cfg.path)) if source in ("parquet", "imagefolder", "disk") else cfg.path
 
 
 def _load_splits(cfg: DataCfg, source: str, path: str | None) -> datasets.DatasetDict:
@@ -259,7 +260,7 @@ def _validation(cfg: DataCfg, splits, train: datasets.Dataset, path: str | None)
     size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
     carved = size if isinstance(size, int) else int(size * len(train))
     if carved < 1 or carved >= len(train):
-        raise DataError(f"data.val_size: {cfg.val_size} does not fit a training split of {len(train)} images")
+        raise DataError(f"data.val_size: {cfg.val_size:g} does not fit a training split of {len(train)} images")
     label = train.features[cfg.label_column]
     stratify = cfg.label_column if isinstance(label, datasets.ClassLabel) else None
     parts, unstratified = _carve(train, size, cfg.split_seed, stratify)
