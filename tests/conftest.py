@@ -56,8 +56,9 @@ def imagefolder(tmp_path: Path) -> Path:
     return root
 
 
-def run_cli(*args: str, cwd: Path, module: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python distill/run.py ARGS` in a new process: for what needs one (the CLI itself, kill, two processes)."""
+def run_cli(*args: str, cwd: Path, module: bool = False, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """`python distill/run.py ARGS` in a new process: for what needs one (the CLI itself, kill, two processes).
+    `timeout` guards against a hang; it is no budget (a loaded machine may take many times longer)."""
     cmd = [sys.executable, "-m", "distill.run"] if module else [sys.executable, str(ROOT / "distill" / "run.py")]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

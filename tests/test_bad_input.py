@@ -110,7 +110,7 @@ from pathlib import Path
 from distill.store import artifacts
 with artifacts.exclusive(Path(sys.argv[2])):
     print("held", flush=True)
-    time.sleep(120)
+    time.sleep(3600)  # until the test kills it: the lock never lapses while the test runs
 """
 
 
@@ -137,7 +137,7 @@ def test_inspect_cache_names_a_truncated_shard_in_one_line(shared, tmp_path):
     shard = folder / "shard-00001.npy"
     shard.write_bytes(shard.read_bytes()[:100])
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_cache.py"), str(folder)], capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=1800)  # a hang guard
     (line,) = r.stderr.strip().splitlines()  # one line, no traceback
     assert r.returncode == 2 and line.startswith(f"error: cache: {shard} cannot be read (")
     assert line.endswith("); rerun stage=cache to recompute it")

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -211,14 +210,10 @@ def test_killed_cache_run_resumes_to_identical_bytes(tmp_path):
     assert len([n for n in reference if n.endswith(".npy")]) == 11
 
     args = cache_overrides(path, tmp_path, teacher_file) + extra
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "distill" / "run.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "cache").glob("*/shard-00002.json")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DISTILL_FAULT="cache:3:KILL")  # killed after its third shard
+    proc = subprocess.run([sys.executable, str(ROOT / "distill" / "run.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, timeout=1800)  # a hang guard, not a budget
+    assert proc.returncode == -signal.SIGKILL
     folder = _only_cache(tmp_path / "cache")
     assert not (folder / "manifest.json").exists(), "killed too late: the run had finished"
     r = run_here(*args)
@@ -230,7 +225,7 @@ def test_killed_cache_run_resumes_to_identical_bytes(tmp_path):
 def test_inspect_cache_tool(shared):
     folder = shared.cache(cache__topk=2)
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_cache.py"), str(folder), "--verify"],
-                       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       capture_output=True, text=True, timeout=1800, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     for field in ("images", "views", "top-k", "temperature", "classes", "size on disk", "bytes per view",
                   "teacher top-1 on cached views", "mean entropy", "mean top-k mass", "all 3 shards ok"):

@@ -23,7 +23,7 @@ def test_two_processes_run_every_stage(parquet_file, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "distill" / "run.py"),
            *common, f"cache.root={two / 'cache'}"]
-    r = subprocess.run(cmd, cwd=two, capture_output=True, text=True, timeout=900,
+    r = subprocess.run(cmd, cwd=two, capture_output=True, text=True, timeout=1800,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert "global batch 16, lr 0.025 (sgd), 2 process(es)" in r.stderr  # two ranks really formed one group

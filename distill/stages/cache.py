@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from distill import data, files
+from distill import data, faults, files
 from distill.config import Config, DataCfg, MixCfg
 from distill.data import transforms, views
 from distill.store import artifacts, layout, softlabels
@@ -282,10 +282,11 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype) 
     start = time.perf_counter()
     with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
         labeller.bar = bar
-        for s in todo:
+        for written, s in enumerate(todo, start=1):
             lo, hi = s * settings.shard_size, min((s + 1) * settings.shard_size, n)
             old = softlabels.shard_records(base[0], s) if base is not None else None
             softlabels.write_shard(folder, s, lo, *labeller.shard(lo, hi, old))
+            faults.point("cache", written)  # tests and chaos runs: an interruption after this shard
     return total, first, time.perf_counter() - start
 
 

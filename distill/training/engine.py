@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
+from distill import faults
 from distill.store import artifacts, checkpoint
 from distill.training import tricks
 from distill.training.objectives import Progress
@@ -369,6 +370,7 @@ class _Training:
     def _after_update(self, run: _Epoch, i: int) -> None:
         """Every log_every steps a steps.jsonl line; every checkpoint.every steps, or on SIGTERM, a checkpoint."""
         job, state = self.job, self.state
+        faults.point(job.name, state.step)  # tests and chaos runs: an interruption at this very step
         boundary = state.step % job.cfg.log_every == 0
         if boundary:
             run.first_bad.check(job, self.ckpt_dir, self.acc)

@@ -1,0 +1,18 @@
+"""Fault injection at a named point, for tests and chaos runs: with DISTILL_FAULT=WHERE:N:SIGNAL in the environment,
+the process sends itself SIGNAL (KILL or TERM) when WHERE reaches N: a training stage ("teacher", "student",
+"baseline") after its optimizer step N, the cache stage after writing its N-th shard. An interruption then lands at
+a chosen step whatever the machine's speed, never after a delay. Unset, a point costs one environment lookup.
+Imports nothing of distill's."""
+from __future__ import annotations
+
+import os
+import signal
+
+
+def point(where: str, reached: int) -> None:
+    spec = os.environ.get("DISTILL_FAULT")
+    if not spec:
+        return
+    name, at, sig = spec.split(":")
+    if name == where and reached == int(at):
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
