@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from distill import data, files
+from distill import data, faults, files
 from distill.store import layout
 from distill.training import engine, models
 from distill.training.context import RunContext
@@ -42,6 +42,7 @@ def score(ctx: RunContext) -> dict[str, dict]:
         metrics = {"top1": scores["top1"], "top5": scores["top5"], "count": scores["val_count"]}
         if acc.is_main_process:
             files.write_json(folder / "test.json", {"key": want, "metrics": metrics})
+        faults.point("test", len(out) + 1)  # tests and chaos runs: an interruption after this model's score
         log.info(f"{name}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['count']} "
                  f"images of split '{cfg.data.test_split}'")
         out[name] = metrics

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import data, files
+from distill import data, faults, files
 from distill.config import Config
 from distill.data import transforms
 from distill.errors import ConfigError, DataError
@@ -251,6 +251,7 @@ def _write(ctx: RunContext, summary: dict, pre: dict, onnx: bool, fp: str) -> di
               "files": sorted(p.name for p in tmp.iterdir()),
               "sha256": {p.name: files.sha256(p) for p in sorted(tmp.iterdir())}}
     files.write_json(tmp / "export.json", record)
+    faults.point("export", 1)  # tests and chaos runs: an interruption with the export written but not yet renamed
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log.info(f"export: wrote {', '.join(record['files'])}")
