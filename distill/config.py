@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from distill import methods
+from distill import files, methods
 from distill.errors import ConfigError
 
 
@@ -404,6 +404,16 @@ def register_schema() -> None:
         OmegaConf.register_new_resolver("distill_settings", settings_help)
     if not OmegaConf.has_resolver("distill_recipes"):  # ... and every recipe with its first comment line
         OmegaConf.register_new_resolver("distill_recipes", recipes_help)
+    if not OmegaConf.has_resolver("distill_sweep"):  # hydra.sweep.dir: each multirun its own folder
+        OmegaConf.register_new_resolver("distill_sweep", sweep_id)
+
+
+def sweep_id() -> str:
+    """A multirun's folder name: a hash of its command-line overrides, so that a second sweep never writes over the
+    first and the same sweep run again finds its points (every process of a launch computes the same name)."""
+    import sys
+
+    return "sweep-" + files.fingerprint(sorted(a for a in sys.argv[1:] if a not in ("-m", "--multirun")))[:8]
 
 
 def recipe_lines(folder) -> dict[str, str]:

@@ -83,8 +83,9 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
 
 
 def sweep_point(cfg: config.Config) -> Path | None:
-    """Under Hydra multirun (-m), each point runs in <run_root>/<name>/sweep/<job number>/ and all points share the
-    teacher in <run_root>/<name>/teacher (unless teacher.dir says otherwise); the cache is shared by fingerprint."""
+    """Under Hydra multirun (-m), each point runs in <run_root>/<name>/sweep/<sweep>/<job number>/ (<sweep>: a hash
+    of the sweep's overrides, config.sweep_id) and all points share the teacher in <run_root>/<name>/teacher (unless
+    teacher.dir says otherwise); the cache is shared by fingerprint."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -93,7 +94,7 @@ def sweep_point(cfg: config.Config) -> Path | None:
         return None
     if cfg.teacher.dir is None:
         cfg.teacher.dir = str(Path(cfg.run_root) / cfg.name / "teacher")
-    return Path(cfg.run_root) / cfg.name / "sweep" / str(hc.job.num)
+    return Path(cfg.run_root) / cfg.name / "sweep" / config.sweep_id() / str(hc.job.num)
 
 
 @hydra.main(version_base="1.3", config_path=str(RECIPES), config_name="config")

@@ -253,3 +253,29 @@ def test_a_test_split_sharing_images_with_training_is_refused_naming_both(tmp_pa
                                         r"(train|validation) image at row \d+ of split 'train' in .*; the test split "
                                         "must share no image with training or validation"):
         data.load(cfg)
+
+
+def test_a_test_split_labelled_by_name_gets_the_training_ids_and_an_unknown_name_is_named(tmp_path):
+    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    tiny_dataset(30).to_parquet(str(train))
+    images, labels = tiny_images(6, seed=2)
+    datasets.Dataset.from_dict({"image": images, "label": [CLASSES[y] for y in labels]},
+                               features=datasets.Features({"image": datasets.Image(),
+                                                           "label": datasets.Value("string")})).to_parquet(str(test))
+    cfg = config.validate({"data": {"path": str(train), "val_size": 6, "test_split": "test"}}).data
+    bundle = data.load(cfg)
+    assert bundle.images["test"].labels.tolist() == labels  # by name, in the training split's order
+    datasets.Dataset.from_dict({"image": images[:1], "label": ["purple"]}).to_parquet(str(test))
+    with pytest.raises(DataError, match=r"data.test_split: labels 'purple' are no class of the training split"):
+        data.load(cfg)
+
+
+def test_a_test_split_of_another_image_size_is_said_once(tmp_path, caplog):
+    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    tiny_dataset(30, size=12).to_parquet(str(train))
+    tiny_dataset(6, size=24, seed=2).to_parquet(str(test))
+    cfg = config.validate({"data": {"path": str(train), "val_size": 6, "test_split": "test", "image_size": 12}}).data
+    with caplog.at_level("WARNING", logger="distill"):
+        data.load(cfg)
+    assert [r.message for r in caplog.records].count("data.test_split: its images are 24x24, the training split's "
+                                                     "12x12; the eval view resizes them to the network's input") == 1

@@ -44,7 +44,7 @@ def test_multirun_sweep_shares_teacher_and_cache(demo):
     r = run_cli("-m", f"run_root={where / 'runs'}", f"cache.root={where / 'cache'}", "student.epochs=1",
                 "student.baseline=false", "kd.temperature=2,4", cwd=where)
     assert r.returncode == 0, r.stderr
-    sweep = where / "runs" / "demo" / "sweep"
+    (sweep,) = (where / "runs" / "demo" / "sweep").iterdir()  # this sweep's own folder
     demo_cache = json.loads((where / "runs" / "demo" / "cache.json").read_text())["folder"]
     for point in ("0", "1"):
         assert json.loads((sweep / point / "cache.json").read_text()) == {
@@ -57,3 +57,13 @@ def test_multirun_sweep_shares_teacher_and_cache(demo):
                            text=True, check=True).stdout.splitlines()
     assert table[0].split()[:2] == ["point", "kd.temperature"] and len(table) == 3
     assert {line.split()[1] for line in table[1:]} == {"2.0", "4.0"}
+    # a second sweep writes its own folder, and leaves the first one's points as they were
+    first = {p: (sweep / p / "student" / "meta.json").read_bytes() for p in ("0", "1")}
+    r = run_cli("-m", f"run_root={where / 'runs'}", f"cache.root={where / 'cache'}", "student.epochs=1",
+                "student.baseline=false", "kd.temperature=8", cwd=where)
+    assert r.returncode == 0, r.stderr
+    sweeps = sorted((where / "runs" / "demo" / "sweep").iterdir())
+    assert len(sweeps) == 2 and {p: (sweep / p / "student" / "meta.json").read_bytes() for p in ("0", "1")} == first
+    both = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_table.py"), str(sweep.parent)],
+                          capture_output=True, text=True, check=True).stdout
+    assert both.count("point") == 2 and all(f"{s.name}:" in both for s in sweeps)  # one table a sweep

@@ -233,12 +233,38 @@ def load(cfg: DataCfg) -> DataBundle:
                             pixels.decode(ds, cfg.image_column, split, cfg.decode_mb), rows)
               for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
               if ds is not None}
+    _say_sizes(images)
     return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
 
 
 def _content(source: str, path: str | None) -> str | None:
     """Local data is identified by its bytes (data/content.py); the hub's by `datasets`' own fingerprints."""
     return content.content_hash(path) if source in ("parquet", "imagefolder", "disk") else None
+
+
+def _labels_by_name(test: datasets.Dataset, column: str, names: list[str]) -> datasets.Dataset:
+    """A test split labelled with class names (strings) gets the training split's class ids; a name training does
+    not have stops the run naming it."""
+    if isinstance(test.features[column], datasets.ClassLabel) or test.features[column].dtype != "string":
+        return test
+    given = test[column]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise DataError(f"data.test_split: labels {', '.join(map(repr, unknown[:5]))} are no class of the training "
+                        f"split ({', '.join(names[:10])})")
+    ids = [names.index(label) for label in given]
+    return test.remove_columns(column).add_column(column, ids)
+
+
+def _say_sizes(images: dict) -> None:
+    """A test split whose images differ in size from training's is brought to the input size by the eval view:
+    said once, since its scores then measure resized images."""
+    test, train = images.get("test"), images["train"]
+    if test is not None and len(test) and len(train):
+        hw, want = tuple(test.image(0).shape[-2:]), tuple(train.image(0).shape[-2:])
+        if hw != want:
+            log.warning(f"data.test_split: its images are {hw[0]}x{hw[1]}, the training split's {want[0]}x{want[1]}; "
+                        "the eval view resizes them to the network's input")
 
 
 def _named_split(cfg: DataCfg, splits, key: str) -> datasets.Dataset:
@@ -295,6 +321,7 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list
     no image shared with the training or validation split (compared by the images' bytes)."""
     test, test_rows = _load_test(cfg, source, splits, path)
     _check_columns(test, cfg, cfg.test_split)
+    test = _labels_by_name(test, cfg.label_column, names)
     feature = test.features[cfg.label_column]
     if isinstance(feature, datasets.ClassLabel) and list(feature.names) != names:
         raise DataError(f"data.test_split: its classes ({', '.join(feature.names[:5])}, ...) are not the training "
