@@ -44,3 +44,9 @@ def before_data(cfg: Config) -> None:
     check_model(teacher.model, "teacher.model", hub_weights)
     check_model(cfg.student.model, "student.model")
     check_tracker(cfg.log_with)
+    if cfg.export.hub_repo and cfg.stage in ("export", "all"):  # found before the pipeline, not after it
+        from distill.stages import export
+        problem = export.hub_problem()
+        if problem:
+            raise ConfigError(f"export.hub_repo: {problem}; fix that, or drop export.hub_repo (checked before any "
+                              "work)")

@@ -234,6 +234,9 @@ def load(cfg: DataCfg) -> DataBundle:
               for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
               if ds is not None}
     _say_sizes(images)
+    test_images = images.get("test")
+    if test_images is not None and test_images.bad and cfg.on_bad_image == "error":  # found now, not after training
+        test_images.fetch(min(test_images.bad), skip_bad=False)  # raises, naming the row
     return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
 
 

@@ -171,16 +171,26 @@ def _origin(cfg: Config) -> tuple[str, str]:
     return recipe, f"python distill/run.py recipe={recipe} ..."
 
 
+def hub_problem() -> str | None:
+    """Why a push to the Hub cannot work from here (offline, not logged in), or None: checked before any work
+    (preflight) and again before the push."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline (HF_HUB_OFFLINE=1), nothing pushed"
+    if get_token() is None:
+        return "not logged in to the Hugging Face Hub; run `hf auth login` (or set HF_TOKEN)"
+    return None
+
+
 def _push(folder: Path, repo: str) -> None:
     """Upload the folder with huggingface_hub; one line saying what to do when that cannot work."""
-    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub import HfApi
 
     then = f"the export is in {folder}; rerun stage=export export.hub_repo={repo} once that is fixed"
-    if constants.HF_HUB_OFFLINE:
-        raise DataError(f"export.hub_repo: offline (HF_HUB_OFFLINE=1), nothing pushed; {then}")
-    if get_token() is None:
-        raise DataError(f"export.hub_repo: not logged in to the Hugging Face Hub; run `hf auth login` (or set "
-                        f"HF_TOKEN); {then}")
+    problem = hub_problem()
+    if problem:
+        raise DataError(f"export.hub_repo: {problem}; {then}")
     try:
         api = HfApi()
         api.create_repo(repo, exist_ok=True)
