@@ -78,6 +78,8 @@ def test_interrupted_student_resumes_to_the_same_weights(student_setup, tmp_path
     epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert not (out / "checkpoints").exists()
+    meta = json.loads((out / "meta.json").read_text())  # its wall time adds the interrupted part to the resumed one
+    assert 0 < meta["metrics"]["earlier_wall_s"] < meta["wall_s"]
 
 
 # ---------------------------------------------------------------- in-process faults of the teacher stage

@@ -173,11 +173,12 @@ class TrainState:
     epoch_s: float = 0.0  # time this epoch trained before the last resume
     wait_s: float = 0.0  # of this epoch's time, waiting for the next batch (as timm's data_time)
     train_s: float = 0.0  # training time of the finished epochs
+    wall_s: float = 0.0  # the stage's wall time before this part (every part a resume continued)
     best_top1: float | None = None
 
     @classmethod
     def from_checkpoint(cls, progress: dict) -> "TrainState":
-        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls) if f.name in progress})
 
 
 class _Sums:
@@ -255,8 +256,9 @@ class _Training:
                                 f"grad_accum {cfg.grad_accum} is more than the {len(train_loader.dataset)} training "
                                 "images")
         self.schedule = tricks.build_schedule(self.optimizer, cfg.sched, job.epochs, self.steps_per_epoch)
-        self.ckpt_dir, self.switched = job.out_dir / "checkpoints", False
+        self.ckpt_dir, self.switched, self.started = job.out_dir / "checkpoints", False, time.perf_counter()
         self.state, resumed = self._resume()
+        self.earlier_wall_s = self.state.wall_s  # what the interrupted parts took
         self.logs = _Logs(job.out_dir, acc, self.state.step, self.state.epoch)
         self.window, self.metrics = _Sums(self.state.window_terms, acc.device), {}
         log.info(f"{job.name}: {job.epochs} epochs x {self.steps_per_epoch} steps, global batch {self.global_batch}, "
@@ -290,7 +292,8 @@ class _Training:
                 self._train_epoch(run)
                 self._end_epoch(run)
         self.acc.wait_for_everyone()
-        self.metrics |= {"train_wall_s": self.state.train_s, "best_top1": self.state.best_top1}
+        self.metrics |= {"train_wall_s": self.state.train_s, "best_top1": self.state.best_top1,
+                         "earlier_wall_s": self.earlier_wall_s}
         return self.acc.unwrap_model(self.model), self.metrics
 
     def _start_epoch(self, epoch: int) -> _Epoch:
@@ -421,9 +424,11 @@ class _Training:
     def _snapshot(self, run: _Epoch, batch_index: int, epochs_done: int) -> TrainState:
         """The state to resume from at this point: what the step loop has added so far, brought to the host."""
         state = self.state
+        now = time.perf_counter()
         return dataclasses.replace(state, epoch=epochs_done, batch=batch_index, term_sums=run.sums.host(),
                                    window_terms=self.window.host(), seen=run.seen, skipped=int(run.skipped.item()),
-                                   epoch_s=state.epoch_s + time.perf_counter() - run.start, wait_s=run.wait_s)
+                                   epoch_s=state.epoch_s + now - run.start, wait_s=run.wait_s,
+                                   wall_s=self.earlier_wall_s + now - self.started)
 
 
 def _timed(loader, run: _Epoch):
