@@ -17,6 +17,7 @@ def fingerprint(obj) -> str:
 
 
 def sha256(path: Path) -> str:
+    """A file's sha256, read in 4 MB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -31,6 +32,7 @@ def _fsync_rename(tmp: Path, final: Path) -> None:
 
 
 def write_json(path: Path, obj) -> None:
+    """`obj` as JSON at `path`: written to a temporary name of this process's, fsynced and renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file at once
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -38,6 +40,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path):
+    """The JSON at `path`, or None when it is missing or unreadable (a file never half-written: see write_json)."""
     try:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):

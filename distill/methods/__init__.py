@@ -110,15 +110,18 @@ def _load_builtin() -> None:
 
 
 def all_methods() -> list[Method]:
+    """Every registered method (the built-in ones loaded first), the default first, then by name."""
     _load_builtin()
     return sorted(_REGISTRY.values(), key=lambda m: (m.name != "kd", m.name))  # the default first, then by name
 
 
 def names() -> tuple[str, ...]:
+    """kd.loss's choices."""
     return tuple(m.name for m in all_methods())
 
 
 def get(name: str) -> Method:
+    """The method registered as `name`; an unknown name stops in one line listing the choices."""
     _load_builtin()
     if name not in _REGISTRY:
         raise ConfigError(f"kd.loss: '{name}' is not one of {', '.join(names())}")

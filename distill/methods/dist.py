@@ -45,5 +45,6 @@ def dist(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
 
 class DIST(Method, name="dist", standardizable=False,
            help="CE + (kd.dist_beta * inter + kd.dist_gamma * intra) * T^2, Pearson relations (Huang et al. 2022)"):
+    """kd.loss=dist: the module docstring gives the formula and the authors' settings."""
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
         return _terms(student_logits, log_q, kd_cfg.temperature, kd_cfg.dist_beta, kd_cfg.dist_gamma)

@@ -62,6 +62,7 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torc
 
 class DKD(Method, name="dkd", needs_labels=True,
           help="CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2, decoupled KD (Zhao et al. 2022)"):
+    """kd.loss=dkd: the module docstring gives the formula and the authors' settings."""
     def warnings(self, cfg) -> list[str]:
         warmup, epochs = cfg.kd.dkd_warmup, cfg.student.epochs
         if warmup and warmup > epochs:

@@ -32,6 +32,7 @@ def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
 
 class KD(Method, name="kd", balanceable=True,
          help="kd.alpha * KL(q_T || p_T) * T^2 + CE (Hinton et al. 2015)"):
+    """kd.loss=kd: the module docstring gives the formula and the authors' settings."""
     def active(self, kd_cfg) -> bool:
         return kd_cfg.alpha > 0
 

@@ -25,13 +25,16 @@ class RunContext:
 
     @classmethod
     def make(cls, cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> "RunContext":
+        """The context, with the batch -> input transform built once (on the device views when rendered there)."""
         to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
         return cls(cfg, acc, bundle, norm, run_dir, to_input)
 
     @property
     def teacher_dir(self) -> Path:
+        """<run>/teacher, or the shared teacher.dir."""
         return layout.teacher_dir(self.cfg, self.run_dir)
 
     @property
     def num_classes(self) -> int:
+        """The data's class count."""
         return self.data.num_classes

@@ -178,6 +178,7 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, progress: dict) -> "TrainState":
+        """The state a checkpoint's progress.json saved (fields it lacks, from an older distill: their defaults)."""
         return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls) if f.name in progress})
 
 
@@ -286,6 +287,7 @@ class _Training:
         self.switched = True
 
     def run(self) -> tuple[torch.nn.Module, dict]:
+        """Every remaining epoch: start it, train it, end it; the unwrapped model and the last epoch's metrics."""
         with _Preemption() as self.preemption:
             for epoch in range(self.state.epoch, self.job.epochs):
                 run = self._start_epoch(epoch)

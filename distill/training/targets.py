@@ -26,6 +26,7 @@ class CachedTeacher:
         self.num_classes, self.dense, self.temperature = num_classes, dense, temperature
 
     def log_probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
+        """The teacher's log-probabilities at T per sample, rebuilt from the record each sample brought along."""
         values, classes = batch["kd_logits"].float(), batch["kd_classes"]
         if self.dense:  # every logit is in the cache: any T, standardised or not
             logits = torch.zeros(values.shape[0], self.num_classes, device=values.device).scatter_(1, classes, values)
@@ -63,6 +64,7 @@ class LiveTeacher:
         self.model, self.autocast = model, autocast
 
     def log_probs(self, batch: dict, x: torch.Tensor, temperature: float, standardized: bool) -> torch.Tensor:
+        """The teacher's log-probabilities at T on the student's very input `x`."""
         with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: the result enters the loss graph
             logits = self.model(x).float()
         return log_softmax_at(standardize(logits) if standardized else logits, temperature)
