@@ -38,6 +38,7 @@ class EpochItems(Dataset):
         self.epoch = SharedEpoch()
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch whose views the next items are drawn for (read by every worker)."""
         self.epoch.set(epoch)
 
     def __len__(self) -> int:

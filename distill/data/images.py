@@ -35,6 +35,7 @@ class Rows:
 
 
 def labels_of(ds: datasets.Dataset, column: str) -> np.ndarray:
+    """A split's labels as a numpy array."""
     return np.asarray(ds.with_format("numpy", columns=[column])[column])
 
 

@@ -64,6 +64,7 @@ class DKD(Method, name="dkd", needs_labels=True,
           help="CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2, decoupled KD (Zhao et al. 2022)"):
     """kd.loss=dkd: the module docstring gives the formula and the authors' settings."""
     def warnings(self, cfg) -> list[str]:
+        """A warm-up longer than the student's schedule: the DKD term never reaches its full weight."""
         warmup, epochs = cfg.kd.dkd_warmup, cfg.student.epochs
         if warmup and warmup > epochs:
             return [f"kd.dkd_warmup={warmup} is longer than student.epochs={epochs}: the DKD term reaches only "

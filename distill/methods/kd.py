@@ -34,12 +34,15 @@ class KD(Method, name="kd", balanceable=True,
          help="kd.alpha * KL(q_T || p_T) * T^2 + CE (Hinton et al. 2015)"):
     """kd.loss=kd: the module docstring gives the formula and the authors' settings."""
     def active(self, kd_cfg) -> bool:
+        """With kd.alpha 0 there is nothing to distil: CE alone, no teacher asked."""
         return kd_cfg.alpha > 0
 
     def ce_weight(self, kd_cfg) -> float:
+        """Hinton's 1 - alpha."""
         return 1.0 - kd_cfg.alpha
 
     def check(self, cfg) -> None:
+        """kd.alpha above 1 needs an explicit kd.ce_weight (1 - alpha would be negative); then the common checks."""
         kd_cfg = cfg.kd
         if kd_cfg.alpha > 1 and kd_cfg.ce_weight is None:
             raise ConfigError(f"kd.ce_weight: needed when kd.alpha ({kd_cfg.alpha}) is above 1 (its default is "

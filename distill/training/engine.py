@@ -189,9 +189,11 @@ class _Sums:
         self.values = {k: torch.tensor(v, device=device) for k, v in start.items()}
 
     def add(self, name: str, value: torch.Tensor) -> None:
+        """Add one step's value of a term (on the device)."""
         self.values[name] = self.values[name] + value if name in self.values else value
 
     def host(self) -> dict:
+        """The sums as numbers (one host sync): for a log line or a checkpoint."""
         return {k: v.item() for k, v in self.values.items()}
 
 
@@ -203,6 +205,7 @@ class _FirstBad:
         self.value = torch.full((), self.NONE, device=device, dtype=torch.long)
 
     def note(self, finite: torch.Tensor, step: int) -> None:
+        """Remember `step` if its loss was not finite and no earlier step's was (on the device)."""
         self.value = torch.where(~finite, torch.minimum(self.value, torch.full_like(self.value, step)), self.value)
 
     def check(self, job: Fit, ckpt_dir: Path, acc: Accelerator) -> None:
