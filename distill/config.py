@@ -283,6 +283,7 @@ def validate(raw: DictConfig | dict) -> Config:
         raise ConfigError(_one_line(e)) from None
     _check_rules(cfg, "")
     _check_cross(cfg)
+    methods.get(cfg.kd.loss).check(cfg)  # each method's own checks, last: they load the method (and torch)
     return cfg
 
 
@@ -338,7 +339,6 @@ def _check_cross(cfg: Config) -> None:
     cache_mixes = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
-    methods.get(cfg.kd.loss).check(cfg)  # each method's own settings checks
     teacher = cfg.teacher
     if teacher.source == "train" and teacher.epochs < 1:
         raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")

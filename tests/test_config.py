@@ -262,3 +262,14 @@ def test_ci_runs_the_readmes_install_line_and_it_brings_what_the_tests_use():
     used = {m.group(1) for path in (ROOT / "tests").glob("*.py")
             for m in re.finditer(r'importorskip\("(\w+)"\)', path.read_text())}
     assert used and all(f'"{name}' in wanted for name in used), (used, wanted)
+
+
+def test_a_bad_setting_answers_before_torch_loads():
+    """kd.loss's choices come from the methods' file names, not from importing them: a config error is quick."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom distill import config\ntry:\n    config.validate({'kd': {'alpha': -1.0}})\n"
+            "except Exception as e:\n    print(e)\nassert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "kd.alpha: -1.0 must be >= 0"

@@ -1,6 +1,6 @@
 """The distillation methods, one file each, registered by name: `kd.loss=NAME` picks one.
 
-Each method file holds the method's pure loss function (also public as `distill.losses.NAME`) and one `Method`
+Each method file (named as its method: kd.py is kd.loss=kd) holds the method's pure loss function (also public as `distill.losses.NAME`) and one `Method`
 subclass, which registers itself: its name and help line (kd.loss's `--help` and choices are built from these),
 the settings checks it needs, and how the student's objective calls it. Adding a method is
 one new file here (found by name, nothing else to edit) and its test; a method defined elsewhere (a user's file, a
@@ -90,6 +90,8 @@ def register(cls: type[Method]) -> type[Method]:
     """Make `cls` selectable as `kd.loss=cls.name` (every subclass of Method calls it when it is defined)."""
     if not cls.name or cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
         raise ValueError(f"distill.methods: method name {cls.name!r} is empty or already registered")
+    if cls.__module__.startswith(f"{__name__}.") and cls.__module__ != f"{__name__}.{cls.name}":
+        raise ValueError(f"distill.methods: {cls.__module__} must define the method of its own name, not {cls.name!r}")
     _REGISTRY[cls.name] = cls()
     return cls
 
@@ -99,14 +101,18 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def _files() -> list[str]:
+    """The method files of this folder, each named as its method."""
+    return [i.name for i in pkgutil.iter_modules(__path__) if not i.name.startswith("_") and i.name not in _NOT_METHODS]
+
+
 def _load_builtin() -> None:
     """Import every method file of this folder once (each registers itself)."""
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_") and info.name not in _NOT_METHODS:
-                importlib.import_module(f"{__name__}.{info.name}")
+        for name in _files():
+            importlib.import_module(f"{__name__}.{name}")
 
 
 def all_methods() -> list[Method]:
@@ -116,8 +122,9 @@ def all_methods() -> list[Method]:
 
 
 def names() -> tuple[str, ...]:
-    """kd.loss's choices."""
-    return tuple(m.name for m in all_methods())
+    """kd.loss's choices, the default first, then by name: read from the file names (and the methods registered
+    from elsewhere) without importing them, so that a bad setting answers before torch loads."""
+    return tuple(sorted(set(_files()) | set(_REGISTRY), key=lambda n: (n != "kd", n)))
 
 
 def get(name: str) -> Method:
