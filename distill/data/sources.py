@@ -82,21 +82,22 @@ def local_path(cfg: DataCfg, source: str) -> str | None:
     return os.path.abspath(os.path.expanduser(cfg.path)) if source in ("parquet", "imagefolder", "disk") else cfg.path
 
 
-def _load_splits(cfg: DataCfg, source: str, path: str | None) -> datasets.DatasetDict:
-    """Every split of the source; `path`: local_path's (data.path itself for the hub)."""
+def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str | None) -> datasets.DatasetDict:
+    """Every split of the source; `path`: local_path's (data.path itself for the hub); `data_content`: its
+    content hash (_content), which names `datasets`' cache of local files."""
     if source == "demo":
         return datasets.DatasetDict({"train": demo_dataset()})
     if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
         raise DataError(f"data.path: no such file or directory: {path}")
     try:
         if source == "parquet":  # datasets' cache of local files: one folder per content (data/content.py)
-            where = content.cache_dir(content.content_hash(path))
+            where = content.cache_dir(data_content)
             if Path(path).is_file():
                 return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where)
             return datasets.load_dataset("parquet", data_dir=path, cache_dir=where)
         if source == "imagefolder":
             return datasets.load_dataset("imagefolder", data_dir=path,
-                                         cache_dir=content.cache_dir(content.content_hash(path)))
+                                         cache_dir=content.cache_dir(data_content))
         if source == "disk":
             loaded = datasets.load_from_disk(path)
             if isinstance(loaded, datasets.Dataset):
@@ -198,7 +199,8 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
             raise DataError(f"data.test_split: {name} is data.path itself; the test split must be held out")
         other = dataclasses.replace(cfg, source="auto", path=str(local.resolve()), hub_config=None)
         other_source = detect_source(other)
-        loaded = _load_splits(other, other_source, local_path(other, other_source))
+        other_path = local_path(other, other_source)
+        loaded = _load_splits(other, other_source, other_path, _content(other_source, other_path))
         ds = loaded[next(iter(loaded))]
         return ds, Rows(np.arange(len(ds)), next(iter(loaded)), str(local.resolve()))
     where = f"{path} " if path else ""
@@ -212,7 +214,8 @@ def load(cfg: DataCfg) -> DataBundle:
     and classes, and the held-out test split when one is named."""
     source = detect_source(cfg)
     path = local_path(cfg, source) if source != "demo" else None
-    splits = _load_splits(cfg, source, path)
+    data_content = _content(source, path)  # hashed once: a walk and a stat of every file of a folder
+    splits = _load_splits(cfg, source, path, data_content)
     train = _named_split(cfg, splits, "train_split")
     label = train.features[cfg.label_column]
     if not isinstance(label, datasets.ClassLabel) and label.dtype == "string":
@@ -224,9 +227,10 @@ def load(cfg: DataCfg) -> DataBundle:
     names = _checked_classes(cfg, train, val, train_rows, val_rows)
     if source == "imagefolder":
         _warn_empty_folders(Path(path), cfg.train_split)
-    test, test_rows, test_identity = (_test_split(cfg, source, splits, path, names, train, val, train_rows, val_rows)
+    test, test_rows, test_identity = (_test_split(cfg, source, splits, path, data_content, names, train, val,
+                                                                  train_rows, val_rows)
                                       if cfg.test_split else (None,) * 3)
-    identity = {"source": source, "path": path, "hub_config": cfg.hub_config, "content": _content(source, path),
+    identity = {"source": source, "path": path, "hub_config": cfg.hub_config, "content": data_content,
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
@@ -318,8 +322,8 @@ def _checked_classes(cfg: DataCfg, train, val, train_rows: Rows, val_rows: Rows)
     return names
 
 
-def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list[str], train, val,
-                train_rows: Rows, val_rows: Rows):
+def _test_split(cfg: DataCfg, source: str, splits, path: str | None, data_content: str | None, names: list[str],
+                train, val, train_rows: Rows, val_rows: Rows):
     """(test split, its Rows, its identity): the same columns and classes as training, every label in range, and
     no image shared with the training or validation split (compared by the images' bytes)."""
     test, test_rows = _load_test(cfg, source, splits, path)
@@ -332,10 +336,9 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, names: list
     test_rows.rows = np.arange(len(test))
     check_labels(test, cfg.label_column, len(names), "test", test_rows)
     file = test_rows.path if test_rows.path and Path(test_rows.path).exists() else None
-    identity = {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test),
-                "content": content.content_hash(file) if file else None}
-    key = files.fingerprint([identity, train._fingerprint, val._fingerprint, content.content_hash(path)
-                             if path and Path(path).exists() else path])
+    test_content = data_content if file == path else content.content_hash(file) if file else None
+    identity = {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test), "content": test_content}
+    key = files.fingerprint([identity, train._fingerprint, val._fingerprint, data_content or path])
     shared = content.shared_images(test, {"train": train, "validation": val}, cfg.image_column, key)
     if shared is not None:
         i, split, j = shared

@@ -265,6 +265,7 @@ class _Training:
         self.earlier_wall_s = self.state.wall_s  # what the interrupted parts took
         self.logs = _Logs(job.out_dir, acc, self.state.step, self.state.epoch)
         self.window, self.metrics = _Sums(self.state.window_terms, acc.device), {}
+        self.zero = torch.zeros((), device=acc.device)  # what a non-finite step adds to each term
         log.info(f"{job.name}: {job.epochs} epochs x {self.steps_per_epoch} steps, global batch {self.global_batch}, "
                  f"lr {self.lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}"
                  + (f"; resuming at epoch {self.state.epoch + 1}, step {self.state.step}" if resumed else ""))
@@ -334,7 +335,7 @@ class _Training:
 
     def _forward_backward(self, run: _Epoch, i: int, batch: dict, sync: bool) -> None:
         """Mix, forward, objective, backward; each term added to the sums unless the loss is not finite."""
-        cfg, acc, zero = self.job.cfg, self.acc, torch.zeros((), device=self.acc.device)
+        cfg, acc, zero = self.job.cfg, self.acc, self.zero
         x = _input(batch, cfg.channels_last, self.job.to_input)
         rng = np.random.default_rng([self.job.seed, acc.process_index, run.index, i])
         mix = tricks.draw_mix(rng, cfg.mix, x.shape[0], x.shape[-2], x.shape[-1])
