@@ -107,7 +107,8 @@ class TeacherCfg(TrainCfg):
     pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights", changes=OWNER)
     checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file", changes=OWNER)
     dir: Optional[str] = _f(None, doc="the teacher stage's folder; null: <run>/teacher. Runs that name one folder "
-                                      "share one teacher (and so one cache)", changes=NONE)
+                                      "share one teacher (and so one cache); a run with other teacher settings or "
+                                      "data is refused there, never trained over it", changes=NONE)
     finetune: FinetuneCfg = _f(factory=FinetuneCfg, changes=OWNER)
 
 

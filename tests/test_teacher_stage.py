@@ -56,6 +56,23 @@ def test_bad_data_stops_with_one_line(parquet_file, tmp_path):
     assert not (tmp_path / "runs" / "tiny" / "teacher").exists()
 
 
+def test_a_shared_teacher_dir_is_never_trained_over_by_other_settings(parquet_file, tmp_path):
+    """Two runs naming one teacher.dir in turn: the second, with another teacher setting, stops in one line and the
+    first run's teacher is left as it was (its student and card still describe the weights on disk)."""
+    shared_dir = tmp_path / "shared-teacher"
+    args = tiny_overrides(parquet_file, tmp_path / "runs") + ["stage=teacher", f"teacher.dir={shared_dir}"]
+    first = run_here(*args, "name=one")
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in shared_dir.iterdir() if p.is_file()}
+    same = run_here(*args, "name=two")  # same settings: shared, reused
+    assert same.returncode == 0 and "teacher: reusing" in same.stderr
+    other = run_here(*args, "name=three", "teacher.label_smoothing=0.1")
+    assert other.returncode == 2, other.stderr
+    last = other.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: teacher.dir: {shared_dir} holds a teacher made with other teacher settings")
+    assert {p.name: p.read_bytes() for p in shared_dir.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.parametrize("folder", ["teacher.dir", "cache"])
 def test_a_shared_folder_another_run_is_writing_stops_this_run_in_one_line(shared, tmp_path, folder):
     """Two runs sharing a teacher.dir (or one cache) never write it at once: the second stops naming the holder."""

@@ -8,7 +8,7 @@ import time
 
 from accelerate.utils import set_seed
 
-from distill import data
+from distill import data, files
 from distill.config import Config
 from distill.errors import ConfigError
 from distill.store import artifacts, fingerprints
@@ -44,6 +44,16 @@ def run(ctx: RunContext) -> dict:
         return _run(ctx)
 
 
+def _refuse_other_teacher(folder, fp: str) -> None:
+    """A shared teacher.dir holds one teacher: runs with other teacher settings (or data) never train into it, since
+    the runs that share it would then report next to weights they were not made from."""
+    held = files.read_json(folder / "meta.json")
+    if held and held.get("fingerprint") != fp:
+        raise ConfigError(f"teacher.dir: {folder} holds a teacher made with other teacher settings or data "
+                          f"(fingerprint {held.get('fingerprint', '?')[:12]}, this run's {fp[:12]}), which the runs "
+                          f"sharing it use; give this run its own teacher.dir, or delete {folder} to retrain it there")
+
+
 def _run(ctx: RunContext) -> dict:
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
@@ -51,6 +61,8 @@ def _run(ctx: RunContext) -> dict:
     meta = artifacts.reusable(out, fp, "teacher")
     if meta is not None:
         return meta
+    if cfg.teacher.dir:
+        _refuse_other_teacher(out, fp)
     set_seed(cfg.seed)
     start = time.perf_counter()
     teacher = cfg.teacher
