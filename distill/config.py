@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -110,6 +111,8 @@ class TeacherCfg(TrainCfg):
                                       "share one teacher (and so one cache); a run with other teacher settings or "
                                       "data is refused there, never trained over it", changes=NONE)
     finetune: FinetuneCfg = _f(factory=FinetuneCfg, changes=OWNER)
+    seed: Optional[int] = _f(None, doc="teacher seed (init, data order, mixing); null: the global seed (which also "
+                                       "draws the cached views, shared by every teacher)", changes=OWNER)
 
 
 @dataclass
@@ -219,6 +222,14 @@ class KDCfg:
                                    "kd.temperature, 4 on CIFAR)", ge=0, changes=("student",))
     dist_gamma: float = _f(2.0, doc="dist: weight of the intra-class relation (DIST's CIFAR setting 2)", ge=0,
                            changes=("student",))
+    ensemble: str = _f("mean_probs", doc="several teachers (teachers=[...]): their targets combined per view, "
+                                         "mean_probs (the average of their distributions at T) | mean_logits (of "
+                                         "their logits); exact on caches that keep every logit, on each top-k "
+                                         "cache's reconstruction (the tail spread evenly) otherwise",
+                       choices=("mean_probs", "mean_logits"), changes=("student",))
+    teacher_weights: Optional[List[float]] = _f(None, doc="several teachers: one weight each, in the order of "
+                                                          "`teachers` (normalised to sum 1); null: equal",
+                                                changes=("student",))
 
 
 @dataclass
@@ -264,6 +275,12 @@ class Config:
     checkpoint: CheckpointCfg = _f(factory=CheckpointCfg, changes=NONE)
     data: DataCfg = _f(factory=DataCfg, changes=ALL)
     teacher: TeacherCfg = _f(factory=TeacherCfg, changes=("teacher",))
+    teachers: List[Any] = _f(factory=list, doc="an ensemble: a list of teacher sections, each {name: NAME, ...} "
+                                               "with the teacher keys that differ from the `teacher` section (which "
+                                               "gives the rest; `dir` excepted: <run>/teachers/NAME unless given). "
+                                               "Each labels its own cache over the same views; the student learns "
+                                               "from their combination (kd.ensemble). Empty: the one `teacher`",
+                             changes=NONE)
     cache: CacheCfg = _f(factory=CacheCfg, changes=("cache",))
     student: StudentCfg = _f(factory=StudentCfg, changes=("student", "baseline"))
     kd: KDCfg = _f(factory=KDCfg, changes=("student",))
@@ -331,8 +348,8 @@ def _check_cross(cfg: Config) -> None:
         raise ConfigError(f"data.path: required for data.source={data.source}")
     if data.val_size >= 1 and data.val_size != int(data.val_size):
         raise ConfigError(f"data.val_size: {data.val_size} is neither a fraction < 1 nor a whole count")
-    for name in ("teacher", "student"):
-        o = getattr(cfg, name).optim
+    for name, section in (teacher_sections(cfg) | {"student": cfg.student}).items():
+        o = section.optim
         if o.switch_to_sgd_epoch is not None and o.name == "sgd":
             raise ConfigError(f"{name}.optim.switch_to_sgd_epoch: only for adam/adamw")
         if len(o.betas) != 2:
@@ -340,9 +357,49 @@ def _check_cross(cfg: Config) -> None:
     cache_mixes = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
-    teacher = cfg.teacher
-    if teacher.source == "train" and teacher.epochs < 1:
-        raise ConfigError("teacher.epochs: must be >= 1 when teacher.source=train")
+    for key, teacher in teacher_sections(cfg).items():
+        if teacher.source == "train" and teacher.epochs < 1:
+            raise ConfigError(f"{key}.epochs: must be >= 1 when {key}.source=train")
+    weights = cfg.kd.teacher_weights
+    if weights is not None:
+        count = max(len(cfg.teachers), 1)
+        if len(weights) != count:
+            raise ConfigError(f"kd.teacher_weights: {len(weights)} weights for {count} teacher(s)")
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError(f"kd.teacher_weights: {list(weights)} must be >= 0 and not all 0")
+
+
+TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def teacher_sections(cfg: Config) -> dict[str, TeacherCfg]:
+    """Each teacher's full section by its config key: {"teacher": cfg.teacher} for one teacher; for an ensemble
+    {"teachers.NAME": ...}, each entry of `teachers` merged over the `teacher` section (its `dir` excepted: a named
+    teacher's folder is its own). ConfigError naming the entry for a bad or repeated name or a bad value."""
+    if not cfg.teachers:
+        return {"teacher": cfg.teacher}
+    base = OmegaConf.to_container(OmegaConf.structured(cfg.teacher)) | {"dir": None}
+    out: dict[str, TeacherCfg] = {}
+    for i, entry in enumerate(cfg.teachers):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"teachers[{i}]: needs a name, e.g. {{name: big, model: resnet56}}; got {entry!r}")
+        name = entry["name"]
+        key = f"teachers.{name}"
+        if not TEACHER_NAME.match(name):
+            raise ConfigError(f"{key}: a teacher's name is a folder name (letters, digits, _ . -)")
+        if key in out:
+            raise ConfigError(f"{key}: the name is used by two teachers")
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(TeacherCfg), base,
+                                     {k: v for k, v in entry.items() if k != "name"})
+            out[key] = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{key}.{_one_line(e)}") from None
+        _check_rules(out[key], key + ".")
+    dirs = [t.dir for t in out.values() if t.dir]
+    if len(set(dirs)) != len(dirs):
+        raise ConfigError(f"teachers: two teachers name one dir ({sorted(d for d in dirs if dirs.count(d) > 1)[0]})")
+    return out
 
 
 def leaves(cls: type = Config, prefix: str = ""):

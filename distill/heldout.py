@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from distill import data, faults, files
-from distill.store import layout
 from distill.training import engine, models
 from distill.training.context import RunContext
 
@@ -23,7 +22,7 @@ def key(meta: dict, bundle: data.DataBundle) -> dict:
 def score(ctx: RunContext) -> dict[str, dict]:
     """{model: {top1, top5, count}} for every trained model of the run, computed or read back."""
     cfg, acc, bundle, out = ctx.cfg, ctx.acc, ctx.data, {}
-    for name, folder in layout.model_dirs(ctx.run_dir, ctx.teacher_dir).items():
+    for name, folder in ctx.model_dirs().items():
         meta = files.read_json(folder / "meta.json")
         if meta is None:
             continue

@@ -16,10 +16,19 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None = None) -> dict:
-    """`tests`: {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one."""
+def summary(run_dir: Path, teacher_dir: Path | dict[str, Path] | None = None, tests: dict | None = None,
+            ensemble: dict | None = None) -> dict:
+    """`teacher_dir`: the teacher's folder, or an ensemble's teachers' by name (RunContext.model_dirs); `tests`:
+    {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one; `ensemble`: the
+    combined teachers' own scores (ensemble.score), a row of its own."""
     rows = {}
     for name, folder in layout.model_dirs(run_dir, teacher_dir).items():
+        if name == "student" and ensemble:
+            rows["ensemble"] = {"model": ensemble["model"], "top1": ensemble["top1"], "top5": ensemble["top5"],
+                                "params": ensemble["params"], "train_images_per_s": None, "wall_s": None,
+                                "rule": ensemble["rule"], "val_count": ensemble["val_count"]}
+            if "test_top1" in ensemble:
+                rows["ensemble"] |= {k: ensemble[k] for k in ("test_top1", "test_top5", "test_count")}
         meta = files.read_json(folder / "meta.json")
         if meta is None:
             continue
@@ -34,33 +43,41 @@ def summary(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None =
                            "test_count": tests[name]["count"]}
     out = {"run": str(run_dir), "models": rows}
     cache = files.read_json(run_dir / "cache.json")
-    if cache:
+    if cache and not any(name.startswith("teacher-") for name in rows):  # one teacher: its cache
         out["cache"] = cache
+    named = {name.split("-", 1)[1]: files.read_json(run_dir / layout.cache_record(name.split("-", 1)[1]))
+             for name in rows if name.startswith("teacher-")}
+    if any(named.values()):  # an ensemble: each teacher's cache, in the teachers' order
+        out["caches"] = {name: c for name, c in named.items() if c}
     if "student" in rows and "baseline" in rows:
         out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
         if "test_top1" in rows["student"] and "test_top1" in rows["baseline"]:
             out["kd_gain_test_top1"] = rows["student"]["test_top1"] - rows["baseline"]["test_top1"]
-    if "teacher" in rows and "baseline" in rows:
-        out["teacher_below_baseline"] = rows["teacher"]["top1"] < rows["baseline"]["top1"]
+    teacher = "ensemble" if "ensemble" in rows else "teacher"
+    if teacher in rows and "baseline" in rows:
+        out["teacher_below_baseline"] = rows[teacher]["top1"] < rows["baseline"]["top1"]
     return out
 
 
 def table(s: dict) -> str:
     test = any("test_top1" in r for r in s["models"].values())
-    head = (f"{'':10} {'model':12} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "")
+    width = max([10, *map(len, s["models"])])
+    head = (f"{'':{width}} {'model':12} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "")
             + f" {'params':>9} {'train img/s':>11} {'wall':>8}")
     lines = [head, "-" * len(head)]
     for name, r in s["models"].items():
         ips = f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "-"
         wall = f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-"
         t = (f" {r['test_top1']:9.2f}%" if "test_top1" in r else f" {'-':>10}") if test else ""
-        lines.append(f"{name:10} {r['model']:12} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} {r['params'] / 1e6:8.3f}M "
+        lines.append(f"{name:{width}} {r['model']:12} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} {r['params'] / 1e6:8.3f}M "
                      f"{ips:>11} {wall:>8}")
-    c = s.get("cache")
-    if c:
-        lines.append(f"{'cache':10} {'reused' if c.get('reused') else 'computed':12} "
+    caches = {"cache": s["cache"]} if s.get("cache") else {}
+    caches |= {f"cache-{name}": c for name, c in s.get("caches", {}).items()}
+    for name, c in caches.items():
+        lines.append(f"{name:{width}} {'reused' if c.get('reused') else 'computed':12} "
                      + (f"{c['images_per_s']:.0f} img/s, {c['wall_s']:.0f} s" if "wall_s" in c else "")
                      + f"  {c['folder']}")
+    c = s.get("cache") or next(iter(s.get("caches", {}).values()), None)
     left_out = {name: r["skipped_images"] for name, r in s["models"].items() if r.get("skipped_images")}
     if c and c.get("skipped_images"):
         left_out["cache"] = c["skipped_images"]
@@ -71,13 +88,14 @@ def table(s: dict) -> str:
         lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1"
                      + (f" (test: {s['kd_gain_test_top1']:+.2f})" if "kd_gain_test_top1" in s else ""))
     if s.get("teacher_below_baseline"):
-        t, b = s["models"]["teacher"]["top1"], s["models"]["baseline"]["top1"]
-        lines.append(f"warning: the teacher ({t:.2f}%) scores below the CE baseline ({b:.2f}%): the student distils "
+        which = "ensemble" if "ensemble" in s["models"] else "teacher"
+        t, b = s["models"][which]["top1"], s["models"]["baseline"]["top1"]
+        lines.append(f"warning: the {which} ({t:.2f}%) scores below the CE baseline ({b:.2f}%): the student distils "
                      "a weaker model; train the teacher longer or pick a stronger one")
     return "\n".join(lines)
 
 
-def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[str, list[str]]:
+def curves(run_dir: Path, path: Path, teacher_dir: Path | dict[str, Path] | None = None) -> dict[str, list[str]]:
     """loss, validation top-1 and lr per epoch, one line per trained model, and the student's loss terms; returns
     each panel's title with the labels of the lines drawn in it."""
     import matplotlib
@@ -113,8 +131,9 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | None = None) -> dict[s
     return drawn
 
 
-def write(run_dir: Path, teacher_dir: Path | None = None, tests: dict | None = None) -> dict:
-    result = summary(run_dir, teacher_dir, tests)
+def write(run_dir: Path, teacher_dir: Path | dict[str, Path] | None = None, tests: dict | None = None,
+          ensemble: dict | None = None) -> dict:
+    result = summary(run_dir, teacher_dir, tests, ensemble)
     files.write_json(run_dir / "summary.json", result)
     curves(run_dir, run_dir / "curves.png", teacher_dir)
     log.info("\n" + table(result) + f"\n(summary.json and curves.png in {run_dir})")
@@ -132,9 +151,11 @@ def print_fields(result: dict) -> None:
 def stage(ctx) -> dict | None:
     """The report step (config.STAGES): every trained model scored once on the test split when there is one
     (heldout.py), then the table, summary.json and curves.png; returns the summary (main process)."""
-    from distill import heldout
+    from distill import ensemble, heldout
 
     tests = heldout.score(ctx) if ctx.data.test is not None else None
-    summary = write(ctx.run_dir, ctx.teacher_dir, tests) if ctx.acc.is_main_process else None
+    combined = ensemble.score(ctx)
+    teachers = {name: folder for name, folder in ctx.model_dirs().items() if name.startswith("teacher")}
+    summary = write(ctx.run_dir, teachers, tests, combined) if ctx.acc.is_main_process else None
     ctx.acc.wait_for_everyone()
     return summary

@@ -92,9 +92,27 @@ def sweep_point(cfg: config.Config) -> Path | None:
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return None
-    if cfg.teacher.dir is None:
-        cfg.teacher.dir = str(Path(cfg.run_root) / cfg.name / "teacher")
+    if not _sweeps_a_teacher(sys.argv[1:]):  # a sweep over teacher settings trains a teacher per point
+        shared = Path(cfg.run_root) / cfg.name
+        if cfg.teacher.dir is None and not cfg.teachers:
+            cfg.teacher.dir = str(shared / "teacher")
+        for entry in cfg.teachers:
+            entry.setdefault("dir", str(shared / "teachers" / entry["name"]))
     return Path(cfg.run_root) / cfg.name / "sweep" / config.sweep_id() / str(hc.job.num)
+
+
+def _sweeps_a_teacher(args: list[str]) -> bool:
+    """Whether a -m sweep gives a setting that changes the teacher more than one value (a shared teacher.dir holds
+    one teacher: each point then trains its own)."""
+    from distill.store import fingerprints
+
+    changes_teacher = {key for key, outputs in fingerprints.tags().items() if outputs and "teacher" in outputs}
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        swept = "," in value and not value.lstrip().startswith(("[", "{")) or value.startswith(("range(", "choice("))
+        if swept and (key in changes_teacher or key.startswith(("teacher.", "teachers", "data."))):
+            return True
+    return False
 
 
 @hydra.main(version_base="1.3", config_path=str(RECIPES), config_name="config")

@@ -10,13 +10,17 @@ from PIL import Image
 from conftest import ROOT
 
 
-def test_bench_quick_prints_every_field(tmp_path):
+def _cifar_like(tmp_path):
     rng = np.random.default_rng(0)
     labels = [i % 10 for i in range(300)]
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in labels]
     features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
     ds = datasets.Dataset.from_dict({"img": images, "label": labels}, features=features)
     ds.to_parquet(str(tmp_path / "d.parquet"))
+
+
+def test_bench_quick_prints_every_field(tmp_path):
+    _cifar_like(tmp_path)
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--data", str(tmp_path / "d.parquet"),
                         "--quick", "--val", "50", "--teacher", "resnet8", "--student", "resnet8", "--batch", "32",
@@ -32,3 +36,16 @@ def test_bench_quick_prints_every_field(tmp_path):
         assert result[field] is not None and f"{field}  " in r.stdout, field
     assert all(result[f] > 0 for f in fields[:7])
     assert result["epochs"] == 2  # the last of two epochs is the one timed
+
+
+def test_the_ensemble_bench_prints_each_teacher_counts_rate_and_ratio(tmp_path):
+    _cifar_like(tmp_path)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_ensemble.py"), "--data", str(tmp_path / "d.parquet"),
+                        "--images", "200", "--val", "50", "--teacher", "resnet8", "--teachers", "1", "2",
+                        "--rounds", "1", "--batch", "32", "--views", "2", "--workers", "0"],
+                       capture_output=True, text=True, timeout=1800)  # a hang guard
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for field in ("ce_only_images_per_s", "teachers_1_images_per_s", "teachers_2_images_per_s", "teachers_2_vs_1"):
+        assert result[field] > 0 and f"{field}  " in r.stdout, field
+    assert result["images"] == 200

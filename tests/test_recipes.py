@@ -67,3 +67,14 @@ def test_multirun_sweep_shares_teacher_and_cache(demo):
     both = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_table.py"), str(sweep.parent)],
                           capture_output=True, text=True, check=True).stdout
     assert both.count("point") == 2 and all(f"{s.name}:" in both for s in sweeps)  # one table a sweep
+
+
+def test_a_sweep_over_a_teacher_setting_trains_a_teacher_per_point():
+    """Sweep points share one teacher folder unless the sweep changes the teacher (a shared teacher.dir holds
+    one teacher, and refuses another in one line)."""
+    from distill import run
+    assert not run._sweeps_a_teacher(["-m", "kd.temperature=1,4", "kd.alpha=0.5,0.9", "teacher.epochs=3"])
+    assert run._sweeps_a_teacher(["-m", "teacher.epochs=3,5"])
+    assert run._sweeps_a_teacher(["-m", "seed=0,1"])
+    assert run._sweeps_a_teacher(["-m", "data.train_size=range(100,300,100)"])
+    assert not run._sweeps_a_teacher(["-m", "data.mean=[0.5,0.5,0.5]"])  # a list is one value

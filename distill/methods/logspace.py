@@ -45,3 +45,22 @@ def mix(log_q: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
     if lam <= 0.0:
         return log_q[perm]
     return torch.logaddexp(log_q + math.log(lam), log_q[perm] + math.log1p(-lam))
+
+
+ENSEMBLE_RULES = ("mean_probs", "mean_logits")
+
+
+def ensemble(log_qs: torch.Tensor, weights: torch.Tensor, rule: str) -> torch.Tensor:
+    """Several teachers' log-probabilities at T ([K, B, C]) combined into one target, in log space. `mean_probs`:
+    log sum_k w_k q_k (the average of their distributions); `mean_logits`: log softmax(sum_k w_k z_k / T), which is
+    log softmax(sum_k w_k log q_k), each teacher's log-probabilities differing from its z / T by a per-row constant.
+    `weights` [K] are normalised to sum to 1; one teacher is returned as it is (bit for bit)."""
+    if log_qs.shape[0] == 1:
+        return log_qs[0]
+    w = (weights / weights.sum()).to(log_qs).view(-1, 1, 1)
+    if rule == "mean_probs":  # a teacher of weight 0 adds exp(-inf) = 0
+        return torch.logsumexp(log_qs + w.log(), 0)
+    if rule == "mean_logits":
+        finite = torch.where(w > 0, log_qs, torch.zeros_like(log_qs))  # 0 * -inf would be nan
+        return F.log_softmax((w * finite).sum(0), dim=1)
+    raise ValueError(f"unknown ensemble rule {rule!r}; one of {', '.join(ENSEMBLE_RULES)}")

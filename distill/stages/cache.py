@@ -214,11 +214,17 @@ class _Labeller:
 
 
 def run(ctx: RunContext) -> dict | None:
-    """Label the cache this run's settings name, or reuse it when it is complete and every checksum holds."""
-    cfg, acc = ctx.cfg, ctx.acc
-    if cfg.kd.teacher == "online" and cfg.stage != "cache":
+    """Label the cache of each teacher (one, or an ensemble's) with this run's settings, or reuse it when it is
+    complete and every checksum holds; their manifests by teacher name. Every teacher labels the same views (drawn
+    from the global seed and the cache settings), so an added teacher labels its own cache only."""
+    if ctx.cfg.kd.teacher == "online" and ctx.cfg.stage != "cache":
         log.info("cache: skipped (kd.teacher=online runs the teacher every step)")
         return None
+    return {one.teacher_name: _one_teacher(one) for one in ctx.teachers()}
+
+
+def _one_teacher(ctx: RunContext) -> dict:
+    cfg, acc = ctx.cfg, ctx.acc
     start_all = time.perf_counter()
     layout.trained(ctx.teacher_dir, "cache", "teacher")
     identity = layout.cache_identity(cfg, ctx.data, ctx.norm, ctx.run_dir, acc.mixed_precision)
@@ -233,8 +239,8 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
     cfg, acc = ctx.cfg, ctx.acc
     complete = artifacts.on_main(acc, lambda: softlabels.prepare(folder, folder.name))
     if complete is not None:
-        log.info(f"cache: reusing {folder}")
-        _record_run(acc, ctx.run_dir, folder, complete, None)
+        log.info(f"cache: reusing {folder}" + ("" if ctx.teacher_name == "teacher" else f" ({ctx.teacher_name})"))
+        _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, complete, None)
         return complete
     acc.wait_for_everyone()
     settings = cfg.cache
@@ -254,7 +260,7 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
     manifest = manifest or softlabels.read_manifest(folder)
-    _record_run(acc, ctx.run_dir, folder, manifest, {"wall_s": time.perf_counter() - start_all, "images": total,
+    _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest, {"wall_s": time.perf_counter() - start_all, "images": total,
                                                      "images_per_s": total / max(elapsed, 1e-9)})
     return manifest
 
@@ -290,12 +296,12 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype) 
     return total, first, time.perf_counter() - start
 
 
-def _record_run(acc: Accelerator, run_dir: Path, folder: Path, manifest: dict, timing: dict | None) -> None:
-    """This run's view of the cache (which folder, how long it took) beside the run; never inside the cache,
-    whose bytes must not depend on who computed them."""
+def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: dict, timing: dict | None) -> None:
+    """This run's view of the cache (which folder, how long it took) in `record` beside the run; never inside the
+    cache, whose bytes must not depend on who computed them."""
     if acc.is_main_process:
-        previous = files.read_json(run_dir / "cache.json") or {}
+        previous = files.read_json(record) or {}
         keep = previous if previous.get("folder") == str(folder) else {}
-        files.write_json(run_dir / "cache.json", keep | {"folder": str(folder), "reused": timing is None,
+        files.write_json(record, keep | {"folder": str(folder), "reused": timing is None,
                                                              "skipped_images": len(manifest.get("skipped", []))}
                              | (timing or {}))

@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from distill import data, files
 from distill.config import Config, DataCfg
 from distill.data import views
-from distill.errors import ConfigError
+from distill.errors import ConfigError, DataError
 from distill.store import artifacts, fingerprints, layout, softlabels
 from distill.training import engine, models, objectives, targets
 from distill.training.context import RunContext
@@ -62,26 +62,38 @@ def view_for(index: int, epoch: int, num_views: int, schedule: str, seed: int) -
     return int(np.random.default_rng([seed, epoch, index]).integers(num_views))
 
 
+def label_prefix(j: int) -> str:
+    """The batch keys of teacher j's soft label: kd_ (the one teacher, or an ensemble's first), then kd1_, ..."""
+    return "kd_" if j == 0 else f"kd{j}_"
+
+
 class ReplayItems(data.EpochItems):
     """Item i at the current epoch: its cached view re-applied (uint8; the batch becomes the network input on the
     device, transforms.ToInput), with the view id and that view's soft label (top-k logits, classes, logsumexp at
     T), read from the memory-mapped record the view comes from. A mixed view brings its partner's view, label,
-    lambda and box."""
+    lambda and box. With several caches (an ensemble's teachers, over the same views) each teacher's soft label
+    for the view comes along, under its own keys (label_prefix)."""
 
-    def __init__(self, images: data.Images, cfg: DataCfg, folder: Path, schedule: str, seed: int):
+    def __init__(self, images: data.Images, cfg: DataCfg, folder: Path | list[Path], schedule: str, seed: int):
         super().__init__()
-        self.images, self.cfg, self.folder, self.schedule, self.seed = images, cfg, folder, schedule, seed
+        self.folders = list(folder) if isinstance(folder, (list, tuple)) else [folder]
+        self.images, self.cfg, self.schedule, self.seed = images, cfg, schedule, seed
         self.skip_bad = cfg.on_bad_image == "skip"
-        self._labels = None
+        self._caches = None
 
     @property
-    def labels(self) -> softlabels.SoftLabels:  # opened lazily: each DataLoader worker maps the shards itself
-        if self._labels is None:
-            self._labels = softlabels.SoftLabels(self.folder)
-        return self._labels
+    def caches(self) -> list[softlabels.SoftLabels]:  # opened lazily: each DataLoader worker maps the shards itself
+        if self._caches is None:
+            self._caches = [softlabels.SoftLabels(f) for f in self.folders]
+        return self._caches
+
+    @property
+    def labels(self) -> softlabels.SoftLabels:
+        """The first cache: the view records (every teacher's are the same) and the first teacher's labels."""
+        return self.caches[0]
 
     def __getstate__(self):
-        return self.__dict__ | {"_labels": None}
+        return self.__dict__ | {"_caches": None}
 
     def __getitem__(self, i: int) -> dict | None:
         if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it
@@ -91,6 +103,8 @@ class ReplayItems(data.EpochItems):
         # the view's parameters and its soft label travel with the sample: the training step reads no cache
         out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
                "view_id": v, "split": 0, **self.labels.view_label(rec, v)}
+        for j, other in enumerate(self.caches[1:], start=1):  # the other teachers' labels of the same view
+            out |= other.view_label(other.row(i), v, label_prefix(j))
         p = int(rec["partner"][v]) if "partner" in rec.dtype.names else None
         if p is not None:  # a mixed view: its partner too, and the hard labels mixed alike
             out |= {"partner": p, "partner_view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
@@ -133,17 +147,20 @@ def run(ctx: RunContext) -> dict:
     cfg, kd = ctx.cfg, ctx.cfg.kd
     if kd.focal_alpha is not None and len(kd.focal_alpha) != ctx.num_classes:
         raise ConfigError(f"kd.focal_alpha: {len(kd.focal_alpha)} weights for {ctx.num_classes} classes")
-    labels = _soft_labels(ctx) if kd.teacher == "cached" else None
-    if labels is not None:
-        source = labels.manifest["fingerprint"]
+    caches = _soft_labels(ctx) if kd.teacher == "cached" else None
+    if caches is not None:
+        sources = [labels.manifest["fingerprint"] for labels in caches]
     else:
-        layout.trained(ctx.teacher_dir, "student", "teacher")
-        source = files.sha256(ctx.teacher_dir / "model.safetensors")
+        sources = []
+        for one in ctx.teachers():
+            layout.trained(one.teacher_dir, "student", "teacher")
+            sources.append(files.sha256(one.teacher_dir / "model.safetensors"))
+    source = sources[0] if not cfg.teachers else files.fingerprint(sources)  # one teacher: as before ensembles
     out = layout.student_dir(ctx.run_dir)
     fp = fingerprints.student(cfg, ctx.data.identity, ctx.norm, source, baseline=False)
     meta = artifacts.reusable(out, fp, "student")
     if meta is None:
-        teacher, train_loader = _teacher_and_loader(ctx, labels)
+        teacher, train_loader = _teacher_and_loader(ctx, caches)
         objective = objectives.Distillation(kd, ctx.num_classes, cfg.student.label_smoothing, teacher)
         for line in objective.method.warnings(cfg):
             log.warning(f"student: {line}")
@@ -154,25 +171,43 @@ def run(ctx: RunContext) -> dict:
     return results
 
 
-def _soft_labels(ctx: RunContext) -> softlabels.SoftLabels:
-    identity = layout.cache_identity(ctx.cfg, ctx.data, ctx.norm, ctx.run_dir, ctx.acc.mixed_precision)
-    return softlabels.SoftLabels(layout.cache_dir(ctx.cfg, identity))
+def _soft_labels(ctx: RunContext) -> list[softlabels.SoftLabels]:
+    """Each teacher's complete cache for this run's settings; an ensemble's must hold the same views of the same
+    images and classes (one line naming both caches otherwise)."""
+    caches = []
+    for one in ctx.teachers():
+        identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
+        caches.append(softlabels.SoftLabels(layout.cache_dir(one.cfg, identity)))
+    for other in caches[1:]:
+        problem = softlabels.ensemble_problem(caches[0], other, ctx.cfg.kd.temperature)
+        if problem:
+            raise DataError(f"kd: the caches {caches[0].folder} and {other.folder} cannot be combined: {problem}; "
+                            "the teachers of an ensemble label the same views (one cache section, seed and data)")
+    return caches
 
 
-def _teacher_and_loader(ctx: RunContext, labels: softlabels.SoftLabels | None):
-    """The soft targets and the training loader: the cache's views replayed with their soft labels, or the live
-    teacher on the student's own training views."""
+def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | None):
+    """The soft targets and the training loader: the caches' views replayed with their soft labels, or the live
+    teachers on the student's own training views; several teachers combined (kd.ensemble)."""
     cfg, s, seed = ctx.cfg, ctx.cfg.student, seed_of(ctx.cfg)
-    if labels is not None:
+    if caches is not None:
+        labels = caches[0]
         warning = replay_warning(s.epochs, labels.views, len(labels))
         if warning:
             log.warning(warning)
-        replay = ReplayItems(ctx.data.images["train"], cfg.data, labels.folder, cfg.kd.views, seed)
+        replay = ReplayItems(ctx.data.images["train"], cfg.data, [c.folder for c in caches], cfg.kd.views, seed)
         loader = data.make_loader(replay, s.batch_size, True, data.workers(cfg.data, replay.images), seed)
-        return targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature), loader
-    model, _ = models.load_trained(ctx.teacher_dir, ctx.num_classes, "student", "teacher")
-    loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
-    return targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast), loader
+        teachers = [targets.CachedTeacher(c.num_classes, c.dense, c.temperature, label_prefix(j))
+                    for j, c in enumerate(caches)]
+    else:
+        teachers = []
+        for one in ctx.teachers():
+            model, _ = models.load_trained(one.teacher_dir, ctx.num_classes, "student", "teacher")
+            teachers.append(targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast))
+        loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
+    if not cfg.teachers:
+        return teachers[0], loader
+    return targets.Ensemble(teachers, cfg.kd.teacher_weights, cfg.kd.ensemble), loader
 
 
 def _baseline(ctx: RunContext) -> dict:

@@ -39,9 +39,13 @@ def build(cfg: Config, num_classes: int):
 
 
 def run(ctx: RunContext) -> dict:
-    """The teacher in its folder (a shared teacher.dir held by one run at a time), reused while up to date."""
-    with artifacts.held(ctx.acc, ctx.teacher_dir):
-        return _run(ctx)
+    """Each teacher (one, or an ensemble's: `teachers`) in its folder, held by one run at a time and reused while up
+    to date; their meta by name."""
+    done = {}
+    for one in ctx.teachers():
+        with artifacts.held(one.acc, one.teacher_dir):
+            done[one.teacher_name] = _run(one)
+    return done
 
 
 def _refuse_other_teacher(folder, fp: str) -> None:
@@ -61,22 +65,24 @@ def _run(ctx: RunContext) -> dict:
     meta = artifacts.reusable(out, fp, "teacher")
     if meta is not None:
         return meta
-    if cfg.teacher.dir:
+    if ctx.shares_teacher_dir:
         _refuse_other_teacher(out, fp)
-    set_seed(cfg.seed)
-    start = time.perf_counter()
     teacher = cfg.teacher
+    seed = teacher.seed if teacher.seed is not None else cfg.seed
+    set_seed(seed)
+    start = time.perf_counter()
     model, epochs, lr = build(cfg, bundle.num_classes)
-    train_loader, val_loader = data.loaders(bundle, cfg.data, teacher.batch_size, cfg.seed)
+    train_loader, val_loader = data.loaders(bundle, cfg.data, teacher.batch_size, seed)
+    name = "teacher" if ctx.teacher_name == "teacher" else f"teacher {ctx.teacher_name}"
     if epochs:
-        job = engine.Fit(cfg=teacher, epochs=epochs, lr_per_256=lr, out_dir=out, name="teacher", seed=cfg.seed,
+        job = engine.Fit(cfg=teacher, epochs=epochs, lr_per_256=lr, out_dir=out, name=name, seed=seed,
                          to_input=ctx.to_input, **engine.guards(cfg, fp))
         model, metrics = engine.fit(model, train_loader, val_loader, job,
                                     objectives.CrossEntropy(bundle.num_classes, teacher.label_smoothing), acc)
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
         metrics = engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False)
-    return engine.publish(acc, out, model, "teacher", metrics, fingerprint=fp, model=teacher.model,
+    return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=teacher.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names,
                           image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(teacher),
                           wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part

@@ -3,7 +3,8 @@
     <run_root>/<name>/            the run (or a sweep point's folder)
         teacher/                  stage teacher (or teacher.dir, shared between runs)
         student/  baseline/       stage student
-        cache.json                which cache folder this run used
+        teachers/NAME/            an ensemble's teacher NAME (teachers=[...]; or its own dir)
+        cache.json                which cache folder this run used (cache-NAME.json: teacher NAME's)
         data_stats.json           the training split's channel mean/std, when the recipe gives none
     <cache.root>/<fingerprint>/   stage cache: soft labels, shared by every run with the same settings
 """
@@ -41,10 +42,17 @@ def trained(folder: Path, needed_by: str, what: str) -> dict:
     return meta
 
 
-def model_dirs(run_dir: Path, teacher: Path | None = None) -> dict[str, Path]:
-    """Each trained model's folder (MODELS): `teacher` (teacher_dir: the shared teacher.dir), or <run>/teacher."""
-    return {"teacher": teacher or run_dir / "teacher", "student": student_dir(run_dir),
-            "baseline": student_dir(run_dir, baseline=True)}
+def model_dirs(run_dir: Path, teacher: Path | dict[str, Path] | None = None) -> dict[str, Path]:
+    """Each trained model's folder (MODELS): `teacher` (teacher_dir: the shared teacher.dir, or <run>/teacher) or
+    an ensemble's teachers by name ({name: folder}), then `student` and `baseline`."""
+    teachers = teacher if isinstance(teacher, dict) else {"teacher": teacher or run_dir / "teacher"}
+    return teachers | {"student": student_dir(run_dir), "baseline": student_dir(run_dir, baseline=True)}
+
+
+def cache_record(teacher: str = "teacher") -> str:
+    """The file beside the run that says which cache it used: cache.json, or cache-NAME.json for an ensemble's
+    teacher NAME."""
+    return "cache.json" if teacher == "teacher" else f"cache-{teacher}.json"
 
 
 def cache_identity(cfg: Config, bundle, norm: dict, run_dir: Path, precision: str) -> dict:

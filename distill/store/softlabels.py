@@ -234,17 +234,22 @@ class SoftLabels:
         return self.shards[shard][offset]
 
     @staticmethod
-    def view_label(rec: np.void, v: int) -> dict[str, torch.Tensor]:
-        """View v's soft label out of one record (`row`): top-k logits (float32), classes, and the view's scalars
-        (true-class logit, mean, std, the tail's logsumexps at T; a mixed view's partner-class logit); it travels
-        with each training sample, so the training step reads nothing from the cache."""
-        out = {"kd_logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
-               "kd_classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
-               **{f"kd_{name}": torch.tensor(float(rec[name][v])) for name in ("target", "mean", "std", "lse_rest",
-                                                                                "lse_std_rest")}}
+    def view_label(rec: np.void, v: int, prefix: str = "kd_") -> dict[str, torch.Tensor]:
+        """View v's soft label out of one record (`row`), its keys prefixed: top-k logits (float32), classes, and
+        the view's scalars (true-class logit, mean, std, the tail's logsumexps at T; a mixed view's partner-class
+        logit); it travels with each training sample, so the training step reads nothing from the cache."""
+        out = {f"{prefix}logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
+               f"{prefix}classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
+               **{f"{prefix}{name}": torch.tensor(float(rec[name][v]))
+                  for name in ("target", "mean", "std", "lse_rest", "lse_std_rest")}}
         if "partner_target" in rec.dtype.names:
-            out["kd_partner_target"] = torch.tensor(float(rec["partner_target"][v]))
+            out[f"{prefix}partner_target"] = torch.tensor(float(rec["partner_target"][v]))
         return out
+
+    def view_fields(self) -> tuple[str, ...]:
+        """The record fields that say which pixels a view is (its crop and flip; a mixed view's partner, lambda
+        and box): what every teacher of an ensemble must share."""
+        return ("view",) + tuple(n for n in MIX_FIELDS if n in self.shards[0].dtype.names)
 
     def rows(self, indices) -> np.ndarray:
         """The full records of these images (all views), in the order given."""
@@ -258,3 +263,24 @@ class SoftLabels:
 
     def nbytes(self) -> int:
         return sum((self.folder / sh["file"]).stat().st_size for sh in self.manifest["shards"])
+
+
+def ensemble_problem(a: SoftLabels, b: SoftLabels, temperature: float) -> str | None:
+    """Why the caches of two teachers cannot be combined (None: they can): other images, classes or views, or, for
+    either, a top-k cache that holds another temperature than `temperature` (which it cannot serve)."""
+    for c in (a, b):
+        if not c.dense and c.temperature != temperature:
+            return (f"{c.folder} keeps the top {c.topk} logits at T={c.temperature:g} and cannot serve "
+                    f"kd.temperature={temperature:g}")
+    if (a.manifest["num_classes"], a.manifest["class_names"]) != (b.manifest["num_classes"],
+                                                                 b.manifest["class_names"]):
+        return f"their classes differ ({a.manifest['num_classes']} and {b.manifest['num_classes']} classes)"
+    if (len(a), a.views, a.shard_size) != (len(b), b.views, b.shard_size) or a.skipped != b.skipped:
+        return f"they hold {len(a)} images x {a.views} views and {len(b)} images x {b.views} views"
+    if a.view_fields() != b.view_fields():
+        return "one holds mixed views (cache.mix), the other not"
+    for s, (x, y) in enumerate(zip(a.shards, b.shards)):
+        for name in a.view_fields():
+            if not np.array_equal(x[name], y[name]):
+                return f"their recorded views differ (field '{name}' in shard {s})"
+    return None

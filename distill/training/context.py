@@ -1,12 +1,14 @@
 """The run context: what every stage is handed, built once per run (run.py) instead of five loose values."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from distill import data
+from distill import config
 from distill.config import Config
 from distill.data import transforms
 from distill.store import layout
@@ -22,12 +24,43 @@ class RunContext:
     norm: dict
     run_dir: Path
     to_input: transforms.ToInput
+    teacher_key: str = "teacher"  # "teachers.NAME": this context is one teacher's of an ensemble (teachers())
+    teacher_shared: bool | None = None  # its folder is a dir the user gave (None: cfg.teacher.dir is set)
 
     @classmethod
     def make(cls, cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> "RunContext":
         """The context, with the batch -> input transform built once (on the device views when rendered there)."""
         to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
         return cls(cfg, acc, bundle, norm, run_dir, to_input)
+
+    def teachers(self) -> list["RunContext"]:
+        """One context per teacher, each with `cfg.teacher` its full section (config.teacher_sections) and its
+        folder (`dir`, or <run>/teachers/NAME); the run's own context when it has the one `teacher`."""
+        if not self.cfg.teachers:
+            return [self]
+        out = []
+        for key, section in config.teacher_sections(self.cfg).items():
+            folder = section.dir or str(self.run_dir / "teachers" / key.split(".", 1)[1])
+            cfg = dataclasses.replace(self.cfg, teacher=dataclasses.replace(section, dir=folder), teachers=[])
+            out.append(dataclasses.replace(self, cfg=cfg, teacher_key=key, teacher_shared=section.dir is not None))
+        return out
+
+    def model_dirs(self) -> dict[str, Path]:
+        """Each trained model's folder by its name in the report: `teacher` (or an ensemble's `teacher-NAME`, one
+        each), `student`, `baseline` (layout.model_dirs)."""
+        teachers = {("teacher" if one.teacher_name == "teacher" else f"teacher-{one.teacher_name}"): one.teacher_dir
+                    for one in self.teachers()}
+        return layout.model_dirs(self.run_dir, teachers)
+
+    @property
+    def teacher_name(self) -> str:
+        """"teacher", or an ensemble teacher's NAME."""
+        return self.teacher_key.split(".", 1)[-1]
+
+    @property
+    def shares_teacher_dir(self) -> bool:
+        """Whether the teacher's folder is one the user named (so other runs may use it)."""
+        return self.cfg.teacher.dir is not None if self.teacher_shared is None else self.teacher_shared
 
     @property
     def teacher_dir(self) -> Path:

@@ -124,3 +124,23 @@ def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> t
     model = create(meta["model"], num_classes)
     model.load_state_dict(artifacts.load_weights(folder))
     return model, meta
+
+
+class Ensemble(nn.Module):
+    """Several classifiers as one, combined as the student's target is (methods.logspace.ensemble: mean_probs or
+    mean_logits, weighted, at temperature T, on z-scored logits with kd.logit_standardization): the output is the
+    combined log-probabilities, so its argmax is the ensemble's prediction."""
+
+    def __init__(self, nets: list[nn.Module], weights: list[float] | None, rule: str, temperature: float,
+                 standardized: bool = False):
+        super().__init__()
+        self.nets, self.rule, self.temperature, self.standardized = nn.ModuleList(nets), rule, temperature, standardized
+        self.register_buffer("weights", torch.tensor(weights or [1.0] * len(nets), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from distill.methods.logspace import ensemble, log_softmax_at
+        from distill.methods.standardize import standardize
+
+        outs = [net(x).float() for net in self.nets]
+        return ensemble(torch.stack([log_softmax_at(standardize(z) if self.standardized else z, self.temperature)
+                                     for z in outs]), self.weights, self.rule)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.methods.logspace import log_softmax_at
+from distill.methods.logspace import ensemble, log_softmax_at
 from distill.methods.standardize import standardize
 
 STD_EPS = 1e-7  # standardize()'s epsilon, applied here to the stored mean and std
@@ -22,21 +22,25 @@ class CachedTeacher:
 
     sees_mixed_input = False  # the engine's own mixing is folded in by mixing these distributions
 
-    def __init__(self, num_classes: int, dense: bool, temperature: float):
+    def __init__(self, num_classes: int, dense: bool, temperature: float, prefix: str = "kd_"):
         self.num_classes, self.dense, self.temperature = num_classes, dense, temperature
+        self.prefix = prefix  # the batch keys of this teacher's record (an ensemble's teacher j > 0: kd{j}_)
 
     def log_probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
         """The teacher's log-probabilities at T per sample, rebuilt from the record each sample brought along."""
-        values, classes = batch["kd_logits"].float(), batch["kd_classes"]
+        def field(name: str) -> torch.Tensor:
+            return batch[self.prefix + name]
+
+        values, classes = field("logits").float(), field("classes")
         if self.dense:  # every logit is in the cache: any T, standardised or not
             logits = torch.zeros(values.shape[0], self.num_classes, device=values.device).scatter_(1, classes, values)
             return log_softmax_at(standardize(logits) if standardized else logits, temperature)
         if temperature != self.temperature:
             raise ValueError(f"a top-k cache holds T={self.temperature}, not {temperature}")
         z = torch.zeros(values.shape[0], self.num_classes, device=values.device).scatter_(1, classes, values)
-        own = [(batch["label"], batch["kd_target"])]  # fp32, written over their fp16 copy when in the top k
-        if "kd_partner_target" in batch:
-            own.append((batch["partner_label"], batch["kd_partner_target"]))
+        own = [(batch["label"], field("target"))]  # fp32, written over their fp16 copy when in the top k
+        if self.prefix + "partner_target" in batch:
+            own.append((batch["partner_label"], field("partner_target")))
         for cls, logit in own:
             z.scatter_(1, cls.view(-1, 1), logit.float().view(-1, 1))
         known = torch.zeros_like(z, dtype=torch.bool).scatter_(1, classes, True)
@@ -45,11 +49,11 @@ class CachedTeacher:
         if standardized:  # with every class stored, z-score the stored values themselves (as a dense cache does);
             # otherwise with the teacher's fp32 mean and std, fp16's error on a logit growing by |z| / std
             complete = known.all(1, keepdim=True)
-            mean = torch.where(complete, z.mean(1, keepdim=True), batch["kd_mean"].float().view(-1, 1))
-            std = torch.where(complete, z.std(1, keepdim=True), batch["kd_std"].float().view(-1, 1))
+            mean = torch.where(complete, z.mean(1, keepdim=True), field("mean").float().view(-1, 1))
+            std = torch.where(complete, z.std(1, keepdim=True), field("std").float().view(-1, 1))
             z = (z - mean) / (std + STD_EPS)
         a = (z / temperature).masked_fill(~known, float("-inf"))
-        tail = (batch["kd_lse_std_rest"] if standardized else batch["kd_lse_rest"]).float().view(-1, 1)
+        tail = field("lse_std_rest" if standardized else "lse_rest").float().view(-1, 1)
         log_total = torch.logaddexp(torch.logsumexp(a, 1, keepdim=True), tail)
         per_tail_class = tail - torch.log((~known).sum(1, keepdim=True).clamp_min(1).float())
         return torch.where(known, a, per_tail_class) - log_total
@@ -68,3 +72,20 @@ class LiveTeacher:
         with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: the result enters the loss graph
             logits = self.model(x).float()
         return log_softmax_at(standardize(logits) if standardized else logits, temperature)
+
+
+class Ensemble:
+    """Several teachers (CachedTeacher or LiveTeacher each) as one: their log-probabilities at T combined per sample
+    by `rule` with `weights` (logspace.ensemble: mean_probs or mean_logits). One teacher is passed through as is."""
+
+    def __init__(self, teachers: list, weights: list[float] | None, rule: str):
+        self.teachers, self.rule = teachers, rule
+        self.weights = torch.tensor(weights if weights is not None else [1.0] * len(teachers), dtype=torch.float64)
+        self.sees_mixed_input = teachers[0].sees_mixed_input
+
+    def log_probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
+        """The combined target's log-probabilities at T."""
+        parts = [t.log_probs(batch, x, temperature, standardized) for t in self.teachers]
+        if len(parts) == 1:
+            return parts[0]
+        return ensemble(torch.stack(parts), self.weights, self.rule)
