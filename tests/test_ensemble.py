@@ -92,6 +92,10 @@ def test_the_ensemble_target_is_the_teachers_own_average_on_the_same_views(share
     assert torch.allclose(got.double().exp(), want.exp(), rtol=2e-3, atol=1e-4)
     equal = targets.Ensemble(cached, None, rule).log_probs(batch, None, 4.0, False)
     assert torch.allclose(equal.double().exp(), _reference(logits, [1, 1], rule, 4.0).exp(), rtol=2e-3, atol=1e-4)
+    from accelerate import Accelerator
+    live = [targets.LiveTeacher(net, Accelerator(cpu=True).autocast) for net in nets]  # online: on the input itself
+    online = targets.Ensemble(live, weights, rule).log_probs(batch, to_input(batch), 4.0, False)
+    assert torch.allclose(online.double().exp(), want.exp(), rtol=1e-5, atol=1e-6)
 
 
 def test_adding_a_teacher_labels_with_it_only_and_dropping_one_relabels_nothing(shared, tmp_path, monkeypatch):
@@ -204,3 +208,14 @@ def test_teachers_is_one_teacher_section_each_over_the_shared_one():
         [("resnet32", 7, None, None), ("resnet20", 7, 3, None)]  # `dir` is never inherited
     assert math.isclose(sum(config.validate({"kd": {"teacher_weights": [2.0]}}).kd.teacher_weights), 2.0)
     assert np.array_equal(np.array(list(config.teacher_sections(config.validate({})))), np.array(["teacher"]))
+
+
+def test_an_online_ensemble_runs_its_teachers_live_and_labels_no_cache(shared, tmp_path):
+    teachers = _teachers(tmp_path, {"a": 1, "b": 2})
+    base = [a for a in cache_overrides(shared.data, tmp_path, shared.teacher_file) if a != "stage=cache"]
+    r = run_here(*base, teachers, "kd.teacher=online", "stage=student", "student.epochs=1", "student.baseline=false",
+                 "student.batch_size=16")
+    assert r.returncode == 0, r.stderr
+    assert "cache: skipped (kd.teacher=online" in r.stderr and not (tmp_path / "cache").exists()
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert {"teacher-a", "teacher-b", "ensemble", "student"} <= set(summary["models"])

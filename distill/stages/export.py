@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from distill import data, faults, files
-from distill.config import Config
+from distill.config import Config, teacher_sections
 from distill.data import transforms
 from distill.errors import ConfigError, DataError
 from distill.store import layout
@@ -104,7 +104,9 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
     test = any("test_top1" in r for r in models_.values())
     rows = ["| model | architecture | params | val top-1 |" + (" test top-1 |" if test else ""),
             "| --- | --- | --- | --- |" + (" --- |" if test else "")]
-    for name, r in ((n, models_[n]) for n in ("teacher", "student", "baseline") if n in models_):
+    teachers = [f"teacher-{key.split('.', 1)[1]}" for key in teacher_sections(cfg)] if cfg.teachers else ["teacher"]
+    shown = teachers + ["ensemble", "student", "baseline"]
+    for name, r in ((n, models_[n]) for n in shown if n in models_):
         rows.append(f"| {name} | `{r['model']}` | {r['params'] / 1e6:.3f} M | {r['top1']:.2f}% "
                     f"({r.get('val_count') or '?'} images) |"
                     + (f" {r['test_top1']:.2f}% ({r['test_count']} images) |" if "test_top1" in r else " - |"
@@ -122,7 +124,12 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
             "No ONNX file: `pip install -e \".[export]\"` (onnx, onnxruntime) and rerun `stage=export` to add it.")
     data_line = cfg.data.path or "the demo digits (scikit-learn)"
     recipe, command = _origin(cfg)
-    return f"""# {meta['model']} distilled from {t.get('model', 'a teacher')}
+    if "ensemble" in models_:  # several teachers: name them
+        members = ", ".join(f"`{models_[n]['model']}`" for n in shown if n.startswith("teacher-"))
+        origin = f"an ensemble of {members} ({kd.ensemble.replace('_', ' ')})"
+    else:
+        origin = t.get("model", "a teacher")
+    return f"""# {meta['model']} distilled from {origin}
 
 A `{meta['model']}` image classifier ({len(meta['class_names'])} classes) trained by distill with {method},
 T = {kd.temperature}, from {source}, on {data_line}.
