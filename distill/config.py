@@ -222,6 +222,8 @@ class KDCfg:
                                    "kd.temperature, 4 on CIFAR)", ge=0, changes=("student",))
     dist_gamma: float = _f(2.0, doc="dist: weight of the intra-class relation (DIST's CIFAR setting 2)", ge=0,
                            changes=("student",))
+    hard_smoothing: float = _f(0.0, doc="hard: label smoothing of the teacher's top-1 class (DeiT: 0)", ge=0, lt=1,
+                               changes=("student",))
     ensemble: str = _f("mean_probs", doc="several teachers (teachers=[...]): their targets combined per view, "
                                          "mean_probs (the average of their distributions at T) | mean_logits (of "
                                          "their logits); exact on caches that keep every logit, on each top-k "

@@ -3,6 +3,7 @@
     kd(student_logits, teacher_logits, temperature)
     dkd(student_logits, teacher_logits, labels, temperature, alpha, beta)
     dist(student_logits, teacher_logits, temperature, beta, gamma)
+    hard(student_logits, teacher_logits, smoothing)   # DeiT's hard distillation: CE to the teacher's top-1 class
     standardize(logits)                      # logit standardization's z-score (Sun et al. 2024)
 
 Each distillation function returns a dict of scalar tensors: the method's terms as its paper defines them (batch
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 from distill.methods.dist import dist
 from distill.methods.dkd import dkd
-from distill.methods.hard import combine, focal, soft_cross_entropy
+from distill.methods.hard import hard
+from distill.methods.crossentropy import combine, focal, soft_cross_entropy
 from distill.methods.kd import kd
 from distill.methods.standardize import standardize
 
-__all__ = ["kd", "dkd", "dist", "standardize", "soft_cross_entropy", "focal", "combine"]
+__all__ = ["kd", "dkd", "dist", "hard", "standardize", "soft_cross_entropy", "focal", "combine"]

@@ -301,3 +301,36 @@ def test_the_registry_builds_kd_loss_choices_and_help():
     assert all(m.name in help_line and m.help in help_line for m in methods.all_methods())
     with pytest.raises(Exception, match="kd.loss: 'nope' is not one of kd, dist, dkd"):
         config.validate({"kd": {"loss": "nope"}})
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("classes,gap", [(2, 0.0), (10, 40.0), (1000, 5.0)])
+def test_hard_distillation_is_the_cross_entropy_to_the_teachers_top_class(smoothing, classes, gap):
+    """kd.loss=hard (DeiT's hard distillation) against its formula written here: -sum_c t_c log p_c with t the
+    teacher's top-1 class one-hot, smoothed to (1 - eps) + eps / C on it and eps / C elsewhere; in the objective,
+    kd.alpha times it plus (1 - kd.alpha) times the CE on the true label."""
+    from distill import losses
+    from distill.config import KDCfg
+    from distill.training import objectives
+
+    g = torch.Generator().manual_seed(classes)
+    student, teacher = torch.randn(8, classes, generator=g), torch.randn(8, classes, generator=g)
+    top = (torch.arange(8) * 7) % classes
+    teacher[torch.arange(8), top] = teacher.max(1).values + gap + 1e-3  # the top class: `gap` above the rest
+    target = torch.full((8, classes), smoothing / classes, dtype=torch.float64)
+    target[torch.arange(8), top] += 1 - smoothing
+    want = -(target * torch.log_softmax(student.double(), 1)).sum(1).mean()
+    got = losses.hard(student, teacher, smoothing)
+    assert got["hard"].item() == pytest.approx(want.item(), rel=1e-6) and got["loss"] is got["hard"]
+    labels = torch.arange(8) % classes
+    kd = KDCfg(loss="hard", alpha=0.5, hard_smoothing=smoothing, temperature=4.0)
+
+    class Fixed:
+        sees_mixed_input = False
+
+        def log_probs(self, batch, x, temperature, standardized):
+            return torch.log_softmax(teacher / temperature, 1)
+    objective = objectives.Distillation(kd, classes, 0.0, Fixed())
+    terms = objective(student, {"label": labels}, None, None, objectives.Progress(epoch=0, step=0))
+    ce = torch.nn.functional.cross_entropy(student.double(), labels)
+    assert terms["loss"].item() == pytest.approx((0.5 * want + 0.5 * ce).item(), rel=1e-6)

@@ -365,3 +365,17 @@ def test_a_dkd_warmup_longer_than_the_schedule_is_said_once(shared, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("student: kd.dkd_warmup=20 is longer than student.epochs=2: the DKD term reaches only 2/20 "
                           "of its weight; set kd.dkd_warmup to at most 2 for the full weight") == 1
+
+
+def test_hard_label_distillation_trains_from_the_cache_end_to_end(shared, tmp_path):
+    """kd.loss=hard through the entry point on a top-2 cache (the teacher's class is exact at any k): the student
+    trains, logs its `hard` term and the model card names the method."""
+    args = [a for a in shared.args(cache__topk=2) if a != "stage=cache"]
+    args = [a if not a.startswith("cache.root=") else f"cache.root={shared.root / 'cache'}" for a in args]
+    r = run_here(*args, f"run_root={tmp_path / 'runs'}", "kd.loss=hard", "student.epochs=1", "student.batch_size=16",
+                 "student.baseline=false")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    last = json.loads((run / "student" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"hard", "ce"} <= set(last["terms"]) and last["hard"] > 0
+    assert "hard-label distillation (DeiT, Touvron et al. 2021), alpha 0.9" in (run / "export" / "README.md").read_text()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports this
 
 _REGISTRY: dict[str, "Method"] = {}
 _LOADED = False
-_NOT_METHODS = {"hard", "logspace", "standardize"}  # helpers in this folder that define no method
+_NOT_METHODS = {"crossentropy", "logspace", "standardize"}  # helpers in this folder that define no method
 
 
 class Method:

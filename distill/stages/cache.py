@@ -215,12 +215,13 @@ class _Labeller:
 
 def run(ctx: RunContext) -> dict | None:
     """Label the cache of each teacher (one, or an ensemble's) with this run's settings, or reuse it when it is
-    complete and every checksum holds; their manifests by teacher name. Every teacher labels the same views (drawn
-    from the global seed and the cache settings), so an added teacher labels its own cache only."""
+    complete and every checksum holds. Every teacher labels the same views (drawn from the global seed and the cache
+    settings), so an added teacher labels its own cache only. The manifest; an ensemble's by teacher name."""
     if ctx.cfg.kd.teacher == "online" and ctx.cfg.stage != "cache":
         log.info("cache: skipped (kd.teacher=online runs the teacher every step)")
         return None
-    return {one.teacher_name: _one_teacher(one) for one in ctx.teachers()}
+    done = {one.teacher_name: _one_teacher(one) for one in ctx.teachers()}
+    return done if ctx.cfg.teachers else done["teacher"]
 
 
 def _one_teacher(ctx: RunContext) -> dict:

@@ -113,7 +113,9 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
                        if test else ""))
     method = {"kd": f"KD (Hinton et al. 2015), alpha {kd.alpha}", "dkd": f"DKD (Zhao et al. 2022), alpha "
               f"{kd.dkd_alpha}, beta {kd.dkd_beta}", "dist": f"DIST (Huang et al. 2022), beta {kd.dist_beta}, "
-              f"gamma {kd.dist_gamma}"}[kd.loss] + (", logit standardization" if kd.logit_standardization else "")
+              f"gamma {kd.dist_gamma}", "hard": f"hard-label distillation (DeiT, Touvron et al. 2021), alpha "
+              f"{kd.alpha}, smoothing {kd.hard_smoothing}"}.get(kd.loss, f"kd.loss={kd.loss}") \
+        + (", logit standardization" if kd.logit_standardization else "")
     source = (f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
               if kd.teacher == "cached" else "the teacher run live every step (online KD)")
     register = "import distill  # registers the CIFAR ResNets with timm\n" if meta["model"] in CIFAR_RESNETS else ""

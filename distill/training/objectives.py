@@ -13,7 +13,7 @@ import torch
 
 from distill import methods
 from distill.config import KDCfg
-from distill.methods import hard, logspace
+from distill.methods import crossentropy, logspace
 from distill.methods.standardize import standardize
 from distill.training import tricks
 
@@ -42,7 +42,7 @@ class CrossEntropy:
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
 
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
-        ce = hard.soft_cross_entropy(logits, hard_targets(batch, self.num_classes, self.label_smoothing, mix))
+        ce = crossentropy.soft_cross_entropy(logits, hard_targets(batch, self.num_classes, self.label_smoothing, mix))
         return {"loss": ce}
 
 
@@ -71,13 +71,13 @@ class Distillation:
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
         kd = self.cfg
         target = hard_targets(batch, self.num_classes, self.label_smoothing, mix)
-        ce = (hard.focal(logits, target, kd.focal_gamma, self.focal_alpha) if kd.ce == "focal"
-              else hard.soft_cross_entropy(logits, target))
+        ce = (crossentropy.focal(logits, target, kd.focal_gamma, self.focal_alpha) if kd.ce == "focal"
+              else crossentropy.soft_cross_entropy(logits, target))
         if not self.method.active(kd):  # e.g. kd with alpha 0: no teacher needed
             return {"loss": ce, "ce": ce}
         student = standardize(logits) if kd.logit_standardization else logits
         terms = self.method(student, self._teacher(batch, mix, x), batch, kd, progress.epoch)
         distilled = terms.pop("loss")
         if kd.balance == "scale":
-            return {"loss": hard.combine(distilled, ce, kd.alpha, "scale"), "ce": ce, **terms}
+            return {"loss": crossentropy.combine(distilled, ce, kd.alpha, "scale"), "ce": ce, **terms}
         return {"loss": self.ce_weight * ce + distilled, "ce": ce, **terms}
