@@ -2,6 +2,7 @@
 from their combination (kd.ensemble, kd.teacher_weights)."""
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,12 +175,18 @@ def test_bad_ensembles_stop_in_one_line_before_any_work(parquet_file, tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_caches_over_other_views_or_at_another_temperature_are_never_combined(shared):
+def test_caches_over_other_views_classes_or_temperature_are_never_combined(shared, tmp_path):
     same = softlabels.SoftLabels(shared.cache())
     other_views = softlabels.SoftLabels(shared.cache(seed=1))  # the same teacher, views drawn from another seed
     assert softlabels.ensemble_problem(same, same, 4.0) is None
     assert softlabels.ensemble_problem(same, other_views, 4.0) == \
         "their recorded views differ (field 'view' in shard 0)"
+    renamed = tmp_path / "renamed"  # a teacher of other classes: its cache names other ones
+    shutil.copytree(shared.cache(), renamed)
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    (renamed / "manifest.json").write_text(json.dumps(manifest | {"class_names": ["cat", "dog", "owl"]}))
+    assert softlabels.ensemble_problem(same, softlabels.SoftLabels(renamed), 4.0) == \
+        "their class names differ (class 0: 'red' and 'cat')"
     top2 = softlabels.SoftLabels(shared.cache(cache__topk=2))  # top 2 of 3 classes, stored at T = 4
     assert softlabels.ensemble_problem(top2, top2, 2.0) == \
         f"{top2.folder} keeps the top 2 logits at T=4 and cannot serve kd.temperature=2"

@@ -272,9 +272,12 @@ def ensemble_problem(a: SoftLabels, b: SoftLabels, temperature: float) -> str | 
         if not c.dense and c.temperature != temperature:
             return (f"{c.folder} keeps the top {c.topk} logits at T={c.temperature:g} and cannot serve "
                     f"kd.temperature={temperature:g}")
-    if (a.manifest["num_classes"], a.manifest["class_names"]) != (b.manifest["num_classes"],
-                                                                 b.manifest["class_names"]):
-        return f"their classes differ ({a.manifest['num_classes']} and {b.manifest['num_classes']} classes)"
+    (n, names), (m, others) = ((c.manifest["num_classes"], c.manifest["class_names"]) for c in (a, b))
+    if n != m:
+        return f"their class counts differ ({n} and {m})"
+    if names != others:
+        first = next(i for i, (x, y) in enumerate(zip(names, others)) if x != y)
+        return f"their class names differ (class {first}: {names[first]!r} and {others[first]!r})"
     if (len(a), a.views, a.shard_size) != (len(b), b.views, b.shard_size) or a.skipped != b.skipped:
         return f"they hold {len(a)} images x {a.views} views and {len(b)} images x {b.views} views"
     if a.view_fields() != b.view_fields():
