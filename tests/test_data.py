@@ -281,11 +281,13 @@ def test_a_test_split_of_another_image_size_is_said_once(tmp_path, caplog):
                                                      "12x12; the eval view resizes them to the network's input") == 1
 
 
-def test_an_undecodable_test_image_stops_the_run_at_load_not_after_training(tmp_path):
+@pytest.mark.parametrize("decode_mb", [4096, 0])  # decoded into memory at load, or kept encoded (too large)
+def test_an_undecodable_test_image_stops_the_run_at_load_not_after_training(tmp_path, decode_mb):
     train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
     tiny_dataset(30, seed=9).to_parquet(str(train))  # other images than the test split's
     _broken_dataset(bad=2).to_parquet(str(test))
-    cfg = config.validate({"data": {"path": str(train), "val_size": 6, "test_split": "test"}}).data
+    cfg = config.validate({"data": {"path": str(train), "val_size": 6, "test_split": "test",
+                                    "decode_mb": decode_mb}}).data
     with pytest.raises(DataError, match=r"data: the image at row 2 of split 'test' in .*test.parquet \(test sample 2\) "
                                         r"could not be decoded .*; set data.on_bad_image=skip to leave it out"):
         data.load(cfg)

@@ -73,19 +73,28 @@ def image_digests(ds: datasets.Dataset, column: str) -> list[bytes]:
     return out
 
 
+def known(verdict: str, key: str) -> bool:
+    """Whether a check of the data (`verdict`: its name) has passed before for data identified by `key`."""
+    return bool((files.read_json(_index()) or {}).get(verdict, {}).get(key))
+
+
+def remember(verdict: str, key: str) -> None:
+    """Record that the check `verdict` passed for the data identified by `key` (it is not run again for it)."""
+    index = files.read_json(_index()) or {}
+    index.setdefault(verdict, {})[key] = True
+    files.write_json(_index(), index)
+
+
 def shared_images(test: datasets.Dataset, others: dict[str, datasets.Dataset], column: str, key: str):
     """The first image the test split shares with another split, as (test row, split name, its row), or None.
     Every image's bytes are hashed once; the verdict is remembered by `key` (the splits' identities), so a large
     data set is read for it once, not on every run."""
-    index = files.read_json(_index()) or {}
-    if index.get("disjoint", {}).get(key):
+    if known("disjoint", key):
         return None
     test_rows = {d: i for i, d in reversed(list(enumerate(image_digests(test, column))))}
     for name, ds in others.items():
         for j, d in enumerate(image_digests(ds, column)):
             if d in test_rows:
                 return test_rows[d], name, j
-    index = files.read_json(_index()) or {}
-    index.setdefault("disjoint", {})[key] = True
-    files.write_json(_index(), index)
+    remember("disjoint", key)
     return None

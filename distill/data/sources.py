@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from tqdm.auto import tqdm
 
 from distill import files
 from distill.config import DataCfg
@@ -239,14 +240,30 @@ def load(cfg: DataCfg) -> DataBundle:
               if ds is not None}
     _say_sizes(images)
     test_images = images.get("test")
-    if test_images is not None and test_images.bad and cfg.on_bad_image == "error":  # found now, not after training
-        test_images.fetch(min(test_images.bad), skip_bad=False)  # raises, naming the row
+    if test_images is not None and cfg.on_bad_image == "error":  # found now, not after training
+        _check_decodes(test_images, test_identity)
     return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
 
 
 def _content(source: str, path: str | None) -> str | None:
     """Local data is identified by its bytes (data/content.py); the hub's by `datasets`' own fingerprints."""
     return content.content_hash(path) if source in ("parquet", "imagefolder", "disk") else None
+
+
+def _check_decodes(test: Images, identity: dict) -> None:
+    """Every test image decodes, checked before any work (DataError naming the first that does not): read off the
+    load's decoding when the split was decoded into memory; otherwise each image decoded once and the verdict
+    remembered by the split's identity, so a large test split costs one decoding pass per data set, not per run."""
+    if test.pixels is not None:
+        if test.bad:
+            test.fetch(min(test.bad), skip_bad=False)  # raises, naming the row
+        return
+    key = files.fingerprint(identity)
+    if content.known("decodes", key):
+        return
+    for i in tqdm(range(len(test)), desc="check test images", unit="img", disable=len(test) < 1000):
+        test.fetch(i, skip_bad=False)  # raises, naming the row
+    content.remember("decodes", key)
 
 
 def _labels_by_name(test: datasets.Dataset, column: str, names: list[str]) -> datasets.Dataset:
