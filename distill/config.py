@@ -10,7 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -180,6 +180,9 @@ class CacheCfg:
 @dataclass
 class StudentCfg(TrainCfg):
     model: str = _f("resnet8", doc="timm model name of the student", changes=OWNER)
+    model_args: Optional[Dict[str, Any]] = _f(None, doc="keyword arguments for timm.create_model of the student, "
+                                              "e.g. {img_size: 32, patch_size: 4} for a ViT at CIFAR's size",
+                                              changes=OWNER)
     seed: Optional[int] = _f(None, doc="student seed (init, data order, mixing); null: the global seed", changes=OWNER)
     baseline: bool = _f(False, doc="also train the same student with CE only (same recipe, budget and seed)",
                         changes=NONE)
@@ -224,6 +227,11 @@ class KDCfg:
                            changes=("student",))
     hard_smoothing: float = _f(0.0, doc="hard: label smoothing of the teacher's top-1 class (DeiT: 0)", ge=0, lt=1,
                                changes=("student",))
+    token: Optional[str] = _f(None, doc="a student with a distillation head (timm's *_distilled_* models, DeiT): "
+                                        "the class head learns from the labels (CE), the distillation head from the "
+                                        "teacher: soft (kd.loss) | hard (the teacher's top-1 class, kd.loss=hard); "
+                                        "evaluated and exported as the two heads' average, as timm does. null: off",
+                              choices=("soft", "hard"), changes=("student",))
     ensemble: str = _f("mean_probs", doc="several teachers (teachers=[...]): their targets combined per view, "
                                          "mean_probs (the average of their distributions at T) | mean_logits (of "
                                          "their logits); exact on caches that keep every logit, on each top-k "
@@ -362,6 +370,9 @@ def _check_cross(cfg: Config) -> None:
     for key, teacher in teacher_sections(cfg).items():
         if teacher.source == "train" and teacher.epochs < 1:
             raise ConfigError(f"{key}.epochs: must be >= 1 when {key}.source=train")
+    if cfg.kd.token == "hard" and cfg.kd.loss not in ("kd", "hard"):
+        raise ConfigError(f"kd.token: hard teaches the distillation head the teacher's class (kd.loss=hard); "
+                          f"kd.loss={cfg.kd.loss} teaches it with kd.token=soft")
     weights = cfg.kd.teacher_weights
     if weights is not None:
         count = max(len(cfg.teachers), 1)

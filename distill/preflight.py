@@ -6,8 +6,8 @@ import difflib
 
 import timm
 
-from distill.training import models  # noqa: F401  (registers the CIFAR ResNets, so their names are timm names)
-from distill.config import Config
+from distill.training import models  # also registers the CIFAR ResNets, so their names are timm names
+from distill.config import Config, teacher_sections
 from distill.errors import ConfigError
 
 
@@ -39,10 +39,13 @@ def check_tracker(name: str | None) -> None:
 
 
 def before_data(cfg: Config) -> None:
-    teacher = cfg.teacher
-    hub_weights = teacher.source == "timm" and teacher.pretrained and not teacher.checkpoint
-    check_model(teacher.model, "teacher.model", hub_weights)
+    for key, teacher in teacher_sections(cfg).items():  # the teacher, or each of an ensemble
+        hub_weights = teacher.source == "timm" and teacher.pretrained and not teacher.checkpoint
+        check_model(teacher.model, f"{key}.model", hub_weights)
     check_model(cfg.student.model, "student.model")
+    if cfg.kd.token and not models.has_distillation_head(cfg.student.model, cfg.student.model_args):
+        raise ConfigError(f"kd.token: student.model={cfg.student.model} has no distillation head; timm's models "
+                          f"with one: {', '.join(models.distilled_models())}")
     check_tracker(cfg.log_with)
     if cfg.export.hub_repo and cfg.stage in ("export", "all"):  # found before the pipeline, not after it
         from distill.stages import export

@@ -255,7 +255,8 @@ def _write(ctx: RunContext, summary: dict, pre: dict, onnx: bool, fp: str) -> di
     model, meta = models.load_trained(layout.student_dir(run_dir), bundle.num_classes, "export", "student")
     model.eval()
     model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=bundle.num_classes, **pre)
-    save_for_hf(model, str(tmp), model_config={"label_names": list(bundle.class_names)}, safe_serialization=True)
+    save_for_hf(model, str(tmp), model_config={"label_names": list(bundle.class_names)},
+                model_args=meta.get("model_args") or None, safe_serialization=True)  # timm rebuilds it with them
     x = _val_batch(cfg, bundle, ctx.norm)  # on the host: checked on the CPU, as it is exported
     checks = {"opset": cfg.export.opset, "batch": len(x), "cpu_images_per_s": _throughput(model, x)}
     if onnx:

@@ -129,14 +129,16 @@ def _train(ctx: RunContext, out: Path, name: str, fp: str, objective, train_load
     s, seed = cfg.student, seed_of(cfg)
     start = time.perf_counter()
     set_seed(seed)
-    model = models.create(s.model, bundle.num_classes, s.drop_rate)
+    model = models.create(s.model, bundle.num_classes, s.drop_rate, model_args=s.model_args)
     models.init_weights(model, s.init, s.zero_gamma)
+    if cfg.kd.token and name == "student":  # training returns (class head, distillation head); eval their mean
+        model.set_distilled_training(True)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
     job = engine.Fit(cfg=s, epochs=s.epochs, lr_per_256=s.optim.lr, out_dir=out, name=name, seed=seed,
                      to_input=ctx.to_input, **engine.guards(cfg, fp))
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
-                          num_classes=bundle.num_classes, class_names=bundle.class_names,
+                          num_classes=bundle.num_classes, class_names=bundle.class_names, model_args=s.model_args,
                           image_size=cfg.data.image_size, normalization=ctx.norm, seed=seed,
                           config={"student": dataclasses.asdict(s), "kd": dataclasses.asdict(cfg.kd)},
                           wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part

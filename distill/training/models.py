@@ -17,11 +17,14 @@ from distill.store import artifacts, layout
 log = logging.getLogger("distill")
 
 
-def create(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool = False) -> nn.Module:
+def create(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool = False,
+           model_args: dict | None = None) -> nn.Module:
+    """timm's model `name` with this class count; `model_args` go to timm.create_model (a ViT's img_size, ...)."""
     if name not in timm.list_models() and not pretrained:
         raise CheckpointError(f"model '{name}' is not a timm model name (see timm.list_models())")
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate,
+                                 **(model_args or {}))
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise
@@ -117,11 +120,21 @@ def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 
     return model, False
 
 
+def has_distillation_head(name: str, model_args: dict | None = None) -> bool:
+    """Whether timm's `name` has a distillation token and head (DeiT's VisionTransformerDistilled and kin)."""
+    return hasattr(create(name, 2, model_args=model_args), "set_distilled_training")
+
+
+def distilled_models() -> list[str]:
+    """timm's models with a distillation head (by name: timm marks them *_distilled*)."""
+    return timm.list_models("*distilled*")
+
+
 def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> tuple[nn.Module, dict]:
     """The model that stage `what` trained into `folder` (its meta.json names the architecture) and its meta; a
     missing one stops the run in one line naming the stage that makes it."""
     meta = layout.trained(folder, needed_by, what)
-    model = create(meta["model"], num_classes)
+    model = create(meta["model"], num_classes, model_args=meta.get("model_args"))
     model.load_state_dict(artifacts.load_weights(folder))
     return model, meta
 

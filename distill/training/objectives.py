@@ -56,7 +56,7 @@ class Distillation:
 
     def __init__(self, cfg: KDCfg, num_classes: int, label_smoothing: float, teacher):
         self.cfg, self.num_classes, self.label_smoothing, self.teacher = cfg, num_classes, label_smoothing, teacher
-        self.method = methods.get(cfg.loss)
+        self.method = methods.get("hard" if cfg.token == "hard" else cfg.loss)
         self.ce_weight = cfg.ce_weight if cfg.ce_weight is not None else self.method.ce_weight(cfg)
         self.focal_alpha = torch.tensor(cfg.focal_alpha) if cfg.focal_alpha else None
 
@@ -70,12 +70,15 @@ class Distillation:
 
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
         kd = self.cfg
+        # a student with a distillation head (kd.token) trains (class head, distillation head): CE on the first,
+        # the method on the second (DeiT); any other student's one output does both
+        logits, dist_head = logits if isinstance(logits, tuple) else (logits, logits)
         target = hard_targets(batch, self.num_classes, self.label_smoothing, mix)
         ce = (crossentropy.focal(logits, target, kd.focal_gamma, self.focal_alpha) if kd.ce == "focal"
               else crossentropy.soft_cross_entropy(logits, target))
         if not self.method.active(kd):  # e.g. kd with alpha 0: no teacher needed
             return {"loss": ce, "ce": ce}
-        student = standardize(logits) if kd.logit_standardization else logits
+        student = standardize(dist_head) if kd.logit_standardization else dist_head
         terms = self.method(student, self._teacher(batch, mix, x), batch, kd, progress.epoch)
         distilled = terms.pop("loss")
         if kd.balance == "scale":
