@@ -143,6 +143,12 @@ def test_adding_a_teacher_labels_with_it_only_and_dropping_one_relabels_nothing(
     assert forwards == [] and "cache: labelled" not in r.stderr
     assert set(json.loads((run / "summary.json").read_text())["models"]) == {"teacher-a", "teacher-c", "ensemble"}
 
+    forwards.clear()  # teacher c's checkpoint file now holds other weights: its cache alone is labelled again
+    r = run_here(*base, _teachers(tmp_path, {"a": 1, "c": 4}))
+    assert r.returncode == 0, r.stderr
+    assert sum(forwards) == images * views and r.stderr.count("cache: labelled") == 1
+    assert {p.name: p.read_bytes() for p in _cache_of(run, "a").iterdir()} == before["a"]
+
 
 def test_a_one_teacher_ensemble_trains_the_single_teachers_student_bit_for_bit(shared, tmp_path):
     args = [*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=student", "student.epochs=1",
