@@ -398,8 +398,9 @@ def teacher_sections(cfg: Config) -> dict[str, TeacherCfg]:
             raise ConfigError(f"teachers[{i}]: needs a name, e.g. {{name: big, model: resnet56}}; got {entry!r}")
         name = entry["name"]
         key = f"teachers.{name}"
-        if not TEACHER_NAME.match(name):
-            raise ConfigError(f"{key}: a teacher's name is a folder name (letters, digits, _ . -)")
+        if not TEACHER_NAME.match(name) or name == "teacher":
+            raise ConfigError(f"{key}: a teacher's name is a folder name (letters, digits, _ . -), other than "
+                              "'teacher' (the one teacher's)")
         if key in out:
             raise ConfigError(f"{key}: the name is used by two teachers")
         try:

@@ -169,6 +169,8 @@ def test_a_one_teacher_ensemble_trains_the_single_teachers_student_bit_for_bit(s
     ("[{name: a}, {name: b}]", "[1.0,-1.0]", "kd.teacher_weights: [1.0, -1.0] must be >= 0 and not all 0"),
     ("[{name: a}, {name: b}]", "[0.0,0.0]", "kd.teacher_weights: [0.0, 0.0] must be >= 0 and not all 0"),
     ("[{name: a, epochs: -1}]", None, "teachers.a.epochs: -1 must be >= 0"),
+    ("[{name: teacher}]", None, "teachers.teacher: a teacher's name is a folder name (letters, digits, _ . -), "
+                                "other than 'teacher' (the one teacher's)"),
     ("[{model: resnet8}]", None, "teachers[0]: needs a name, e.g. {name: big, model: resnet56}; got "
                                  "{'model': 'resnet8'}"),
 ])

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from distill import data
-from distill import config
+from distill import config, data
 from distill.config import Config
 from distill.data import transforms
 from distill.store import layout
