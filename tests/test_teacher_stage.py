@@ -102,3 +102,27 @@ def test_fp16_on_a_cpu_says_so_once_and_trains_what_precision_no_trains(shared, 
     assert first.stderr.count("precision=fp16: not available here (no GPU); this run trains with precision=no") == 1
     again = run_here(*[a for a in args if not a.startswith("precision=")], "precision=no")
     assert again.returncode == 0 and "teacher: reusing" in again.stderr
+
+
+def test_a_folder_lock_is_not_kept_by_a_forked_worker_after_its_holder_lets_go(tmp_path):
+    """A stage's DataLoader workers are forked while it holds its folder and may outlive the stage (persistent
+    workers): the lock must end with the holder's block, or the next sweep point in this process stops."""
+    folder = tmp_path / "teacher"
+    read, write = os.pipe()
+    with artifacts.exclusive(folder):
+        child = os.fork()
+        if child == 0:  # a worker: alive until the test lets it go (no clock involved)
+            os.close(write)
+            os.read(read, 1)
+            os._exit(0)
+    try:
+        with artifacts.exclusive(folder):  # taken again while the forked child still lives
+            pass
+        with artifacts.exclusive(folder):
+            with pytest.raises(Exception, match=f"in use by a running distill \\(pid {os.getpid()}\\)"):
+                with artifacts.exclusive(folder):  # the same process twice: still refused
+                    pass
+    finally:
+        os.close(write)
+        os.waitpid(child, 0)
+        os.close(read)

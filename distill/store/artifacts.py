@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -51,19 +52,27 @@ def load_weights(folder: Path) -> dict:
 @contextlib.contextmanager
 def exclusive(folder: Path, advice: str = "wait for it to finish, or give this run another name=",
               lock: Path | None = None):
-    """Hold `folder` for one live run: an flock on `lock` (<folder>/.lock), which the kernel drops when its process
-    ends, however it ends (so a lock left by a killed run never blocks the next). A folder held by a live run
-    raises."""
+    """Hold `folder` for one live run: a POSIX lock (fcntl.lockf) on `lock` (<folder>/.lock), which the kernel drops
+    when its process ends, however it ends (so a lock left by a killed run never blocks the next), and which a
+    forked DataLoader worker does not inherit (an flock would stay held by a stage's persistent workers after the
+    stage, and block the next sweep point in the same process). POSIX locks do not see their own process's, so
+    the folders this process holds are also kept in _HELD. A folder held by a live run raises."""
     lock = lock or folder / ".lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lock.resolve())
+    if key in _HELD:
+        raise DataError(f"{folder}: in use by a running distill (pid {os.getpid()}); {advice}")
     f = open(lock, "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
         f.seek(0)
         pid = f.read().strip() or "?"
         f.close()
         raise DataError(f"{folder}: in use by a running distill (pid {pid}); {advice}") from None
+    _HELD.add(key)
     try:
         f.seek(0)
         f.truncate()
@@ -71,7 +80,11 @@ def exclusive(folder: Path, advice: str = "wait for it to finish, or give this r
         f.flush()
         yield
     finally:
-        f.close()  # closing releases the flock
+        _HELD.discard(key)
+        f.close()  # closing releases the lock
+
+
+_HELD: set[str] = set()  # the lock files this process holds (exclusive)
 
 
 def on_main(acc, decide):
