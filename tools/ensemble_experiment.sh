@@ -34,13 +34,7 @@ common=(recipe=cifar10_resnet20_to_resnet8 data.path="$RUNS/data/train.parquet" 
 teacher() { echo "{name: s$1, seed: $1, dir: '$RUNS/teachers/s$1'}"; }
 all="teachers=[$(teacher 0), $(teacher 1), $(teacher 2)]"
 start=$SECONDS
-run() {  # run NAME [key=value ...]: one run folder, timed
-  local name=$1 t=$SECONDS
-  shift
-  echo "== $name: python distill/run.py ${common[*]} name=$name $*"
-  python distill/run.py "${common[@]}" name="$name" "$@"
-  echo "== $name: $((SECONDS - t)) s wall"
-}
+source tools/experiment_run.sh  # run NAME [key=value ...]: one run folder, timed
 run teachers "$all" stage=cache  # the three teachers and their caches, once; the report scores them and the ensemble
 best=$(python -c "import json, sys; m = json.load(open('$RUNS/teachers/summary.json'))['models']; \
 print(max((r['top1'], n) for n, r in m.items() if n.startswith('teacher-'))[1].split('-')[1][1:])")

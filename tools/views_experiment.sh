@@ -20,13 +20,7 @@ common=(recipe=cifar10_resnet20_to_resnet8 data.path="$D" data.test_split=null d
         teacher.dir="$RUNS/teacher" teacher.epochs="$TEACHER_EPOCHS" student.epochs="$EPOCHS"
         cache.root="$RUNS/cache")
 start=$SECONDS
-run() {  # run NAME [key=value ...]: one run folder, timed
-  local name=$1 t=$SECONDS
-  shift
-  echo "== $name: python distill/run.py ${common[*]} name=$name $*"
-  python distill/run.py "${common[@]}" name="$name" "$@"
-  echo "== $name: $((SECONDS - t)) s wall"
-}
+source tools/experiment_run.sh  # run NAME [key=value ...]: one run folder, timed
 for s in $SEEDS; do  # seed by seed, so that a stopped experiment already holds whole seeds
   for v in $VIEWS; do
     run "v$v-s$s" cache.views="$v" student.seed="$s" student.baseline=false

@@ -5,7 +5,8 @@ each sample of the batch; every method takes its target in log space (distill/me
 is ever subtracted from 1. From a live teacher it is the log softmax of its logits on the student's very input `x`.
 From the cache it is the distribution the cache represents, built exactly from what it stores: every logit when the
 cache keeps them all; otherwise the top k, the true class (and a mixed view's partner class) at their exact
-probability, and the tail's mass, stored as its own logsumexp, spread evenly over the other classes.
+probability, and the tail's mass, stored as its own logsumexp, spread evenly over the other classes. Several
+teachers (an ensemble) are one `Ensemble`, which combines their log-probabilities in log space.
 """
 from __future__ import annotations
 
