@@ -23,14 +23,14 @@ class RunContext:
     norm: dict
     run_dir: Path
     to_input: transforms.ToInput
-    teacher_key: str = "teacher"  # "teachers.NAME": this context is one teacher's of an ensemble (teachers())
-    teacher_shared: bool | None = None  # its folder is a dir the user gave (None: cfg.teacher.dir is set)
+    teacher_name: str = "teacher"  # or NAME: this context is an ensemble's teacher NAME's (teachers())
+    shares_teacher_dir: bool = False  # the teacher's folder is one the user named (other runs may use it)
 
     @classmethod
     def make(cls, cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> "RunContext":
         """The context, with the batch -> input transform built once (on the device views when rendered there)."""
         to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
-        return cls(cfg, acc, bundle, norm, run_dir, to_input)
+        return cls(cfg, acc, bundle, norm, run_dir, to_input, shares_teacher_dir=cfg.teacher.dir is not None)
 
     def teachers(self) -> list["RunContext"]:
         """One context per teacher, each with `cfg.teacher` its full section (config.teacher_sections) and its
@@ -41,7 +41,8 @@ class RunContext:
         for key, section in config.teacher_sections(self.cfg).items():
             folder = section.dir or str(self.run_dir / "teachers" / key.split(".", 1)[1])
             cfg = dataclasses.replace(self.cfg, teacher=dataclasses.replace(section, dir=folder), teachers=[])
-            out.append(dataclasses.replace(self, cfg=cfg, teacher_key=key, teacher_shared=section.dir is not None))
+            out.append(dataclasses.replace(self, cfg=cfg, teacher_name=key.split(".", 1)[1],
+                                           shares_teacher_dir=section.dir is not None))
         return out
 
     def model_dirs(self) -> dict[str, Path]:
@@ -50,16 +51,6 @@ class RunContext:
         teachers = {("teacher" if one.teacher_name == "teacher" else f"teacher-{one.teacher_name}"): one.teacher_dir
                     for one in self.teachers()}
         return layout.model_dirs(self.run_dir, teachers)
-
-    @property
-    def teacher_name(self) -> str:
-        """"teacher", or an ensemble teacher's NAME."""
-        return self.teacher_key.split(".", 1)[-1]
-
-    @property
-    def shares_teacher_dir(self) -> bool:
-        """Whether the teacher's folder is one the user named (so other runs may use it)."""
-        return self.cfg.teacher.dir is not None if self.teacher_shared is None else self.teacher_shared
 
     @property
     def teacher_dir(self) -> Path:
