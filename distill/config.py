@@ -175,6 +175,11 @@ class CacheCfg:
                          changes=("cache",))
     mix: MixCfg = _f(factory=MixCfg,
                      changes=("cache",))  # mixed views: partner, its view, lambda/box drawn and stored per view
+    features: bool = _f(False, doc="also store each view's pooled pre-logit teacher feature (fp16, its own shard "
+                                   "files: 2 bytes x the teacher's feature width per view), for kd.feature_weight",
+                        changes=("cache",))
+    max_gb: float = _f(20.0, doc="refuse, before any work, a cache whose files would exceed this many GB (a feature "
+                                 "cache of ImageNet with a resnet50 teacher and 4 views: 21 GB)", gt=0, changes=NONE)
 
 
 @dataclass
@@ -232,6 +237,13 @@ class KDCfg:
                                         "teacher: soft (kd.loss) | hard (the teacher's top-1 class, kd.loss=hard); "
                                         "evaluated and exported as the two heads' average, as timm does. null: off",
                               choices=("soft", "hard"), changes=("student",))
+    feature_weight: float = _f(0.0, doc="feature distillation: weight of the loss between the student's pooled "
+                                         "pre-logit feature, through a learned linear projection when the widths "
+                                         "differ (not exported), and the teacher's (timm's feature task); added to "
+                                         "any kd.loss; cached needs cache.features=true. 0: off", ge=0,
+                               changes=("student",))
+    feature_loss: str = _f("mse", doc="feature distillation's loss: mse (timm's) | cosine (1 - cosine similarity)",
+                           choices=("mse", "cosine"), changes=("student",))
     ensemble: str = _f("mean_probs", doc="several teachers (teachers=[...]): their targets combined per view, "
                                          "mean_probs (the average of their distributions at T) | mean_logits (of "
                                          "their logits); exact on caches that keep every logit, on each top-k "
@@ -373,6 +385,13 @@ def _check_cross(cfg: Config) -> None:
     if cfg.kd.token == "hard" and cfg.kd.loss not in ("kd", "hard"):
         raise ConfigError(f"kd.token: hard teaches the distillation head the teacher's class (kd.loss=hard); "
                           f"kd.loss={cfg.kd.loss} teaches it with kd.token=soft")
+    if cfg.kd.feature_weight > 0:
+        if cfg.teachers:
+            raise ConfigError("kd.feature_weight: feature distillation learns one teacher's feature; an ensemble's "
+                              "teachers' features differ in meaning and width (drop teachers, or kd.feature_weight=0)")
+        if cfg.kd.teacher == "cached" and not cfg.cache.features:
+            raise ConfigError("kd.feature_weight: with kd.teacher=cached the teacher's features come from the cache; "
+                              "set cache.features=true (or kd.teacher=online)")
     weights = cfg.kd.teacher_weights
     if weights is not None:
         count = max(len(cfg.teachers), 1)

@@ -5,6 +5,8 @@
     dist(student_logits, teacher_logits, temperature, beta, gamma)
     hard(student_logits, teacher_logits, smoothing)   # DeiT's hard distillation: CE to the teacher's top-1 class
     standardize(logits)                      # logit standardization's z-score (Sun et al. 2024)
+    feature_mse(student_features, teacher_features)      # feature distillation (timm's), on pooled features
+    feature_cosine(student_features, teacher_features)   # 1 - cosine similarity, batch mean
 
 Each distillation function returns a dict of scalar tensors: the method's terms as its paper defines them (batch
 mean, each already multiplied by T^2) and `loss`, their weighted sum, with no CE term and no warm-up. They are the
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 from distill.methods.dist import dist
 from distill.methods.dkd import dkd
+from distill.methods.feature import feature_cosine, feature_mse
 from distill.methods.hard import hard
 from distill.methods.crossentropy import combine, focal, soft_cross_entropy
 from distill.methods.kd import kd
 from distill.methods.standardize import standardize
 
-__all__ = ["kd", "dkd", "dist", "hard", "standardize", "soft_cross_entropy", "focal", "combine"]
+__all__ = ["kd", "dkd", "dist", "hard", "standardize", "feature_mse", "feature_cosine", "soft_cross_entropy", "focal", "combine"]

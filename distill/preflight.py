@@ -46,6 +46,7 @@ def before_data(cfg: Config) -> None:
     if cfg.kd.token and not models.has_distillation_head(cfg.student.model, cfg.student.model_args):
         raise ConfigError(f"kd.token: student.model={cfg.student.model} has no distillation head; timm's models "
                           f"with one: {', '.join(models.distilled_models())}")
+    check_features(cfg)
     check_tracker(cfg.log_with)
     if cfg.export.hub_repo and cfg.stage in ("export", "all"):  # found before the pipeline, not after it
         from distill.stages import export
@@ -53,3 +54,47 @@ def before_data(cfg: Config) -> None:
         if problem:
             raise ConfigError(f"export.hub_repo: {problem}; fix that, or drop export.hub_repo (checked before any "
                               "work)")
+
+
+def _pooled_problem(name: str, model_args: dict | None = None) -> str | None:
+    """Why timm cannot give the pooled pre-logit feature of model `name` (None: it can, or the name is one timm
+    resolves only when loading, which the cache stage checks)."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return None
+    return models.feature_problem(models.architecture(name, 2, model_args))
+
+
+def check_features(cfg: Config) -> None:
+    """Feature distillation needs the pooled feature of the student and of the teacher (timm's forward_features
+    and forward_head(pre_logits=True)); a feature cache, the teacher's."""
+    wanted = {}
+    if cfg.kd.feature_weight > 0:
+        wanted["kd.feature_weight"] = [("student.model", cfg.student.model, cfg.student.model_args)]
+    if cfg.kd.feature_weight > 0 or cfg.cache.features:
+        key = "kd.feature_weight" if cfg.kd.feature_weight > 0 else "cache.features"
+        wanted.setdefault(key, []).extend((f"{k}.model", t.model, None) for k, t in teacher_sections(cfg).items())
+    for key, found in wanted.items():
+        for which, name, args in found:
+            problem = _pooled_problem(name, args)
+            if problem:
+                raise ConfigError(f"{key}: timm cannot give the pooled pre-logit feature of {which}={name} "
+                                  f"({problem}); feature distillation needs forward_features and "
+                                  "forward_head(pre_logits=True)")
+
+
+def after_data(cfg: Config, num_images: int, num_classes: int) -> None:
+    """Checks that need the data's size but no work: a cache over cache.max_gb stops before the teacher trains."""
+    from distill.stages import cache
+
+    if cfg.stage == "teacher" or (cfg.kd.teacher == "online" and cfg.stage != "cache"):
+        return  # no cache is made
+    dtype = cache.record_dtype(cfg, num_classes)
+    for key, teacher in teacher_sections(cfg).items():
+        width = None
+        if cfg.cache.features:
+            if teacher.model.startswith(("hf-hub:", "local-dir:")):
+                continue  # its width is known once loaded: the cache stage checks it then
+            width = models.feature_width(models.architecture(teacher.model, num_classes))
+        problem = cache.too_big(cfg, num_images, dtype, width, key.split(".", 1)[-1])
+        if problem:
+            raise ConfigError(problem)

@@ -54,6 +54,7 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
+    preflight.after_data(cfg, len(bundle.train), bundle.num_classes)
     with artifacts.held(acc, run_dir, "wait for it to finish, or give this run another name="):  # one run a folder
         return _stages(cfg, acc, bundle, run_dir)
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports this
 
 _REGISTRY: dict[str, "Method"] = {}
 _LOADED = False
-_NOT_METHODS = {"crossentropy", "logspace", "standardize"}  # helpers in this folder that define no method
+# helpers in this folder that define no kd.loss (feature distillation is added to any kd.loss: kd.feature_weight)
+_NOT_METHODS = {"crossentropy", "logspace", "standardize", "feature"}
 
 
 class Method:

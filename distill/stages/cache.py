@@ -31,7 +31,7 @@ from distill.data import transforms, views
 from distill.store import artifacts, layout, softlabels
 from distill.training import models, tricks
 from distill.training.context import RunContext
-from distill.errors import DataError
+from distill.errors import ConfigError, DataError
 
 log = logging.getLogger("distill")
 
@@ -139,21 +139,27 @@ class _Labeller:
     cfg: Config
     acc: Accelerator
     dtype: np.dtype
+    feature_dim: int | None = None  # cache.features: the width of the pooled feature stored per view
     bar: tqdm | None = None
 
     @torch.inference_mode()
-    def shard(self, start: int, stop: int, base: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    def shard(self, start: int, stop: int, base: tuple | None = None) -> tuple[np.ndarray, list[int], np.ndarray | None]:
         """The records of images [start, stop): views `items.first_view` .. V-1 labelled by the teacher, the views
-        below copied from `base` (this shard of a smaller cache). Each forward is one view of the next
-        `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are the same bits
-        in a grown cache as in a fresh one; each view's logsumexp is taken at `temperature`. Also returns the images
-        left out (data.on_bad_image=skip)."""
+        below copied from `base` (this shard of a smaller cache: its records and features). Each forward is one view
+        of the next `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are
+        the same bits in a grown cache as in a fresh one; each view's logsumexp is taken at `temperature`. Also
+        returns the images left out (data.on_bad_image=skip) and, with cache.features, the views' pooled teacher
+        features ([rows, V, width] fp16)."""
         first, run, labels = self.items.first_view, self.cfg.cache.batch_size, self.items.images.labels
         n_new = self.cfg.cache.views - first
         records, bad = np.zeros(stop - start, dtype=self.dtype), np.zeros(stop - start, dtype=bool)
+        features = None if self.feature_dim is None else np.zeros(
+            (stop - start, self.cfg.cache.views, self.feature_dim), dtype=softlabels.FEATURE_DTYPE)
         if base is not None:
             for name in self.dtype.names:
-                records[name][:, :first] = base[name]
+                records[name][:, :first] = base[0][name]
+            if features is not None:
+                features[:, :first] = base[1]
         loader = DataLoader(Subset(self.items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
                             num_workers=data.workers(self.cfg.data, self.items.images),
                             pin_memory=torch.cuda.is_available(), collate_fn=data.collate)
@@ -169,14 +175,16 @@ class _Labeller:
             pending.append(x.view(b, n_new, *x.shape[1:]))
             while loaded - labelled >= run or (loaded == len(records) and loaded > labelled):  # full teacher runs
                 x = torch.cat(pending)
-                self._label(records, x[:run], labelled, start)
+                self._label(records, features, x[:run], labelled, start)
                 labelled += len(x[:run])
                 pending = [x[run:]]
         records["correct"][:, first:] = records["top1"][:, first:] == labels[start:stop, None]
         for name in softlabels.TEACHER_FIELDS:  # the teacher saw a blank: keep nothing of it
             if name in self.dtype.names:
                 records[name][bad] = 0
-        return records, (np.flatnonzero(bad) + start).tolist()
+        if features is not None:
+            features[bad] = 0
+        return records, (np.flatnonzero(bad) + start).tolist(), features
 
     def _inputs(self, batch: dict, n_new: int) -> dict:
         """One loader batch (b images x n_new views) as the flat batch ToInput turns into network inputs."""
@@ -196,13 +204,18 @@ class _Labeller:
             flat |= {"lam": batch["lam"].flatten(0, 1), "box": batch["box"].flatten(0, 1)}
         return flat
 
-    def _label(self, records: np.ndarray, x: torch.Tensor, row: int, start: int) -> None:
-        """The teacher's fields of every new view of images row .. row + len(x) of the shard (x: [b, n_new, ...])."""
+    def _label(self, records: np.ndarray, features: np.ndarray | None, x: torch.Tensor, row: int, start: int) -> None:
+        """The teacher's fields (and features) of every new view of images row .. row + len(x) of the shard
+        (x: [b, n_new, ...])."""
         first, k, labels = self.items.first_view, self.dtype["logits"].shape[1], self.items.images.labels
         out, own = records[row:row + len(x)], torch.from_numpy(labels[start + row:start + row + len(x)])
         for j in range(x.shape[1]):
             with self.acc.autocast():
-                logits = self.model(x[:, j].contiguous(memory_format=torch.channels_last)).float().cpu()
+                answer = self.model(x[:, j].contiguous(memory_format=torch.channels_last))
+            if features is not None:  # a models.PooledTeacher: (logits, pooled feature)
+                answer, pooled = answer
+                features[row:row + len(x), first + j] = pooled.float().cpu().numpy().astype(softlabels.FEATURE_DTYPE)
+            logits = answer.float().cpu()
             partner_cls = None
             if "partner_target" in self.dtype.names:  # the partner's class (the image's own when unmixed)
                 partner = torch.from_numpy(out["partner"][:, first + j].astype(np.int64))
@@ -245,16 +258,27 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
         return complete
     acc.wait_for_everyone()
     settings = cfg.cache
-    dtype = softlabels.record_dtype(settings.views, identity["cache.topk"], ctx.num_classes,
-                                    settings.mix.mixup_alpha > 0 or settings.mix.cutmix_alpha > 0)
-    total, first, elapsed = _label_mine(ctx, identity, folder, dtype)
+    dtype = record_dtype(cfg, ctx.num_classes)
+    model, _ = models.load_trained(ctx.teacher_dir, ctx.num_classes, "cache", "teacher")
+    feature_dim = None
+    if settings.features:
+        problem = models.feature_problem(model)
+        if problem:
+            raise ConfigError(f"cache.features: timm cannot give the pooled feature of the teacher "
+                              f"{cfg.teacher.model}: {problem}")
+        feature_dim = models.feature_width(model)
+    size_problem = too_big(cfg, len(ctx.data.train), dtype, feature_dim, ctx.teacher_name)
+    if size_problem:
+        raise ConfigError(size_problem)
+    total, first, elapsed = _label_mine(ctx, identity, folder, dtype, model, feature_dim)
     acc.wait_for_everyone()
     manifest = None
     if acc.is_main_process:
         manifest = softlabels.write_manifest(
             folder, folder.name, identity, num_images=len(ctx.data.train), num_classes=ctx.num_classes,
             class_names=ctx.data.class_names, views=settings.views, topk=identity["cache.topk"],
-            temperature=identity["kd.temperature"], shard_size=settings.shard_size, dtype=dtype)
+            temperature=identity["kd.temperature"], shard_size=settings.shard_size, dtype=dtype,
+            feature_dim=feature_dim)
         if total:
             log.info(f"cache: labelled {total} images ({total * (settings.views - first)} views) in {elapsed:.1f} s "
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
@@ -266,14 +290,34 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
     return manifest
 
 
-def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype) -> tuple[int, int, float]:
+def record_dtype(cfg: Config, num_classes: int) -> np.dtype:
+    """The record of one image in the cache these settings make."""
+    mixed = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
+    return softlabels.record_dtype(cfg.cache.views, min(cfg.cache.topk, num_classes), num_classes, mixed)
+
+
+def too_big(cfg: Config, num_images: int, dtype: np.dtype, feature_dim: int | None, teacher: str = "teacher"
+            ) -> str | None:
+    """The one-line refusal of a cache over cache.max_gb (None: it fits), with what it is made of."""
+    need = softlabels.cache_bytes(num_images, cfg.cache.views, dtype, feature_dim)
+    if need <= cfg.cache.max_gb * 1e9:
+        return None
+    per_view = f" + {2 * feature_dim} B of features per view" if feature_dim else ""
+    whose = "" if teacher == "teacher" else f" of teacher {teacher}"
+    return (f"cache.max_gb: the cache{whose} would take {need / 1e9:.1f} GB ({num_images:,} images x "
+            f"{cfg.cache.views} views: {dtype.itemsize} B of soft labels per image{per_view}), more than "
+            f"cache.max_gb={cfg.cache.max_gb:g}; lower cache.views, or raise cache.max_gb")
+
+
+def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, model: torch.nn.Module,
+                feature_dim: int | None) -> tuple[int, int, float]:
     """This process's shards that are not done yet, labelled and written: (images labelled, first new view,
     seconds). Growing a smaller complete cache copies its views and labels only the new ones."""
     cfg, acc, settings = ctx.cfg, ctx.acc, ctx.cfg.cache
     n, temperature = len(ctx.data.train), identity["kd.temperature"]
     n_shards = math.ceil(n / settings.shard_size)
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
-    todo = [s for s in mine if not softlabels.shard_done(folder, s)]
+    todo = [s for s in mine if not softlabels.shard_done(folder, s, settings.features)]
     total = sum(min((s + 1) * settings.shard_size, n) - s * settings.shard_size for s in todo)
     base = softlabels.smaller(Path(settings.root), identity) if todo else None
     first = base[1]["views"] if base is not None else 0
@@ -282,16 +326,19 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype) 
     if base is not None:
         log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {settings.views - first} new "
                  f"views of each image ({total * (settings.views - first)} forwards), the first {first} are copied")
-    model, _ = models.load_trained(ctx.teacher_dir, ctx.num_classes, "cache", "teacher")
     items = ViewItems(ctx.data.images["train"], cfg.data, settings.views, settings.eval_view, cfg.seed, settings.mix,
                       first)
-    labeller = _Labeller(models.frozen(model, acc.device), items, ctx.to_input, temperature, cfg, acc, dtype)
+    teacher = models.frozen(models.PooledTeacher(model) if feature_dim else model, acc.device)
+    labeller = _Labeller(teacher, items, ctx.to_input, temperature, cfg, acc, dtype, feature_dim)
     start = time.perf_counter()
     with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
         labeller.bar = bar
         for written, s in enumerate(todo, start=1):
             lo, hi = s * settings.shard_size, min((s + 1) * settings.shard_size, n)
-            old = softlabels.shard_records(base[0], s) if base is not None else None
+            old = None
+            if base is not None:
+                old = (softlabels.shard_records(base[0], s),
+                       softlabels.shard_features(base[0], s) if feature_dim else None)
             softlabels.write_shard(folder, s, lo, *labeller.shard(lo, hi, old))
             faults.point("cache", written)  # tests and chaos runs: an interruption after this shard
     return total, first, time.perf_counter() - start

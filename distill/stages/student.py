@@ -74,17 +74,19 @@ class ReplayItems(data.EpochItems):
     lambda and box. With several caches (an ensemble's teachers, over the same views) each teacher's soft label
     for the view comes along, under its own keys (label_prefix)."""
 
-    def __init__(self, images: data.Images, cfg: DataCfg, folder: Path | list[Path], schedule: str, seed: int):
+    def __init__(self, images: data.Images, cfg: DataCfg, folder: Path | list[Path], schedule: str, seed: int,
+                 features: bool = False):
         super().__init__()
         self.folders = list(folder) if isinstance(folder, (list, tuple)) else [folder]
         self.images, self.cfg, self.schedule, self.seed = images, cfg, schedule, seed
         self.skip_bad = cfg.on_bad_image == "skip"
+        self.features = features  # the teacher's pooled feature of the view comes along too (kd_feature)
         self._caches = None
 
     @property
     def caches(self) -> list[softlabels.SoftLabels]:  # opened lazily: each DataLoader worker maps the shards itself
         if self._caches is None:
-            self._caches = [softlabels.SoftLabels(f) for f in self.folders]
+            self._caches = [softlabels.SoftLabels(f, features=self.features) for f in self.folders]
         return self._caches
 
     @property
@@ -103,6 +105,8 @@ class ReplayItems(data.EpochItems):
         # the view's parameters and its soft label travel with the sample: the training step reads no cache
         out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
                "view_id": v, "split": 0, **self.labels.view_label(rec, v)}
+        if self.features:
+            out["kd_feature"] = self.labels.feature(i, v)
         for j, other in enumerate(self.caches[1:], start=1):  # the other teachers' labels of the same view
             out |= other.view_label(other.row(i), v, label_prefix(j))
         p = int(rec["partner"][v]) if "partner" in rec.dtype.names else None
@@ -133,10 +137,15 @@ def _train(ctx: RunContext, out: Path, name: str, fp: str, objective, train_load
     models.init_weights(model, s.init, s.zero_gamma)
     if cfg.kd.token and name == "student":  # training returns (class head, distillation head); eval their mean
         model.set_distilled_training(True)
+    feature_dim = getattr(getattr(objective, "teacher", None), "feature_dim", None)
+    if cfg.kd.feature_weight > 0 and name == "student":  # + its pooled feature, projected to the teacher's width
+        model = models.FeatureStudent(model, feature_dim)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
     job = engine.Fit(cfg=s, epochs=s.epochs, lr_per_256=s.optim.lr, out_dir=out, name=name, seed=seed,
                      to_input=ctx.to_input, **engine.guards(cfg, fp))
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
+    if isinstance(model, models.FeatureStudent):  # the projection served the training only: never exported
+        model = model.model
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
                           num_classes=bundle.num_classes, class_names=bundle.class_names, model_args=s.model_args,
                           image_size=cfg.data.image_size, normalization=ctx.norm, seed=seed,
@@ -197,15 +206,27 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
         warning = replay_warning(s.epochs, labels.views, len(labels))
         if warning:
             log.warning(warning)
-        replay = ReplayItems(ctx.data.images["train"], cfg.data, [c.folder for c in caches], cfg.kd.views, seed)
+        features = cfg.kd.feature_weight > 0
+        if features and labels.feature_dim is None:
+            raise DataError(f"kd.feature_weight: the cache {labels.folder} stores no features; its settings say "
+                            "cache.features=false")
+        replay = ReplayItems(ctx.data.images["train"], cfg.data, [c.folder for c in caches], cfg.kd.views, seed,
+                             features)
         loader = data.make_loader(replay, s.batch_size, True, data.workers(cfg.data, replay.images), seed)
-        teachers = [targets.CachedTeacher(c.num_classes, c.dense, c.temperature, label_prefix(j))
+        teachers = [targets.CachedTeacher(c.num_classes, c.dense, c.temperature, label_prefix(j), c.feature_dim)
                     for j, c in enumerate(caches)]
     else:
         teachers = []
         for one in ctx.teachers():
             model, _ = models.load_trained(one.teacher_dir, ctx.num_classes, "student", "teacher")
-            teachers.append(targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast))
+            width = None
+            if cfg.kd.feature_weight > 0:  # the live teacher answers (logits, pooled feature) in one forward
+                problem = models.feature_problem(model)
+                if problem:
+                    raise ConfigError(f"kd.feature_weight: timm cannot give the pooled feature of the teacher "
+                                      f"{one.cfg.teacher.model}: {problem}")
+                model, width = models.PooledTeacher(model), models.feature_width(model)
+            teachers.append(targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast, width))
         loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
     if not cfg.teachers:
         return teachers[0], loader

@@ -76,38 +76,56 @@ def teacher_fields(logits: torch.Tensor, labels: torch.Tensor, partner_classes: 
 
 # ---------------------------------------------------------------- writing
 
-def _shard(folder: Path, s: int, suffix: str) -> Path:
-    return folder / f"shard-{s:05d}.{suffix}"
+def _shard(folder: Path, s: int, suffix: str, kind: str = "shard") -> Path:
+    return folder / f"{kind}-{s:05d}.{suffix}"
 
 
-def write_shard(folder: Path, s: int, start: int, records: np.ndarray, skipped: list[int]) -> None:
-    """The shard's records, then its sidecar (rows, sha256, images left out): the sidecar commits the shard."""
-    path = _shard(folder, s, "npy")
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """`array` to `path` in one step: written beside it, flushed to disk, renamed over it."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.save(f, records)
+        np.save(f, array)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    files.write_json(_shard(folder, s, "json"), {"shard": s, "start": start, "rows": len(records),
-                                                     "sha256": files.sha256(path), "skipped": skipped})
 
 
-def shard_done(folder: Path, s: int) -> bool:
-    """Shard s is written and its bytes match the sidecar's checksum."""
+def write_shard(folder: Path, s: int, start: int, records: np.ndarray, skipped: list[int],
+                features: np.ndarray | None = None) -> None:
+    """The shard's records (and, with cache.features, its features file: [rows, V, width] fp16), then its sidecar
+    (rows, each file's sha256, images left out): the sidecar commits the shard."""
+    side = {"shard": s, "start": start, "rows": len(records)}
+    if features is not None:
+        path = _shard(folder, s, "npy", "features")
+        _save_npy(path, features)
+        side |= {"features_file": path.name, "features_sha256": files.sha256(path)}
+    path = _shard(folder, s, "npy")
+    _save_npy(path, records)
+    files.write_json(_shard(folder, s, "json"), side | {"sha256": files.sha256(path), "skipped": skipped})
+
+
+def shard_done(folder: Path, s: int, features: bool = False) -> bool:
+    """Shard s is written (with its features file when `features`) and its bytes match the sidecar's checksums."""
     side = files.read_json(_shard(folder, s, "json"))
-    if side is None or not _shard(folder, s, "npy").exists():
+    if side is None or not _shard(folder, s, "npy").exists() or features != ("features_file" in side):
         return False
-    if failing([{"file": _shard(folder, s, "npy").name, "sha256": side["sha256"]}], folder):
+    if failing([{"file": _shard(folder, s, "npy").name} | side], folder):
         log.warning(f"cache: shard {s} of {folder} fails its checksum; recomputing it")
         return False
     return True
 
 
+def _shard_files(sh: dict) -> list[tuple[str, str]]:
+    """(file, sha256) of each file of one shard entry: its records, and its features when the cache has them."""
+    out = [(sh["file"], sh["sha256"])]
+    return out + [(sh["features_file"], sh["features_sha256"])] if "features_file" in sh else out
+
+
 def failing(shards: list[dict], folder: Path) -> list[dict]:
-    """The shard entries ({file, sha256}) whose file is missing or fails its checksum."""
-    return [sh for sh in shards if not (folder / sh["file"]).exists()
-            or files.sha256(folder / sh["file"]) != sh["sha256"]]
+    """The shard entries ({file, sha256[, features_file, features_sha256]}) with a file missing or failing its
+    checksum."""
+    return [sh for sh in shards if any(not (folder / name).exists() or files.sha256(folder / name) != sha
+                                       for name, sha in _shard_files(sh))]
 
 
 MANIFEST = "manifest.json"
@@ -137,7 +155,8 @@ def prepare(folder: Path, fp: str) -> dict | None:
         return manifest
     for sh in bad:
         log.warning(f"cache: {folder / sh['file']} fails its checksum; recomputing it")
-        (folder / sh["file"]).unlink(missing_ok=True)
+        for name, _ in _shard_files(sh):
+            (folder / name).unlink(missing_ok=True)
         (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
     (folder / MANIFEST).unlink()
     return None
@@ -145,15 +164,19 @@ def prepare(folder: Path, fp: str) -> dict | None:
 
 def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, num_classes: int,
                    class_names: list[str], views: int, topk: int, temperature: float, shard_size: int,
-                   dtype: np.dtype) -> dict:
-    """The whole cache's commit marker, from the shards' sidecars, with the teacher's top-1 over the views."""
+                   dtype: np.dtype, feature_dim: int | None = None) -> dict:
+    """The whole cache's commit marker, from the shards' sidecars, with the teacher's top-1 over the views;
+    `feature_dim`: the width of the pooled features it stores (None: none)."""
     shards, correct, views_total, skipped = [], 0, 0, []
     for s in range(math.ceil(num_images / shard_size)):
         side = files.read_json(_shard(folder, s, "json"))
         if side is None:
             raise DataError(f"cache: shard {s} is missing after every process finished; rerun stage=cache")
+        if (feature_dim is not None) != ("features_file" in side):
+            raise DataError(f"cache: shard {s} of {folder} was written with other cache.features; rerun stage=cache")
         shards.append({"file": _shard(folder, s, "npy").name, "start": side["start"], "rows": side["rows"],
-                       "sha256": side["sha256"]})
+                       "sha256": side["sha256"]}
+                      | {k: side[k] for k in ("features_file", "features_sha256") if k in side})
         correct += int(np.load(folder / shards[-1]["file"], mmap_mode="r")["correct"].sum())
         skipped += side.get("skipped", [])
         views_total += (side["rows"] - len(side.get("skipped", []))) * views
@@ -161,7 +184,9 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
                 "num_classes": num_classes, "class_names": class_names, "views": views, "topk": topk,
                 "dense": topk >= num_classes, "temperature": temperature, "shard_size": shard_size,
                 "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
-                "record_bytes": dtype.itemsize, "teacher_view_top1": 100.0 * correct / max(views_total, 1),
+                "record_bytes": dtype.itemsize, "features": None if feature_dim is None else {
+                    "dim": feature_dim, "dtype": FEATURE_DTYPE, "bytes_per_view": feature_dim * 2},
+                "teacher_view_top1": 100.0 * correct / max(views_total, 1),
                 "skipped": skipped, "shards": shards}
     files.write_json(folder / MANIFEST, manifest)
     return manifest
@@ -191,12 +216,27 @@ def shard_records(folder: Path, s: int) -> np.ndarray:
     return np.load(_shard(folder, s, "npy"), mmap_mode="r")
 
 
+def shard_features(folder: Path, s: int) -> np.ndarray:
+    """The features of shard s of a complete cache that stores them ([rows, V, width] fp16), memory-mapped."""
+    return np.load(_shard(folder, s, "npy", "features"), mmap_mode="r")
+
+
+FEATURE_DTYPE = "<f2"
+
+
+def cache_bytes(num_images: int, views: int, dtype: np.dtype, feature_dim: int | None) -> int:
+    """What a cache's files take on disk (to within the .npy headers and the sidecars): one record per image, and
+    2 bytes x feature_dim per view when it stores features."""
+    return num_images * (dtype.itemsize + (views * feature_dim * 2 if feature_dim else 0))
+
+
 # ---------------------------------------------------------------- reading
 
 class SoftLabels:
-    """Read side: shards memory-mapped (never read whole into RAM), one image's record read per sample."""
+    """Read side: shards memory-mapped (never read whole into RAM), one image's record read per sample; with
+    `features`, the shards' feature files too (the cache must store them)."""
 
-    def __init__(self, folder: str | Path, verify: bool = False):
+    def __init__(self, folder: str | Path, verify: bool = False, features: bool = False):
         self.folder = Path(folder)
         manifest = read_manifest(self.folder)
         if manifest is None:
@@ -224,6 +264,34 @@ class SoftLabels:
             if len(arr) != sh["rows"]:
                 raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
             self.shards.append(arr)
+        self.feature_dim = (manifest.get("features") or {}).get("dim")
+        self.features = self._open_features(verify) if features else None
+
+    def _open_features(self, verify: bool) -> list[np.ndarray]:
+        """Each shard's features, memory-mapped, checked against the manifest's shape (rows, views, width)."""
+        if self.feature_dim is None:
+            raise DataError(f"cache: {self.folder} stores no features (made with cache.features=false); feature "
+                            "distillation from the cache needs cache.features=true")
+        out = []
+        for sh in self.manifest["shards"]:
+            path = self.folder / sh["features_file"]
+            if verify and failing([sh], self.folder):
+                raise DataError(f"cache: {path} fails its checksum; rerun stage=cache to recompute it")
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise DataError(f"cache: {path} cannot be read ({str(e).splitlines()[0]}); rerun stage=cache to "
+                                "recompute it") from None
+            if arr.shape != (sh["rows"], self.views, self.feature_dim):
+                raise DataError(f"cache: {path} holds features of shape {arr.shape}, the manifest says "
+                                f"{(sh['rows'], self.views, self.feature_dim)}")
+            out.append(arr)
+        return out
+
+    def feature(self, index: int, v: int) -> torch.Tensor:
+        """The teacher's pooled feature of view v of image `index` (float32, from fp16)."""
+        shard, offset = divmod(int(index), self.shard_size)
+        return torch.from_numpy(self.features[shard][offset, v].astype(np.float32))
 
     def __len__(self) -> int:
         return self.manifest["num_images"]
@@ -262,7 +330,7 @@ class SoftLabels:
         return out
 
     def nbytes(self) -> int:
-        return sum((self.folder / sh["file"]).stat().st_size for sh in self.manifest["shards"])
+        return sum((self.folder / name).stat().st_size for sh in self.manifest["shards"] for name, _ in _shard_files(sh))
 
 
 def ensemble_problem(a: SoftLabels, b: SoftLabels, temperature: float) -> str | None:

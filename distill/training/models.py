@@ -1,6 +1,7 @@
 """Model creation through timm, weight initialisation, and loading of checkpoint files."""
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -128,6 +129,63 @@ def has_distillation_head(name: str, model_args: dict | None = None) -> bool:
 def distilled_models() -> list[str]:
     """timm's models with a distillation head (by name: timm marks them *_distilled*)."""
     return timm.list_models("*distilled*")
+
+
+def feature_width(model: nn.Module) -> int:
+    """The width of the model's pooled pre-logit feature, as timm's feature task reads it (head_hidden_size, else
+    num_features)."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def feature_problem(model: nn.Module) -> str | None:
+    """Why timm cannot give this model's pooled pre-logit feature (None: it can): it needs forward_features,
+    forward_head(..., pre_logits=True) and a feature width, as timm's feature task does."""
+    head = getattr(model, "forward_head", None)
+    if not callable(getattr(model, "forward_features", None)) or not callable(head):
+        return "it has no forward_features/forward_head"
+    if "pre_logits" not in inspect.signature(head).parameters:
+        return "its forward_head takes no pre_logits"
+    if not (getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)):
+        return "it states no feature width (head_hidden_size or num_features)"
+    return None
+
+
+def architecture(name: str, num_classes: int, model_args: dict | None = None) -> nn.Module:
+    """timm's model `name` built on the meta device (no memory, no weights): for checks of its shape before work."""
+    with torch.device("meta"):
+        return create(name, num_classes, model_args=model_args)
+
+
+class PooledTeacher(nn.Module):
+    """A teacher that answers (logits, pooled pre-logit feature) in one forward: timm's forward_features, then
+    forward_head for the logits (the model's own forward) and forward_head(pre_logits=True) for the feature."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.model.forward_features(x)
+        return self.model.forward_head(f), self.model.forward_head(f, pre_logits=True)
+
+
+class FeatureStudent(nn.Module):
+    """The student during feature distillation: in training its output is {"logits": the model's training output,
+    "feature": its pooled pre-logit feature through `project`} (a Linear to the teacher's width when the widths
+    differ, as timm's feature task; trained with the student); in eval mode the model's own logits. The stage
+    publishes `.model`, so the projection never enters the exported student."""
+
+    def __init__(self, model: nn.Module, teacher_width: int):
+        super().__init__()
+        self.model, width = model, feature_width(model)
+        self.project = nn.Linear(width, teacher_width) if width != teacher_width else nn.Identity()
+
+    def forward(self, x: torch.Tensor):
+        if not self.training:
+            return self.model(x)
+        f = self.model.forward_features(x)
+        return {"logits": self.model.forward_head(f),
+                "feature": self.project(self.model.forward_head(f, pre_logits=True))}
 
 
 def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> tuple[nn.Module, dict]:

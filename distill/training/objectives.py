@@ -1,7 +1,7 @@
 """Training objectives: what a stage minimises, built from the pure losses (losses.py) and the batch's targets.
 
 An objective is called as `objective(logits, batch, mix, x, progress)` and returns its terms by name: `loss` (what
-is minimised) and the unweighted parts (`ce`, `kd`, `tckd`, `nckd`, `inter`, `intra`), which the engine logs per
+is minimised) and the unweighted parts (`ce`, `kd`, `tckd`, `nckd`, `inter`, `intra`, `feature`), which the engine logs per
 epoch. `mix` is the engine's mixing of this batch (None: unmixed), `x` the (mixed) network input, so a live teacher
 runs on the very same input, and `progress` the epoch and step (DKD's warm-up reads the epoch).
 """
@@ -13,7 +13,7 @@ import torch
 
 from distill import methods
 from distill.config import KDCfg
-from distill.methods import crossentropy, logspace
+from distill.methods import crossentropy, feature, logspace
 from distill.methods.standardize import standardize
 from distill.training import tricks
 
@@ -70,17 +70,32 @@ class Distillation:
 
     def __call__(self, logits, batch, mix, x, progress) -> dict[str, torch.Tensor]:
         kd = self.cfg
+        # feature distillation: the student (models.FeatureStudent) also answers its projected pooled feature
+        logits, student_feature = (logits["logits"], logits["feature"]) if isinstance(logits, dict) else (logits, None)
         # a student with a distillation head (kd.token) trains (class head, distillation head): CE on the first,
         # the method on the second (DeiT); any other student's one output does both
         logits, dist_head = logits if isinstance(logits, tuple) else (logits, logits)
         target = hard_targets(batch, self.num_classes, self.label_smoothing, mix)
         ce = (crossentropy.focal(logits, target, kd.focal_gamma, self.focal_alpha) if kd.ce == "focal"
               else crossentropy.soft_cross_entropy(logits, target))
-        if not self.method.active(kd):  # e.g. kd with alpha 0: no teacher needed
-            return {"loss": ce, "ce": ce}
-        student = standardize(dist_head) if kd.logit_standardization else dist_head
-        terms = self.method(student, self._teacher(batch, mix, x), batch, kd, progress.epoch)
-        distilled = terms.pop("loss")
-        if kd.balance == "scale":
-            return {"loss": crossentropy.combine(distilled, ce, kd.alpha, "scale"), "ce": ce, **terms}
-        return {"loss": self.ce_weight * ce + distilled, "ce": ce, **terms}
+        if not self.method.active(kd):  # e.g. kd with alpha 0: no soft target needed
+            terms = {"loss": ce, "ce": ce}
+        else:
+            student = standardize(dist_head) if kd.logit_standardization else dist_head
+            terms = self.method(student, self._teacher(batch, mix, x), batch, kd, progress.epoch)
+            distilled = terms.pop("loss")
+            loss = (crossentropy.combine(distilled, ce, kd.alpha, "scale") if kd.balance == "scale"
+                    else self.ce_weight * ce + distilled)
+            terms = {"loss": loss, "ce": ce, **terms}
+        if student_feature is not None:
+            taught = self._teacher_feature(batch, mix, x)
+            terms["feature"] = feature.feature_loss(student_feature, taught, kd.feature_loss)
+            terms["loss"] = terms["loss"] + kd.feature_weight * terms["feature"]
+        return terms
+
+    def _teacher_feature(self, batch, mix, x) -> torch.Tensor:
+        """The teacher's pooled feature for each sample as the student sees it (cached ones mixed like its input)."""
+        taught = self.teacher.feature(batch, x)
+        if self.teacher.sees_mixed_input or mix is None:
+            return taught
+        return feature.mix_features(taught, mix.lam, mix.perm.to(taught.device))

@@ -23,9 +23,15 @@ class CachedTeacher:
 
     sees_mixed_input = False  # the engine's own mixing is folded in by mixing these distributions
 
-    def __init__(self, num_classes: int, dense: bool, temperature: float, prefix: str = "kd_"):
+    def __init__(self, num_classes: int, dense: bool, temperature: float, prefix: str = "kd_",
+                 feature_dim: int | None = None):
         self.num_classes, self.dense, self.temperature = num_classes, dense, temperature
         self.prefix = prefix  # the batch keys of this teacher's record (an ensemble's teacher j > 0: kd{j}_)
+        self.feature_dim = feature_dim  # the width of the cached pooled features (None: the cache has none)
+
+    def feature(self, batch: dict, x: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's pooled feature of each sample's view, read from the cache with the sample (fp16 stored)."""
+        return batch[self.prefix + "feature"].float()
 
     def log_probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
         """The teacher's log-probabilities at T per sample, rebuilt from the record each sample brought along."""
@@ -65,14 +71,26 @@ class LiveTeacher:
 
     sees_mixed_input = True
 
-    def __init__(self, model: torch.nn.Module, autocast):
+    def __init__(self, model: torch.nn.Module, autocast, feature_dim: int | None = None):
         self.model, self.autocast = model, autocast
+        self.feature_dim = feature_dim  # set when `model` is a models.PooledTeacher: it answers (logits, feature)
+        self._last = None  # (input, answer): the logits and the feature of one step come from one forward
+
+    def _answer(self, x: torch.Tensor):
+        if self._last is None or self._last[0] is not x:
+            with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: the result enters the loss graph
+                self._last = (x, self.model(x))
+        return self._last[1]
 
     def log_probs(self, batch: dict, x: torch.Tensor, temperature: float, standardized: bool) -> torch.Tensor:
         """The teacher's log-probabilities at T on the student's very input `x`."""
-        with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: the result enters the loss graph
-            logits = self.model(x).float()
+        answer = self._answer(x)
+        logits = (answer[0] if self.feature_dim else answer).float()
         return log_softmax_at(standardize(logits) if standardized else logits, temperature)
+
+    def feature(self, batch: dict, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's pooled pre-logit feature of the student's very input `x`."""
+        return self._answer(x)[1].float()
 
 
 class Ensemble:
