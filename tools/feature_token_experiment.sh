@@ -10,13 +10,13 @@
 # Scored on the validation carve and on a held-out test split (the shared file's last TEST images, written once
 # beside the runs; the repo holds neither). Every run keeps its folder under RUNS; a rerun reuses every finished
 # stage, so the script can be rerun to resume or to redraw the table (RUNS/feature_token.md).
-#   bash tools/feature_token_experiment.sh [path/to/cifar10/train.parquet]   # IMAGES=6000: about an hour, 2 cores
-# Settings (environment): IMAGES=6000 TEST=10000 SEEDS="0 1" RUNS=runs/feature_token; EXTRA="key=value ..." is added
+#   bash tools/feature_token_experiment.sh [path/to/cifar10/train.parquet]   # about 100 min on 2 CPU cores
+# Settings (environment): IMAGES=10000 TEST=10000 SEEDS="0 1" RUNS=runs/feature_token; EXTRA="key=value ..." is added
 # to every run (a smoke run: EXTRA="teacher.epochs=1 student.epochs=1 data.val_size=200" IMAGES=500 TEST=500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-../shared/data/cifar10/train.parquet}
-IMAGES=${IMAGES:-6000}
+IMAGES=${IMAGES:-10000}
 TEST=${TEST:-10000}
 SEEDS=${SEEDS:-0 1}
 RUNS=${RUNS:-runs/feature_token}
