@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import files
+from distill import faults, files
 from distill.data import views
 from distill.errors import DataError
 from distill.methods.standardize import standardize
@@ -99,6 +99,7 @@ def write_shard(folder: Path, s: int, start: int, records: np.ndarray, skipped: 
         path = _shard(folder, s, "npy", "features")
         _save_npy(path, features)
         side |= {"features_file": path.name, "features_sha256": files.sha256(path)}
+        faults.point("cache_features", s + 1)  # tests: killed with shard s's features written, its records not
     path = _shard(folder, s, "npy")
     _save_npy(path, records)
     files.write_json(_shard(folder, s, "json"), side | {"sha256": files.sha256(path), "skipped": skipped})
