@@ -49,3 +49,18 @@ def test_the_ensemble_bench_prints_each_teacher_counts_rate_and_ratio(tmp_path):
     for field in ("ce_only_images_per_s", "teachers_1_images_per_s", "teachers_2_images_per_s", "teachers_2_vs_1"):
         assert result[field] > 0 and f"{field}  " in r.stdout, field
     assert result["images"] == 200
+
+
+def test_the_feature_bench_prints_each_rate_and_ratio(tmp_path):
+    _cifar_like(tmp_path)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_feature.py"), "--data", str(tmp_path / "d.parquet"),
+                        "--images", "200", "--val", "50", "--teacher", "resnet8", "--student", "resnet8x4",
+                        "--batch", "32", "--views", "2", "--workers", "0"],
+                       capture_output=True, text=True, timeout=1800)  # a hang guard
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for field in ("ce_only_images_per_s", "cached_kd_images_per_s", "cached_feature_kd_images_per_s",
+                  "online_feature_kd_images_per_s", "timm_feature_task_images_per_s",
+                  "cached_feature_kd_vs_ce_only", "cached_feature_kd_vs_timm_feature_task"):
+        assert result[field] > 0 and f"{field}  " in r.stdout, field
+    assert result["images"] == 200
