@@ -151,9 +151,10 @@ def feature_problem(model: nn.Module) -> str | None:
 
 
 def architecture(name: str, num_classes: int, model_args: dict | None = None) -> nn.Module:
-    """timm's model `name` built on the meta device (no memory, no weights): for checks of its shape before work."""
+    """timm's model `name` (a hub tag such as `resnet50.a1_in1k` allowed) built on the meta device, without memory
+    or weights: for checks of its shape before any work."""
     with torch.device("meta"):
-        return create(name, num_classes, model_args=model_args)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **(model_args or {}))
 
 
 class PooledTeacher(nn.Module):
