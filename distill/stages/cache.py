@@ -1,4 +1,5 @@
-"""Stage 2, cache: run the teacher once over V recorded views of every training image and store its top-k logits.
+"""Stage 2, cache: run the teacher once over V recorded views of every training image and store its top-k logits
+(and, with cache.features, its pooled pre-logit feature of each view, from the same forward).
 
 Shards are fixed ranges of dataset indices (`cache.shard_size`), assigned round-robin to processes, and batches
 never cross a shard boundary, so every file's bytes are the same whatever the process count; a rerun keeps the

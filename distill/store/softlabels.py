@@ -2,9 +2,11 @@
 
 The only module that reads or writes a cache folder (the cache stage computes records and hands them here):
 
-    shard-00000.npy   fixed-size records (numpy structured array, one row per image), read through mmap
-    shard-00000.json  that shard's rows and sha256, written after the shard: the shard's commit marker
-    manifest.json     written last, by the main process after a barrier: the whole cache's commit marker
+    shard-00000.npy     fixed-size records (numpy structured array, one row per image), read through mmap
+    features-00000.npy  with cache.features: each view's pooled teacher feature, [rows, V, width] fp16, written
+                        before the records
+    shard-00000.json    that shard's rows and each file's sha256, written after them: the shard's commit marker
+    manifest.json       written last, by the main process after a barrier: the whole cache's commit marker
 
 Each file goes to a temporary name, is fsynced, then renamed, so a killed writer leaves either the old state or
 the new one, and a rerun keeps every shard whose checksum verifies.
