@@ -23,4 +23,5 @@ from distill.methods.crossentropy import combine, focal, soft_cross_entropy
 from distill.methods.kd import kd
 from distill.methods.standardize import standardize
 
-__all__ = ["kd", "dkd", "dist", "hard", "standardize", "feature_mse", "feature_cosine", "soft_cross_entropy", "focal", "combine"]
+__all__ = ["kd", "dkd", "dist", "hard", "standardize", "feature_mse", "feature_cosine", "soft_cross_entropy", "focal",
+           "combine"]

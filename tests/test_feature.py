@@ -17,10 +17,10 @@ from timm.models import register_model
 from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here
 from distill import losses, run
 from distill.config import KDCfg
-from distill.data import transforms, views
+from distill.data import views
 from distill.errors import DataError
 from distill.store import artifacts, fingerprints, softlabels
-from distill.training import models, objectives, targets, tricks
+from distill.training import models, objectives, tricks
 
 FEATURES = {"cache__features": "true"}
 
@@ -128,7 +128,8 @@ def test_cached_features_are_the_live_teachers_pooled_features_on_the_same_views
 def test_the_features_enter_the_cache_fingerprint_only_when_stored():
     cfg = config_from(["cache.views=3"])
     off = fingerprints.cache_identity(cfg, {"d": 1}, {}, 10, "sha", "no")
-    on = fingerprints.cache_identity(config_from(["cache.views=3", "cache.features=true"]), {"d": 1}, {}, 10, "sha", "no")
+    on = fingerprints.cache_identity(config_from(["cache.views=3", "cache.features=true"]), {"d": 1}, {}, 10, "sha",
+                                     "no")
     assert "cache.features" not in off and on["cache.features"] is True  # a plain cache keeps its folder
 
 

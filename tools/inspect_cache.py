@@ -18,6 +18,7 @@ from distill.errors import UserError  # noqa: E402
 def summarise(labels: softlabels.SoftLabels) -> dict:
     """Teacher accuracy, mean entropy and mean top-k mass (at the cache's T) over every cached view."""
     m, t, c, k = labels.manifest, labels.temperature, labels.num_classes, labels.topk
+    feature_bytes = 2 * labels.feature_dim if labels.feature_dim else 0
     correct = entropy = mass = 0.0
     count = 0
     for shard in labels.shards:
@@ -35,7 +36,9 @@ def summarise(labels: softlabels.SoftLabels) -> dict:
             count += h.size
     return {"images": len(labels), "views": labels.views, "top-k": f"{k}{' (all logits)' if m['dense'] else ''}",
             "temperature": t, "classes": c, "size on disk": f"{labels.nbytes() / 2**20:.2f} MiB",
-            "bytes per view": f"{m['record_bytes'] / labels.views:.1f}",
+            "bytes per view": f"{m['record_bytes'] / labels.views + feature_bytes:.1f}",
+            "features": (f"pooled teacher features of width {labels.feature_dim} (fp16, {feature_bytes} B per view)"
+                         if labels.feature_dim else "none (cache.features=false)"),
             "teacher top-1 on cached views": f"{100.0 * correct / max(count, 1):.2f}%",
             "mean entropy": f"{entropy / max(count, 1):.4f} nats", "mean top-k mass": f"{mass / max(count, 1):.4f}"}
 

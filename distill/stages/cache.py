@@ -144,7 +144,8 @@ class _Labeller:
     bar: tqdm | None = None
 
     @torch.inference_mode()
-    def shard(self, start: int, stop: int, base: tuple | None = None) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+    def shard(self, start: int, stop: int, base: tuple | None = None
+              ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
         """The records of images [start, stop): views `items.first_view` .. V-1 labelled by the teacher, the views
         below copied from `base` (this shard of a smaller cache: its records and features). Each forward is one view
         of the next `cache.batch_size` images counted from the shard's start, whatever V is, so a view's logits are
@@ -286,8 +287,8 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
                      f"views {manifest['teacher_view_top1']:.2f}%")
     acc.wait_for_everyone()
     manifest = manifest or softlabels.read_manifest(folder)
-    _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest, {"wall_s": time.perf_counter() - start_all, "images": total,
-                                                     "images_per_s": total / max(elapsed, 1e-9)})
+    _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest,
+                {"wall_s": time.perf_counter() - start_all, "images": total, "images_per_s": total / max(elapsed, 1e-9)})
     return manifest
 
 

@@ -333,7 +333,8 @@ class SoftLabels:
         return out
 
     def nbytes(self) -> int:
-        return sum((self.folder / name).stat().st_size for sh in self.manifest["shards"] for name, _ in _shard_files(sh))
+        return sum((self.folder / name).stat().st_size for sh in self.manifest["shards"]
+                   for name, _ in _shard_files(sh))
 
 
 def ensemble_problem(a: SoftLabels, b: SoftLabels, temperature: float) -> str | None:
