@@ -62,19 +62,20 @@ def summary(run_dir: Path, teacher_dir: Path | dict[str, Path] | None = None, te
 def table(s: dict) -> str:
     test = any("test_top1" in r for r in s["models"].values())
     width = max([10, *map(len, s["models"])])
-    head = (f"{'':{width}} {'model':12} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "")
+    arch = max([12, *(len(r["model"]) for r in s["models"].values())])  # deit_tiny_distilled_patch16_224 fits too
+    head = (f"{'':{width}} {'model':{arch}} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "")
             + f" {'params':>9} {'train img/s':>11} {'wall':>8}")
     lines = [head, "-" * len(head)]
     for name, r in s["models"].items():
         ips = f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "-"
         wall = f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-"
         t = (f" {r['test_top1']:9.2f}%" if "test_top1" in r else f" {'-':>10}") if test else ""
-        lines.append(f"{name:{width}} {r['model']:12} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} {r['params'] / 1e6:8.3f}M "
+        lines.append(f"{name:{width}} {r['model']:{arch}} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} {r['params'] / 1e6:8.3f}M "
                      f"{ips:>11} {wall:>8}")
     caches = {"cache": s["cache"]} if s.get("cache") else {}
     caches |= {f"cache-{name}": c for name, c in s.get("caches", {}).items()}
     for name, c in caches.items():
-        lines.append(f"{name:{width}} {'reused' if c.get('reused') else 'computed':12} "
+        lines.append(f"{name:{width}} {'reused' if c.get('reused') else 'computed':{arch}} "
                      + (f"{c['images_per_s']:.0f} img/s, {c['wall_s']:.0f} s" if "wall_s" in c else "")
                      + f"  {c['folder']}")
     c = s.get("cache") or next(iter(s.get("caches", {}).values()), None)

@@ -173,7 +173,7 @@ def test_a_grown_feature_cache_equals_a_fresh_one(shared, tmp_path):
     assert _files(grown) == _files(build(tmp_path / "fresh", 4))
 
 
-def test_a_student_learns_the_cached_feature_through_a_projection_that_is_not_exported(shared, tmp_path):
+def test_a_student_learns_the_cached_feature_through_a_projection_that_is_not_exported(shared, tmp_path, monkeypatch):
     args = cache_overrides(shared.data, tmp_path, shared.teacher_file, **FEATURES) + [
         "stage=student", "student.model=resnet8x4", "student.epochs=1", "student.batch_size=16",
         "student.baseline=true", "kd.feature_weight=1"]
@@ -193,12 +193,8 @@ def test_a_student_learns_the_cached_feature_through_a_projection_that_is_not_ex
         m = frozen(model, device)
         m.register_forward_hook(lambda mod, inputs, out: forwards.append(type(out)))
         return m
-    import distill.training.models as m
-    old, m.frozen = m.frozen, counting
-    try:
-        r = run_here(*args, "kd.teacher=online", "name=online", "student.baseline=false", "kd.feature_loss=cosine")
-    finally:
-        m.frozen = old
+    monkeypatch.setattr(models, "frozen", counting)
+    r = run_here(*args, "kd.teacher=online", "name=online", "student.baseline=false", "kd.feature_loss=cosine")
     assert r.returncode == 0, r.stderr
     steps = json.loads((tmp_path / "runs" / "online" / "student" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "feature" in steps["terms"] and len(forwards) == steps["step"] and set(forwards) == {tuple}
