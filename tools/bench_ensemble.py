@@ -7,7 +7,6 @@ data, through the real stages (one student epoch each, the rate counting only th
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bench_args  # noqa: E402  (tools/, beside this file)
 from distill import config, data, report  # noqa: E402
 from distill.store import layout  # noqa: E402
 from distill.training import engine, models  # noqa: E402
@@ -24,27 +24,18 @@ from distill.training.context import RunContext  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="parquet file in the hub's CIFAR layout (columns img, label)")
-    p.add_argument("--images", type=int, default=5000)
-    p.add_argument("--val", type=int, default=1000, help="validation images carved off")
-    p.add_argument("--teacher", default="resnet20", help="each teacher's architecture (seeded random weights: the "
-                                                        "student's step does not depend on what they learned)")
-    p.add_argument("--student", default="resnet8")
+    p = bench_args.parser(__doc__, teacher="resnet20", student="resnet8", views=3,
+                          teacher_help="each teacher's architecture (seeded random weights: the student's step does "
+                                       "not depend on what they learned)")
     p.add_argument("--teachers", type=int, nargs="+", default=[1, 3, 5])
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--views", type=int, default=3)
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
     acc = engine.make_accelerator("auto")
     tmp = Path(tempfile.mkdtemp(prefix="bench_ensemble_"))
     raw = {"name": "bench", "run_root": str(tmp), "seed": 0,
-           "data": {"source": "parquet", "path": args.data, "image_column": "img", "val_size": args.val,
-                    "train_size": args.images, "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
-                    "num_workers": args.workers},
+           "data": bench_args.cifar_data(args),
            "teacher": {"model": args.teacher, "source": "timm"},
            "cache": {"root": str(tmp / "cache"), "views": args.views, "topk": args.topk},
            "student": {"model": args.student, "epochs": 1, "batch_size": args.batch, "baseline": False,

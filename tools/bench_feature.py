@@ -9,7 +9,6 @@ same way. Prints the rates and their ratios.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bench_args  # noqa: E402  (tools/, beside this file)
 from distill import config, data, report  # noqa: E402
 from distill.store import artifacts, layout  # noqa: E402
 from distill.training import engine, models, tricks  # noqa: E402
@@ -51,23 +51,12 @@ def timm_feature_task(cfg, ctx: RunContext, teacher_dir: Path) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="parquet file in the hub's CIFAR layout (columns img, label)")
-    p.add_argument("--images", type=int, default=5000)
-    p.add_argument("--val", type=int, default=1000, help="validation images carved out (not timed)")
-    p.add_argument("--teacher", default="resnet56")
-    p.add_argument("--student", default="resnet20")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--views", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args()
+    args = bench_args.parser(__doc__, teacher="resnet56", student="resnet20", views=4).parse_args()
 
     acc = engine.make_accelerator("auto")
     tmp = Path(tempfile.mkdtemp(prefix="bench_feature_"))
     raw = {"name": "bench", "run_root": str(tmp), "seed": 0,
-           "data": {"source": "parquet", "path": args.data, "image_column": "img", "val_size": args.val,
-                    "train_size": args.images, "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
-                    "num_workers": args.workers},
+           "data": bench_args.cifar_data(args),
            "teacher": {"model": args.teacher, "dir": str(tmp / "teacher")},
            "cache": {"root": str(tmp / "cache"), "views": args.views, "topk": 10, "features": True},
            "student": {"model": args.student, "epochs": 1, "batch_size": args.batch, "baseline": True,

@@ -6,7 +6,6 @@ training loop). Targets: cached KD >= 0.95 x CE-only; online KD is reported as t
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bench_args  # noqa: E402  (tools/, beside this file)
 from distill import config, data, report  # noqa: E402
 from distill.store import artifacts, layout  # noqa: E402
 from distill.training import engine, models  # noqa: E402
@@ -22,22 +22,12 @@ from distill.training.context import RunContext  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="parquet file in the hub's CIFAR layout (columns img, label)")
-    p.add_argument("--images", type=int, default=5000)
-    p.add_argument("--teacher", default="resnet56")
-    p.add_argument("--student", default="resnet20")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--views", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args()
+    args = bench_args.parser(__doc__, teacher="resnet56", student="resnet20", views=4).parse_args()
 
     acc = engine.make_accelerator("auto")
     tmp = Path(tempfile.mkdtemp(prefix="bench_student_"))
     raw = {"name": "bench", "run_root": str(tmp), "seed": 0,
-           "data": {"source": "parquet", "path": args.data, "image_column": "img", "val_size": 1000,
-                    "train_size": args.images, "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
-                    "num_workers": args.workers},
+           "data": bench_args.cifar_data(args),
            "teacher": {"model": args.teacher, "dir": str(tmp / "teacher")},
            "cache": {"root": str(tmp / "cache"), "views": args.views, "topk": 10},
            "student": {"model": args.student, "epochs": 1, "batch_size": args.batch, "baseline": True,

@@ -19,22 +19,13 @@ IMAGES=${IMAGES:-10000}
 TEST=${TEST:-10000}
 SEEDS=${SEEDS:-0 1}
 RUNS=${RUNS:-runs/ensemble}
-mkdir -p "$RUNS/data"
-if [ ! -f "$RUNS/data/test.parquet" ]; then
-  python - "$D" "$RUNS/data" "$TEST" <<'PY'
-import sys, pyarrow.parquet as pq
-table, out, test = pq.read_table(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-pq.write_table(table.slice(0, table.num_rows - test), f"{out}/train.parquet.tmp")
-pq.write_table(table.slice(table.num_rows - test), f"{out}/test.parquet.tmp")
-import os; os.replace(f"{out}/train.parquet.tmp", f"{out}/train.parquet"); os.replace(f"{out}/test.parquet.tmp", f"{out}/test.parquet")
-PY
-fi
+source tools/experiment_run.sh  # run NAME [key=value ...]: one run folder, timed; split_test SRC DIR TEST
+split_test "$D" "$RUNS/data" "$TEST"  # DIR/train.parquet and DIR/test.parquet (its last TEST images), once
 common=(recipe=cifar10_resnet20_to_resnet8 data.path="$RUNS/data/train.parquet" data.train_size="$IMAGES"
         run_root="$RUNS" cache.root="$RUNS/cache" stage=report ${EXTRA:-})
 teacher() { echo "{name: s$1, seed: $1, dir: '$RUNS/teachers/s$1'}"; }
 all="teachers=[$(teacher 0), $(teacher 1), $(teacher 2)]"
 start=$SECONDS
-source tools/experiment_run.sh  # run NAME [key=value ...]: one run folder, timed
 run teachers "$all" stage=cache  # the three teachers and their caches, once; the report scores them and the ensemble
 best=$(python -c "import json, sys; m = json.load(open('$RUNS/teachers/summary.json'))['models']; \
 print(max((r['top1'], n) for n, r in m.items() if n.startswith('teacher-'))[1].split('-')[1][1:])")

@@ -20,16 +20,8 @@ IMAGES=${IMAGES:-10000}
 TEST=${TEST:-10000}
 SEEDS=${SEEDS:-0 1}
 RUNS=${RUNS:-runs/feature_token}
-mkdir -p "$RUNS/data"
-if [ ! -f "$RUNS/data/test.parquet" ]; then
-  python - "$D" "$RUNS/data" "$TEST" <<'PY'
-import sys, pyarrow.parquet as pq
-table, out, test = pq.read_table(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-pq.write_table(table.slice(0, table.num_rows - test), f"{out}/train.parquet.tmp")
-pq.write_table(table.slice(table.num_rows - test), f"{out}/test.parquet.tmp")
-import os; os.replace(f"{out}/train.parquet.tmp", f"{out}/train.parquet"); os.replace(f"{out}/test.parquet.tmp", f"{out}/test.parquet")
-PY
-fi
+source tools/experiment_run.sh  # run NAME [key=value ...]: one run folder, timed; split_test SRC DIR TEST
+split_test "$D" "$RUNS/data" "$TEST"  # DIR/train.parquet and DIR/test.parquet (its last TEST images), once
 common=(data.path="$RUNS/data/train.parquet" data.train_size="$IMAGES" run_root="$RUNS" cache.root="$RUNS/cache"
         teacher.dir="$RUNS/teacher" cache.features=true stage=report ${EXTRA:-})
 resnet=(recipe=cifar10_resnet20_to_resnet8)
@@ -37,7 +29,6 @@ vit=(recipe=cifar10_resnet20_to_deit_token)
 feature=(kd.feature_weight=1 kd.feature_loss=mse)
 first=${SEEDS%% *}
 start=$SECONDS
-source tools/experiment_run.sh  # run NAME [key=value ...]: one run folder, timed
 for s in $SEEDS; do  # seed by seed, so that a stopped experiment already holds whole seeds
   run "kd-s$s" "${resnet[@]}" student.seed="$s" student.baseline=true  # the first also trains the teacher, labels the cache
   run "hard-s$s" "${resnet[@]}" kd.loss=hard kd.alpha=0.5 student.seed="$s" student.baseline=false
