@@ -137,9 +137,8 @@ def _train(ctx: RunContext, out: Path, name: str, fp: str, objective, train_load
     models.init_weights(model, s.init, s.zero_gamma)
     if cfg.kd.token and name == "student":  # training returns (class head, distillation head); eval their mean
         model.set_distilled_training(True)
-    feature_dim = getattr(getattr(objective, "teacher", None), "feature_dim", None)
     if cfg.kd.feature_weight > 0 and name == "student":  # + its pooled feature, projected to the teacher's width
-        model = models.FeatureStudent(model, feature_dim)
+        model = models.FeatureStudent(model, objective.teacher.feature_dim)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
     job = engine.Fit(cfg=s, epochs=s.epochs, lr_per_256=s.optim.lr, out_dir=out, name=name, seed=seed,
                      to_input=ctx.to_input, **engine.guards(cfg, fp))
