@@ -125,6 +125,26 @@ def test_cached_features_are_the_live_teachers_pooled_features_on_the_same_views
         softlabels.SoftLabels(plain, features=True)
 
 
+def test_each_replayed_sample_brings_the_teachers_feature_of_the_very_view_it_replays(shared):
+    from test_cache import _teacher, _tiny_data
+    from distill.stages import student
+    folder = shared.cache(**FEATURES)
+    cfg, bundle, to_input = _tiny_data(shared)
+    teacher = _teacher(shared)
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", seed=0, features=True)
+    for epoch in range(3):  # each sample's view changes with the epoch; its feature must follow it
+        replay.set_epoch(epoch)
+        items = [replay[i] for i in (0, 7, 30, 47)]
+        assert len({(it["index"] + epoch) % 3 for it in items}) > 1 and all(
+            it["view_id"] == (it["index"] + epoch) % 3 for it in items)
+        with torch.no_grad():
+            x = to_input({"image": torch.stack([it["image"] for it in items])})
+            live = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
+        got = torch.stack([it["kd_feature"] for it in items])
+        assert torch.allclose(got, live, rtol=2e-3, atol=1e-3)  # fp16 storage, folded BatchNorm
+    assert "kd_feature" not in student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0)[0]
+
+
 def test_the_features_enter_the_cache_fingerprint_only_when_stored():
     cfg = config_from(["cache.views=3"])
     off = fingerprints.cache_identity(cfg, {"d": 1}, {}, 10, "sha", "no")
@@ -258,5 +278,5 @@ def test_a_teacher_of_another_feature_width_gets_a_new_cache_and_the_old_one_is_
     np.save(new / sh["features_file"], np.zeros((sh["rows"], 3, 64), np.float16))
     with pytest.raises(DataError, match=r"holds features of shape \(16, 3, 64\), the manifest says \(16, 3, 256\)"):
         softlabels.SoftLabels(new, features=True)
-    with pytest.raises(DataError, match="fails its checksum"):
+    with pytest.raises(DataError, match="shard-00000.npy or features-00000.npy fails its checksum"):
         softlabels.SoftLabels(new, verify=True, features=True)

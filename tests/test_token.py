@@ -56,12 +56,18 @@ def test_token_distillation_asks_for_a_distillation_head(parquet_file, tmp_path)
         "teaches it with kd.token=soft")
 
 
-def test_a_distilled_vit_trains_and_exports_its_averaged_heads_to_timm_and_onnx(shared, tmp_path):
+def test_a_distilled_vit_trains_and_exports_its_averaged_heads_to_timm_and_onnx(shared, tmp_path, monkeypatch):
     import numpy as np
     import onnxruntime
     import timm
 
     import distill  # noqa: F401  (the CIFAR ResNets)
+    seen, call = [], objectives.Distillation.__call__
+
+    def recording(self, logits, *rest):  # what the student hands its objective at every step
+        seen.append(type(logits))
+        return call(self, logits, *rest)
+    monkeypatch.setattr(objectives.Distillation, "__call__", recording)
     args = [a for a in cache_overrides(shared.data, tmp_path, shared.teacher_file) if a != "stage=cache"]
     r = run_here(*args, f"student.model={DEIT}", VIT, "student.init=timm", "student.zero_gamma=false",
                  "kd.token=hard", "kd.alpha=0.5", "student.epochs=1", "student.batch_size=16",
@@ -70,6 +76,7 @@ def test_a_distilled_vit_trains_and_exports_its_averaged_heads_to_timm_and_onnx(
     run = tmp_path / "runs" / "tiny"
     last = json.loads((run / "student" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"ce", "hard"} <= set(last["terms"])
+    assert seen and set(seen) == {tuple}  # trained as (class head, distillation head), not their mean
     export = run / "export"
     model = timm.create_model(f"local-dir:{export}", pretrained=True).eval()  # rebuilt from config.json's model_args
     x = torch.randn(4, 3, 12, 12)

@@ -205,12 +205,8 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
         warning = replay_warning(s.epochs, labels.views, len(labels))
         if warning:
             log.warning(warning)
-        features = cfg.kd.feature_weight > 0
-        if features and labels.feature_dim is None:
-            raise DataError(f"kd.feature_weight: the cache {labels.folder} stores no features; its settings say "
-                            "cache.features=false")
         replay = ReplayItems(ctx.data.images["train"], cfg.data, [c.folder for c in caches], cfg.kd.views, seed,
-                             features)
+                             features=cfg.kd.feature_weight > 0)  # cache.features=true: validated with the config
         loader = data.make_loader(replay, s.batch_size, True, data.workers(cfg.data, replay.images), seed)
         teachers = [targets.CachedTeacher(c.num_classes, c.dense, c.temperature, label_prefix(j), c.feature_dim)
                     for j, c in enumerate(caches)]

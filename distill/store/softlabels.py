@@ -175,8 +175,6 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
         side = files.read_json(_shard(folder, s, "json"))
         if side is None:
             raise DataError(f"cache: shard {s} is missing after every process finished; rerun stage=cache")
-        if (feature_dim is not None) != ("features_file" in side):
-            raise DataError(f"cache: shard {s} of {folder} was written with other cache.features; rerun stage=cache")
         shards.append({"file": _shard(folder, s, "npy").name, "start": side["start"], "rows": side["rows"],
                        "sha256": side["sha256"]}
                       | {k: side[k] for k in ("features_file", "features_sha256") if k in side})
@@ -257,8 +255,10 @@ class SoftLabels:
         self.shards = []
         for sh in manifest["shards"]:
             path = self.folder / sh["file"]
-            if verify and failing([sh], self.folder):
-                raise DataError(f"cache: {path} fails its checksum; rerun stage=cache to recompute it")
+            if verify and failing([sh], self.folder):  # the records and, with features, their file
+                named = " or ".join(name for name, _ in _shard_files(sh))
+                raise DataError(f"cache: {self.folder}: {named} fails its checksum; rerun stage=cache to recompute "
+                                "it")
             try:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:  # missing, truncated or not a numpy file
@@ -268,9 +268,9 @@ class SoftLabels:
                 raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
             self.shards.append(arr)
         self.feature_dim = (manifest.get("features") or {}).get("dim")
-        self.features = self._open_features(verify) if features else None
+        self.features = self._open_features() if features else None
 
-    def _open_features(self, verify: bool) -> list[np.ndarray]:
+    def _open_features(self) -> list[np.ndarray]:
         """Each shard's features, memory-mapped, checked against the manifest's shape (rows, views, width)."""
         if self.feature_dim is None:
             raise DataError(f"cache: {self.folder} stores no features (made with cache.features=false); feature "
@@ -278,8 +278,6 @@ class SoftLabels:
         out = []
         for sh in self.manifest["shards"]:
             path = self.folder / sh["features_file"]
-            if verify and failing([sh], self.folder):
-                raise DataError(f"cache: {path} fails its checksum; rerun stage=cache to recompute it")
             try:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:

@@ -123,7 +123,7 @@ def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 
 
 def has_distillation_head(name: str, model_args: dict | None = None) -> bool:
     """Whether timm's `name` has a distillation token and head (DeiT's VisionTransformerDistilled and kin)."""
-    return hasattr(create(name, 2, model_args=model_args), "set_distilled_training")
+    return hasattr(architecture(name, 2, model_args), "set_distilled_training")
 
 
 def distilled_models() -> list[str]:

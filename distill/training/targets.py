@@ -74,13 +74,15 @@ class LiveTeacher:
     def __init__(self, model: torch.nn.Module, autocast, feature_dim: int | None = None):
         self.model, self.autocast = model, autocast
         self.feature_dim = feature_dim  # set when `model` is a models.PooledTeacher: it answers (logits, feature)
-        self._last = None  # (input, answer): the logits and the feature of one step come from one forward
+        self._last = None  # with features, (input, answer): a step's logits and feature come from one forward
 
     def _answer(self, x: torch.Tensor):
-        if self._last is None or self._last[0] is not x:
-            with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: the result enters the loss graph
-                self._last = (x, self.model(x))
-        return self._last[1]
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
+        with torch.no_grad(), self.autocast():  # no_grad, not inference_mode: the result enters the loss graph
+            answer = self.model(x)
+        self._last = (x, answer) if self.feature_dim else None  # logits only: nothing kept past the step
+        return answer
 
     def log_probs(self, batch: dict, x: torch.Tensor, temperature: float, standardized: bool) -> torch.Tensor:
         """The teacher's log-probabilities at T on the student's very input `x`."""
