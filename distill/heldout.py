@@ -7,6 +7,7 @@ validates or caches on the test split.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from distill import data, faults, files
 from distill.training import engine, models
@@ -19,10 +20,10 @@ def key(meta: dict, bundle: data.DataBundle) -> dict:
     return {"weights_sha256": meta.get("weights_sha256"), "test": bundle.test_identity}
 
 
-def score(ctx: RunContext) -> dict[str, dict]:
-    """{model: {top1, top5, count}} for every trained model of the run, computed or read back."""
+def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, dict]:
+    """{model: {top1, top5, count}} for each trained model in `folders` (by name), computed or read back."""
     cfg, acc, bundle, out = ctx.cfg, ctx.acc, ctx.data, {}
-    for name, folder in ctx.model_dirs().items():
+    for name, folder in folders.items():
         meta = files.read_json(folder / "meta.json")
         if meta is None:
             continue

@@ -5,8 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from distill import files
-from distill.store import layout
+from distill import files, freshness
 
 log = logging.getLogger("distill")
 
@@ -16,39 +15,45 @@ def _metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def summary(run_dir: Path, teacher_dir: Path | dict[str, Path] | None = None, tests: dict | None = None,
-            ensemble: dict | None = None) -> dict:
-    """`teacher_dir`: the teacher's folder, or an ensemble's teachers' by name (RunContext.model_dirs); `tests`:
-    {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one; `ensemble`: the
-    combined teachers' own scores (ensemble.score), a row of its own."""
-    rows = {}
-    for name, folder in layout.model_dirs(run_dir, teacher_dir).items():
-        if name == "student" and ensemble:
-            rows["ensemble"] = {"model": ensemble["model"], "top1": ensemble["top1"], "top5": ensemble["top5"],
-                                "params": ensemble["params"], "train_images_per_s": None, "wall_s": None,
-                                "rule": ensemble["rule"], "val_count": ensemble["val_count"]}
-            if "test_top1" in ensemble:
-                rows["ensemble"] |= {k: ensemble[k] for k in ("test_top1", "test_top5", "test_count")}
-        meta = files.read_json(folder / "meta.json")
-        if meta is None:
-            continue
-        metrics = meta["metrics"]
-        rows[name] = {"model": meta["model"], "top1": metrics["top1"], "top5": metrics["top5"],
-                      "params": meta["params"],
-                      "train_images_per_s": metrics.get("images_per_s"), "wall_s": meta.get("wall_s"),
-                      "epochs": metrics.get("epoch", 0), "skipped_images": metrics.get("skipped_images", 0),
-                      "val_count": metrics.get("val_count")}
-        if tests and name in tests:
-            rows[name] |= {"test_top1": tests[name]["top1"], "test_top5": tests[name]["top5"],
-                           "test_count": tests[name]["count"]}
+def _row(meta: dict, test: dict | None) -> dict:
+    """A trained model's row, from its meta.json and its test score."""
+    metrics = meta["metrics"]
+    row = {"model": meta["model"], "top1": metrics["top1"], "top5": metrics["top5"], "params": meta["params"],
+           "train_images_per_s": metrics.get("images_per_s"), "wall_s": meta.get("wall_s"),
+           "epochs": metrics.get("epoch", 0), "skipped_images": metrics.get("skipped_images", 0),
+           "val_count": metrics.get("val_count")}
+    if test:
+        row |= {"test_top1": test["top1"], "test_top5": test["top5"], "test_count": test["count"]}
+    return row
+
+
+def _ensemble_row(ensemble: dict) -> dict:
+    """The ensemble's row, from ensemble.score."""
+    row = {"model": ensemble["model"], "top1": ensemble["top1"], "top5": ensemble["top5"],
+           "params": ensemble["params"], "train_images_per_s": None, "wall_s": None, "rule": ensemble["rule"],
+           "val_count": ensemble["val_count"]}
+    return row | {k: ensemble[k] for k in ("test_top1", "test_top5", "test_count") if k in ensemble}
+
+
+def summary(run_dir: Path, found: freshness.Survey, tests: dict | None = None, ensemble: dict | None = None) -> dict:
+    """The run's numbers from the outputs the current settings make (`found`, freshness.survey): a row per current
+    model, its cache(s), the KD gain between a current student and baseline; every other output found is listed
+    under `stale` with its folder and why, and none of its numbers. `tests`: {model: {top1, top5, count}} on the
+    held-out test split (heldout.score), when there is one; `ensemble`: the combined teachers' own scores
+    (ensemble.score), a row of its own."""
+    rows = {name: _row(o.record, (tests or {}).get(name)) for name, o in found.current_models().items()}
+    if ensemble:  # after its teachers
+        teachers = {name: r for name, r in rows.items() if name.startswith("teacher")}
+        rows = teachers | {"ensemble": _ensemble_row(ensemble)} | {n: r for n, r in rows.items() if n not in teachers}
     out = {"run": str(run_dir), "models": rows}
-    cache = files.read_json(run_dir / "cache.json")
-    if cache and not any(name.startswith("teacher-") for name in rows):  # one teacher: its cache
-        out["cache"] = cache
-    named = {name.split("-", 1)[1]: files.read_json(run_dir / layout.cache_record(name.split("-", 1)[1]))
-             for name in rows if name.startswith("teacher-")}
-    if any(named.values()):  # an ensemble: each teacher's cache, in the teachers' order
-        out["caches"] = {name: c for name, c in named.items() if c}
+    caches = {name: o.record for name, o in found.current_caches().items()}
+    if "cache" in caches:  # one teacher: its cache
+        out["cache"] = caches["cache"]
+    elif caches:  # an ensemble: each teacher's cache, in the teachers' order
+        out["caches"] = {name.split("-", 1)[1]: c for name, c in caches.items()}
+    stale = found.stale()
+    if stale:
+        out["stale"] = {name: {"folder": str(o.folder), "why": o.stale} for name, o in stale.items()}
     if "student" in rows and "baseline" in rows:
         out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
         if "test_top1" in rows["student"] and "test_top1" in rows["baseline"]:
@@ -85,6 +90,8 @@ def table(s: dict) -> str:
     if left_out:
         lines.append("left out, failing to decode (data.on_bad_image=skip): "
                      + ", ".join(f"{name} {n} images" for name, n in left_out.items()) + " (training: last epoch)")
+    for name, stale in s.get("stale", {}).items():  # never a number of an output the current settings do not make
+        lines.append(f"{name:{width}} stale: {stale['why']} ({stale['folder']})")
     if "kd_gain_top1" in s:
         lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1"
                      + (f" (test: {s['kd_gain_test_top1']:+.2f})" if "kd_gain_test_top1" in s else ""))
@@ -96,15 +103,15 @@ def table(s: dict) -> str:
     return "\n".join(lines)
 
 
-def curves(run_dir: Path, path: Path, teacher_dir: Path | dict[str, Path] | None = None) -> dict[str, list[str]]:
-    """loss, validation top-1 and lr per epoch, one line per trained model, and the student's loss terms; returns
-    each panel's title with the labels of the lines drawn in it."""
+def curves(folders: dict[str, Path], path: Path) -> dict[str, list[str]]:
+    """loss, validation top-1 and lr per epoch, one line per trained model (`folders`: the current ones by name),
+    and the student's loss terms; returns each panel's title with the labels of the lines drawn in it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    for name, folder in layout.model_dirs(run_dir, teacher_dir).items():
+    for name, folder in folders.items():
         rows = _metrics(folder)
         if not rows:
             continue
@@ -132,11 +139,11 @@ def curves(run_dir: Path, path: Path, teacher_dir: Path | dict[str, Path] | None
     return drawn
 
 
-def write(run_dir: Path, teacher_dir: Path | dict[str, Path] | None = None, tests: dict | None = None,
-          ensemble: dict | None = None) -> dict:
-    result = summary(run_dir, teacher_dir, tests, ensemble)
+def write(run_dir: Path, found: freshness.Survey, tests: dict | None = None, ensemble: dict | None = None) -> dict:
+    """summary.json and curves.png in run_dir, and the table on the terminal; returns the summary."""
+    result = summary(run_dir, found, tests, ensemble)
     files.write_json(run_dir / "summary.json", result)
-    curves(run_dir, run_dir / "curves.png", teacher_dir)
+    curves({name: o.folder for name, o in found.current_models().items()}, run_dir / "curves.png")
     log.info("\n" + table(result) + f"\n(summary.json and curves.png in {run_dir})")
     return result
 
@@ -150,13 +157,15 @@ def print_fields(result: dict) -> None:
 
 
 def stage(ctx) -> dict | None:
-    """The report step (config.STAGES): every trained model scored once on the test split when there is one
-    (heldout.py), then the table, summary.json and curves.png; returns the summary (main process)."""
+    """The report step (config.STAGES): the outputs the current settings make (freshness.survey), each current model
+    scored once on the test split when there is one (heldout.py), the ensemble scored when its teachers are current,
+    then the table, summary.json and curves.png; returns the summary (main process)."""
     from distill import ensemble, heldout
 
-    tests = heldout.score(ctx) if ctx.data.test is not None else None
-    combined = ensemble.score(ctx)
-    teachers = {name: folder for name, folder in ctx.model_dirs().items() if name.startswith("teacher")}
-    summary = write(ctx.run_dir, teachers, tests, combined) if ctx.acc.is_main_process else None
+    found = freshness.survey(ctx)
+    folders = {name: o.folder for name, o in found.current_models().items()}
+    tests = heldout.score(ctx, folders) if ctx.data.test is not None else None
+    combined = ensemble.score(ctx) if found.teachers_current else None
+    summary = write(ctx.run_dir, found, tests, combined) if ctx.acc.is_main_process else None
     ctx.acc.wait_for_everyone()
     return summary

@@ -289,7 +289,7 @@ def test_each_method_trains_a_student_and_logs_its_terms(shared, tmp_path, metho
     assert all(terms | {"loss"} <= set(e) and set(e["terms"]) == terms | {"loss"} for e in epochs)
     steps = (run / "student" / "steps.jsonl").read_text().splitlines()
     assert steps and terms <= set(json.loads(steps[0]))
-    drawn = report.curves(run, tmp_path / "c.png", shared.teacher_dir)
+    drawn = report.curves({"teacher": shared.teacher_dir, "student": run / "student"}, tmp_path / "c.png")
     assert set(drawn["student loss terms"]) == terms and (run / "curves.png").exists()
 
 

@@ -128,8 +128,10 @@ def seed_of(cfg: Config) -> int:
     return cfg.student.seed if cfg.student.seed is not None else cfg.seed
 
 
-def _train(ctx: RunContext, out: Path, name: str, fp: str, objective, train_loader) -> dict:
+def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train_loader) -> dict:
+    """Train and publish the student (or baseline) whose fingerprint hashes `inputs`."""
     cfg, acc, bundle = ctx.cfg, ctx.acc, ctx.data
+    fp = files.fingerprint(inputs)
     s, seed = cfg.student, seed_of(cfg)
     start = time.perf_counter()
     set_seed(seed)
@@ -145,9 +147,9 @@ def _train(ctx: RunContext, out: Path, name: str, fp: str, objective, train_load
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     if isinstance(model, models.FeatureStudent):  # the projection served the training only: never exported
         model = model.model
-    return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=s.model,
-                          num_classes=bundle.num_classes, class_names=bundle.class_names, model_args=s.model_args,
-                          image_size=cfg.data.image_size, normalization=ctx.norm, seed=seed,
+    return engine.publish(acc, out, model, name, metrics, fingerprint=fp, inputs=fingerprints.parts(inputs),
+                          model=s.model, num_classes=bundle.num_classes, class_names=bundle.class_names,
+                          model_args=s.model_args, image_size=cfg.data.image_size, normalization=ctx.norm, seed=seed,
                           config={"student": dataclasses.asdict(s), "kd": dataclasses.asdict(cfg.kd)},
                           wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part
 
@@ -158,27 +160,36 @@ def run(ctx: RunContext) -> dict:
     if kd.focal_alpha is not None and len(kd.focal_alpha) != ctx.num_classes:
         raise ConfigError(f"kd.focal_alpha: {len(kd.focal_alpha)} weights for {ctx.num_classes} classes")
     caches = _soft_labels(ctx) if kd.teacher == "cached" else None
-    if caches is not None:
-        sources = [labels.manifest["fingerprint"] for labels in caches]
-    else:
-        sources = []
+    if caches is None:
         for one in ctx.teachers():
             layout.trained(one.teacher_dir, "student", "teacher")
-            sources.append(files.sha256(one.teacher_dir / "model.safetensors"))
-    source = sources[0] if not cfg.teachers else files.fingerprint(sources)  # one teacher: as before ensembles
+    inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, source(ctx), False)
     out = layout.student_dir(ctx.run_dir)
-    fp = fingerprints.student(cfg, ctx.data.identity, ctx.norm, source, baseline=False)
+    fp = files.fingerprint(inputs)
     meta = artifacts.reusable(out, fp, "student")
     if meta is None:
         teacher, train_loader = _teacher_and_loader(ctx, caches)
         objective = objectives.Distillation(kd, ctx.num_classes, cfg.student.label_smoothing, teacher)
         for line in objective.method.warnings(cfg):
             log.warning(f"student: {line}")
-        meta = _train(ctx, out, "student", fp, objective, train_loader)
+        meta = _train(ctx, out, "student", inputs, objective, train_loader)
     results = {"student": meta}
     if cfg.student.baseline:
         results["baseline"] = _baseline(ctx)
     return results
+
+
+def source(ctx: RunContext) -> str:
+    """What a KD student is made from, as its fingerprint records it: each teacher's cache fingerprint (cached KD)
+    or weights (online KD); an ensemble's, the hash of that list. Needs every teacher's weights on disk."""
+    sources = []
+    for one in ctx.teachers():
+        if ctx.cfg.kd.teacher == "cached":
+            identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
+            sources.append(layout.cache_dir(one.cfg, identity).name)
+        else:
+            sources.append(files.sha256(one.teacher_dir / "model.safetensors"))
+    return sources[0] if not ctx.cfg.teachers else files.fingerprint(sources)
 
 
 def _soft_labels(ctx: RunContext) -> list[softlabels.SoftLabels]:
@@ -232,10 +243,10 @@ def _baseline(ctx: RunContext) -> dict:
     """The same student, recipe, budget and seed with CE only."""
     cfg = ctx.cfg
     out = layout.student_dir(ctx.run_dir, baseline=True)
-    fp = fingerprints.student(cfg, ctx.data.identity, ctx.norm, "", baseline=True)
-    meta = artifacts.reusable(out, fp, "baseline")
+    inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, "", baseline=True)
+    meta = artifacts.reusable(out, files.fingerprint(inputs), "baseline")
     if meta is None:
         train_loader, _ = data.loaders(ctx.data, cfg.data, cfg.student.batch_size, seed_of(cfg))
-        meta = _train(ctx, out, "baseline", fp,
+        meta = _train(ctx, out, "baseline", inputs,
                       objectives.CrossEntropy(ctx.num_classes, cfg.student.label_smoothing), train_loader)
     return meta

@@ -61,7 +61,8 @@ def _refuse_other_teacher(folder, fp: str) -> None:
 def _run(ctx: RunContext) -> dict:
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
-    fp = fingerprints.teacher(cfg, bundle.identity, norm)
+    inputs = fingerprints.teacher_inputs(cfg, bundle.identity, norm)
+    fp = files.fingerprint(inputs)
     meta = artifacts.reusable(out, fp, "teacher")
     if meta is not None:
         return meta
@@ -82,7 +83,7 @@ def _run(ctx: RunContext) -> dict:
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
         metrics = engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False)
-    return engine.publish(acc, out, model, name, metrics, fingerprint=fp, model=teacher.model,
-                          num_classes=bundle.num_classes, class_names=bundle.class_names,
+    return engine.publish(acc, out, model, name, metrics, fingerprint=fp, inputs=fingerprints.parts(inputs),
+                          model=teacher.model, num_classes=bundle.num_classes, class_names=bundle.class_names,
                           image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(teacher),
                           wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 from pathlib import Path
@@ -12,31 +13,49 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.errors import DataError, UserError
-from distill.files import _fsync_rename, read_json, sha256, write_json
+from distill.files import _fsync_rename, fingerprint, read_json, sha256, write_json
+
+SEAL = "meta_sha256"  # meta.json's hash of its own other fields: a hand-edited number is never shown as measured
+
+
+def seal(meta: dict) -> dict:
+    """`meta` as JSON reads it back, with its seal."""
+    plain = json.loads(json.dumps({k: v for k, v in meta.items() if k != SEAL}, default=str))
+    return plain | {SEAL: fingerprint(plain)}
+
+
+def sealed(meta: dict) -> bool:
+    """Whether a meta.json read back is as save_model wrote it (not edited since)."""
+    return SEAL in meta and seal(meta)[SEAL] == meta[SEAL]
 
 
 def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
-    """model.safetensors first, meta.json last (with the weights' sha256): meta.json is the marker that the folder
-    is complete, and says which weights its metrics belong to."""
+    """model.safetensors first, meta.json last (with the weights' sha256, sealed): meta.json is the marker that the
+    folder is complete, and says which weights its metrics belong to."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
     _fsync_rename(tmp, folder / "model.safetensors")
-    write_json(folder / "meta.json", meta | {"weights_sha256": sha256(folder / "model.safetensors")})
+    write_json(folder / "meta.json", seal(meta | {"weights_sha256": sha256(folder / "model.safetensors")}))
 
 
-def reusable(folder: Path, fingerprint: str, name: str) -> dict | None:
+def reusable(folder: Path, fp: str, name: str) -> dict | None:
     """The meta of a finished stage output made with this fingerprint, or None (then the stage must run). Weights
-    that are not the ones meta.json scored stop the run: their metrics would be reported next to other weights."""
+    that are not the ones meta.json scored, or a meta.json edited since it was written, stop the run: their metrics
+    would be reported next to other weights, or as measured when they were not."""
     folder = Path(folder)
     meta = read_json(folder / "meta.json")
-    if not (meta and meta.get("fingerprint") == fingerprint and (folder / "model.safetensors").exists()):
+    if not (meta and meta.get("fingerprint") == fp and (folder / "model.safetensors").exists()):
         return None
-    if "weights_sha256" not in meta:  # written before meta.json recorded its weights: nothing to check them by
-        logging.getLogger("distill").info(f"{name}: {folder} has no weights checksum (an older distill); redoing it")
+    if "weights_sha256" not in meta or SEAL not in meta:  # an older distill's: nothing to check it by
+        logging.getLogger("distill").info(f"{name}: {folder} has no checksums (an older distill); redoing it")
         return None
+    if not sealed(meta):
+        raise DataError(f"{name}: {folder / 'meta.json'} was changed after it was written (its numbers would be shown "
+                        f"as measured); restore it, or delete {folder} to {'retrain' if name != 'teacher' else 'rebuild'}"
+                        " it")
     if sha256(folder / "model.safetensors") != meta["weights_sha256"]:
         raise DataError(f"{name}: {folder / 'model.safetensors'} is not the file {folder / 'meta.json'} scored "
                         f"(changed or replaced since it was written); restore it, or delete {folder} to "

@@ -41,11 +41,22 @@ def settings(cfg: Config, output: str) -> dict[str, Any]:
     return {key: _get(cfg, key) for key, outputs in tags().items() if outputs and output in outputs}
 
 
-def teacher(cfg: Config, identity: dict, norm: dict) -> str:
+def parts(inputs: dict) -> dict[str, str]:
+    """Each part of a fingerprint's inputs hashed alone: stored beside the fingerprint (meta.json's `inputs`), so
+    that an output the current settings would not make can say which part differs (freshness.py)."""
+    return {part: files.fingerprint(value) for part, value in inputs.items()}
+
+
+def teacher_inputs(cfg: Config, identity: dict, norm: dict) -> dict:
+    """What the teacher's fingerprint hashes: its settings, the data's identity and the normalization."""
     inputs = settings(cfg, "teacher")
     if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
         inputs["teacher.checkpoint"] = files.sha256(Path(cfg.teacher.checkpoint))
-    return files.fingerprint({"settings": inputs, "data": identity, "norm": norm})
+    return {"settings": inputs, "data": identity, "norm": norm}
+
+
+def teacher(cfg: Config, identity: dict, norm: dict) -> str:
+    return files.fingerprint(teacher_inputs(cfg, identity, norm))
 
 
 def label_temperature(cfg: Config, num_classes: int) -> float:
@@ -66,7 +77,12 @@ def cache_identity(cfg: Config, identity: dict, norm: dict, num_classes: int, te
             "normalization": norm, "precision": precision, **inputs}
 
 
+def student_inputs(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> dict:
+    """What a student's fingerprint hashes. `source`: the cache's fingerprint or the teacher's weights (KD student;
+    an ensemble's: the hash of its teachers' list); empty for the CE baseline."""
+    return {"settings": settings(cfg, "baseline" if baseline else "student"), "data": identity, "norm": norm,
+            "source": source}
+
+
 def student(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> str:
-    """`source`: the cache's fingerprint or the teacher's weights (KD student); empty for the CE baseline."""
-    return files.fingerprint({"settings": settings(cfg, "baseline" if baseline else "student"),
-                                  "data": identity, "norm": norm, "source": source})
+    return files.fingerprint(student_inputs(cfg, identity, norm, source, baseline))

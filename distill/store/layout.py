@@ -30,9 +30,6 @@ def student_dir(run_dir: Path, baseline: bool = False) -> Path:
     return run_dir / ("baseline" if baseline else "student")
 
 
-MODELS = ("teacher", "student", "baseline")
-
-
 def trained(folder: Path, needed_by: str, what: str) -> dict:
     """The meta.json of the model stage `what` trained into `folder`; a missing one stops the run in one line
     naming the stage that makes it."""
@@ -40,13 +37,6 @@ def trained(folder: Path, needed_by: str, what: str) -> dict:
     if meta is None:
         raise DataError(f"{needed_by}: no trained {what} in {folder}; run stage={what} first")
     return meta
-
-
-def model_dirs(run_dir: Path, teacher: Path | dict[str, Path] | None = None) -> dict[str, Path]:
-    """Each trained model's folder (MODELS): `teacher` (teacher_dir: the shared teacher.dir, or <run>/teacher) or
-    an ensemble's teachers by name ({name: folder}), then `student` and `baseline`."""
-    teachers = teacher if isinstance(teacher, dict) else {"teacher": teacher or run_dir / "teacher"}
-    return teachers | {"student": student_dir(run_dir), "baseline": student_dir(run_dir, baseline=True)}
 
 
 def cache_record(teacher: str = "teacher") -> str:

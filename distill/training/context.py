@@ -45,13 +45,6 @@ class RunContext:
                                            shares_teacher_dir=section.dir is not None))
         return out
 
-    def model_dirs(self) -> dict[str, Path]:
-        """Each trained model's folder by its name in the report: `teacher` (or an ensemble's `teacher-NAME`, one
-        each), `student`, `baseline` (layout.model_dirs)."""
-        teachers = {("teacher" if one.teacher_name == "teacher" else f"teacher-{one.teacher_name}"): one.teacher_dir
-                    for one in self.teachers()}
-        return layout.model_dirs(self.run_dir, teachers)
-
     @property
     def teacher_dir(self) -> Path:
         """<run>/teacher, or the shared teacher.dir."""

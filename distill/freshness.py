@@ -1,0 +1,123 @@
+"""Which stage outputs on disk the current settings would make: the report, summary.json, the test scores, the
+ensemble's row and the model card show those alone. Every other output found in the run's folders is named stale,
+with what differs and the stage that refreshes it, and no number of it is shown or compared.
+
+A model is current when its meta.json is sealed (not edited since it was written) and its fingerprint is the one the
+current settings give (fingerprints.py); a cache when this run's record of it (cache.json) names the folder the
+current teacher and cache settings give, and that folder is complete; a student when, besides, its teachers are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill import files
+from distill.stages import student
+from distill.store import artifacts, fingerprints, layout, softlabels
+from distill.training.context import RunContext
+
+_PARTS = {"settings": "with other {what} settings", "data": "with other data", "norm": "with another normalization"}
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output found on disk: its folder, its record (a model's meta.json; a cache's record beside the run) and
+    why the current settings would not make it, with the stage that refreshes it (None: they would)."""
+    folder: Path
+    record: dict
+    stale: str | None = None
+
+
+@dataclass
+class Survey:
+    """The run's outputs by their names in the report: `models` (teacher or teacher-NAME, student, baseline) and
+    `caches` (cache or cache-NAME; only when the current settings use a cache), and whether every teacher the
+    current settings name is on disk and current."""
+    models: dict[str, Output] = field(default_factory=dict)
+    caches: dict[str, Output] = field(default_factory=dict)
+    teachers_current: bool = True
+
+    def current_models(self) -> dict[str, Output]:
+        return {name: o for name, o in self.models.items() if o.stale is None}
+
+    def current_caches(self) -> dict[str, Output]:
+        return {name: o for name, o in self.caches.items() if o.stale is None}
+
+    def stale(self) -> dict[str, Output]:
+        """Every output the current settings would not make, models first."""
+        return {name: o for name, o in (self.models | self.caches).items() if o.stale is not None}
+
+
+def uses_cache(ctx: RunContext) -> bool:
+    """Whether the current settings make a cache (cached KD, or stage=cache asked for one)."""
+    return ctx.cfg.kd.teacher == "cached" or ctx.cfg.stage == "cache"
+
+
+def survey(ctx: RunContext) -> Survey:
+    """Every teacher, cache, student and baseline of the run found on disk, each marked current or stale."""
+    cfg, out = ctx.cfg, Survey()
+    for one in ctx.teachers():
+        suffix = "" if one.teacher_name == "teacher" else f"-{one.teacher_name}"
+        inputs = fingerprints.teacher_inputs(one.cfg, ctx.data.identity, ctx.norm)
+        found = _model(one.teacher_dir, inputs, "teacher", "stage=teacher")
+        if found is not None:
+            out.models["teacher" + suffix] = found
+        current = found is not None and found.stale is None
+        out.teachers_current &= current
+        record = files.read_json(ctx.run_dir / layout.cache_record(one.teacher_name))
+        if uses_cache(ctx) and record is not None:
+            out.caches["cache" + suffix] = Output(Path(record["folder"]), record, _cache_stale(one, record, current))
+    folder = layout.student_dir(ctx.run_dir)
+    if out.teachers_current:
+        inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, student.source(ctx), baseline=False)
+        found = _model(folder, inputs, "student", "stage=student",
+                       source="from another cache" if cfg.kd.teacher == "cached" else "from another teacher")
+    else:
+        found = _model(folder, None, "student", "stage=student")
+    if found is not None:
+        out.models["student"] = found
+    inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, "", baseline=True)
+    found = _model(layout.student_dir(ctx.run_dir, baseline=True), inputs, "baseline",
+                   "stage=student student.baseline=true")
+    if found is not None:
+        out.models["baseline"] = found
+    return out
+
+
+def _model(folder: Path, inputs: dict | None, what: str, refresh: str, source: str = "") -> Output | None:
+    """The model in `folder` (None: none there), stale unless its meta.json is sealed and made from `inputs`
+    (None: its teacher is not current, so no such model can be)."""
+    meta = files.read_json(folder / "meta.json")
+    if meta is None:
+        return None
+    if not artifacts.sealed(meta):
+        return Output(folder, meta, f"{folder / 'meta.json'} was changed after it was written; delete {folder} and "
+                                    f"run {refresh} to remake it")
+    if inputs is None:
+        return Output(folder, meta, f"made from a teacher the current settings do not make; run {refresh} to "
+                                    "refresh")
+    if meta.get("fingerprint") == files.fingerprint(inputs):
+        return Output(folder, meta)
+    had, want = meta.get("inputs") or {}, fingerprints.parts(inputs)
+    phrases = [source if part == "source" else _PARTS[part].format(what=what)
+               for part in want if part in had and had[part] != want[part]]
+    why = " and ".join(phrases) or "with other settings"
+    return Output(folder, meta, f"made {why}; run {refresh} to refresh")
+
+
+def _cache_stale(one: RunContext, record: dict, teacher_current: bool) -> str | None:
+    """Why the cache this run recorded is not the one the current settings make (None: it is)."""
+    refresh = "run stage=cache to refresh"
+    if not teacher_current:
+        return f"made from a teacher the current settings do not make; {refresh}"
+    identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
+    want = layout.cache_dir(one.cfg, identity)
+    manifest = softlabels.read_manifest(Path(record["folder"]))
+    if Path(record["folder"]) == want:
+        return None if manifest is not None else f"{want} is missing or incomplete; {refresh}"
+    had = (manifest or {}).get("inputs", {})
+    if had and had.get("teacher_sha256") != identity["teacher_sha256"]:
+        return f"made from another teacher; {refresh}"
+    if had and had.get("data") != identity["data"]:
+        return f"made with other data; {refresh}"
+    return f"made with other cache settings; {refresh}"
