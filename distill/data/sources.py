@@ -83,13 +83,36 @@ def local_path(cfg: DataCfg, source: str) -> str | None:
     return os.path.abspath(os.path.expanduser(cfg.path)) if source in ("parquet", "imagefolder", "disk") else cfg.path
 
 
-def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str | None) -> datasets.DatasetDict:
+def _check_parquet(path: str | Path, key: str) -> None:
+    """Every parquet file at `path` (the file, or each .parquet file under the folder) reads as parquet and holds
+    rows; DataError naming the first that does not, under setting `key` (`datasets` says neither)."""
+    import pyarrow.parquet as pq
+
+    root = Path(path)
+    found = [root] if root.is_file() else sorted(
+        f for f in root.rglob("*.parquet") if f.is_file() and not any(
+            part.startswith(".") for part in f.relative_to(root).parts))
+    remove = " (or remove it from the folder)" if root.is_dir() else ""
+    for f in found:
+        try:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"{key}: {f} is not a parquet file ({first}); give a parquet file{remove}") from None
+        if rows == 0:
+            raise DataError(f"{key}: {f} has 0 rows; give a parquet file that holds images{remove}")
+
+
+def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str | None,
+                 key: str = "data.path") -> datasets.DatasetDict:
     """Every split of the source; `path`: local_path's (data.path itself for the hub); `data_content`: its
-    content hash (_content), which names `datasets`' cache of local files."""
+    content hash (_content), which names `datasets`' cache of local files; `key`: the setting errors name."""
     if source == "demo":
         return datasets.DatasetDict({"train": demo_dataset()})
     if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
-        raise DataError(f"data.path: no such file or directory: {path}")
+        raise DataError(f"{key}: no such file or directory: {path}")
+    if source == "parquet":
+        _check_parquet(path, key)
     try:
         if source == "parquet":  # datasets' cache of local files: one folder per content (data/content.py)
             where = content.cache_dir(data_content)
@@ -111,7 +134,7 @@ def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str 
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         hint = ("; offline? point data.path at local files (a parquet file or folder, an imagefolder, or a "
                 "save_to_disk folder)") if source == "hub" else ""
-        raise DataError(f"data.path: could not load '{path}' as {source}: {first}{hint}") from None
+        raise DataError(f"{key}: could not load '{path}' as {source}: {first}{hint}") from None
 
 
 # ---------------------------------------------------------------- checks
@@ -144,7 +167,8 @@ def check_labels(ds: datasets.Dataset, column: str, num_classes: int, split: str
     if bad.size:
         i = int(bad[0])
         raise DataError(f"data: label {labels[i]} at {rows.where(i)} ({split} sample {i}) is outside "
-                        f"[0, {num_classes}) ({bad.size} such samples)")
+                        f"[0, {num_classes}), the ids of the {num_classes} classes ({bad.size} such sample(s)); "
+                        "correct or remove those rows")
 
 
 def _carve(ds: datasets.Dataset, size, seed: int, stratify: str | None) -> tuple[datasets.DatasetDict, str | None]:
@@ -191,9 +215,9 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
     if parquet_file and plain:
         sibling = Path(path).with_name(name if name.endswith(".parquet") else f"{name}.parquet")
     if sibling is not None and sibling.is_file():
-        where = content.cache_dir(content.content_hash(sibling))
-        return datasets.load_dataset("parquet", data_files={name: str(sibling)}, cache_dir=where)[name], Rows(
-            np.arange(0), name, str(sibling))
+        one = dataclasses.replace(cfg, source="parquet", path=str(sibling), train_split=name, hub_config=None)
+        loaded = _load_splits(one, "parquet", str(sibling), content.content_hash(sibling), "data.test_split")
+        return loaded[name], Rows(np.arange(0), name, str(sibling))
     local = Path(name).expanduser()
     if local.exists():
         if path and local.resolve() == Path(path).resolve():
@@ -201,7 +225,7 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
         other = dataclasses.replace(cfg, source="auto", path=str(local.resolve()), hub_config=None)
         other_source = detect_source(other)
         other_path = local_path(other, other_source)
-        loaded = _load_splits(other, other_source, other_path, _content(other_source, other_path))
+        loaded = _load_splits(other, other_source, other_path, _content(other_source, other_path), "data.test_split")
         ds = loaded[next(iter(loaded))]
         return ds, Rows(np.arange(len(ds)), next(iter(loaded)), str(local.resolve()))
     where = f"{path} " if path else ""
@@ -312,6 +336,9 @@ def _validation(cfg: DataCfg, splits, train: datasets.Dataset, path: str | None)
     if carved < 1 or carved >= len(train):
         raise DataError(f"data.val_size: {cfg.val_size:g} does not fit a training split of {len(train)} images")
     label = train.features[cfg.label_column]
+    if isinstance(label, datasets.ClassLabel):  # the carve re-encodes the labels: one beyond the names is named first
+        check_labels(train, cfg.label_column, label.num_classes, "train", Rows(np.arange(len(train)),
+                                                                               cfg.train_split, path))
     stratify = cfg.label_column if isinstance(label, datasets.ClassLabel) else None
     parts, unstratified = _carve(train, size, cfg.split_seed, stratify)
     if unstratified:
@@ -339,6 +366,16 @@ def _checked_classes(cfg: DataCfg, train, val, train_rows: Rows, val_rows: Rows)
     return names
 
 
+def _class_difference(test: list[str], train: list[str], where: str | None) -> str:
+    """How the test split's class names differ from training's: the counts, and the first position that differs."""
+    i = next((i for i, (a, b) in enumerate(zip(test, train)) if a != b), min(len(test), len(train)))
+    theirs, ours = (repr(c[i]) if i < len(c) else "none" for c in (test, train))
+    split = f"the test split ({where})" if where else "the test split"
+    counts = (f"{split} has {len(test)} classes, training {len(train)}" if len(test) != len(train) else
+              f"{split} has training's {len(train)} classes under other names or in another order")
+    return f"{counts}; the first that differs is class {i}: {theirs} in the test split, {ours} in training"
+
+
 def _test_split(cfg: DataCfg, source: str, splits, path: str | None, data_content: str | None, names: list[str],
                 train, val, train_rows: Rows, val_rows: Rows):
     """(test split, its Rows, its identity): the same columns and classes as training, every label in range, and
@@ -348,8 +385,8 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, data_conten
     test = _labels_by_name(test, cfg.label_column, names)
     feature = test.features[cfg.label_column]
     if isinstance(feature, datasets.ClassLabel) and list(feature.names) != names:
-        raise DataError(f"data.test_split: its classes ({', '.join(feature.names[:5])}, ...) are not the training "
-                        f"split's ({', '.join(names[:5])}, ...)")
+        raise DataError(f"data.test_split: {_class_difference(list(feature.names), names, test_rows.path)}; give "
+                        "a test split with the training split's classes, in the same order")
     test_rows.rows = np.arange(len(test))
     check_labels(test, cfg.label_column, len(names), "test", test_rows)
     file = test_rows.path if test_rows.path and Path(test_rows.path).exists() else None

@@ -112,8 +112,9 @@ def shard_done(folder: Path, s: int, features: bool = False) -> bool:
     side = files.read_json(_shard(folder, s, "json"))
     if side is None or not _shard(folder, s, "npy").exists() or features != ("features_file" in side):
         return False
-    if failing([{"file": _shard(folder, s, "npy").name} | side], folder):
-        log.warning(f"cache: shard {s} of {folder} fails its checksum; recomputing it")
+    bad = _failing_files({"file": _shard(folder, s, "npy").name} | side, folder)
+    if bad:
+        log.warning(f"cache: {_fault(folder / bad[0])}; recomputing shard {s}")
         return False
     return True
 
@@ -124,11 +125,21 @@ def _shard_files(sh: dict) -> list[tuple[str, str]]:
     return out + [(sh["features_file"], sh["features_sha256"])] if "features_file" in sh else out
 
 
+def _failing_files(sh: dict, folder: Path) -> list[str]:
+    """The files of one shard entry that are missing or fail their checksum."""
+    return [name for name, sha in _shard_files(sh)
+            if not (folder / name).exists() or files.sha256(folder / name) != sha]
+
+
+def _fault(path: Path) -> str:
+    """What is wrong with a file `_failing_files` named."""
+    return f"{path} {'fails its checksum' if path.exists() else 'is missing'}"
+
+
 def failing(shards: list[dict], folder: Path) -> list[dict]:
     """The shard entries ({file, sha256[, features_file, features_sha256]}) with a file missing or failing its
     checksum."""
-    return [sh for sh in shards if any(not (folder / name).exists() or files.sha256(folder / name) != sha
-                                       for name, sha in _shard_files(sh))]
+    return [sh for sh in shards if _failing_files(sh, folder)]
 
 
 MANIFEST = "manifest.json"
@@ -153,11 +164,11 @@ def prepare(folder: Path, fp: str) -> dict | None:
                     "fingerprint; recomputing")
         (folder / MANIFEST).unlink()
         return None
-    bad = failing(manifest["shards"], folder)
+    bad = [(sh, names) for sh in manifest["shards"] if (names := _failing_files(sh, folder))]
     if not bad:
         return manifest
-    for sh in bad:
-        log.warning(f"cache: {folder / sh['file']} fails its checksum; recomputing it")
+    for sh, names in bad:
+        log.warning(f"cache: {_fault(folder / names[0])}; recomputing it")
         for name, _ in _shard_files(sh):
             (folder / name).unlink(missing_ok=True)
         (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
