@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from distill import files, methods
+from distill import faults, files, methods
 from distill.errors import ConfigError
 
 
@@ -27,12 +28,16 @@ ALL = OUTPUTS
 NONE = ()
 OWNER = "owner"  # a field of a shared section (TrainCfg, MixCfg): changes whatever the section it sits in changes
 TRAINED = ("teacher", "student", "baseline")
+# The largest loss weight accepted: a weight above it swamps every other term by a million times or more (and an
+# fp16/bf16 gradient overflows first), so it is a typo, never a setting. KD's T^2 scaling gets the same bound.
+MAX_WEIGHT = 1e6
 
 
 def _f(default: Any = None, *, factory: Any = None, doc: Any = "", changes: Any = None, **rules: Any) -> Any:
     """A schema field with a help line, the outputs it changes (`changes`: names from OUTPUTS, or OWNER; a section
-    field names its section's outputs) and range rules (gt, ge, lt, le, choices). `doc` and `choices` may be
-    functions, called when needed (kd.loss's come from the methods' registry, which loads torch)."""
+    field names its section's outputs) and rules: gt, ge, lt, le, choices (on a list: each value's) and count (a
+    list's length). Every float, and every float of a list, must be finite. `doc` and `choices` may be functions,
+    called when needed (kd.loss's come from the methods' registry, which loads torch)."""
     meta = dict(rules, doc=doc, changes=changes)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -45,7 +50,8 @@ class OptimCfg:
     lr: float = _f(0.1, doc="learning rate per 256 images; scaled linearly with the global batch", gt=0, changes=OWNER)
     momentum: float = _f(0.9, doc="SGD momentum", ge=0, lt=1, changes=OWNER)
     nesterov: bool = _f(True, doc="Nesterov momentum for SGD", changes=OWNER)
-    betas: List[float] = _f(factory=lambda: [0.9, 0.999], doc="Adam/AdamW betas", changes=OWNER)
+    betas: List[float] = _f(factory=lambda: [0.9, 0.999], doc="Adam/AdamW betas: two values in [0, 1)", count=2, ge=0,
+                            lt=1, changes=OWNER)
     weight_decay: float = _f(5e-4, doc="weight decay", ge=0, changes=OWNER)
     decay_bias_norm: bool = _f(False, doc="also decay biases and norm parameters (off: no decay on them)",
                                changes=OWNER)
@@ -142,9 +148,10 @@ class DataCfg:
     flip: bool = _f(True, doc="random horizontal flip", changes=ALL)
     scale: List[float] = _f(factory=lambda: [0.08, 1.0], doc="imagenet: RandomResizedCrop area range", changes=ALL)
     crop_pct: float = _f(0.875, doc="imagenet eval: center crop fraction", gt=0, le=1, changes=ALL)
-    mean: Optional[List[float]] = _f(None, doc="per-channel mean; null computes it from the training split",
-                                     changes=ALL)
-    std: Optional[List[float]] = _f(None, doc="per-channel std; null computes it from the training split", changes=ALL)
+    mean: Optional[List[float]] = _f(None, doc="per-channel mean (R, G, B) of pixels scaled to [0, 1], each in [0, 1]; "
+                                     "null computes it from the training split", count=3, ge=0, le=1, changes=ALL)
+    std: Optional[List[float]] = _f(None, doc="per-channel std (R, G, B) of pixels scaled to [0, 1], each in (0, 1]; "
+                                    "null computes it from the training split", count=3, gt=0, le=1, changes=ALL)
     per_image_norm: bool = _f(False, doc="standardise each image's channels instead of mean/std", changes=ALL)
     stats_images: int = _f(5000, doc="images used to compute mean/std", ge=1, changes=ALL)
     num_workers: int = _f(2, doc="DataLoader workers per process", ge=0, changes=NONE)
@@ -184,6 +191,7 @@ class CacheCfg:
 
 @dataclass
 class StudentCfg(TrainCfg):
+    epochs: int = _f(10, doc="training epochs (at least 1: the student stage always trains)", ge=1, changes=OWNER)
     model: str = _f("resnet8", doc="timm model name of the student", changes=OWNER)
     model_args: Optional[Dict[str, Any]] = _f(None, doc="keyword arguments for timm.create_model of the student, "
                                               "e.g. {img_size: 32, patch_size: 4} for a ViT at CIFAR's size",
@@ -199,13 +207,15 @@ class KDCfg:
                    + methods.help_line() + ". On a top-k cache the teacher's tail (classes outside the top k and the "
                    "view's own) is spread evenly: exact for what the cache stores (cache.topk >= classes: exact)",
                    choices=lambda: methods.names(), changes=("student",))
-    alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha)",
-                      ge=0, changes=("student",))
+    alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha); at "
+                               "most 1e6, as every loss weight", ge=0, le=MAX_WEIGHT, changes=("student",))
     ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd, 1 for dkd and dist "
-                                              "(the papers')", ge=0, changes=("student",))
+                                              "(the papers'); at most 1e6", ge=0, le=MAX_WEIGHT, changes=("student",))
     temperature: float = _f(4.0, doc="KD temperature T. A cache keeping the top k of more classes stores its soft "
-                                     "labels at this T (one cache per T); one keeping every logit serves any T",
-                            gt=0, changes=("student", "cache"))
+                                     "labels at this T (one cache per T); one keeping every logit serves any T. At "
+                                     "most 1000: the KD term is scaled by T^2 (a loss weight's bound, 1e6), and its "
+                                     "soft labels are near uniform long before",
+                            gt=0, le=math.sqrt(MAX_WEIGHT), changes=("student", "cache"))
     teacher: str = _f("cached", doc="cached (soft labels from the cache) | online (teacher run every step)",
                       choices=("cached", "online"), changes=("student",))
     views: str = _f("cycle", doc="which cached view sample i trains on at epoch e: cycle | random",
@@ -214,22 +224,22 @@ class KDCfg:
                       choices=("fixed", "scale"), changes=("student",))
     ce: str = _f("ce", doc="the hard-label term: ce | focal", choices=("ce", "focal"), changes=("student",))
     focal_gamma: float = _f(2.0, doc="focal loss gamma", ge=0, changes=("student",))
-    focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class)",
-                                            changes=("student",))
+    focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class, each in [0, 1e6])",
+                                            ge=0, le=MAX_WEIGHT, changes=("student",))
     logit_standardization: bool = _f(False, doc="z-score teacher and student logits before the softmax (Sun et al. "
                                                 "2024; kd and dkd, not dist); T is then the base temperature (the "
                                                 "paper's CIFAR KD: 2, with kd.alpha=9 and kd.ce_weight=0.1)",
                                      changes=("student",))
     dkd_alpha: float = _f(1.0, doc="dkd: weight of the target-class term TCKD (DKD's CIFAR default 1)", ge=0,
-                          changes=("student",))
+                          le=MAX_WEIGHT, changes=("student",))
     dkd_beta: float = _f(8.0, doc="dkd: weight of the non-target term NCKD (DKD's CIFAR default 8; 2 for resnet56 -> "
-                                  "resnet20 and resnet110 -> resnet32)", ge=0, changes=("student",))
+                                  "resnet20 and resnet110 -> resnet32)", ge=0, le=MAX_WEIGHT, changes=("student",))
     dkd_warmup: int = _f(20, doc="dkd: epochs over which the DKD term ramps up linearly (DKD's CIFAR default 20)",
                          ge=0, changes=("student",))
     dist_beta: float = _f(2.0, doc="dist: weight of the inter-class relation (DIST's CIFAR setting 2; tau is "
-                                   "kd.temperature, 4 on CIFAR)", ge=0, changes=("student",))
+                                   "kd.temperature, 4 on CIFAR)", ge=0, le=MAX_WEIGHT, changes=("student",))
     dist_gamma: float = _f(2.0, doc="dist: weight of the intra-class relation (DIST's CIFAR setting 2)", ge=0,
-                           changes=("student",))
+                           le=MAX_WEIGHT, changes=("student",))
     hard_smoothing: float = _f(0.0, doc="hard: label smoothing of the teacher's top-1 class (DeiT: 0)", ge=0, lt=1,
                                changes=("student",))
     token: Optional[str] = _f(None, doc="a student with a distillation head (timm's *_distilled_* models, DeiT): "
@@ -240,8 +250,8 @@ class KDCfg:
     feature_weight: float = _f(0.0, doc="feature distillation: weight of the loss between the student's pooled "
                                          "pre-logit feature, through a learned linear projection when the widths "
                                          "differ (not exported), and the teacher's (timm's feature task); added to "
-                                         "any kd.loss; cached needs cache.features=true. 0: off", ge=0,
-                               changes=("student",))
+                                         "any kd.loss; cached needs cache.features=true. 0: off; at most 1e6", ge=0,
+                               le=MAX_WEIGHT, changes=("student",))
     feature_loss: str = _f("mse", doc="feature distillation's loss: mse (timm's) | cosine (1 - cosine similarity)",
                            choices=("mse", "cosine"), changes=("student",))
     ensemble: str = _f("mean_probs", doc="several teachers (teachers=[...]): their targets combined per view, "
@@ -250,8 +260,8 @@ class KDCfg:
                                          "cache's reconstruction (the tail spread evenly) otherwise",
                        choices=("mean_probs", "mean_logits"), changes=("student",))
     teacher_weights: Optional[List[float]] = _f(None, doc="several teachers: one weight each, in the order of "
-                                                          "`teachers` (normalised to sum 1); null: equal",
-                                                changes=("student",))
+                                                          "`teachers` (normalised to sum 1; each at most 1e6); "
+                                                          "null: equal", le=MAX_WEIGHT, changes=("student",))
 
 
 @dataclass
@@ -294,6 +304,10 @@ class Config:
                            choices=("abort", "skip"), changes=TRAINED)
     max_nonfinite: int = _f(10, doc="on_nonfinite=skip: abort after this many skipped steps in a stage", ge=0,
                             changes=TRAINED)
+    sweep_on_error: str = _f("continue", doc="-m sweeps: a point that fails is recorded in its folder (failed.json) "
+                                             "and the sweep goes on to the next point (continue) or ends there (stop); "
+                                             "a sweep with a failed point exits non-zero, naming them",
+                             choices=("continue", "stop"), changes=NONE)
     checkpoint: CheckpointCfg = _f(factory=CheckpointCfg, changes=NONE)
     data: DataCfg = _f(factory=DataCfg, changes=ALL)
     teacher: TeacherCfg = _f(factory=TeacherCfg, changes=("teacher",))
@@ -333,7 +347,14 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+RANGES = (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="), ("lt", lambda v, b: v < b, "<"),
+          ("le", lambda v, b: v <= b, "<="))
+
+
 def _check_rules(obj: Any, prefix: str) -> None:
+    """Each field of the section `obj` (and its subsections) against its schema rules (see `_f`): a non-finite
+    float, a list of the wrong length, a value out of range or not among the choices stops in one line naming the
+    key."""
     for f in dataclasses.fields(obj):
         key, value = prefix + f.name, getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
@@ -342,25 +363,37 @@ def _check_rules(obj: Any, prefix: str) -> None:
         if value is None:
             continue
         rules = f.metadata
+        if isinstance(value, list):
+            if rules.get("count") is not None and len(value) != rules["count"]:
+                raise ConfigError(f"{key}: needs {rules['count']} values, got {len(value)} ({value})")
+            for v in value:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{key}: {value} holds {v}; every value must be a finite number")
+                if (problem := _out_of_range(v, rules)) is not None:
+                    raise ConfigError(f"{key}: every value must be {problem}, got {value}")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not a finite number")
         choices = rules["choices"]() if callable(rules.get("choices")) else rules.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
-        for rule, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
-                               ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
-            if rule in rules and not ok(value, rules[rule]):
-                raise ConfigError(f"{key}: {value} must be {word} {rules[rule]}")
+        if (problem := _out_of_range(value, rules)) is not None:
+            raise ConfigError(f"{key}: {value} must be {problem}")
+
+
+def _out_of_range(value: Any, rules: dict) -> str | None:
+    """The first range rule (gt, ge, lt, le) that `value` breaks, as words ("> 0"); None when it keeps them all."""
+    for rule, ok, word in RANGES:
+        if rule in rules and not ok(value, rules[rule]):
+            bound = rules[rule]
+            return f"{word} {int(bound) if float(bound).is_integer() else bound}"
+    return None
 
 
 def _check_cross(cfg: Config) -> None:
     data = cfg.data
     if (data.mean is None) != (data.std is None):
         raise ConfigError("data.mean/data.std: give both or neither")
-    for key in ("mean", "std"):
-        v = getattr(data, key)
-        if v is not None and len(v) != 3:
-            raise ConfigError(f"data.{key}: needs 3 values (R, G, B), got {len(v)}")
-    if data.std is not None and min(data.std) <= 0:
-        raise ConfigError("data.std: every value must be > 0")
     if len(data.scale) != 2 or not 0 < data.scale[0] <= data.scale[1] <= 1:
         raise ConfigError(f"data.scale: needs [min, max] with 0 < min <= max <= 1, got {data.scale}")
     if data.source == "demo" and data.path:
@@ -374,14 +407,13 @@ def _check_cross(cfg: Config) -> None:
         o = section.optim
         if o.switch_to_sgd_epoch is not None and o.name == "sgd":
             raise ConfigError(f"{name}.optim.switch_to_sgd_epoch: only for adam/adamw")
-        if len(o.betas) != 2:
-            raise ConfigError(f"{name}.optim.betas: needs two values")
     cache_mixes = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
     for key, teacher in teacher_sections(cfg).items():
         if teacher.source == "train" and teacher.epochs < 1:
             raise ConfigError(f"{key}.epochs: must be >= 1 when {key}.source=train")
+    faults.check()  # DISTILL_FAULT, read by the stages only at their fault points: checked here, before any work
     if cfg.kd.token == "hard" and cfg.kd.loss not in ("kd", "hard"):
         raise ConfigError(f"kd.token: hard teaches the distillation head the teacher's class (kd.loss=hard); "
                           f"kd.loss={cfg.kd.loss} teaches it with kd.token=soft")

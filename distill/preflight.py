@@ -1,5 +1,6 @@
-"""Checks that need the libraries but no work: run before the first stage, so that a bad model name or tracker
-stops the run in one line instead of after the teacher trained and the cache was built."""
+"""Checks that need the libraries but no work: run before the first stage, so that a bad model name or tracker, or
+a model that cannot take the data's images, stops the run in one line instead of after the teacher trained and the
+cache was built."""
 from __future__ import annotations
 
 import difflib
@@ -43,6 +44,8 @@ def before_data(cfg: Config) -> None:
         hub_weights = teacher.source == "timm" and teacher.pretrained and not teacher.checkpoint
         check_model(teacher.model, f"{key}.model", hub_weights)
     check_model(cfg.student.model, "student.model")
+    if cfg.student.model_args:  # timm turns down an argument when it builds: one line here, not a traceback below
+        _build("student", cfg.student.model, 2, cfg.student.model_args)
     if cfg.kd.token and not models.has_distillation_head(cfg.student.model, cfg.student.model_args):
         raise ConfigError(f"kd.token: student.model={cfg.student.model} has no distillation head; timm's models "
                           f"with one: {', '.join(models.distilled_models())}")
@@ -82,10 +85,77 @@ def check_features(cfg: Config) -> None:
                                   "forward_head(pre_logits=True)")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0].rstrip('.')}" if text else type(e).__name__
+
+
+def _build(key: str, name: str, num_classes: int, model_args: dict | None):
+    """Model `name` on the meta device (models.architecture); a failure to build it stops in one line naming
+    `key`.model_args when they were given (timm turns them down), else `key`.model."""
+    try:
+        return models.architecture(name, num_classes, model_args)
+    except Exception as e:  # noqa: BLE001 - timm's builders fail in many ways; each is this one line
+        if model_args:
+            raise ConfigError(f"{key}.model_args: {name} cannot be built with {model_args} ({_first_line(e)}); fix "
+                              f"or drop {key}.model_args") from None
+        raise ConfigError(f"{key}.model: {name} cannot be built ({_first_line(e)})") from None
+
+
+def _meta_problem(model, image_size: int):
+    """(the forward's answer, None) of `model` on 2 images of `image_size` px on the meta device, or (None, why it
+    failed); (None, None) when the meta device cannot run it (an op without a meta kernel, a data-dependent one)."""
+    try:
+        return models.meta_logits(model, image_size), None
+    except NotImplementedError:
+        return None, None
+    except Exception as e:  # noqa: BLE001 - a size the model cannot take surfaces as whatever its layers raise
+        return None, (None if "meta" in str(e).lower() else _first_line(e))
+
+
+def check_input(key: str, name: str, model_args: dict | None, image_size: int, num_classes: int) -> None:
+    """Model `name` (the section `key`'s) takes the data's images and answers one score per class: built on the meta
+    device and run once on [2, 3, S, S] (shapes only: no memory, no arithmetic). A failure is one line naming what
+    to set. Names timm resolves only when loading (`hf-hub:`, `local-dir:`) are left to the load, and a forward the
+    meta device cannot run to the training."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
+    model = _build(key, name, num_classes, model_args)
+    out, problem = _meta_problem(model, image_size)
+    if problem:
+        built = (model_args or {}).get("img_size") or (model.pretrained_cfg.get("input_size") or [None])[-1]
+        if isinstance(built, int) and built != image_size and _meta_problem(model, built)[1] is None:
+            fixes = [f"{key}.model_args.img_size={image_size}"] if key == "student" and models.takes_img_size(
+                model) else []
+            raise ConfigError(f"{key}.model: {name} cannot take {image_size} px images ({problem}); set "
+                              f"{' or '.join(fixes + [f'data.image_size={built}'])}")
+        what = f"{key}.model_args" if model_args else f"{key}.model"
+        raise ConfigError(f"{what}: {name}{f' with {model_args}' if model_args else ''} fails on 2 images of "
+                          f"{image_size} px ({problem}); choose another {what} or data.image_size")
+    shape = tuple(getattr(out, "shape", ())) if out is not None else (2, num_classes)
+    if shape != (2, num_classes):
+        what = f"{key}.model_args" if model_args else f"{key}.model"
+        raise ConfigError(f"{what}: {name} answers {shape or type(out).__name__} for 2 images of {image_size} px, "
+                          f"not (2, {num_classes}): one score per class of the data; keep timm's classifier head")
+
+
+def check_models(cfg: Config, num_classes: int) -> None:
+    """The student and every teacher take the data's images (data.image_size) and answer its class count."""
+    check_input("student", cfg.student.model, cfg.student.model_args, cfg.data.image_size, num_classes)
+    for key, teacher in teacher_sections(cfg).items():
+        check_input(key, teacher.model, None, cfg.data.image_size, num_classes)
+
+
 def after_data(cfg: Config, num_images: int, num_classes: int) -> None:
-    """Checks that need the data's size but no work: a cache over cache.max_gb stops before the teacher trains."""
+    """Checks that need the data but no work: every model takes its images and class count, kd.focal_alpha has one
+    weight per class, and a cache over cache.max_gb stops before the teacher trains."""
     from distill.stages import cache
 
+    check_models(cfg, num_classes)
+    alpha = cfg.kd.focal_alpha
+    if alpha is not None and len(alpha) != num_classes:
+        raise ConfigError(f"kd.focal_alpha: {len(alpha)} weights for {num_classes} classes; give one per class, in "
+                          "the order of the data's class ids")
     if cfg.stage == "teacher" or (cfg.kd.teacher == "online" and cfg.stage != "cache"):
         return  # no cache is made
     dtype = cache.record_dtype(cfg, num_classes)

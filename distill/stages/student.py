@@ -157,8 +157,6 @@ def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train
 def run(ctx: RunContext) -> dict:
     """The KD student (reused while its fingerprint holds) and, with student.baseline, its CE-only twin."""
     cfg, kd = ctx.cfg, ctx.cfg.kd
-    if kd.focal_alpha is not None and len(kd.focal_alpha) != ctx.num_classes:
-        raise ConfigError(f"kd.focal_alpha: {len(kd.focal_alpha)} weights for {ctx.num_classes} classes")
     caches = _soft_labels(ctx) if kd.teacher == "cached" else None
     if caches is None:
         for one in ctx.teachers():

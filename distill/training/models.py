@@ -157,6 +157,27 @@ def architecture(name: str, num_classes: int, model_args: dict | None = None) ->
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **(model_args or {}))
 
 
+def meta_logits(model: nn.Module, image_size: int) -> torch.Tensor:
+    """What `model` (built by `architecture`) answers in eval mode for a batch of 2 RGB images of `image_size` px,
+    on the meta device: shapes only, no arithmetic. A tuple answer (a distilled model's two heads) gives its first.
+    Raises what the forward raises (timm's ViTs: AssertionError on another image size)."""
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.empty(2, 3, image_size, image_size, device="meta"))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def takes_img_size(model: nn.Module) -> bool:
+    """Whether the model's class is built for one image size given as `img_size` (timm's ViTs, Swin, ...)."""
+    for cls in type(model).__mro__:
+        try:
+            if "__init__" in vars(cls) and "img_size" in inspect.signature(cls.__init__).parameters:
+                return True
+        except (TypeError, ValueError):  # an __init__ without a signature (written in C)
+            continue
+    return False
+
+
 class PooledTeacher(nn.Module):
     """A teacher that answers (logits, pooled pre-logit feature) in one forward: timm's forward_features, then
     forward_head for the logits (the model's own forward) and forward_head(pre_logits=True) for the feature."""

@@ -1,0 +1,162 @@
+"""Settings refused before any work, in one line naming the key: non-finite or absurd numbers, lists of the wrong
+length, a student that would train 0 epochs, a bad DISTILL_FAULT, and a model that cannot take the data's images."""
+import math
+import signal
+
+import pytest
+
+from conftest import run_cli, run_here, tiny_overrides
+from distill import config, faults, preflight
+from distill.errors import ConfigError
+
+
+def _nested(key: str, value) -> dict:
+    raw: dict = {}
+    node = raw
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return raw
+
+
+FLOAT_KEYS = [key for key, f, _ in config.leaves() if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_setting_refuses_a_non_finite_value(key, bad):
+    """Every float field, and every float of a list field, of the schema: inf, -inf and nan stop validation."""
+    field = next(f for k, f, _ in config.leaves() if k == key)
+    value = [bad] + [0.5] * ((field.metadata.get("count") or 2) - 1) if "List" in str(field.type) else bad
+    with pytest.raises(ConfigError) as err:
+        config.validate(_nested(key, value))
+    assert str(err.value).startswith(f"{key}: ") and "finite" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"teachers": [{"name": "a"}, {"name": "b"}], "kd": {"teacher_weights": [math.nan, 1.0]}},
+     "kd.teacher_weights: [nan, 1.0] holds nan; every value must be a finite number"),
+    ({"kd": {"feature_weight": math.inf}}, "kd.feature_weight: inf is not a finite number"),
+    ({"kd": {"feature_weight": 1e38}}, "kd.feature_weight: 1e+38 must be <= 1000000"),
+    ({"kd": {"alpha": 2e6, "ce_weight": 0.1}}, "kd.alpha: 2000000.0 must be <= 1000000"),
+    ({"kd": {"temperature": 1e4}}, "kd.temperature: 10000.0 must be <= 1000"),
+    ({"teachers": [{"name": "a"}, {"name": "b"}], "kd": {"teacher_weights": [1e7, 1.0]}},
+     "kd.teacher_weights: every value must be <= 1000000, got [10000000.0, 1.0]"),
+    ({"kd": {"focal_alpha": [1.0, -1.0]}}, "kd.focal_alpha: every value must be >= 0, got [1.0, -1.0]"),
+    ({"data": {"val_size": math.inf}}, "data.val_size: inf is not a finite number"),
+    ({"teachers": [{"name": "a", "optim": {"momentum": math.nan}}]}, "teachers.a.optim.momentum: nan is not a "
+                                                                     "finite number"),
+    ({"student": {"optim": {"betas": [0.9]}}}, "student.optim.betas: needs 2 values, got 1 ([0.9])"),
+    ({"teacher": {"optim": {"betas": [0.9, 1.0]}}}, "teacher.optim.betas: every value must be < 1, got [0.9, 1.0]"),
+    ({"student": {"optim": {"betas": [-0.1, 0.9]}}}, "student.optim.betas: every value must be >= 0, got [-0.1, 0.9]"),
+    ({"data": {"mean": [0.5, 0.5], "std": [0.2, 0.2, 0.2]}}, "data.mean: needs 3 values, got 2 ([0.5, 0.5])"),
+    ({"data": {"mean": [125.3, 123.0, 113.9], "std": [0.2, 0.2, 0.2]}},
+     "data.mean: every value must be <= 1, got [125.3, 123.0, 113.9]"),
+    ({"data": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}}, "data.std: every value must be > 0, got [0.2, 0.0, "
+                                                                  "0.2]"),
+    ({"student": {"epochs": 0}}, "student.epochs: 0 must be >= 1"),
+    ({"teacher": {"epochs": 0}}, "teacher.epochs: must be >= 1 when teacher.source=train"),
+    ({"teachers": [{"name": "a", "epochs": 0}]}, "teachers.a.epochs: must be >= 1 when teachers.a.source=train"),
+])
+def test_bad_numbers_and_lists_stop_in_one_line(raw, message):
+    with pytest.raises(ConfigError) as err:
+        config.validate(raw)
+    assert str(err.value) == message
+
+
+def test_the_bounds_leave_the_usual_settings_alone():
+    cfg = config.validate({"kd": {"alpha": 9.0, "ce_weight": 0.1, "temperature": 1000.0, "feature_weight": 1e6},
+                           "cache": {"features": True},
+                           "teacher": {"source": "timm", "model": "resnet50", "epochs": 0},
+                           "data": {"mean": [0.0, 0.5, 1.0], "std": [1.0, 0.5, 0.01]}})
+    assert cfg.kd.temperature == 1000.0 and cfg.student.epochs == 10  # a loaded teacher may train 0 epochs
+
+
+# ---------------------------------------------------------------- DISTILL_FAULT
+
+@pytest.mark.parametrize("spec", ["student:5:SIGKILL", "student:5:KILL", "cache:1:term", "teacher big:3:SIGTERM"])
+def test_a_fault_takes_the_signal_with_or_without_sig(monkeypatch, spec):
+    monkeypatch.setenv("DISTILL_FAULT", spec)
+    faults.check()
+    config.validate({})
+    where, at, sig = spec.split(":")
+    sent = []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, s: sent.append(s))
+    faults.point(where, int(at) - 1)
+    faults.point("export", int(at))
+    assert sent == []
+    faults.point(where, int(at))
+    assert sent == [signal.Signals["SIG" + sig.upper().removeprefix("SIG")]]
+
+
+@pytest.mark.parametrize("spec", ["student:5", "studnet:5:KILL", "student:0:KILL", "student:x:KILL",
+                                  "student:5:SIGSIGKILL", "student:5:NOPE", "student:-1:TERM", "teacher :1:KILL"])
+def test_a_bad_fault_spec_stops_validation_in_one_line(monkeypatch, spec):
+    monkeypatch.setenv("DISTILL_FAULT", spec)
+    with pytest.raises(ConfigError) as err:
+        config.validate({})
+    msg = str(err.value)
+    assert msg.startswith(f"DISTILL_FAULT: '{spec}' is not WHERE:N:SIGNAL with WHERE one of teacher, student, ")
+    assert "unset DISTILL_FAULT" in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------- every model against the data
+
+def _after_data(raw: dict, image_size: int = 32, num_classes: int = 10) -> None:
+    raw = {**raw, "data": {**raw.get("data", {}), "image_size": image_size}}
+    preflight.after_data(config.validate(raw), 1000, num_classes)
+
+
+@pytest.mark.parametrize("raw, size, message", [
+    ({"student": {"model": "deit_tiny_distilled_patch16_224"}}, 32,
+     "student.model: deit_tiny_distilled_patch16_224 cannot take 32 px images (AssertionError: Input height (32) "
+     "doesn't match model (224)); set student.model_args.img_size=32 or data.image_size=224"),
+    ({"student": {"model": "deit_tiny_distilled_patch16_224", "model_args": {"img_size": 64}}}, 32,
+     "student.model: deit_tiny_distilled_patch16_224 cannot take 32 px images (AssertionError: Input height (32) "
+     "doesn't match model (64)); set student.model_args.img_size=32 or data.image_size=64"),
+    ({"teacher": {"source": "timm", "model": "vit_tiny_patch16_224", "checkpoint": "t.safetensors"}}, 32,
+     "teacher.model: vit_tiny_patch16_224 cannot take 32 px images (AssertionError: Input height (32) doesn't match "
+     "model (224)); set data.image_size=224"),
+    ({"teachers": [{"name": "a"}, {"name": "b", "model": "vit_tiny_patch16_224"}]}, 32,
+     "teachers.b.model: vit_tiny_patch16_224 cannot take 32 px images (AssertionError: Input height (32) doesn't "
+     "match model (224)); set data.image_size=224"),
+    ({"student": {"model": "resnet18", "model_args": {"global_pool": ""}}}, 32,
+     "student.model_args: resnet18 with {'global_pool': ''} fails on 2 images of 32 px (RuntimeError: "),
+    ({"student": {"model": "resnet8", "model_args": {"depth": 3}}}, 32,
+     "student.model_args: resnet8 cannot be built with {'depth': 3} (TypeError: "),
+    ({"kd": {"focal_alpha": [1.0, 2.0]}}, 32,
+     "kd.focal_alpha: 2 weights for 10 classes; give one per class, in the order of the data's class ids"),
+])
+def test_a_model_that_cannot_take_the_data_stops_in_one_line(raw, size, message):
+    with pytest.raises(ConfigError) as err:
+        _after_data(raw, size)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("raw, size", [
+    ({}, 32),  # the demo's CIFAR ResNets
+    ({"student": {"model": "deit_tiny_distilled_patch16_224", "model_args": {"img_size": 32, "patch_size": 4}},
+      "kd": {"token": "soft"}}, 32),
+    ({"student": {"model": "deit_tiny_distilled_patch16_224"}}, 224),
+    ({"teacher": {"model": "hf-hub:someone/vit", "source": "timm"}}, 32),  # resolved only when loaded: left to it
+    ({"stage": "teacher", "kd": {"focal_alpha": [1.0] * 10}}, 12),
+])
+def test_models_that_take_the_data_pass(raw, size):
+    _after_data(raw, size)
+
+
+def test_cli_refuses_a_student_that_would_train_no_epoch_before_any_work(parquet_file, tmp_path):
+    r = run_cli(*tiny_overrides(parquet_file, tmp_path / "runs"), "student.epochs=0", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: student.epochs: 0 must be >= 1"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_refuses_a_student_that_cannot_take_the_images_before_any_work(parquet_file, tmp_path):
+    """The whole run, in process: the data loads (12 px images), then the check stops it; no teacher was trained."""
+    r = run_here(*tiny_overrides(parquet_file, tmp_path / "runs"), "student.model=deit_tiny_distilled_patch16_224")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: student.model: deit_tiny_distilled_patch16_224 cannot take 12 px images (AssertionError: Input "
+        "height (12) doesn't match model (224)); set student.model_args.img_size=12 or data.image_size=224")
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
