@@ -19,7 +19,7 @@ import logging  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from distill import config  # noqa: E402
+from distill import cli, config, sweep  # noqa: E402
 from distill.errors import Stopped, UserError  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -83,91 +83,51 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
     return outputs["report"]
 
 
-def sweep_point(cfg: config.Config) -> Path | None:
-    """Under Hydra multirun (-m), each point runs in <run_root>/<name>/sweep/<sweep>/<job number>/ (<sweep>: a hash
-    of the sweep's overrides, config.sweep_id) and all points share the teacher in <run_root>/<name>/teacher (unless
-    teacher.dir says otherwise); the cache is shared by fingerprint."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    if not _sweeps_a_teacher(sys.argv[1:]):  # a sweep over teacher settings trains a teacher per point
-        shared = Path(cfg.run_root) / cfg.name
-        if cfg.teacher.dir is None and not cfg.teachers:
-            cfg.teacher.dir = str(shared / "teacher")
-        for entry in cfg.teachers:
-            entry.setdefault("dir", str(shared / "teachers" / entry["name"]))
-    return Path(cfg.run_root) / cfg.name / "sweep" / config.sweep_id() / str(hc.job.num)
-
-
-def _sweeps_a_teacher(args: list[str]) -> bool:
-    """Whether a -m sweep gives a setting that changes the teacher more than one value (a shared teacher.dir holds
-    one teacher: each point then trains its own)."""
-    from distill.store import fingerprints
-
-    changes_teacher = {key for key, outputs in fingerprints.tags().items() if outputs and "teacher" in outputs}
-    for arg in args:
-        key, _, value = arg.lstrip("+~").partition("=")
-        swept = "," in value and not value.lstrip().startswith(("[", "{")) or value.startswith(("range(", "choice("))
-        if swept and (key in changes_teacher or key.startswith(("teacher.", "teachers", "data."))):
-            return True
-    return False
-
-
 @hydra.main(version_base="1.3", config_path=str(RECIPES), config_name="config")
 def _hydra_main(raw: DictConfig) -> float | None:
-    """Returns the KD student's top-1 (what a Hydra sweeper such as Optuna maximises), when it was trained."""
+    """Returns the KD student's top-1 (what a Hydra sweeper such as Optuna maximises), when it was trained. Under -m
+    each point runs through sweep.SWEEP.point: a point that fails is recorded and the sweep goes on."""
     try:
-        cfg = config.validate(raw)
-        summary = execute(cfg, sweep_point(cfg))
-        student = (summary or {}).get("models", {}).get("student")
-        return student["top1"] if student else None
+        point = sweep.point_of(raw)
+        if point is None:
+            return _run(raw)
+        on_error = str(OmegaConf.select(raw, "sweep_on_error", default="continue"))
+        return sweep.SWEEP.point(*point, lambda: _run(raw), on_error=on_error, raw=raw)
     except UserError as e:  # one line, no traceback; a preempted run (Stopped) says so and how to resume
         print(e if isinstance(e, Stopped) else f"error: {e}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
+    except OSError as e:  # a folder that cannot be written (permissions, read-only disk, full disk): one line
+        line = cli.file_problem(e, raw)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
 
 
-def check_sweep(args: list[str]) -> None:
-    """Every point of a -m sweep composed and validated before the first one trains (Hydra would meet a bad value
-    only at its point). Interval sweeps (a sweeper plugin's) are left to each point."""
-    if not {"-m", "--multirun"} & set(args):
-        return
-    import itertools
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    choices = []
-    ours = [a for a in args if not a.startswith(("-", "hydra/", "hydra.", "+hydra"))]  # Hydra's own keys: not ours
-    for o in OverridesParser.create().parse_overrides(ours):
-        if o.is_sweep_override() and not o.is_discrete_sweep():
-            return
-        key = o.get_key_element()
-        choices.append([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line])
-    points = list(itertools.product(*choices))
-    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-        for i, point in enumerate(points):
-            recipe = next((p.split("=", 1)[1] for p in point if p.startswith("recipe=")), "demo")
-            named = [] if any(p.startswith("name=") for p in point) else [f"name={recipe}"]
-            try:
-                config.validate(compose("config", overrides=[*point, *named]))
-            except UserError as e:
-                raise type(e)(f"{e} (sweep point {i} of {len(points)}: {' '.join(point)}; nothing was run)") from None
+def _run(raw: DictConfig) -> float | None:
+    """Validate, run the stages, and return the current KD student's top-1 (None when it was not trained)."""
+    cfg = config.validate(raw)
+    summary = execute(cfg, sweep.point_dir(cfg))
+    student = (summary or {}).get("models", {}).get("student")
+    return student["top1"] if student else None
 
 
 def main() -> None:
     config.register_schema()
     groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
+    args = sys.argv[1:]
     try:
-        config.check_recipe(sys.argv[1:], RECIPES / "recipe")
-        config.check_overrides(sys.argv[1:], groups)
-        check_sweep(sys.argv[1:])
+        cli.check_syntax(args)
+        config.check_recipe(args, RECIPES / "recipe")
+        config.check_overrides(args, groups)
+        sweep.SWEEP.total, sweep.SWEEP.swept = sweep.check(args, RECIPES), sweep.swept_keys(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     _hydra_main()
+    if sweep.SWEEP.failed:  # the points that failed said why as they ended; the sweep's last line counts them
+        print(sweep.SWEEP.summary(), file=sys.stderr)
+        sys.exit(sweep.SWEEP.exit_code())
 
 
 if __name__ == "__main__":

@@ -242,6 +242,6 @@ def test_the_sibling_test_split_is_found_beside_the_link_the_user_gave(tmp_path)
 
 def test_a_sweeps_bad_value_is_refused_before_any_point_runs(tmp_path):
     r = run_cli("-m", "kd.temperature=2,-1", "student.epochs=1", cwd=tmp_path)
-    assert r.returncode == 2 and not (tmp_path / "runs").exists()  # point 0 did not train first
-    assert r.stderr.strip().splitlines() == ["error: kd.temperature: -1.0 must be > 0 (sweep point 1 of 2: "
+    assert r.returncode == 2 and not (tmp_path / "runs").exists()  # the first point did not train first
+    assert r.stderr.strip().splitlines() == ["error: kd.temperature: -1.0 must be > 0 (sweep point 2 of 2: "
                                              "kd.temperature=-1 student.epochs=1; nothing was run)"]

@@ -72,9 +72,9 @@ def test_multirun_sweep_shares_teacher_and_cache(demo):
 def test_a_sweep_over_a_teacher_setting_trains_a_teacher_per_point():
     """Sweep points share one teacher folder unless the sweep changes the teacher (a shared teacher.dir holds
     one teacher, and refuses another in one line)."""
-    from distill import run
-    assert not run._sweeps_a_teacher(["-m", "kd.temperature=1,4", "kd.alpha=0.5,0.9", "teacher.epochs=3"])
-    assert run._sweeps_a_teacher(["-m", "teacher.epochs=3,5"])
-    assert run._sweeps_a_teacher(["-m", "seed=0,1"])
-    assert run._sweeps_a_teacher(["-m", "data.train_size=range(100,300,100)"])
-    assert not run._sweeps_a_teacher(["-m", "data.mean=[0.5,0.5,0.5]"])  # a list is one value
+    from distill import sweep
+    assert not sweep._sweeps_a_teacher(["-m", "kd.temperature=1,4", "kd.alpha=0.5,0.9", "teacher.epochs=3"])
+    assert sweep._sweeps_a_teacher(["-m", "teacher.epochs=3,5"])
+    assert sweep._sweeps_a_teacher(["-m", "seed=0,1"])
+    assert sweep._sweeps_a_teacher(["-m", "data.train_size=range(100,300,100)"])
+    assert not sweep._sweeps_a_teacher(["-m", "data.mean=[0.5,0.5,0.5]"])  # a list is one value

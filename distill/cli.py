@@ -1,0 +1,108 @@
+"""The command line before Hydra reads it, and the machine's errors after: an override Hydra cannot parse (most often
+a path with a space the shell split) and a folder that cannot be written become one line saying what to do."""
+from __future__ import annotations
+
+import errno
+import re
+import shlex
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from distill.errors import ConfigError
+
+
+# errno of an OSError that is the machine's state, not a bug: permissions, read-only file system, full disk or quota
+FILE_PROBLEMS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                 errno.EROFS: "on a read-only file system", errno.ENOSPC: "no space left on the device",
+                 errno.EDQUOT: "over the disk quota"}
+
+
+def file_problem(e: OSError, raw: DictConfig | None = None) -> str | None:
+    """One line for an OSError that a person fixes (FILE_PROBLEMS): the path, what is wrong, the setting naming that
+    place (from raw, when given; run_root otherwise) and what to do; None for any other OSError (a bug: left to show
+    its traceback)."""
+    what = FILE_PROBLEMS.get(e.errno)
+    if what is None:
+        return None
+    path = Path(e.filename).absolute() if e.filename else None
+    key = "run_root"
+    for candidate in ("data.path", "teacher.dir", "cache.root"):  # places that may lie inside run_root
+        value = OmegaConf.select(raw, candidate, default=None, throw_on_resolution_failure=False) if raw else None
+        if path is not None and value and (path == Path(str(value)).absolute() or
+                                           Path(str(value)).absolute() in path.parents):
+            key = candidate
+            break
+    if e.errno in (errno.EACCES, errno.EPERM):
+        fix = f"make it {'readable' if key == 'data.path' else 'writable'} for this user, or give {key}= another place"
+    elif e.errno == errno.EROFS:
+        fix = f"give {key}= a place on a writable disk"
+    else:
+        fix = f"free some space, or give {key}= a place on another disk"
+    where = path or (OmegaConf.select(raw, "run_root", default="runs") if raw else "runs")
+    return (f"{where}: {what} ({e.strerror}); {fix}, and run again (nothing was damaged: finished stages are kept and "
+            "reused)")
+
+
+def hydra_args(args: list[str]) -> tuple[list[str], bool]:
+    """The command line as Hydra reads it: its overrides (flags and their values left out) and whether it runs a
+    sweep (-m, and no --help, --cfg or --info, which only print)."""
+    from hydra._internal.utils import get_args_parser
+
+    known = get_args_parser().parse_known_args(args)[0]
+    prints = known.help or known.hydra_help or known.cfg or known.info or known.shell_completion
+    return list(known.overrides or []), bool(known.multirun and not prints)
+
+
+def check_syntax(args: list[str]) -> None:
+    """Every override in Hydra's grammar, else ConfigError naming it and how to write it (Hydra would answer with its
+    parser's error): most often a value with a space that the shell split (data.path=/tmp/my data/x.parquet), or a
+    value with characters that Hydra reads only in quotes (' & # ( ) = and letters beyond ASCII)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+
+    def parses(item: str) -> bool:
+        try:
+            parser.parse_override(item)
+            return True
+        except HydraException:
+            return False
+
+    overrides = hydra_args(args)[0]
+    for i, item in enumerate(overrides):
+        if parses(item):
+            continue
+        key, eq, value = item.partition("=")
+        if not eq:  # a word of its own: the rest of the value before it, when the shell split that at a space
+            j = i - 1
+            while j >= 0 and "=" not in overrides[j]:
+                j -= 1
+            if j < 0:
+                raise ConfigError(f"{item}: not a setting (a setting is key=value; python distill/run.py --help "
+                                  "lists them)")
+            key, _, value = overrides[j].partition("=")
+            k = j + 1
+            while k < len(overrides) and "=" not in overrides[k]:
+                k += 1
+            value = " ".join([value, *overrides[j + 1:k]])
+            raise ConfigError(f"{key}: its value has a space, and the shell split it ({item} came apart from it); "
+                              f"quote the whole value: {_quoted(key, value)}")
+        if not parses(f"{key}=0"):
+            raise ConfigError(f"{key}: not a key Hydra can read (keys are dotted names, e.g. data.path)")
+        if value.lstrip().startswith(("[", "{")) or re.match(r"\s*\w+\(", value):
+            raise ConfigError(f"{key}: Hydra cannot read the value {value} (check its brackets and commas; the "
+                              "grammar: https://hydra.cc/docs/advanced/override_grammar/basic)")
+        raise ConfigError(f"{key}: Hydra reads the value {value} only in quotes; quote it: {_quoted(key, value)}")
+
+
+def _quoted(key: str, value: str) -> str:
+    """key=value quoted for Hydra (the value) and for the shell (the whole), as a person would type it."""
+    if '"' not in value:
+        inner = f'"{value}"'
+    elif "'" not in value:
+        inner = f"'{value}'"
+    else:
+        inner = '"' + value.replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={inner}")
