@@ -12,7 +12,6 @@ import pytest
 from conftest import cache_overrides, run_here, tiny_dataset, tiny_images, tiny_overrides
 from distill import config, data
 from distill.errors import DataError
-from distill.store import softlabels
 
 TEN = [f"c{i}" for i in range(10)]
 
