@@ -189,6 +189,7 @@ def check(args: list[str], recipes: Path) -> int | None:
         key = o.get_key_element()
         choices.append([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line])
     points = list(itertools.product(*choices))
+    models_checked = set()
     with initialize_config_dir(config_dir=str(recipes), version_base="1.3"):
         for i, point in enumerate(points, 1):
             recipe = next((p.split("=", 1)[1] for p in point if p.startswith("recipe=")), "demo")
@@ -199,7 +200,11 @@ def check(args: list[str], recipes: Path) -> int | None:
             with open_dict(raw):
                 del raw["hydra"]
             try:
-                config.validate(raw)
+                cfg = config.validate(raw)
+                models = _models_of(cfg)
+                if models not in models_checked:  # the checks a run makes before any work, once per set of models
+                    _check_models(cfg)
+                    models_checked.add(models)
             except UserError as e:
                 raise type(e)(f"{e} (sweep point {i} of {len(points)}: {' '.join(point)}; nothing was run)") from None
     try:  # Hydra makes it next, and would answer a folder it cannot make with a traceback
@@ -209,3 +214,21 @@ def check(args: list[str], recipes: Path) -> int | None:
             raise
         raise ConfigError(file_problem(e)) from None
     return len(points)
+
+
+def _models_of(cfg: config.Config) -> str:
+    """What the model checks of a point depend on (points that share it are checked once)."""
+    import dataclasses
+
+    return files.fingerprint([dataclasses.asdict(cfg.student), dataclasses.asdict(cfg.teacher), cfg.teachers,
+                              cfg.data.image_size, dataclasses.asdict(cfg.kd), cfg.cache.features, cfg.log_with])
+
+
+def _check_models(cfg: config.Config) -> None:
+    """A point's models checked as its run would check them before any work (preflight): names, trackers, the
+    distillation head and pooled features, and each model run once at the data's image size on the meta device
+    (the data's class count is known only at its run: two classes here)."""
+    from distill import preflight
+
+    preflight.before_data(cfg)
+    preflight.check_models(cfg, num_classes=2)

@@ -161,3 +161,16 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path, parquet_file)
     # a sweep: the same line, before its first point (Hydra would make the sweep's folder, and answer a traceback)
     r = run_cli("-m", "kd.temperature=2,4", f"run_root={run_root}", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [line], r.stderr
+
+
+def test_a_sweep_point_whose_model_cannot_take_the_images_is_refused_before_any_point_runs():
+    from distill import config, run, sweep
+    from distill.errors import ConfigError
+
+    config.register_schema()
+    with pytest.raises(ConfigError) as e:
+        sweep.check(["-m", "student.model=resnet8,resnet20,deit_tiny_distilled_patch16_224", "data.image_size=32"],
+                    run.RECIPES)
+    assert str(e.value).startswith("student.model: deit_tiny_distilled_patch16_224 cannot take 32 px images (")
+    assert str(e.value).endswith("set student.model_args.img_size=32 or data.image_size=224 (sweep point 3 of 3: "
+                                 "student.model=deit_tiny_distilled_patch16_224 data.image_size=32; nothing was run)")
