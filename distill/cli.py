@@ -106,3 +106,19 @@ def _quoted(key: str, value: str) -> str:
     else:
         inner = '"' + value.replace('"', '\\"') + '"'
     return shlex.quote(f"{key}={inner}")
+
+
+def replace_dicts(args: list[str]) -> list[str]:
+    """The command line with each dict given to a dict setting (student.model_args={img_size: 32}) made to replace
+    the recipe's dict, as a person reading it expects: Hydra would merge it into the recipe's, and refuse a key the
+    recipe's lacks. Done by setting the key to null first."""
+    from distill import config
+
+    dicts = {key for key, f, _ in config.leaves() if "Dict" in str(f.type)}
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key in dicts and value.lstrip().startswith("{"):
+            out.append(f"{key}=null")
+        out.append(arg)
+    return out

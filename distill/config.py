@@ -411,8 +411,7 @@ def _check_cross(cfg: Config) -> None:
     if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
         raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
     for key, teacher in teacher_sections(cfg).items():
-        if teacher.source == "train" and teacher.epochs < 1:
-            raise ConfigError(f"{key}.epochs: must be >= 1 when {key}.source=train")
+        _check_teacher_source(key, teacher)
     faults.check()  # DISTILL_FAULT, read by the stages only at their fault points: checked here, before any work
     if cfg.kd.token == "hard" and cfg.kd.loss not in ("kd", "hard"):
         raise ConfigError(f"kd.token: hard teaches the distillation head the teacher's class (kd.loss=hard); "
@@ -436,6 +435,48 @@ def _check_cross(cfg: Config) -> None:
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _check_teacher_source(key: str, teacher: "TeacherCfg") -> None:
+    """A teacher's settings that its source would ignore, or that leave it untrained, stop in one line: a file or a
+    fine-tuning given to a teacher trained from scratch, a timm teacher with no weights to load."""
+    if teacher.source == "train":
+        if teacher.epochs < 1:
+            raise ConfigError(f"{key}.epochs: must be >= 1 when {key}.source=train")
+        if teacher.checkpoint:
+            raise ConfigError(f"{key}.checkpoint: read only with {key}.source=timm (source=train trains the teacher "
+                              f"from scratch and would ignore {teacher.checkpoint}); set {key}.source=timm, or drop "
+                              f"{key}.checkpoint")
+        if teacher.finetune.epochs > 0:
+            raise ConfigError(f"{key}.finetune.epochs: fine-tunes a loaded teacher ({key}.source=timm); a teacher "
+                              f"trained from scratch takes {key}.epochs")
+    elif not teacher.checkpoint and not teacher.pretrained and teacher.finetune.epochs == 0:
+        raise ConfigError(f"{key}.pretrained: false with no {key}.checkpoint loads no weights, so the teacher would "
+                          f"be untrained; set {key}.checkpoint=FILE, {key}.pretrained=true, or {key}.source=train")
+
+
+def inert(cfg: Config) -> list[str]:
+    """The settings given a value this run never reads, one line each (said once at the start, not refused: a recipe
+    may set them for the runs that do read them)."""
+    kd, default = cfg.kd, KDCfg()
+    out = []
+    for prefix, method in (("dkd_", "dkd"), ("dist_", "dist"), ("hard_", "hard")):  # a method's own settings
+        for f in dataclasses.fields(KDCfg):
+            value = getattr(kd, f.name)
+            if f.name.startswith(prefix) and value != getattr(default, f.name) and kd.loss != method:
+                out.append(f"kd.{f.name}={value} is read by kd.loss={method} only; this run (kd.loss={kd.loss}) "
+                           "ignores it")
+    if kd.ce != "focal" and (kd.focal_gamma != default.focal_gamma or kd.focal_alpha is not None):
+        out.append(f"kd.focal_gamma / kd.focal_alpha are read by kd.ce=focal only; this run (kd.ce={kd.ce}) ignores "
+                   "them")
+    if kd.feature_weight == 0 and kd.feature_loss != default.feature_loss:
+        out.append(f"kd.feature_loss={kd.feature_loss} is read only with kd.feature_weight > 0; this run ignores it")
+    if cfg.cache.features and kd.teacher == "online" and cfg.stage != "cache":
+        out.append("cache.features=true: kd.teacher=online builds no cache; this run ignores it")
+    if len(cfg.teachers) < 2 and kd.ensemble != default.ensemble:
+        out.append(f"kd.ensemble={kd.ensemble} combines several teachers (teachers=[...]); this run has one and "
+                   "ignores it")
+    return out
+
+
 def teacher_sections(cfg: Config) -> dict[str, TeacherCfg]:
     """Each teacher's full section by its config key: {"teacher": cfg.teacher} for one teacher; for an ensemble
     {"teachers.NAME": ...}, each entry of `teachers` merged over the `teacher` section (its `dir` excepted: a named
@@ -454,6 +495,10 @@ def teacher_sections(cfg: Config) -> dict[str, TeacherCfg]:
                               "'teacher' (the one teacher's)")
         if key in out:
             raise ConfigError(f"{key}: the name is used by two teachers")
+        known = [k for k, _, _ in leaves(TeacherCfg)]
+        for given in _flat({k: v for k, v in entry.items() if k != "name"}):
+            if given not in known and not any(k.startswith(given + ".") for k in known):
+                raise _no_such_setting(given, known, f"{key}.")
         try:
             merged = OmegaConf.merge(OmegaConf.structured(TeacherCfg), base,
                                      {k: v for k, v in entry.items() if k != "name"})
@@ -465,6 +510,12 @@ def teacher_sections(cfg: Config) -> dict[str, TeacherCfg]:
     if len(set(dirs)) != len(dirs):
         raise ConfigError(f"teachers: two teachers name one dir ({sorted(d for d in dirs if dirs.count(d) > 1)[0]})")
     return out
+
+
+def _flat(tree: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested dict's leaves."""
+    return [k for key, v in tree.items()
+            for k in (_flat(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
 
 
 def leaves(cls: type = Config, prefix: str = ""):
@@ -510,11 +561,16 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
         if key.startswith("hydra") or key.split("@")[0] in groups:
             continue
         if key not in keys and not any(k.startswith(key + ".") for k in keys):
-            leaf = key.rsplit(".", 1)[-1]
-            close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]  # same name elsewhere, then near spellings
-            close += [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.8) if k not in close]
-            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
-            raise ConfigError(f"{key}: no such setting{hint}")
+            raise _no_such_setting(key, keys)
+
+
+def _no_such_setting(key: str, keys: list[str], prefix: str = "") -> ConfigError:
+    """The one line for an unknown `key` (shown as prefix + key), with the keys of the same name or near spelling."""
+    leaf = key.rsplit(".", 1)[-1]
+    close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]  # same name elsewhere, then near spellings
+    close += [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.8) if k not in close]
+    hint = f" (did you mean {', '.join(prefix + k for k in close[:3])}?)" if close else ""
+    return ConfigError(f"{prefix}{key}: no such setting{hint}")
 
 
 def register_schema() -> None:

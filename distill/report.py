@@ -75,8 +75,8 @@ def table(s: dict) -> str:
         ips = f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "-"
         wall = f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-"
         t = (f" {r['test_top1']:9.2f}%" if "test_top1" in r else f" {'-':>10}") if test else ""
-        lines.append(f"{name:{width}} {r['model']:{arch}} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} {r['params'] / 1e6:8.3f}M "
-                     f"{ips:>11} {wall:>8}")
+        lines.append(f"{name:{width}} {r['model']:{arch}} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} "
+                     f"{r['params'] / 1e6:8.3f}M {ips:>11} {wall:>8}")
     caches = {"cache": s["cache"]} if s.get("cache") else {}
     caches |= {f"cache-{name}": c for name, c in s.get("caches", {}).items()}
     for name, c in caches.items():

@@ -50,6 +50,8 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     if cfg.precision not in ("auto", acc.mixed_precision):
         log.warning(f"precision={cfg.precision}: not available here (no GPU); this run trains with "
                     f"precision={acc.mixed_precision}, and its outputs are fingerprinted so")
+    for line in config.inert(cfg):
+        log.warning(line)
     cfg = dataclasses.replace(cfg, precision=acc.mixed_precision)  # what runs: auto, or fp16 on a CPU, is "no"
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
@@ -115,7 +117,7 @@ def _run(raw: DictConfig) -> float | None:
 def main() -> None:
     config.register_schema()
     groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
-    args = sys.argv[1:]
+    sys.argv[1:] = args = cli.replace_dicts(sys.argv[1:])  # Hydra reads sys.argv
     try:
         cli.check_syntax(args)
         config.check_recipe(args, RECIPES / "recipe")

@@ -160,3 +160,66 @@ def test_a_run_refuses_a_student_that_cannot_take_the_images_before_any_work(par
         "error: student.model: deit_tiny_distilled_patch16_224 cannot take 12 px images (AssertionError: Input "
         "height (12) doesn't match model (224)); set student.model_args.img_size=12 or data.image_size=224")
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- teachers whose source would ignore a setting
+
+@pytest.mark.parametrize("raw, message", [
+    ({"teacher": {"checkpoint": "t.safetensors"}},
+     "teacher.checkpoint: read only with teacher.source=timm (source=train trains the teacher from scratch and would "
+     "ignore t.safetensors); set teacher.source=timm, or drop teacher.checkpoint"),
+    ({"teachers": [{"name": "a", "checkpoint": "a.safetensors"}, {"name": "b", "checkpoint": "b.safetensors"}]},
+     "teachers.a.checkpoint: read only with teachers.a.source=timm (source=train trains the teacher from scratch and "
+     "would ignore a.safetensors); set teachers.a.source=timm, or drop teachers.a.checkpoint"),
+    ({"teacher": {"finetune": {"epochs": 1}}},
+     "teacher.finetune.epochs: fine-tunes a loaded teacher (teacher.source=timm); a teacher trained from scratch "
+     "takes teacher.epochs"),
+    ({"teacher": {"source": "timm", "pretrained": False}},
+     "teacher.pretrained: false with no teacher.checkpoint loads no weights, so the teacher would be untrained; set "
+     "teacher.checkpoint=FILE, teacher.pretrained=true, or teacher.source=train"),
+])
+def test_a_teacher_setting_its_source_would_ignore_stops_in_one_line(raw, message):
+    """The probe's silent wrong result: an ensemble of two checkpoints under source=train was one teacher trained
+    twice from scratch, both files unread."""
+    with pytest.raises(ConfigError) as err:
+        config.validate(raw)
+    assert str(err.value) == message
+
+
+def test_an_ensemble_teachers_missing_checkpoint_is_found_before_the_first_teacher_is_built(tmp_path):
+    cfg = config.validate({"teacher": {"source": "timm", "checkpoint": str(tmp_path / "a.safetensors")},
+                           "teachers": [{"name": "a"}, {"name": "b", "checkpoint": str(tmp_path / "b.safetensors")}]})
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"^teachers\.b\.checkpoint: .*b\.safetensors: no such file$"):
+        preflight.before_data(cfg)
+
+
+def test_settings_this_run_never_reads_are_said():
+    cfg = config.validate({"kd": {"loss": "kd", "hard_smoothing": 0.1, "dkd_beta": 2.0, "feature_loss": "cosine",
+                                  "ensemble": "mean_logits", "teacher": "online"}, "cache": {"features": True}})
+    assert config.inert(cfg) == [
+        "kd.dkd_beta=2.0 is read by kd.loss=dkd only; this run (kd.loss=kd) ignores it",
+        "kd.hard_smoothing=0.1 is read by kd.loss=hard only; this run (kd.loss=kd) ignores it",
+        "kd.feature_loss=cosine is read only with kd.feature_weight > 0; this run ignores it",
+        "cache.features=true: kd.teacher=online builds no cache; this run ignores it",
+        "kd.ensemble=mean_logits combines several teachers (teachers=[...]); this run has one and ignores it"]
+    assert config.inert(config.validate({"kd": {"loss": "hard", "hard_smoothing": 0.1}})) == []
+
+
+def test_a_dict_given_on_the_command_line_replaces_the_recipes():
+    """Hydra would merge {img_size: 32, drop_path_rate: 0.1} into the token recipe's model_args, and refuse the key
+    the recipe lacks (exit 1, no error line); the command line's dict replaces it."""
+    from conftest import compose_recipe
+    from distill import cli
+
+    given = ["student.model_args={img_size: 32, drop_path_rate: 0.1}", "kd.alpha=0.5"]
+    args = cli.replace_dicts(given)
+    assert args == ["student.model_args=null", *given]
+    cfg = config.validate(compose_recipe("cifar10_resnet20_to_deit_token", args))
+    assert cfg.student.model_args == {"img_size": 32, "drop_path_rate": 0.1} and cfg.kd.alpha == 0.5
+
+
+def test_an_unknown_key_in_an_ensemble_teacher_names_the_close_ones():
+    with pytest.raises(ConfigError) as err:
+        config.validate({"teachers": [{"name": "a", "lr": 0.1}]})
+    assert str(err.value) == "teachers.a.lr: no such setting (did you mean teachers.a.optim.lr, teachers.a.finetune.lr?)"

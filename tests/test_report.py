@@ -30,7 +30,8 @@ def test_a_stale_output_is_listed_with_its_reason_and_none_of_its_numbers(tmp_pa
                                      "baseline": freshness.Output(tmp_path / "b", _meta("resnet8", 80.0))})
     s = report.summary(tmp_path, found)
     assert set(s["models"]) == {"teacher", "baseline"} and "kd_gain_top1" not in s
-    assert s["stale"] == {"student": {"folder": str(tmp_path / "s"), "why": "made from another cache; run stage=student"}}
+    why = "made from another cache; run stage=student"
+    assert s["stale"] == {"student": {"folder": str(tmp_path / "s"), "why": why}}
     text = report.table(s)
     assert "88.12" not in text and "KD gain" not in text
     assert "student    stale: made from another cache; run stage=student" in text

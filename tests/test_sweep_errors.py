@@ -103,7 +103,8 @@ def test_sweep_points_are_numbered_from_one_in_messages(tmp_path):
         sweep.check(["-m", "kd.temperature=2,4,-1", "student.epochs=1"], run.RECIPES)
     assert str(e.value) == ("kd.temperature: -1.0 must be > 0 (sweep point 3 of 3: kd.temperature=-1 "
                             "student.epochs=1; nothing was run)")
-    assert sweep.check(["--multirun", "kd.temperature=2,4", "kd.alpha=0.5,0.9", f"run_root={tmp_path}"], run.RECIPES) == 4
+    args = ["--multirun", "kd.temperature=2,4", "kd.alpha=0.5,0.9", f"run_root={tmp_path}"]
+    assert sweep.check(args, run.RECIPES) == 4
 
 
 def test_an_unquoted_path_with_a_space_is_one_line_saying_to_quote_it(tmp_path):

@@ -18,21 +18,23 @@ from distill.training.context import RunContext
 log = logging.getLogger("distill")
 
 
-def build(cfg: Config, num_classes: int):
-    """The teacher model before any training, and (epochs, lr per 256) of the training it still needs."""
+def build(cfg: Config, num_classes: int, key: str = "teacher"):
+    """The teacher model before any training, and (epochs, lr per 256) of the training it still needs; errors name
+    the teacher's section `key` (teacher, or teachers.NAME)."""
     teacher = cfg.teacher
     if teacher.source == "train":
         model = models.create(teacher.model, num_classes, teacher.drop_rate)
         models.init_weights(model, teacher.init, teacher.zero_gamma)
         return model, teacher.epochs, teacher.optim.lr
     if teacher.checkpoint:
-        model, reset = models.load_file(teacher.model, teacher.checkpoint, num_classes, teacher.drop_rate)
+        model, reset = models.load_file(teacher.model, teacher.checkpoint, num_classes, teacher.drop_rate,
+                                        f"{key}.checkpoint")
         origin = teacher.checkpoint
     else:
         model = models.create(teacher.model, num_classes, teacher.drop_rate, pretrained=teacher.pretrained)
         reset, origin = model.pretrained_cfg.get("num_classes") != num_classes, f"timm hub ({teacher.model})"
     if reset and teacher.finetune.epochs == 0:
-        raise ConfigError(f"teacher.finetune.epochs: the teacher from {origin} has another class count than the "
+        raise ConfigError(f"{key}.finetune.epochs: the teacher from {origin} has another class count than the "
                           f"data ({num_classes}); its new classifier needs fine-tuning (set teacher.finetune.epochs)")
     log.info(f"teacher: loaded {teacher.model} from {origin}")
     return model, teacher.finetune.epochs, teacher.finetune.lr
@@ -72,7 +74,8 @@ def _run(ctx: RunContext) -> dict:
     seed = teacher.seed if teacher.seed is not None else cfg.seed
     set_seed(seed)
     start = time.perf_counter()
-    model, epochs, lr = build(cfg, bundle.num_classes)
+    key = "teacher" if ctx.teacher_name == "teacher" else f"teachers.{ctx.teacher_name}"
+    model, epochs, lr = build(cfg, bundle.num_classes, key)
     train_loader, val_loader = data.loaders(bundle, cfg.data, teacher.batch_size, seed)
     name = "teacher" if ctx.teacher_name == "teacher" else f"teacher {ctx.teacher_name}"
     if epochs:

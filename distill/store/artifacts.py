@@ -52,14 +52,13 @@ def reusable(folder: Path, fp: str, name: str) -> dict | None:
     if "weights_sha256" not in meta or SEAL not in meta:  # an older distill's: nothing to check it by
         logging.getLogger("distill").info(f"{name}: {folder} has no checksums (an older distill); redoing it")
         return None
+    redo = f"restore it, or delete {folder} to {'retrain' if name != 'teacher' else 'rebuild'} it"
     if not sealed(meta):
         raise DataError(f"{name}: {folder / 'meta.json'} was changed after it was written (its numbers would be shown "
-                        f"as measured); restore it, or delete {folder} to {'retrain' if name != 'teacher' else 'rebuild'}"
-                        " it")
+                        f"as measured); {redo}")
     if sha256(folder / "model.safetensors") != meta["weights_sha256"]:
         raise DataError(f"{name}: {folder / 'model.safetensors'} is not the file {folder / 'meta.json'} scored "
-                        f"(changed or replaced since it was written); restore it, or delete {folder} to "
-                        f"{'retrain' if name != 'teacher' else 'rebuild'} it")
+                        f"(changed or replaced since it was written); {redo}")
     logging.getLogger("distill").info(f"{name}: reusing {folder} (val top-1 {meta['metrics']['top1']:.2f}%)")
     return meta
 

@@ -84,36 +84,38 @@ def _classifier_rows(model: nn.Module, state: dict) -> int | None:
     return None
 
 
-def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 0.0) -> tuple[nn.Module, bool]:
+def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 0.0,
+              setting: str = "teacher.checkpoint") -> tuple[nn.Module, bool]:
     """Build `name` and load a local checkpoint with timm's loader (safetensors, or torch files with
     weights_only=True; unsafe pickles are refused). Returns (model, head_was_reset): when the checkpoint's class
-    count differs from the data's, the classifier is replaced and must be fine-tuned."""
+    count differs from the data's, the classifier is replaced and must be fine-tuned. Errors name `setting`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"teacher.checkpoint: no such file: {path}")
+        raise CheckpointError(f"{setting}: no such file: {path}")
     try:
         state = timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
     except RuntimeError as e:
         if "weights_only" in str(e):
-            raise CheckpointError(f"teacher.checkpoint: {path} was refused: loading it needs unsafe unpickling "
+            raise CheckpointError(f"{setting}: {path} was refused: loading it needs unsafe unpickling "
                                   "(it could run code); save its state_dict with torch.save or as .safetensors"
                                   ) from None
-        raise CheckpointError(f"teacher.checkpoint: {path} could not be read: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{setting}: {path} could not be read: {str(e).splitlines()[0]}") from None
     except Exception as e:  # a torn or foreign file: say which file, not a 40-line traceback
-        raise CheckpointError(f"teacher.checkpoint: {path} could not be read ({type(e).__name__}: {e})") from None
+        why = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__}: empty or truncated"
+        raise CheckpointError(f"{setting}: {path} could not be read ({why})") from None
     probe = create(name, num_classes=1)
     ckpt_classes = _classifier_rows(probe, state) or num_classes
     model = create(name, num_classes=ckpt_classes, drop_rate=drop_rate)
     own = model.state_dict()
     for key, value in state.items():
         if key in own and tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(f"teacher.checkpoint: {path} does not fit {name}: {key} is {tuple(value.shape)} "
+            raise CheckpointError(f"{setting}: {path} does not fit {name}: {key} is {tuple(value.shape)} "
                                   f"in the file, {tuple(own[key].shape)} in the model")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         def show(keys):
             return "[" + ", ".join(keys[:5]) + (f", ... +{len(keys) - 5}" if len(keys) > 5 else "") + "]"
-        raise CheckpointError(f"teacher.checkpoint: {path} does not fit {name}: missing keys "
+        raise CheckpointError(f"{setting}: {path} does not fit {name}: missing keys "
                               f"{show(result.missing_keys)}, unexpected keys {show(result.unexpected_keys)}")
     if ckpt_classes != num_classes:
         model.reset_classifier(num_classes)
