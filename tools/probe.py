@@ -98,7 +98,7 @@ CASES = [
          **_accepted_or_said("teachers.a.checkpoint", r"teachers\.a\.(checkpoint|source)")),
     Case("ensemble_rule_with_one_teacher", ["kd.ensemble=mean_logits"], **_accepted_or_said("kd.ensemble")),
     Case("ensemble_checkpoint_missing_after_training",
-         ["teachers=[{name: a, source: train}, {name: b, checkpoint: '@CASE@/missing.safetensors'}]"],
+         ["teachers=[{name: a, source: train, checkpoint: null}, {name: b, checkpoint: '@CASE@/missing.safetensors'}]"],
          "@CASE@/missing.safetensors", note="teacher b's file is missing; teacher a trains from scratch first"),
     Case("ensemble_cache_over_max_gb", [TWO, "cache.max_gb=0.0000001"], "cache.max_gb"),
     # ---------------------------------------------------------------- feature distillation
@@ -137,7 +137,7 @@ CASES = [
           "student.model_args={img_size: @SIZE@, patch_size: 4, depth: 1, embed_dim: 24, num_heads: 2, bogus: 1}"],
          "student.model_args", note="the recipe sets student.model_args; the override adds a key timm does not take"),
     Case("token_recipe_model_args_timm_key",
-         ["recipe=cifar10_resnet20_to_deit_token", "data.test_split=null",
+         ["recipe=cifar10_resnet20_to_deit_token", "data.test_split=null", "data.image_column=image",
           "student.model_args={img_size: @SIZE@, patch_size: 4, depth: 1, embed_dim: 24, num_heads: 2, "
           "drop_path_rate: 0.1}"], expect=("accepted",),
          note="legitimate: a timm argument (drop_path_rate) the recipe's student.model_args does not set"),
