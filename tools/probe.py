@@ -215,20 +215,12 @@ def command_args(case: Case) -> list[str]:
 
 # ---------------------------------------------------------------------------- the data and the teacher files
 
-def tiny_images(n: int, size: int = 12, seed: int = 0):
-    """Noisy images whose dominant colour is the class (tests/conftest.py's): learnable in a few steps."""
-    import numpy as np
-    from PIL import Image
+def tiny_images(n: int):
+    """tests/conftest.py's tiny images (the dominant colour is the class): the probe's data is the tests' data."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import tiny_images as images
 
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for i in range(n):
-        label = i % len(CLASSES)
-        x = rng.integers(0, 90, size=(size, size, 3))
-        x[..., label] += 150
-        images.append(Image.fromarray(x.astype(np.uint8)))
-        labels.append(label)
-    return images, labels
+    return images(n)
 
 
 def write_parquet(path: Path, n: int = 60, labels: list[int] | None = None, classes: int = 3) -> Path:
