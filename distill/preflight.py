@@ -44,9 +44,12 @@ def before_data(cfg: Config) -> None:
     for key, teacher in teacher_sections(cfg).items():  # the teacher, or each of an ensemble
         hub_weights = teacher.source == "timm" and teacher.pretrained and not teacher.checkpoint
         check_model(teacher.model, f"{key}.model", hub_weights)
-        if teacher.checkpoint and not Path(teacher.checkpoint).is_file():  # found before any teacher is built
-            what = "is a folder, not a checkpoint file" if Path(teacher.checkpoint).is_dir() else "no such file"
-            raise ConfigError(f"{key}.checkpoint: {teacher.checkpoint}: {what}")
+        if teacher.checkpoint:  # read and fitted to its model before any teacher is built
+            if not Path(teacher.checkpoint).is_file():
+                what = "is a folder, not a checkpoint file" if Path(teacher.checkpoint).is_dir() else "no such file"
+                raise ConfigError(f"{key}.checkpoint: {teacher.checkpoint}: {what}")
+            if not teacher.model.startswith(("hf-hub:", "local-dir:")):
+                models.check_file(teacher.model, teacher.checkpoint, f"{key}.checkpoint")
     check_model(cfg.student.model, "student.model")
     if cfg.student.model_args:  # timm turns down an argument when it builds: one line here, not a traceback below
         _build("student", cfg.student.model, 2, cfg.student.model_args)

@@ -187,9 +187,11 @@ def test_a_teacher_setting_its_source_would_ignore_stops_in_one_line(raw, messag
 
 
 def test_an_ensemble_teachers_missing_checkpoint_is_found_before_the_first_teacher_is_built(tmp_path):
-    cfg = config.validate({"teacher": {"source": "timm", "checkpoint": str(tmp_path / "a.safetensors")},
+    from conftest import random_teacher
+
+    a = random_teacher(tmp_path / "a.safetensors")  # a resnet8
+    cfg = config.validate({"teacher": {"source": "timm", "model": "resnet8", "checkpoint": str(a)},
                            "teachers": [{"name": "a"}, {"name": "b", "checkpoint": str(tmp_path / "b.safetensors")}]})
-    (tmp_path / "a.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"^teachers\.b\.checkpoint: .*b\.safetensors: no such file$"):
         preflight.before_data(cfg)
 
@@ -222,4 +224,16 @@ def test_a_dict_given_on_the_command_line_replaces_the_recipes():
 def test_an_unknown_key_in_an_ensemble_teacher_names_the_close_ones():
     with pytest.raises(ConfigError) as err:
         config.validate({"teachers": [{"name": "a", "lr": 0.1}]})
-    assert str(err.value) == "teachers.a.lr: no such setting (did you mean teachers.a.optim.lr, teachers.a.finetune.lr?)"
+    assert str(err.value) == ("teachers.a.lr: no such setting (did you mean teachers.a.optim.lr, "
+                              "teachers.a.finetune.lr?)")
+
+
+def test_an_ensemble_teachers_checkpoint_of_another_model_is_found_before_the_first_teacher_is_built(tmp_path):
+    from conftest import random_teacher
+    from distill.errors import CheckpointError
+
+    a, b = random_teacher(tmp_path / "a.safetensors"), random_teacher(tmp_path / "b.safetensors")
+    cfg = config.validate({"teacher": {"source": "timm", "model": "resnet8", "checkpoint": str(a)},
+                           "teachers": [{"name": "a"}, {"name": "b", "model": "resnet14", "checkpoint": str(b)}]})
+    with pytest.raises(CheckpointError, match=rf"^teachers\.b\.checkpoint: {b} does not fit resnet14: missing keys "):
+        preflight.before_data(cfg)

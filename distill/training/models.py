@@ -84,16 +84,13 @@ def _classifier_rows(model: nn.Module, state: dict) -> int | None:
     return None
 
 
-def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 0.0,
-              setting: str = "teacher.checkpoint") -> tuple[nn.Module, bool]:
-    """Build `name` and load a local checkpoint with timm's loader (safetensors, or torch files with
-    weights_only=True; unsafe pickles are refused). Returns (model, head_was_reset): when the checkpoint's class
-    count differs from the data's, the classifier is replaced and must be fine-tuned. Errors name `setting`."""
-    path = Path(path)
+def _read_state(path: Path, setting: str) -> dict:
+    """A local checkpoint's tensors, read with timm's loader (safetensors, or torch files with weights_only=True;
+    unsafe pickles are refused); CheckpointError naming `setting` and the file otherwise."""
     if not path.is_file():
         raise CheckpointError(f"{setting}: no such file: {path}")
     try:
-        state = timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
+        return timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
     except RuntimeError as e:
         if "weights_only" in str(e):
             raise CheckpointError(f"{setting}: {path} was refused: loading it needs unsafe unpickling "
@@ -103,20 +100,48 @@ def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 
     except Exception as e:  # a torn or foreign file: say which file, not a 40-line traceback
         why = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__}: empty or truncated"
         raise CheckpointError(f"{setting}: {path} could not be read ({why})") from None
-    probe = create(name, num_classes=1)
-    ckpt_classes = _classifier_rows(probe, state) or num_classes
-    model = create(name, num_classes=ckpt_classes, drop_rate=drop_rate)
-    own = model.state_dict()
+
+
+def _fitted(name: str, path: Path, state: dict, setting: str, classes: int | None = None) -> int | None:
+    """The class count of checkpoint `state` for model `name` (its classifier's rows; `classes` when timm does not
+    name the model's classifier), when every tensor fits the model built with it (on the meta device);
+    CheckpointError naming the first that does not, or the keys missing or left over. None, checking nothing, when
+    the class count is known neither way."""
+    classes = _classifier_rows(architecture(name, 1), state) or classes
+    if classes is None:
+        return None
+    own = {k: tuple(v.shape) for k, v in architecture(name, classes).state_dict().items()}
     for key, value in state.items():
-        if key in own and tuple(value.shape) != tuple(own[key].shape):
+        if key in own and tuple(value.shape) != own[key]:
             raise CheckpointError(f"{setting}: {path} does not fit {name}: {key} is {tuple(value.shape)} "
-                                  f"in the file, {tuple(own[key].shape)} in the model")
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+                                  f"in the file, {own[key]} in the model")
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:
         def show(keys):
             return "[" + ", ".join(keys[:5]) + (f", ... +{len(keys) - 5}" if len(keys) > 5 else "") + "]"
-        raise CheckpointError(f"{setting}: {path} does not fit {name}: missing keys "
-                              f"{show(result.missing_keys)}, unexpected keys {show(result.unexpected_keys)}")
+        raise CheckpointError(f"{setting}: {path} does not fit {name}: missing keys {show(missing)}, unexpected "
+                              f"keys {show(unexpected)}")
+    return classes
+
+
+def check_file(name: str, path: str | Path, setting: str = "teacher.checkpoint") -> None:
+    """A checkpoint file that cannot be read, or does not fit model `name`, stops in one line naming `setting`:
+    checked before any work (the file is read once more when the teacher is loaded; a model whose classifier timm
+    does not name is fitted then, with the data's class count)."""
+    path = Path(path)
+    _fitted(name, path, _read_state(path, setting), setting)
+
+
+def load_file(name: str, path: str | Path, num_classes: int, drop_rate: float = 0.0,
+              setting: str = "teacher.checkpoint") -> tuple[nn.Module, bool]:
+    """Build `name` and load a local checkpoint with timm's loader (safetensors, or torch files with
+    weights_only=True; unsafe pickles are refused). Returns (model, head_was_reset): when the checkpoint's class
+    count differs from the data's, the classifier is replaced and must be fine-tuned. Errors name `setting`."""
+    path = Path(path)
+    state = _read_state(path, setting)
+    ckpt_classes = _fitted(name, path, state, setting, num_classes)
+    model = create(name, num_classes=ckpt_classes, drop_rate=drop_rate)
+    model.load_state_dict(state)
     if ckpt_classes != num_classes:
         model.reset_classifier(num_classes)
         return model, True
