@@ -32,6 +32,31 @@ def tiny_images(n: int, size: int = 12, seed: int = 0) -> tuple[list[Image.Image
     return images, labels
 
 
+def photo_jpegs(n: int = 12) -> list[bytes]:
+    """Real photographs as JPEG files of several layouts: CIFAR-10 images (when the data is here; else scikit-learn's
+    scanned digits) enlarged to odd sizes around 500 x 375, saved at quality 90 with 4:2:0 chroma, every third one
+    progressive, every fourth one grey."""
+    import io
+
+    cifar = next((p for p in (CIFAR, ROOT / ".gpu" / "cifar10.parquet") if p.exists()), None)  # the latter on a GPU
+    if cifar:  # machine, which tools/gpu_prepare.sh gives CIFAR-10's first rows
+        import pyarrow.parquet as pq
+        column = pq.read_table(cifar, columns=["img"]).column("img").slice(0, n).to_pylist()
+        sources = [Image.open(io.BytesIO(v["bytes"])).convert("RGB") for v in column]
+    else:
+        from sklearn.datasets import load_digits
+        digits = load_digits().images[:n] * (255 / 16)
+        sources = [Image.fromarray(np.stack([d, d[::-1], d.T], -1).astype(np.uint8)) for d in digits]
+    files = []
+    for i, img in enumerate(sources):
+        img = img.resize((500 - i % 3, 375 - i % 2), Image.BICUBIC)
+        img = img.convert("L") if i % 4 == 3 else img
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90, subsampling=2, progressive=i % 3 == 2)
+        files.append(buf.getvalue())
+    return files
+
+
 def tiny_dataset(n: int = 60, seed: int = 0, size: int = 12) -> datasets.Dataset:
     images, labels = tiny_images(n, size=size, seed=seed)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})

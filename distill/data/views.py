@@ -18,6 +18,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from distill.config import DataCfg
+from distill.data import jpeg
 
 EVAL, TRAIN = 0, 1
 FIELDS = ("kind", "top", "left", "height", "width", "flip")
@@ -137,13 +138,25 @@ def render(pixels: torch.Tensor, index: torch.Tensor, params: torch.Tensor, cfg:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def resized(pixels: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """A decoded split (uint8 [N, H, W, 3]) with every image resized to size x size (antialiased, `apply`'s resize),
+    a chunk of images at a time; the split itself when it has that size already."""
+    if tuple(pixels.shape[1:3]) == (size, size):
+        return pixels
+    return torch.cat([TF.resize(pixels[i:i + chunk].permute(0, 3, 1, 2), [size, size], antialias=True)
+                      .permute(0, 2, 3, 1) for i in range(0, len(pixels), chunk)]).contiguous()
+
+
 class DeviceViews:
     """A decoded split kept on the training device, rendering each batch's views there (`render`): the batch
     carries image indices and view parameters instead of pixels, and needs no loader workers. A cached mixed view's
     partner is rendered alike."""
 
     def __init__(self, pixels, cfg: DataCfg, device):
-        self.pixels, self.cfg = torch.as_tensor(pixels).to(device), cfg
+        pixels = torch.as_tensor(pixels)
+        if cfg.transform == "cifar":  # each view starts from the image resized to s: resized once, on the host, as
+            pixels = resized(pixels, cfg.image_size)  # `apply` does (a GPU's resize may round a pixel otherwise)
+        self.pixels, self.cfg = pixels.to(device), cfg
 
     def __call__(self, batch: dict) -> dict:
         out = dict(batch, image=render(self.pixels, batch["index"], batch["view"], self.cfg))
@@ -156,19 +169,16 @@ class DeviceViews:
 
 class JpegViews:
     """A split too large to keep decoded on the device: each batch carries its JPEG files (`jpeg`, host bytes),
-    decoded together on the device (torchvision.io.decode_jpeg; nvJPEG on CUDA) and cropped there with `apply`'s
-    own code. `jpeg_of` maps each view to its file when one image gives several views (the cache stage). On the CPU
-    the decoder is libjpeg-turbo, as PIL's: the same pixels as the CPU path; on CUDA nvJPEG's IDCT may differ by a
-    grey level."""
+    decoded together on the device (`jpeg.decode`: libjpeg-turbo on the CPU, as PIL's, so the CPU path's very
+    pixels; nvJPEG on CUDA, within tests/test_cuda.py's bound) and cropped there with `apply`'s own code. `jpeg_of`
+    maps each view to its file when one image gives several views (the cache stage)."""
 
     def __init__(self, cfg: DataCfg, device):
         self.cfg, self.device = cfg, torch.device(device)
 
     def __call__(self, batch: dict) -> dict:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         files = [torch.from_numpy(np.array(b, copy=True)) for b in batch["jpeg"]]
-        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device)
+        images = jpeg.decode(files, self.device)
         of = batch["jpeg_of"].tolist() if "jpeg_of" in batch else range(len(images))
         params = batch["view"].cpu().numpy()
         return dict(batch, image=torch.stack([apply(images[j], params[r], self.cfg) for r, j in enumerate(of)]))
