@@ -175,3 +175,31 @@ def after_data(cfg: Config, num_images: int, num_classes: int) -> None:
         problem = cache.too_big(cfg, num_images, dtype, width, key.split(".", 1)[-1])
         if problem:
             raise ConfigError(problem)
+
+
+def check_shared(acc, run_dir: Path) -> None:
+    """With several machines, the run folder must be one folder that every process sees (a shared filesystem): the
+    main process writes a token file there and every process reads it back. ConfigError on every process, naming
+    the folder and the first process that does not see it, before any data is read."""
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if acc.num_processes == 1:
+        return
+    token = [uuid.uuid4().hex if acc.is_main_process else None]
+    broadcast_object_list(token)
+    probe = run_dir / f".shared-{token[0]}"
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token[0])
+    acc.wait_for_everyone()
+    seen = gather_object([(acc.process_index, probe.is_file() and probe.read_text() == token[0])])
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        probe.unlink()
+    blind = [rank for rank, ok in seen if not ok]
+    if blind:
+        raise ConfigError(f"run_root: {run_dir} is not shared between the machines: process {blind[0]} does not see "
+                          "the file process 0 wrote there; the run folder must be shared (give every machine the "
+                          "same run_root on a shared filesystem)")

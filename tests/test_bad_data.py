@@ -158,3 +158,55 @@ def test_a_truncated_features_file_is_named_and_rebuilt(shared, tmp_path):
         assert "shard-0000" not in r.stderr
         assert json.loads((tmp_path / "runs" / "tiny" / "cache.json").read_text())["images"] == 16  # that shard
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == clean
+
+
+def _shards(folder, n: int = 3, rows: int = 10):
+    """A hub-style sharded layout: data/train-0000i-of-0000n.parquet, written by `datasets`."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        tiny_dataset(rows, seed=i).to_parquet(str(folder / f"train-{i:05d}-of-{n:05d}.parquet"))
+    return folder
+
+
+def test_an_image_column_written_by_pyarrow_as_a_bytes_and_path_struct_loads_as_images(tmp_path):
+    """Many tools write an image column as struct<bytes, path> without `datasets`' schema metadata: images all
+    the same, to training and to the checks."""
+    ds = tiny_dataset(40).cast_column("image", datasets.Image(decode=False))
+    plain = pa.table({"image": pa.array(ds["image"], pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "label": pa.array(ds["label"], pa.int64())})
+    assert plain.schema.metadata is None
+    path = tmp_path / "plain.parquet"
+    pq.write_table(plain, path)
+    bundle = _load(path)
+    assert isinstance(bundle.train.features["image"], datasets.Image) and bundle.num_classes == 3
+    hub = tmp_path / "hub.parquet"  # the same rows as `datasets` writes them, with its metadata
+    tiny_dataset(40).cast_column("label", datasets.Value("int64")).to_parquet(str(hub))
+    reference = _load(hub)
+    for split in ("train", "val"):
+        a, b = bundle.images[split], reference.images[split]
+        assert np.array_equal(a.pixels, b.pixels) and np.array_equal(a.labels, b.labels), split
+
+
+def test_a_missing_shard_is_named_before_any_row_is_read(tmp_path):
+    folder = _shards(tmp_path / "data", n=4)
+    (folder / "train-00002-of-00004.parquet").unlink()
+    with pytest.raises(DataError) as e:
+        _load(folder)
+    assert str(e.value) == (f"data.path: {folder / 'train-00002-of-00004.parquet'} is missing: 3 of the 4 shards of "
+                            "'train' are there; restore the missing file")
+
+
+def test_shards_that_disagree_on_columns_or_classes_are_named(tmp_path):
+    folder = _shards(tmp_path / "columns")
+    table = pq.read_table(folder / "train-00001-of-00003.parquet")
+    pq.write_table(table.rename_columns(["img", "label"]), folder / "train-00001-of-00003.parquet")
+    with pytest.raises(DataError, match=rf"^data.path: {folder / 'train-00001-of-00003.parquet'} has other columns "
+                                        r"than train-00000-of-00003.parquet \(column 'image': absent here, "):
+        _load(folder)
+    folder = _shards(tmp_path / "classes", n=2)
+    _parquet(folder / "train-00001-of-00002.parquet", 10, TEN)
+    with pytest.raises(DataError) as e:
+        _load(folder)
+    assert str(e.value) == (f"data.path: {folder / 'train-00001-of-00002.parquet'} names other classes in column "
+                            "'label' than train-00000-of-00002.parquet (10 and 3 classes); every file of a split must "
+                            "have the same")

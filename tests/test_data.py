@@ -291,3 +291,25 @@ def test_an_undecodable_test_image_stops_the_run_at_load_not_after_training(tmp_
     with pytest.raises(DataError, match=r"data: the image at row 2 of split 'test' in .*test.parquet \(test sample 2\) "
                                         r"could not be decoded .*; set data.on_bad_image=skip to leave it out"):
         data.load(cfg)
+
+
+def test_the_content_index_forgets_a_path_that_no_longer_exists(tmp_path, monkeypatch):
+    """The index of data hashes grows with the data sets that exist, not with every path ever hashed; a verdict
+    (keyed by name, not path) stays."""
+    import json
+
+    from distill.data import content
+    index = tmp_path / "index.json"
+    monkeypatch.setattr(content, "_index", lambda: index)
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    a.write_bytes(b"first")
+    b.write_bytes(b"second")
+    content.content_hash(a)
+    content.remember("disjoint", "some-key")
+    content.content_hash(b)
+    assert {str(a), str(b), "disjoint"} <= set(json.loads(index.read_text()))
+    a.unlink()
+    b.write_bytes(b"second, changed")  # hashed anew: the index is written again
+    content.content_hash(b)
+    kept = json.loads(index.read_text())
+    assert str(a) not in kept and str(b) in kept and kept["disjoint"] == {"some-key": True}

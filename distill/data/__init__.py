@@ -2,9 +2,11 @@
 
     sources.py     data.path -> the splits (hub, parquet, imagefolder, save_to_disk, the demo digits), the
                    validation carve, the test split, label and class checks: `load` returns a DataBundle
+    parquet.py     a parquet path's checks from its footers (shards complete, columns agree), struct image columns
     images.py      Images: a split's images, decoded once into memory when they fit (pixels.py)
     datasets.py    the index-carrying training and evaluation items, collate, the epoch shared with workers
     loaders.py     DataLoaders and worker counts
+    jpeg.py        JPEG files decoded on a device (TorchCodec, else torchvision): the device renderer's decoder
     views.py       recordable, replayable views (crop box, flip): what the cache stores and the student replays
     transforms.py  ToInput: a batch of uint8 views -> the network input, on the device; channel statistics
 

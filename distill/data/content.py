@@ -53,8 +53,14 @@ def content_hash(path: str | Path) -> str:
                     digest.update(block)
                     bar.update(len(block))
     index[str(root)] = {"stat": key, "sha256": digest.hexdigest()}
-    files.write_json(_index(), index)
+    files.write_json(_index(), _existing(index))
     return digest.hexdigest()
+
+
+def _existing(index: dict) -> dict:
+    """The index without the entries of paths that no longer exist (it grows with data sets, not with history);
+    verdicts (`remember`) are keyed by name, not by path, and stay."""
+    return {k: v for k, v in index.items() if not os.path.isabs(k) or os.path.exists(k)}
 
 
 def cache_dir(content: str) -> str:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from distill import files
 from distill.config import DataCfg
-from distill.data import content, pixels
+from distill.data import content, parquet, pixels
 from distill.data.images import Images, Rows, labels_of
 from distill.errors import DataError
 
@@ -83,26 +83,6 @@ def local_path(cfg: DataCfg, source: str) -> str | None:
     return os.path.abspath(os.path.expanduser(cfg.path)) if source in ("parquet", "imagefolder", "disk") else cfg.path
 
 
-def _check_parquet(path: str | Path, key: str) -> None:
-    """Every parquet file at `path` (the file, or each .parquet file under the folder) reads as parquet and holds
-    rows; DataError naming the first that does not, under setting `key` (`datasets` says neither)."""
-    import pyarrow.parquet as pq
-
-    root = Path(path)
-    found = [root] if root.is_file() else sorted(
-        f for f in root.rglob("*.parquet") if f.is_file() and not any(
-            part.startswith(".") for part in f.relative_to(root).parts))
-    remove = " (or remove it from the folder)" if root.is_dir() else ""
-    for f in found:
-        try:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a file that is not parquet
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise DataError(f"{key}: {f} is not a parquet file ({first}); give a parquet file{remove}") from None
-        if rows == 0:
-            raise DataError(f"{key}: {f} has 0 rows; give a parquet file that holds images{remove}")
-
-
 def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str | None,
                  key: str = "data.path") -> datasets.DatasetDict:
     """Every split of the source; `path`: local_path's (data.path itself for the hub); `data_content`: its
@@ -112,13 +92,16 @@ def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str 
     if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
         raise DataError(f"{key}: no such file or directory: {path}")
     if source == "parquet":
-        _check_parquet(path, key)
+        parquet.check(path, key)
+    if source == "imagefolder":
+        _check_class_folders(Path(path), key)
     try:
         if source == "parquet":  # datasets' cache of local files: one folder per content (data/content.py)
-            where = content.cache_dir(data_content)
+            where, types = content.cache_dir(data_content), parquet.features(path)
             if Path(path).is_file():
-                return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where)
-            return datasets.load_dataset("parquet", data_dir=path, cache_dir=where)
+                return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where,
+                                             features=types)
+            return datasets.load_dataset("parquet", data_dir=path, cache_dir=where, features=types)
         if source == "imagefolder":
             return datasets.load_dataset("imagefolder", data_dir=path,
                                          cache_dir=content.cache_dir(data_content))
@@ -191,12 +174,14 @@ def _warn_empty_classes(names: list[str], present: list[int], feature, split: st
                     f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}{why}")
 
 
-def _warn_empty_folders(root: Path, split: str) -> None:
-    """An imagefolder class folder without images is no class at all to `datasets`: say so."""
-    base = root / split if (root / split).is_dir() else root
-    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
-        if not any(f.is_file() for f in folder.rglob("*")):
-            log.warning(f"data: {folder} holds no images, so '{folder.name}' is not one of the classes")
+def _check_class_folders(root: Path, key: str) -> None:
+    """An imagefolder's class folder without a file would be no class at all to `datasets` (the class count and
+    every class id after it shift): DataError naming it. Split folders (train/, test/, ...) are looked into."""
+    splits = [p for p in root.iterdir() if p.is_dir() and p.name in ("train", "validation", "val", "test")]
+    for base in splits or [root]:
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+            if not any(f.is_file() for f in folder.rglob("*")):
+                raise DataError(f"{key}: class folder {folder} holds no images; add its images or remove the folder")
 
 
 def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: str | None
@@ -250,8 +235,6 @@ def load(cfg: DataCfg) -> DataBundle:
         train = train.select(range(cfg.train_size))
         train_rows.rows = train_rows.rows[:cfg.train_size]
     names = _checked_classes(cfg, train, val, train_rows, val_rows)
-    if source == "imagefolder":
-        _warn_empty_folders(Path(path), cfg.train_split)
     test, test_rows, test_identity = (_test_split(cfg, source, splits, path, data_content, names, train, val,
                                                                   train_rows, val_rows)
                                       if cfg.test_split else (None,) * 3)
