@@ -313,3 +313,15 @@ def test_the_content_index_forgets_a_path_that_no_longer_exists(tmp_path, monkey
     content.content_hash(b)
     kept = json.loads(index.read_text())
     assert str(a) not in kept and str(b) in kept and kept["disjoint"] == {"some-key": True}
+
+
+def test_a_split_is_decoded_once_for_good_and_memory_mapped_on_the_next_start(parquet_file, monkeypatch):
+    """Local data's decoded pixels live in its content-keyed cache: the second load reads no image."""
+    from distill.data import pixels
+    cfg = config.validate({"data": {"path": str(parquet_file), "val_size": 6}}).data
+    first = data.load(cfg)
+    monkeypatch.setattr(pixels, "_decode", lambda *a: pytest.fail("decoded again"))
+    second = data.load(cfg)
+    for split in ("train", "val"):
+        a, b = first.images[split].pixels, second.images[split].pixels
+        assert isinstance(b, np.memmap) and np.array_equal(a, b), split

@@ -35,8 +35,9 @@ class Rows:
 
 
 def labels_of(ds: datasets.Dataset, column: str) -> np.ndarray:
-    """A split's labels as a numpy array."""
-    return np.asarray(ds.with_format("numpy", columns=[column])[column])
+    """A split's labels as a numpy array, read as one Arrow column (the numpy format formats row by row: 2 s for
+    12,800 labels, half an hour for ImageNet's)."""
+    return ds.select_columns([column]).with_format("arrow")[:].column(column).to_numpy(zero_copy_only=False)
 
 
 

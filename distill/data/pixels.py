@@ -1,5 +1,6 @@
 """Decode a split once into one uint8 array (N, H, W, 3) when every image has the same size and it fits a memory
-budget, so that each epoch slices memory instead of decoding PNG/JPEG per sample.
+budget, so that each epoch slices memory instead of decoding PNG/JPEG per sample; for local data, once for good
+into a memory-mapped file of the data's cache.
 
 Written by hand because `datasets` decodes per row on every access and has no fixed-shape pixel store; on CIFAR-10
 that per-row access was about 3/4 of the loader's time, and on 2 cores the loader workers slowed training by a
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+from pathlib import Path
 
 import datasets
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from distill import files
 
 log = logging.getLogger("distill")
 
@@ -39,12 +44,38 @@ def _first_size(raw: datasets.Dataset, column: str) -> tuple[int, int] | None:
     return None
 
 
-def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float) -> tuple[np.ndarray, dict] | None:
+def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float,
+           store: Path | None = None) -> tuple[np.ndarray, dict] | None:
     """(pixels uint8 [N, H, W, 3], {row: error message} for rows that failed to decode), or None when the images
-    differ in size or the array would exceed max_mb (then samples are decoded one by one, as before)."""
+    differ in size or the array would exceed max_mb (then samples are decoded one by one, as before).
+
+    With `store` (a folder of the data's content-keyed cache, data/content.py) the pixels are decoded once into a
+    .npy file there, named by the split's `datasets` fingerprint (its rows), and memory-mapped on every later start:
+    no re-decoding, and loader workers share the file's pages instead of each holding a copy."""
     n = len(ds)
     if n == 0 or max_mb <= 0:
         return None
+    stem = store / f"{ds._fingerprint}-{column}" if store is not None else None
+    known = files.read_json(stem.with_suffix(".json")) if stem is not None else None
+    if known is not None and (known.get("per_sample") or stem.with_suffix(".npy").is_file()):
+        if known.get("per_sample") or known["mb"] > max_mb:
+            return None
+        pixels = np.load(stem.with_suffix(".npy"), mmap_mode="c")  # copy-on-write: writable, never written
+        return pixels, {int(row): why for row, why in known["bad"].items()}
+    decoded = _decode(ds, column, split, max_mb, stem)
+    if stem is not None:
+        verdict = {"per_sample": True} if decoded is None else {
+            "mb": decoded[0].nbytes / 2**20, "bad": {str(k): v for k, v in decoded[1].items()}}
+        if decoded is not None:
+            decoded[0].flush()
+            os.replace(f"{stem}.{os.getpid()}.npy", stem.with_suffix(".npy"))
+        files.write_json(stem.with_suffix(".json"), verdict)
+    return decoded
+
+
+def _decode(ds: datasets.Dataset, column: str, split: str, max_mb: float, stem: Path | None):
+    """`decode`'s work: every image decoded in order, into memory, or into `stem`.PID.npy when given."""
+    n = len(ds)
     raw = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     size = _first_size(raw, column)
     if size is None:  # not one image opens: the per-sample path reports (or skips) each
@@ -54,8 +85,12 @@ def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float) -> tupl
         log.info(f"data: {split} would take {n * h * w * 3 / 2**20:.0f} MB decoded (> data.decode_mb={max_mb}); "
                  "decoding per sample")
         return None
-    pixels, bad = np.zeros((n, h, w, 3), dtype=np.uint8), {}
-    row = 0
+    if stem is not None:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.lib.format.open_memmap(f"{stem}.{os.getpid()}.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
+    else:
+        pixels = np.zeros((n, h, w, 3), dtype=np.uint8)
+    bad, row = {}, 0
     with tqdm(total=n, desc=f"decode {split}", unit="img", leave=False, dynamic_ncols=True) as bar:
         for chunk in raw.iter(batch_size=1024):
             for value in chunk[column]:
@@ -67,6 +102,9 @@ def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float) -> tupl
                     if img.size != (w, h):
                         log.info(f"data: {split} images differ in size ({img.size} at row {row}, {(w, h)} at row "
                                  "0); decoding per sample")
+                        if stem is not None:
+                            del pixels
+                            os.unlink(f"{stem}.{os.getpid()}.npy")
                         return None
                     pixels[row] = np.asarray(img)
                 row += 1

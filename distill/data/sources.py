@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,14 +155,26 @@ def check_labels(ds: datasets.Dataset, column: str, num_classes: int, split: str
                         "correct or remove those rows")
 
 
-def _carve(ds: datasets.Dataset, size, seed: int, stratify: str | None) -> tuple[datasets.DatasetDict, str | None]:
-    """`datasets`' seeded split (stratified by class when it can be); the reason when stratifying failed."""
-    try:
-        return ds.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify), None
-    except ValueError as e:  # too few images per class to stratify (or fewer validation images than classes)
-        if stratify is None:
-            raise
-        return ds.train_test_split(test_size=size, seed=seed), str(e).strip().splitlines()[0]
+def _carve(n: int, size, seed: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(train rows, validation rows, the reason stratifying failed or None): `datasets`' seeded split of n rows
+    (`train_test_split`'s own index generator, so the same rows), stratified by `labels` when given and possible.
+    Computed from the labels array: `train_test_split` reads a column row by row (minutes at ImageNet's size)."""
+    from datasets.arrow_dataset import stratified_shuffle_split_generate_indices
+
+    n_val = math.ceil(size * n) if isinstance(size, float) else int(size)
+    if labels is not None:
+        try:
+            train, val = next(stratified_shuffle_split_generate_indices(labels, n - n_val, n_val,
+                                                                        rng=np.random.default_rng(seed)))
+            return np.asarray(train), np.asarray(val), None
+        except ValueError as e:  # too few images per class to stratify (or fewer validation images than classes)
+            why = str(e).strip().splitlines()[0]
+            reason = ("the least populated class has only 1 member, which is too few"
+                      if why == "Minimum class count error" else why)
+    else:
+        reason = None
+    order = np.random.default_rng(seed).permutation(n)
+    return order[n_val:], order[:n_val], reason
 
 
 def _warn_empty_classes(names: list[str], present: list[int], feature, split: str) -> None:
@@ -241,8 +254,9 @@ def load(cfg: DataCfg) -> DataBundle:
     identity = {"source": source, "path": path, "hub_config": cfg.hub_config, "content": data_content,
                 "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
                 "train_rows": len(train), "val_rows": len(val), "classes": names}
+    store = Path(content.cache_dir(data_content)) / "pixels" if data_content else None  # decoded once, for good
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
-                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb), rows)
+                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb, store), rows)
               for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
               if ds is not None}
     _say_sizes(images)
@@ -322,17 +336,13 @@ def _validation(cfg: DataCfg, splits, train: datasets.Dataset, path: str | None)
     if isinstance(label, datasets.ClassLabel):  # the carve re-encodes the labels: one beyond the names is named first
         check_labels(train, cfg.label_column, label.num_classes, "train", Rows(np.arange(len(train)),
                                                                                cfg.train_split, path))
-    stratify = cfg.label_column if isinstance(label, datasets.ClassLabel) else None
-    parts, unstratified = _carve(train, size, cfg.split_seed, stratify)
+    stratify = isinstance(label, datasets.ClassLabel)
+    train_idx, val_idx, unstratified = _carve(len(train), size, cfg.split_seed,
+                                              labels_of(train, cfg.label_column) if stratify else None)
     if unstratified:
         log.warning(f"data: validation carve not stratified by class ({unstratified})")
-    # the same carve of the row numbers alone (it depends only on the count, labels and seed): source rows
-    index = datasets.Dataset.from_dict(
-        {"row": np.arange(len(train)), cfg.label_column: labels_of(train, cfg.label_column)},
-        features=datasets.Features({"row": datasets.Value("int64"), cfg.label_column: label}))
-    rows, _ = _carve(index, size, cfg.split_seed, stratify if not unstratified else None)
-    train_rows, val_rows = (Rows(np.asarray(rows[k]["row"]), cfg.train_split, path) for k in ("train", "test"))
-    return parts["train"], parts["test"], train_rows, val_rows
+    return (train.select(train_idx), train.select(val_idx), Rows(train_idx, cfg.train_split, path),
+            Rows(val_idx, cfg.train_split, path))
 
 
 def _checked_classes(cfg: DataCfg, train, val, train_rows: Rows, val_rows: Rows) -> list[str]:
