@@ -4,13 +4,16 @@ layer on S px images (registered here as `scale_linear`), so that what is timed 
 
 At each size N, each phase a real `python distill/run.py` process (this file's `child` mode registers the model),
 wall time and peak memory measured from outside (/proc, every 0.2 s: the main process's anonymous RSS, i.e. beyond
-memory-mapped files, and each loader worker's private pages, what it holds beyond what it shares with its parent):
+memory-mapped files, and each loader worker's private dirty pages, what it holds beyond what it shares with its
+parent):
   start-up first     to the first teacher step, nothing cached (hash, datasets' arrow cache, decode, statistics);
                      validation: 1,000 images carved from the N
   start-up second    the same again: everything reused
   teacher/img        K more steps (DISTILL_FAULT stops the run at a step, whatever the machine's speed)
   resume             a run killed after a mid-epoch checkpoint, restarted: time to its first resumed step
   cache/view         the whole cache (V views, top-k, 8 shards) of a teacher from a checkpoint file: shard 1 to 8
+  raw inference      the same teacher over the cache stage's own items (V views an image, loader workers), K
+                     batches drawn across the split, nothing written: what labelling costs beyond it is the cache's
   cache bytes        its shards against the format's formula (N x record size + each .npy header)
   student/img        K steps of the student from the cache; CE-only (kd.alpha=0) on the same replay loader
   report+export      stage=export once a student of K steps (data.train_size=K x batch) is done: the report step
@@ -97,19 +100,50 @@ def child(args: list[str]) -> None:
     run.main()
 
 
+def infer(args: list[str]) -> None:
+    """Raw teacher inference on the cache stage's own items (every view of each image, rendered in the loader
+    workers) over `--steps` batches of images drawn across the whole split; prints the microseconds per view."""
+    register()
+    import numpy as np
+    import timm
+    import torch
+    from omegaconf import OmegaConf
+
+    from distill import config, data
+    from distill.data import transforms
+    from distill.stages.cache import ViewItems
+    steps = int(os.environ["DISTILL_SCALE_INFER_STEPS"])
+    plain = [a for a in args if not a.startswith("precision=")]  # YAML would read its "no" as false; fp32 here
+    cfg = config.validate(OmegaConf.to_container(OmegaConf.from_dotlist(plain)))
+    bundle = data.load(cfg.data)
+    items = ViewItems(bundle.images["train"], cfg.data, cfg.cache.views, True, cfg.seed)
+    batch = cfg.cache.batch_size // cfg.cache.views
+    order = np.random.default_rng(0).permutation(len(items))[:batch * (steps + 1)].tolist()
+    loader = torch.utils.data.DataLoader(items, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers,
+                                         collate_fn=data.collate)
+    to_input = transforms.ToInput(cfg.data, {"mean": cfg.data.mean, "std": cfg.data.std})
+    net = timm.create_model("scale_linear", num_classes=1000, img_size=cfg.data.image_size).eval()
+    with torch.inference_mode():
+        for i, b in enumerate(loader):
+            if i == 1:  # the first batch waits for the workers' start
+                start = time.perf_counter()
+            net(to_input({"image": b["image"].flatten(0, 1)}))
+    print(f"infer_us_per_view {1e6 * (time.perf_counter() - start) / (steps * batch * cfg.cache.views)}")
+
+
 # ---------------------------------------------------------------- measuring a process from outside
 
 def _memory(pid: int) -> dict[str, int]:
-    """A process's anonymous RSS (beyond memory-mapped files) and its private pages (what it alone holds: a forked
-    worker's copies of its parent's pages, the copy-on-read trap, show here), in bytes."""
+    """A process's anonymous RSS (beyond memory-mapped files) and its private dirty pages (what it alone has
+    written: a forked worker's copies of its parent's pages, the copy-on-read trap, show here), in bytes."""
     out = {"anon": 0, "private": 0}
     try:
         for line in open(f"/proc/{pid}/smaps_rollup"):
             key, _, value = line.partition(":")
             if key == "Anonymous":
                 out["anon"] = int(value.split()[0]) * 1024
-            elif key in ("Private_Clean", "Private_Dirty"):
-                out["private"] += int(value.split()[0]) * 1024
+            elif key == "Private_Dirty":
+                out["private"] = int(value.split()[0]) * 1024
     except (OSError, ValueError):
         pass
     return out
@@ -162,7 +196,7 @@ class Size:
     def overrides(self, **extra) -> list[str]:
         a = self.args
         base = {"data.path": self.data, "data.image_size": a.size, "data.transform": "cifar", "data.padding": 1,
-                "data.val_size": 1_000, "data.test_split": "null", "data.num_workers": a.workers,
+                "data.val_size": 1_000, "data.test_split": "test", "data.num_workers": a.workers,
                 "data.mean": "[0.5,0.5,0.5]", "data.std": "[0.25,0.25,0.25]", "run_root": self.work / "runs",
                 "name": "scale", "precision": "no", "teacher.model": "scale_linear", "teacher.epochs": 1,
                 "teacher.batch_size": a.batch, "student.model": "scale_linear", "student.epochs": 1,
@@ -234,6 +268,10 @@ def one_size(n: int, args, work: Path) -> dict:
     cached = {"teacher.source": "timm", "teacher.checkpoint": ckpt, "teacher.epochs": None,
               "cache.shard_size": -(-train_n // 8)}  # 8 shards: the rate between the first and the last
     cache = s.run("cache (whole)", None, stage="cache", **cached)
+    env = dict(s.env, DISTILL_SCALE_INFER_STEPS=str(k))
+    raw = subprocess.run([sys.executable, __file__, "infer", *s.overrides(**cached)], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    infer_us = float(raw.split("infer_us_per_view")[-1])
     student = s.run("student K steps", f"student:{1 + k}:KILL", stage="student", **cached)
     ce = s.run("CE-only K steps", f"student:{1 + k}:KILL", stage="student", **cached, **{"kd.alpha": 0.0})
     small = {**cached, "data.train_size": k * b, "cache.shard_size": k * b}
@@ -256,6 +294,7 @@ def one_size(n: int, args, work: Path) -> dict:
         "cache_s": cache["wall_s"],
         "cache_us_per_view": 1e6 * per_item(cache_points, 1, max(cache_points), (max(cache_points) - 1) *
                                             shard_rows * args.views) if max(cache_points) > 1 else None,
+        "infer_us_per_view": infer_us,
         "cache_bytes": sum(p.stat().st_size for p in shards), "cache_formula_bytes": train_n * record,
         "cache_shards": len(shards),
         "student_ms_per_img": 1e3 * per_item(student["points"]["student"], 1, 1 + k, k * b),
@@ -272,12 +311,13 @@ def one_size(n: int, args, work: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| N | start-up first | second | teacher ms/img | resume to step | cache us/view | cache bytes / formula "
+    lines = ["| N | start-up first | second | teacher ms/img | resume to step | cache us/view (raw inference) | "
+             "cache bytes / formula "
              "| student ms/img | CE-only ms/img | report+export | peak main MB | peak worker MB (private) | metadata KB |",
              "|" + " --- |" * 13]
     for r in rows:
         peaks = r["peaks_mb"].values()
-        cache = f"{r['cache_us_per_view']:.0f}" if r["cache_us_per_view"] else "-"
+        cache = (f"{r['cache_us_per_view']:.0f}" if r["cache_us_per_view"] else "-") + f" ({r['infer_us_per_view']:.0f})"
         lines.append(
             f"| {r['n']:,} | {r['start_first_s']:.1f} s | {r['start_second_s']:.1f} s | {r['teacher_ms_per_img']:.3f} "
             f"| {r['resume_to_first_step_s']:.1f} s | {cache} | {r['cache_bytes_over_formula']:.4f} | "
@@ -289,13 +329,16 @@ def table(rows: list[dict]) -> str:
 
 def ratios(rows: list[dict]) -> dict:
     small, large = rows[0], rows[-1]
-    keys = ("teacher_ms_per_img", "cache_us_per_view", "student_ms_per_img", "ce_only_ms_per_img")
+    keys = ("teacher_ms_per_img", "cache_us_per_view", "infer_us_per_view", "student_ms_per_img",
+            "ce_only_ms_per_img")
     return {f"{key} {large['n']:,}/{small['n']:,}": large[key] / small[key] for key in keys}
 
 
 def main() -> None:
     if sys.argv[1:2] == ["child"]:
         return child(sys.argv[2:])
+    if sys.argv[1:2] == ["infer"]:
+        return infer(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[12_800, 128_000, 1_281_167])
     p.add_argument("--quick", action="store_true", help="N = 12,800 and 128,000")
