@@ -35,9 +35,12 @@ class Rows:
 
 
 def labels_of(ds: datasets.Dataset, column: str) -> np.ndarray:
-    """A split's labels as a numpy array, read as one Arrow column (the numpy format formats row by row: 2 s for
-    12,800 labels, half an hour for ImageNet's)."""
-    return ds.select_columns([column]).with_format("arrow")[:].column(column).to_numpy(zero_copy_only=False)
+    """A split's labels as a numpy array: the memory-mapped Arrow column, gathered through the split's row indices
+    (after a carve) in numpy. `datasets`' own reading formats row by row, or gathers through Python lists: 28 s
+    and a gigabyte of heap at ImageNet's size."""
+    values = ds.data.column(column).to_numpy()
+    indices = ds._indices  # the rows a select or a carve kept (None: all of them, in order)
+    return values[indices.column(0).to_numpy()] if indices is not None else values
 
 
 
