@@ -16,8 +16,8 @@ distill.errors and this folder; never the store, training or the stages.
 from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, collate, device_views
 from distill.data.images import Images
 from distill.data.loaders import loaders, make_loader, workers
-from distill.data.sources import DataBundle, load, settings_identity
+from distill.data.sources import DataBundle, load
 from distill.data.transforms import channel_stats
 
 __all__ = ["DataBundle", "EpochItems", "Images", "ImageDataset", "SharedEpoch", "SPLITS", "channel_stats", "collate",
-           "device_views", "load", "loaders", "make_loader", "settings_identity", "workers"]
+           "device_views", "load", "loaders", "make_loader", "workers"]

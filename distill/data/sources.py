@@ -393,8 +393,3 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, data_conten
         raise DataError(f"data.test_split: its image at {test_rows.where(i)} is also the {split} image at {where}; "
                         "the test split must share no image with training or validation")
     return test, test_rows, identity
-
-
-def settings_identity(cfg: DataCfg) -> dict:
-    """The data settings that change what a model sees (for stage fingerprints): not workers or decoding."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("num_workers", "decode_mb")}

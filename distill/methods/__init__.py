@@ -10,7 +10,7 @@ Every method works in log space: the teacher's soft target arrives as log-probab
 probabilities that a loss subtracts from 1, so a confident teacher gives the exact loss (logspace.py).
 
 May import: torch, distill.errors, and the other modules of this folder. Nothing here reads config files, data or
-the cache: the objective (distill/objectives.py) hands each method the student's logits and the teacher's target.
+the cache: the objective (distill/training/objectives.py) hands each method the student's logits and the teacher's target.
 """
 from __future__ import annotations
 

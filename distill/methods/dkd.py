@@ -15,7 +15,7 @@ In the student's objective: w_ce * CE + min((epoch + 1) / kd.dkd_warmup, 1) * lo
 The authors' settings (mdistiller): CIFAR-100 CE_WEIGHT 1, ALPHA 1, BETA 8 (2 for resnet56 -> resnet20 and
 resnet110 -> resnet32), T 4, WARMUP 20 -> kd.dkd_alpha=1 kd.dkd_beta=8 kd.temperature=4 kd.dkd_warmup=20;
 ImageNet ALPHA 0.5, BETA 0.5, T 1, WARMUP 1. mdistiller's warm-up factor is epoch / WARMUP with 1-based epochs, the
-same as ours with 0-based ones. With logit standardization the authors' tools/train.py (`--logit-stand --kd-weight 9`)
+same as ours with 0-based ones. With logit standardization the authors' training script (`--logit-stand --kd-weight 9`)
 sets ALPHA = ALPHA * 9 and then BETA = ALPHA * 9, i.e. 81 whatever BETA was, and leaves DKD's T as it was (its
 `--base-temp` goes to KD.TEMPERATURE, which DKD does not read): kd.logit_standardization=true kd.dkd_alpha=9
 kd.dkd_beta=81 kd.temperature=4 for resnet32x4 -> resnet8x4 (BETA * 9 = 72 is what the flag's name suggests).

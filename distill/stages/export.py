@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+import string
 import sys
 import time
 import warnings
@@ -96,75 +97,60 @@ def _throughput(model: torch.nn.Module, x: torch.Tensor, seconds: float = 1.0) -
     return n / (time.perf_counter() - start)
 
 
+CARD = Path(__file__).with_name("model_card.md")  # the model card's text; `_card` fills in its ${fields}
+
+
 def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> str:
-    """The model card (README.md of the export folder)."""
-    models_ = summary["models"]
-    t = models_.get("teacher", {})
-    kd, c = cfg.kd, cfg.cache
+    """The model card (README.md of the export folder): model_card.md with this run's numbers."""
+    models_, kd, c = summary["models"], cfg.kd, cfg.cache
+    teachers = [f"teacher-{key.split('.', 1)[1]}" for key in teacher_sections(cfg)] if cfg.teachers else ["teacher"]
+    shown = [n for n in teachers + ["ensemble", "student", "baseline"] if n in models_]
+    recipe, command = _origin(cfg)
+    members = ", ".join(f"`{models_[n]['model']}`" for n in shown if n.startswith("teacher-"))
+    names = meta["class_names"]
+    return string.Template(CARD.read_text()).substitute(
+        model=meta["model"], classes=len(names), method=_method_line(cfg), temperature=kd.temperature,
+        origin=(f"an ensemble of {members} ({kd.ensemble.replace('_', ' ')})" if "ensemble" in models_
+                else models_.get("teacher", {}).get("model", "a teacher")),
+        source=(f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
+                if kd.teacher == "cached" else "the teacher run live every step (online KD)"),
+        data=cfg.data.path or "the demo digits (scikit-learn)", recipe=recipe, command=command,
+        seed=meta.get("seed"), epochs=cfg.student.epochs, height=pre["input_size"][1], width=pre["input_size"][2],
+        mean=list(pre["mean"]), std=list(pre["std"]), crop_mode=pre["crop_mode"], crop_pct=pre["crop_pct"],
+        interpolation=pre["interpolation"], params=f"{meta['params']:,}",
+        throughput=f"{checks['cpu_images_per_s']:.0f}", batch=checks["batch"], table=_scores(models_, shown),
+        register="import distill  # registers the CIFAR ResNets with timm\n" if meta["model"] in CIFAR_RESNETS else "",
+        onnx=(f"`model.onnx`: opset {checks['opset']}, input `input` [batch, 3, {pre['input_size'][1]}, "
+              f"{pre['input_size'][2]}] (dynamic batch axis), output `logits`; largest difference from PyTorch on "
+              f"{checks['onnx_images']} validation images: {checks['onnx_max_abs_diff']:.2e}."
+              if "onnx_max_abs_diff" in checks else
+              "No ONNX file: `pip install -e \".[export]\"` (onnx, onnxruntime) and rerun `stage=export` to add it."),
+        class_names=", ".join(names[:20]) + (", ..." if len(names) > 20 else ""))
+
+
+def _method_line(cfg: Config) -> str:
+    """The distillation method with its paper and settings, as the card names it."""
+    kd = cfg.kd
+    line = {"kd": f"KD (Hinton et al. 2015), alpha {kd.alpha}",
+            "dkd": f"DKD (Zhao et al. 2022), alpha {kd.dkd_alpha}, beta {kd.dkd_beta}",
+            "dist": f"DIST (Huang et al. 2022), beta {kd.dist_beta}, gamma {kd.dist_gamma}",
+            "hard": f"hard-label distillation (DeiT, Touvron et al. 2021), alpha {kd.alpha}, smoothing "
+                    f"{kd.hard_smoothing}"}.get(kd.loss, f"kd.loss={kd.loss}")
+    return line + (", logit standardization" if kd.logit_standardization else "")
+
+
+def _scores(models_: dict, shown: list[str]) -> str:
+    """The card's table: each model's architecture, size and top-1 (test top-1 when a test split was scored)."""
     test = any("test_top1" in r for r in models_.values())
     rows = ["| model | architecture | params | val top-1 |" + (" test top-1 |" if test else ""),
             "| --- | --- | --- | --- |" + (" --- |" if test else "")]
-    teachers = [f"teacher-{key.split('.', 1)[1]}" for key in teacher_sections(cfg)] if cfg.teachers else ["teacher"]
-    shown = teachers + ["ensemble", "student", "baseline"]
-    for name, r in ((n, models_[n]) for n in shown if n in models_):
+    for name in shown:
+        r = models_[name]
         rows.append(f"| {name} | `{r['model']}` | {r['params'] / 1e6:.3f} M | {r['top1']:.2f}% "
                     f"({r.get('val_count') or '?'} images) |"
                     + (f" {r['test_top1']:.2f}% ({r['test_count']} images) |" if "test_top1" in r else " - |"
                        if test else ""))
-    method = {"kd": f"KD (Hinton et al. 2015), alpha {kd.alpha}", "dkd": f"DKD (Zhao et al. 2022), alpha "
-              f"{kd.dkd_alpha}, beta {kd.dkd_beta}", "dist": f"DIST (Huang et al. 2022), beta {kd.dist_beta}, "
-              f"gamma {kd.dist_gamma}", "hard": f"hard-label distillation (DeiT, Touvron et al. 2021), alpha "
-              f"{kd.alpha}, smoothing {kd.hard_smoothing}"}.get(kd.loss, f"kd.loss={kd.loss}") \
-        + (", logit standardization" if kd.logit_standardization else "")
-    source = (f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
-              if kd.teacher == "cached" else "the teacher run live every step (online KD)")
-    register = "import distill  # registers the CIFAR ResNets with timm\n" if meta["model"] in CIFAR_RESNETS else ""
-    onnx = (f"`model.onnx`: opset {checks['opset']}, input `input` [batch, 3, {pre['input_size'][1]}, "
-            f"{pre['input_size'][2]}] (dynamic batch axis), output `logits`; largest difference from PyTorch on "
-            f"{checks['onnx_images']} validation images: {checks['onnx_max_abs_diff']:.2e}."
-            if "onnx_max_abs_diff" in checks else
-            "No ONNX file: `pip install -e \".[export]\"` (onnx, onnxruntime) and rerun `stage=export` to add it.")
-    data_line = cfg.data.path or "the demo digits (scikit-learn)"
-    recipe, command = _origin(cfg)
-    if "ensemble" in models_:  # several teachers: name them
-        members = ", ".join(f"`{models_[n]['model']}`" for n in shown if n.startswith("teacher-"))
-        origin = f"an ensemble of {members} ({kd.ensemble.replace('_', ' ')})"
-    else:
-        origin = t.get("model", "a teacher")
-    return f"""# {meta['model']} distilled from {origin}
-
-A `{meta['model']}` image classifier ({len(meta['class_names'])} classes) trained by distill with {method},
-T = {kd.temperature}, from {source}, on {data_line}.
-
-- Recipe: `{recipe}`; command: `{command}` (the run's resolved settings are in its `config.yaml`); seed
-  {meta.get('seed')}, {cfg.student.epochs} student epochs.
-- Input: {pre['input_size'][1]} x {pre['input_size'][2]} RGB, mean {list(pre['mean'])}, std {list(pre['std'])},
-  resized `{pre['crop_mode']}` with crop fraction {pre['crop_pct']} and {pre['interpolation']} interpolation.
-- Parameters: {meta['params']:,}. Throughput: {checks['cpu_images_per_s']:.0f} images/s on the exporting machine's
-  CPU (fp32, batch {checks['batch']}).
-
-{chr(10).join(rows)}
-
-Validation images are carved from the training data; test images, when listed, are a held-out split no stage
-trained, validated or cached on.
-
-## Load it
-
-```python
-{register}import timm
-model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()
-cfg = timm.data.resolve_data_config({{}}, model=model)
-transform = timm.data.create_transform(**cfg)  # the preprocessing above
-```
-
-```bash
-python -m distill.predict PATH/TO/THIS/FOLDER image.jpg    # top-5 classes with their probabilities
-```
-
-{onnx}
-
-Classes: {', '.join(meta['class_names'][:20])}{', ...' if len(meta['class_names']) > 20 else ''}
-"""
+    return "\n".join(rows)
 
 
 def _origin(cfg: Config) -> tuple[str, str]:

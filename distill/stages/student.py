@@ -1,4 +1,5 @@
-"""Stage 3, student: train with the distillation objective `kd.loss` (kd, dkd or dist; objectives.Distillation).
+"""Stage 3, student: train with the distillation objective `kd.loss` (a method of distill/methods/;
+objectives.Distillation).
 
 `kd.teacher=cached` replays, for sample i at epoch e, one of its cached views (the very pixels the teacher
 labelled) with that view's soft label; `kd.teacher=online` runs the teacher on the student's exact (mixed) batch

@@ -1,7 +1,7 @@
 """The store: everything a run writes to disk and reads back, and how it knows an output is still valid.
 
-    artifacts.py     atomic JSON, checksums, content fingerprints; a stage's weights and meta.json, reuse checks,
-                     the run lock
+    artifacts.py     a stage's weights and its sealed meta.json, reuse checks, the run lock (atomic JSON and
+                     checksums: distill/files.py)
     checkpoint.py    training checkpoints: written to a temporary folder and renamed, verified before loading
     softlabels.py    the soft-label cache's file format: records, shards, manifest, the memory-mapped reader
     fingerprints.py  each output's fingerprint, from the schema's `changes` tags

@@ -1,4 +1,4 @@
-"""Training objectives: what a stage minimises, built from the pure losses (losses.py) and the batch's targets.
+"""Training objectives: what a stage minimises, built from the pure losses (distill/methods/) and the batch's targets.
 
 An objective is called as `objective(logits, batch, mix, x, progress)` and returns its terms by name: `loss` (what
 is minimised) and the unweighted parts (`ce`, `kd`, `tckd`, `nckd`, `inter`, `intra`, `feature`), which the engine
