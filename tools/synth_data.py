@@ -2,8 +2,9 @@
 test): N training images of S x S pixels in C classes as JPEG files, and a held-out split of its own.
 
 Each class has its own pattern (a few random colours on a coarse grid, enlarged to S px); an image is its class's
-pattern shifted by up to S/4 px, dimmed or brightened, plus noise: learnable, not trivially (a linear model on 8 px
-images reaches well above chance, far from 100%), so a student's accuracy says something.
+pattern shifted by up to S/4 px, dimmed or brightened, plus noise: learnable, not trivially, so a student's accuracy
+says something (at 8 px, the nearest class mean of 20 training images a class labels held-out images 48% right in
+10 classes and 21% in 1,000, against chance at 10% and 0.1%).
 
 Layouts (--layout):
   hub          data/train-00000-of-000NN.parquet and data/test-...: the hub's parquet shards, an `image` column of
@@ -12,7 +13,8 @@ Layouts (--layout):
                `datasets` metadata (as many other tools write them)
   imagefolder  train/<class>/<n>.jpg and test/<class>/<n>.jpg
 
-    python tools/synth_data.py --out /tmp/synth                     # 12,800 images, 8 px, 1,000 classes, hub
+    python tools/synth_data.py                                      # 12,800 images, 8 px, 1,000 classes, hub
+    python tools/synth_data.py --out /tmp/synth --layout imagefolder
     python tools/synth_data.py --out /tmp/in1k --images 1281167 --size 8 --layout plain
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ import argparse
 import io
 import json
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,7 +104,8 @@ def write_split(out: Path, split: str, n: int, args, patterns: np.ndarray, salt:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
+    p.add_argument("--out", type=Path, help="folder to write (must not exist; default: one in the temporary folder "
+                   "named by the settings, reused when complete)")
     p.add_argument("--images", type=int, default=12_800, help="training images")
     p.add_argument("--test", type=int, default=None, help="held-out images (default: 10 per class)")
     p.add_argument("--size", type=int, default=8, help="image side in pixels")
@@ -110,13 +115,21 @@ def main() -> None:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if args.out.exists():
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / (f"distill_synth-{args.images}-{args.size}px-{args.classes}c-"
+                                                  f"{args.layout}-seed{args.seed}")
+        if (args.out / "done").exists():
+            print(f"synth_data: {args.out} is already there")
+            return
+        shutil.rmtree(args.out, ignore_errors=True)  # an interrupted earlier run of the same settings
+    elif args.out.exists():
         p.error(f"--out {args.out} exists; give a new folder")
     patterns = class_patterns(args.classes, args.size, args.seed)
     start = time.time()
     write_split(args.out, "train", args.images, args, patterns, salt=1)
     write_split(args.out, "test", args.test if args.test is not None else 10 * args.classes, args, patterns, salt=2)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    (args.out / "done").write_text("")
     print(f"synth_data: {args.out} ({args.layout}): {args.images:,} + test images of {args.size} px in "
           f"{args.classes:,} classes, {size / 2**20:.0f} MB, {time.time() - start:.0f} s")
 
