@@ -188,7 +188,7 @@ def test_no_stage_imports_another_and_only_softlabels_reads_cache_files():
                 imported |= {a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("distill.stages.")}
         assert not imported & names, f"{path.name} imports the stage(s) {imported & names}"
     for path in (ROOT / "distill").rglob("*.py"):
-        if path.name != "softlabels.py":
+        if path.name not in ("softlabels.py", "pixels.py"):  # pixels.py reads back its own decoded pixels
             text = path.read_text()
             assert "np.load" not in text and "manifest.json" not in text.replace("(no manifest.json)", ""), path
 

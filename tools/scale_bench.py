@@ -312,12 +312,13 @@ def one_size(n: int, args, work: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| N | start-up first | second | teacher ms/img | resume to step | cache us/view (raw inference) | "
-             "cache bytes / formula "
-             "| student ms/img | CE-only ms/img | report+export | peak main MB | peak worker MB (private) | metadata KB |",
+             "cache bytes / formula | student ms/img | CE-only ms/img | report+export | peak main MB | "
+             "peak worker MB (private) | metadata KB |",
              "|" + " --- |" * 13]
     for r in rows:
         peaks = r["peaks_mb"].values()
-        cache = (f"{r['cache_us_per_view']:.0f}" if r["cache_us_per_view"] else "-") + f" ({r['infer_us_per_view']:.0f})"
+        cache = f"{r['cache_us_per_view']:.0f}" if r["cache_us_per_view"] else "-"
+        cache += f" ({r['infer_us_per_view']:.0f})"
         lines.append(
             f"| {r['n']:,} | {r['start_first_s']:.1f} s | {r['start_second_s']:.1f} s | {r['teacher_ms_per_img']:.3f} "
             f"| {r['resume_to_first_step_s']:.1f} s | {cache} | {r['cache_bytes_over_formula']:.4f} | "

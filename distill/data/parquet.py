@@ -1,6 +1,7 @@
 """A parquet data path's own checks, from the files' footers (no rows read), before `datasets` loads it: every file
 reads as parquet and holds rows, a sharded layout (`train-00003-of-00010.parquet`) has every shard, the files of one
-split (the shards of one name) agree on columns and classes; and the image column of files written without `datasets`' metadata.
+split (the shards of one name) agree on columns and classes; and the image column of files written without
+`datasets`' metadata.
 
 Written by hand because `datasets` checks none of these: a missing shard trains on less data silently, and shards
 of other columns fail deep inside its cache builder with no file named.
