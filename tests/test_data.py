@@ -325,3 +325,13 @@ def test_a_split_is_decoded_once_for_good_and_memory_mapped_on_the_next_start(pa
     for split in ("train", "val"):
         a, b = first.images[split].pixels, second.images[split].pixels
         assert isinstance(b, np.memmap) and np.array_equal(a, b), split
+
+
+def test_a_split_over_the_decode_budget_is_decoded_once_the_budget_is_raised(tmp_path):
+    """Over data.decode_mb is no verdict kept for good: a larger budget decodes the split (into the store)."""
+    path = tmp_path / "fresh.parquet"  # bytes no other test has: nothing of it in the store yet
+    tiny_dataset(40, seed=4242).to_parquet(str(path))
+    tight = config.validate({"data": {"path": str(path), "val_size": 6, "decode_mb": 0.0001}}).data
+    assert data.load(tight).images["train"].pixels is None
+    roomy = config.validate({"data": {"path": str(path), "val_size": 6}}).data
+    assert isinstance(data.load(roomy).images["train"].pixels, np.memmap)

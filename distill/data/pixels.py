@@ -63,18 +63,22 @@ def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float,
         pixels = np.load(stem.with_suffix(".npy"), mmap_mode="c")  # copy-on-write: writable, never written
         return pixels, {int(row): why for row, why in known["bad"].items()}
     decoded = _decode(ds, column, split, max_mb, stem)
-    if stem is not None:
-        verdict = {"per_sample": True} if decoded is None else {
-            "mb": decoded[0].nbytes / 2**20, "bad": {str(k): v for k, v in decoded[1].items()}}
-        if decoded is not None:
-            decoded[0].flush()
-            os.replace(f"{stem}.{os.getpid()}.npy", stem.with_suffix(".npy"))
-        files.write_json(stem.with_suffix(".json"), verdict)
-    return decoded
+    if stem is not None and decoded is DIFFERENT:  # found by decoding: remembered (over budget is not: a larger
+        files.write_json(stem.with_suffix(".json"), {"per_sample": True})  # data.decode_mb may fit it next time)
+    elif stem is not None and decoded is not None:
+        decoded[0].flush()
+        os.replace(f"{stem}.{os.getpid()}.npy", stem.with_suffix(".npy"))
+        files.write_json(stem.with_suffix(".json"), {"mb": decoded[0].nbytes / 2**20,
+                                                     "bad": {str(k): v for k, v in decoded[1].items()}})
+    return None if decoded is DIFFERENT else decoded
+
+
+DIFFERENT = "images of different sizes"  # `_decode`'s answer when they cannot share one array
 
 
 def _decode(ds: datasets.Dataset, column: str, split: str, max_mb: float, stem: Path | None):
-    """`decode`'s work: every image decoded in order, into memory, or into `stem`.PID.npy when given."""
+    """`decode`'s work: every image decoded in order, into memory, or into `stem`.PID.npy when given; None when
+    not one image opens or the array would exceed max_mb, DIFFERENT when the images differ in size."""
     n = len(ds)
     raw = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     size = _first_size(raw, column)
@@ -105,7 +109,7 @@ def _decode(ds: datasets.Dataset, column: str, split: str, max_mb: float, stem: 
                         if stem is not None:
                             del pixels
                             os.unlink(f"{stem}.{os.getpid()}.npy")
-                        return None
+                        return DIFFERENT
                     pixels[row] = np.asarray(img)
                 row += 1
             bar.update(len(chunk[column]))
