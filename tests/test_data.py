@@ -335,3 +335,13 @@ def test_a_split_over_the_decode_budget_is_decoded_once_the_budget_is_raised(tmp
     assert data.load(tight).images["train"].pixels is None
     roomy = config.validate({"data": {"path": str(path), "val_size": 6}}).data
     assert isinstance(data.load(roomy).images["train"].pixels, np.memmap)
+
+
+def test_a_decode_killed_midway_leaves_no_file_behind_for_good(tmp_path):
+    """The half-written pixel file of a process that died is deleted by the next decode of that split."""
+    from distill.data import pixels
+    ds = tiny_dataset(20, seed=77)
+    leftover = tmp_path / f"{ds._fingerprint}-image.999999999.npy"  # no such process
+    leftover.write_bytes(b"half a decode")
+    got, bad = pixels.decode(ds, "image", "train", 64, tmp_path)
+    assert not leftover.exists() and got.shape == (20, 12, 12, 3) and not bad

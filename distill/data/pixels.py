@@ -73,6 +73,14 @@ def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float,
     return None if decoded is DIFFERENT else decoded
 
 
+def _drop_leftovers(stem: Path) -> None:
+    """Delete `stem`.PID.npy files of processes that died while decoding (a split's size each, never read)."""
+    for tmp in stem.parent.glob(f"{stem.name}.*.npy"):
+        pid = tmp.suffixes[-2][1:] if len(tmp.suffixes) >= 2 else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+
+
 DIFFERENT = "images of different sizes"  # `_decode`'s answer when they cannot share one array
 
 
@@ -91,6 +99,7 @@ def _decode(ds: datasets.Dataset, column: str, split: str, max_mb: float, stem: 
         return None
     if stem is not None:
         stem.parent.mkdir(parents=True, exist_ok=True)
+        _drop_leftovers(stem)
         pixels = np.lib.format.open_memmap(f"{stem}.{os.getpid()}.npy", mode="w+", dtype=np.uint8, shape=(n, h, w, 3))
     else:
         pixels = np.zeros((n, h, w, 3), dtype=np.uint8)
