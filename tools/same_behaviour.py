@@ -1,0 +1,91 @@
+"""Fingerprint what the code does, to show a refactor changed nothing: run the demo (every stage, export included),
+then the student again killed at an optimizer step and resumed, and print one JSON object with the demo's numbers
+and the sha256 of every file that holds behaviour: the cache's shard files, each trained model's weights, the
+export's weights and ONNX file, and the resumed student's weights.
+
+    python tools/same_behaviour.py --out before.json        # on the old commit
+    python tools/same_behaviour.py --out after.json         # on the new one
+    python tools/same_behaviour.py --compare before.json after.json
+
+Metadata files (meta.json, cache.json, export.json, the model card) are left out: they name settings and carry
+fingerprints, which a refactor may rename; the numbers and the bytes that the settings produced are what must stay.
+About 3 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# metadata: names settings and fingerprints (a refactor may rename them); not behaviour
+SKIP = {"meta.json", "cache.json", "export.json", "README.md", "config.json", "summary.json", "config.yaml"}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _run(args: list[str], env: dict | None = None) -> int:
+    return subprocess.run([sys.executable, str(ROOT / "distill" / "run.py"), *args],
+                          env={**os.environ, **(env or {})}, cwd=ROOT).returncode
+
+
+def _weights(folder: Path) -> dict[str, str]:
+    """sha256 of each file in `folder` (recursively) that is not metadata, logs or a checkpoint."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and p.name not in SKIP and not p.suffix == ".jsonl" and "checkpoints" not in rel \
+                and p.suffix != ".png":
+            out[rel] = _sha(p)
+    return out
+
+
+def measure(work: Path) -> dict:
+    common = [f"run_root={work}/runs", f"cache.root={work}/cache", "data.num_workers=0"]
+    if _run(common) != 0:
+        raise SystemExit("same_behaviour: the demo failed")
+    run = work / "runs" / "demo"
+    summary = json.loads((run / "summary.json").read_text())
+    out = {"summary": {k: summary[k] for k in sorted(summary) if k not in ("stale", "run", "elapsed_s", "timing")},
+           "files": {"cache": _weights(work / "cache"), "run": _weights(run)}}
+    # the student killed after optimizer step 7, then resumed: its final weights
+    again = [*common, "name=resumed", f"teacher.dir={run}/teacher", "stage=student", "student.baseline=false",
+             "checkpoint.every=5"]
+    _run(again, {"DISTILL_FAULT": "student:7:KILL"})
+    if _run(again) != 0:
+        raise SystemExit("same_behaviour: the resumed student failed")
+    out["files"]["resumed"] = _weights(work / "runs" / "resumed" / "student")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, help="write the fingerprint here (JSON)")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                    help="compare two fingerprints; exit 1 when they differ")
+    args = ap.parse_args()
+    if args.compare:
+        before, after = (json.loads(p.read_text()) for p in args.compare)
+        same = before == after
+        for part in ("summary", "files"):
+            if before[part] != after[part]:
+                print(f"differs: {part}\n  before {json.dumps(before[part])}\n  after  {json.dumps(after[part])}")
+        print("same behaviour" if same else "DIFFERENT")
+        raise SystemExit(0 if same else 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = measure(Path(tmp))
+    text = json.dumps(result, indent=1, sort_keys=True)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
