@@ -23,7 +23,7 @@ wall clock), free of the start-up's noise; start-ups are the time from the proce
 Then each per-image cost at the largest N over the same at the smallest.
 
     python tools/scale_bench.py --quick                 # N = 12,800 and 128,000
-    python tools/scale_bench.py                         # N = 12,800, 128,000 and 1,281,167 (BENCHMARKS.md)
+    python tools/scale_bench.py                         # N = 12,800, 128,000 and 1,281,167 (docs/benchmarks.md)
     python tools/scale_bench.py --sizes 12800 --json out.json
 """
 from __future__ import annotations
