@@ -52,7 +52,8 @@ def _show(value) -> str:
 
 
 def _type(f: dataclasses.Field) -> str:
-    return str(f.type).replace("typing.", "").replace("Optional[", "optional ").rstrip("]").replace("[", " of ").replace("List", "list").replace("Dict", "dict")
+    text = str(f.type).replace("typing.", "").replace("Optional[", "optional ").rstrip("]").replace("[", " of ")
+    return text.replace("List", "list").replace("Dict", "dict")
 
 
 def allowed(f: dataclasses.Field) -> str:
@@ -61,7 +62,7 @@ def allowed(f: dataclasses.Field) -> str:
     parts = []
     choices = meta.get("choices")
     if choices is not None:
-        parts.append(" \\| ".join(f"`{c}`" for c in (choices() if callable(choices) else choices)))
+        parts.append(", ".join(f"`{c}`" for c in (choices() if callable(choices) else choices)))
     bounds = [f"{sign} {_show(meta[rule])}" for rule, sign in RULES if rule in meta]
     if bounds:
         parts.append(", ".join(bounds) + (" (each)" if "List" in str(f.type) else ""))

@@ -1,0 +1,237 @@
+"""Nothing in the documentation goes stale silently: every command README.md and docs/*.md show is composed and
+validated as the run would (without training), every snippet that uses `distill.losses` runs on small tensors,
+every setting the prose names exists, the settings reference lists every key of the schema, and the site builds
+with `mkdocs build --strict`.
+
+Placeholders (docs/README.md says the same): `recipe=...` and `recipe=NAME` stand for a real recipe and are checked
+as `recipe=demo`; any other value that is `...`, contains `...` or is a capitalised word (`PATH`, `FILE`, `N`) is a
+placeholder whose key is checked but not its value.
+"""
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from distill import config, errors
+
+RECIPES = ROOT / "recipes"
+PREFIXES = ("python distill/run.py", "accelerate launch", "python -m distill")
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"(?<!`)`([^`\n]+(?:\n[^`\n]+)*)`(?!`)")
+PLACEHOLDER = re.compile(r"^(?:[A-Z][A-Z_]*|.*\.\.\..*)$")
+
+sys.path.insert(0, str(ROOT / "docs"))
+import hooks  # noqa: E402  (docs/hooks.py: the generated pages)
+
+
+def pages(folder: Path | None = None) -> list[Path]:
+    """README.md and every page of the site; or the pages in `folder`."""
+    return sorted(folder.glob("*.md")) if folder else [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def commands(text: str) -> list[tuple[int, str]]:
+    """(line, command) for every `python distill/run.py`, `accelerate launch` and `python -m distill...` command in
+    a page: the lines of its shell code blocks (joined at a trailing backslash) and its inline code spans."""
+    found = []
+    for m in FENCE.finditer(text):
+        if m.group(1) not in ("bash", "sh", "shell", "console", ""):
+            continue
+        first = text[:m.start(2)].count("\n") + 1
+        joined, start = "", None
+        for i, line in enumerate(m.group(2).splitlines()):
+            start = first + i if not joined else start
+            joined += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
+            if not line.rstrip().endswith("\\"):
+                if joined.strip().startswith(PREFIXES):
+                    found.append((start, shlex.join(shlex.split(joined, comments=True))))
+                joined = ""
+    for m in INLINE.finditer(FENCE.sub(lambda f: "\n" * f.group(0).count("\n"), text)):
+        span = " ".join(m.group(1).split())
+        if span.startswith(PREFIXES) and (not span.startswith("accelerate") or "distill/run.py" in span):
+            found.append((text[:m.start()].count("\n") + 1, span))
+    return found
+
+
+def _run_args(tokens: list[str]) -> list[str] | None:
+    """The arguments a command gives distill/run.py (None: it runs something else)."""
+    if tokens[:2] == ["python", "distill/run.py"]:
+        return tokens[2:]
+    if tokens[:2] == ["accelerate", "launch"]:
+        script = next(i for i, t in enumerate(tokens) if t.endswith("distill/run.py"))
+        return tokens[script + 1:]
+    return None
+
+
+def _placeholders(args: list[str]) -> tuple[list[str], list[str]]:
+    """(arguments to compose, placeholder keys to check by name only)."""
+    out, keys = [], []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key == "recipe" and PLACEHOLDER.match(value):
+            out.append("recipe=demo")
+        elif eq and PLACEHOLDER.match(value) and not key.startswith("hydra"):
+            keys.append(f"{key}=0")
+        else:
+            out.append(arg)
+    return out, keys
+
+
+def _points(overrides: list[str]) -> list[list[str]]:
+    """Points that take every value of each discrete sweep at least once (point j: each sweep's j-th value, cycled);
+    an interval or range sweep is left to its key check."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_discrete_sweep() else [])
+        else:
+            choices.append([o.input_line])
+    choices = [c for c in choices if c]
+    return [[c[j % len(c)] for c in choices] for j in range(max(map(len, choices), default=1))]
+
+
+def check(command: str) -> str | None:
+    """What is wrong with a documented command (one line), or None: the module exists, or every key and value of
+    distill/run.py's arguments composes with Hydra and validates against the schema, as the run checks them."""
+    from hydra import compose, initialize_config_dir
+
+    from distill import cli
+
+    tokens = shlex.split(command, comments=True)
+    if tokens[:2] == ["python", "-m"]:
+        return None if importlib.util.find_spec(tokens[2]) else f"no module {tokens[2]}"
+    args = _run_args(tokens)
+    if args is None:
+        return f"not a distill command: {command}"
+    args, names_only = _placeholders(cli.replace_dicts(args))
+    try:
+        cli.check_syntax(args)
+        config.check_recipe(args, RECIPES / "recipe")
+        config.check_overrides(args + names_only, {p.name for p in RECIPES.iterdir() if p.is_dir()})
+        overrides, _ = cli.hydra_args(args)
+        ours = [o for o in overrides if not o.startswith(("hydra/", "hydra.", "+hydra"))]
+        with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+            for point in _points(ours):
+                recipe = next((p.split("=", 1)[1] for p in point if p.startswith("recipe=")), "demo")
+                named = [] if any(p.startswith("name=") for p in point) else [f"name={recipe}"]  # as Hydra's run
+                config.validate(compose("config", overrides=[*point, *named]))
+    except errors.UserError as e:
+        return str(e)
+    except Exception as e:  # Hydra's own: a group option or key that composes to nothing
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None
+
+
+def documented(folder: Path | None = None) -> list[tuple[str, str]]:
+    """(page:line, command) for every command in the pages, each command once (where it first appears)."""
+    found = {}
+    for page in pages(folder):
+        for line, cmd in commands(page.read_text()):
+            found.setdefault(cmd, f"{page.name}:{line}")
+    return [(where, cmd) for cmd, where in found.items()]
+
+
+def test_the_docs_show_commands_of_every_kind():
+    found = [cmd for _, cmd in documented()]
+    assert len(found) >= 25 and all(any(c.startswith(p) for c in found) for p in PREFIXES), found
+
+
+@pytest.mark.parametrize("where,command", documented())
+def test_every_documented_command_validates(where, command):
+    config.register_schema()
+    wrong = check(command)
+    assert wrong is None, f"{where}: {command}: {wrong}"
+
+
+def test_a_renamed_key_in_a_page_fails_the_command_check(tmp_path):
+    """A page whose command names a key that no longer exists (teacher.optim.lr renamed) is reported, naming it;
+    the page as written passes."""
+    config.register_schema()
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    assert "teacher.optim.lr=0.05" in page
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "getting-started.md").write_text(page.replace("teacher.optim.lr=", "teacher.optim.rate="))
+    wrong = [(where, check(cmd)) for where, cmd in documented(tmp_path / "docs") if check(cmd)]
+    assert len(wrong) == 1 and "teacher.optim.rate: no such setting" in wrong[0][1], wrong
+    assert not [cmd for _, cmd in documented(tmp_path / "docs") if check(cmd.replace("optim.rate", "optim.lr"))]
+    assert "kd.no_such_key: no such setting" in check("python distill/run.py -m kd.no_such_key=1,2")
+    assert "kd.temperature" in check("python distill/run.py kd.temperature=0")  # a value out of range
+    assert "recipe" in check("python distill/run.py recipe=no_such_recipe")
+
+
+def test_every_losses_snippet_runs_on_small_tensors():
+    """Each Python block that uses distill.losses runs, given small stand-ins for the names a training loop has
+    (student, teacher, loader, optimizer)."""
+    import torch
+
+    import distill.losses
+
+    snippets = [(page, m.group(2)) for page in pages() for m in FENCE.finditer(page.read_text())
+                if m.group(1) == "python" and "distill.losses" in m.group(2)]
+    assert len(snippets) >= 2
+    for page, code in snippets:
+        torch.manual_seed(0)
+        student, teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)), torch.nn.Linear(48, 10)
+        teacher = torch.nn.Sequential(torch.nn.Flatten(), teacher).eval().requires_grad_(False)
+        loader = [(torch.randn(4, 3, 4, 4), torch.randint(0, 10, (4,))) for _ in range(2)]
+        names = {"torch": torch, "distill": distill, "student": student, "teacher": teacher, "loader": loader,
+                 "optimizer": torch.optim.SGD(student.parameters(), lr=0.1)}
+        before = student[1].weight.clone()
+        exec(compile(code, str(page), "exec"), names)
+        if "optimizer.step()" in code:
+            assert not torch.equal(before, student[1].weight), page  # the loop trained
+
+
+def test_every_setting_the_docs_name_exists():
+    from test_references import _is_attribute, _settings_pattern
+
+    named, known = _settings_pattern()
+    dicts = tuple(f"{key}." for key, f, _ in config.leaves() if "Dict" in str(f.type))  # their keys are timm's
+    wrong = []
+    for page in pages():
+        for m in INLINE.finditer(page.read_text()):
+            if m.group(1).startswith("error: "):
+                continue  # an error message quoted, naming a wrong key on purpose
+            for token in named.findall(m.group(1)):
+                if token not in known and not token.endswith(("json", "py", "md", "npy")) and \
+                        not token.startswith(("teachers.", *dicts)) and not _is_attribute(token):
+                    wrong.append(f"{page.name}: {token}")
+    assert not wrong, wrong
+
+
+def test_the_settings_reference_lists_every_key_with_what_it_changes():
+    from distill.store import fingerprints
+
+    text = hooks.settings_markdown()
+    listed = re.findall(r"^\| `([^`]+)` \|", text, re.M)
+    assert sorted(listed) == sorted(key for key, _, _ in config.leaves()) and len(set(listed)) == len(listed)
+    tags = fingerprints.tags()
+    assert {key: hooks.changes(f, sections) for key, f, sections in config.leaves()} == tags
+    row = next(line for line in text.splitlines() if line.startswith("| `kd.temperature` |"))
+    assert "`4.0`" in row and "> 0" in row and "student, cache" in row and "KD temperature T" in row
+    optim = next(r for r in text.splitlines() if r.startswith("| `teacher.optim.name`"))
+    assert "`sgd`, `adamw`, `adam`" in optim
+    recipes = hooks.recipes_markdown()
+    for name, line in config.recipe_lines(RECIPES / "recipe").items():
+        assert f"| `{name}` | {line} |" in recipes
+
+
+def test_the_site_builds_strict(tmp_path):
+    """`mkdocs build --strict` (a broken link, anchor or missing image fails it), and the built settings page holds
+    every key."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (tmp_path / "site" / "settings" / "index.html").read_text()
+    assert all(f"<code>{key}</code>" in html for key, _, _ in config.leaves())
+    assert "tckd" in (tmp_path / "site" / "methods" / "index.html").read_text()  # the method files' docstrings
