@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 from distill import config  # noqa: E402
 
 RULES = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
-OUTPUT_WORDS = {(): "none (reused as is)"}
+OUTPUT_WORDS = {(): "none", config.ALL: "all"}
 
 
 def changes(key_field: dataclasses.Field, sections: tuple) -> tuple | None:
@@ -53,7 +53,7 @@ def _show(value) -> str:
 
 def _type(f: dataclasses.Field) -> str:
     text = str(f.type).replace("typing.", "").replace("Optional[", "optional ").rstrip("]").replace("[", " of ")
-    return text.replace("List", "list").replace("Dict", "dict")
+    return text.replace("List", "list").replace("Dict", "dict").replace(" of Any", "")
 
 
 def allowed(f: dataclasses.Field) -> str:
@@ -72,7 +72,8 @@ def allowed(f: dataclasses.Field) -> str:
 
 
 def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text for a table cell: its pipes escaped, and its <run>-style placeholders kept from reading as HTML."""
+    return str(text).replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
 
 
 def settings_markdown() -> str:
@@ -87,7 +88,7 @@ def settings_markdown() -> str:
             f"{_cell(config._doc(f))} |")
     out = []
     for section, lines in rows.items():
-        out += [f"## {section}" if section == "top level" else f"## `{section}`", "",
+        out += ["## Top level" if section == "top level" else f"## `{section}`", "",
                 "| key | type | default | allowed | changes | meaning |", "| --- | --- | --- | --- | --- | --- |",
                 *lines, ""]
     return "\n".join(out)

@@ -135,7 +135,7 @@ def documented(folder: Path | None = None) -> list[tuple[str, str]]:
     found = {}
     for page in pages(folder):
         for line, cmd in commands(page.read_text()):
-            found.setdefault(cmd, f"{page.name}:{line}")
+            found.setdefault(cmd, f"{page.relative_to(ROOT) if page.is_relative_to(ROOT) else page.name}:{line}")
     return [(where, cmd) for cmd, where in found.items()]
 
 
