@@ -201,5 +201,8 @@ def chosen(kd: "KDCfg") -> Method:
 
 
 def help_line() -> str:
-    """kd.loss's help: every method with its one line and citation."""
-    return " | ".join(f"{m.name}: {m.help}" + (f" ({m.cite})" if m.cite else "") for m in all_methods())
+    """kd.loss's help: every method with its one line, citation and, when it reads less than the teacher's
+    distribution, what it reads."""
+    read = {"distribution": "", "class": "; reads only the teacher's top-1 class"}
+    return " | ".join(f"{m.name}: {m.help}" + (f" ({m.cite})" if m.cite else "") + read[m.target]
+                      for m in all_methods())
