@@ -384,7 +384,11 @@ def schema() -> type:
 
 @functools.cache
 def _composed(sections: tuple[tuple[str, type], ...]) -> type:
-    """Config for these (method name, settings dataclass) pairs; one class per registry state."""
+    """Config for these (method name, settings dataclass) pairs; one class per registry state. TypeError for a
+    method whose name is a generic kd key's."""
+    clash = {name for name, _ in sections} & ({f.name for f in dataclasses.fields(KDBase)} | {"check"})
+    if clash:
+        raise TypeError(f"distill.methods: a method named {sorted(clash)[0]} would hide the kd key of that name")
     kd = dataclasses.make_dataclass("KDCfg", [(name, cls, _f(factory=cls, changes=("student",)))
                                               for name, cls in sections], bases=(KDBase,))
     kd.__doc__ = "The kd section: the generic keys (KDBase) and each method's own settings (kd.NAME)."
