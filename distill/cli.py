@@ -1,7 +1,9 @@
-"""The command line before Hydra reads it, and the machine's errors after: an override Hydra cannot parse (most often
-a path with a space the shell split) and a folder that cannot be written become one line saying what to do."""
+"""The command line before Hydra reads it, and the machine's errors after: a recipe that does not exist, a key the
+schema does not have (or has renamed), an override Hydra cannot parse (most often a path with a space the shell
+split) and a folder that cannot be written become one line saying what to do."""
 from __future__ import annotations
 
+import difflib
 import errno
 import re
 import shlex
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from distill import config, methods
 from distill.errors import ConfigError
 
 
@@ -42,6 +45,38 @@ def file_problem(e: OSError, raw: DictConfig | None = None) -> str | None:
     where = path or (OmegaConf.select(raw, "run_root", default="runs") if raw else "runs")
     return (f"{where}: {what} ({e.strerror}); {fix}, and run again (nothing was damaged: finished stages are kept and "
             "reused)")
+
+
+def check_recipe(args: list[str], folder: Path) -> None:
+    """`recipe=NAME` names a recipe file in `folder`; else one line listing the recipes there (close ones first)."""
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), None)
+    if name is None or (folder / f"{name}.yaml").is_file():
+        return
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"recipe: no recipe '{name}'{hint}; recipes: {', '.join(known)}")
+
+
+def check_overrides(args: list[str], groups: set[str]) -> None:
+    """Reject a command-line override of a key the schema does not have, or has renamed (config.RENAMED), in one
+    line, before Hydra composes. `+key=...` additions, Hydra's own keys and config-group choices pass through
+    (validation sees them later). Reads only the key names, so it answers before torch loads, unless a key sits in
+    a method's section (kd.NAME.KEY), whose keys the method's file declares."""
+    keys = [key for key, _, _ in config.leaves(config.ConfigBase)]
+    sections = tuple(f"kd.{name}." for name in methods.names())
+    for arg in args:
+        if arg.startswith(("-", "+")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("~")
+        if key.startswith("hydra") or key.split("@")[0] in groups:
+            continue
+        if key in config.RENAMED:
+            raise ConfigError(f"{key}: renamed to {config.RENAMED[key]}")
+        if key.startswith(sections) or key in (s[:-1] for s in sections):
+            keys = [k for k, _, _ in config.leaves()]  # the methods' sections too (loads their files)
+        if key not in keys and not any(k.startswith(key + ".") for k in keys):
+            raise config.no_such_setting(key, keys)
 
 
 def hydra_args(args: list[str]) -> tuple[list[str], bool]:
@@ -112,9 +147,7 @@ def replace_dicts(args: list[str]) -> list[str]:
     """The command line with each dict given to a dict setting (student.model_args={img_size: 32}) made to replace
     the recipe's dict, as a person reading it expects: Hydra would merge it into the recipe's, and refuse a key the
     recipe's lacks. Done by setting the key to null first."""
-    from distill import config
-
-    dicts = {key for key, f, _ in config.leaves() if "Dict" in str(f.type)}
+    dicts = {key for key, f, _ in config.leaves(config.ConfigBase) if "Dict" in str(f.type)}
     out = []
     for arg in args:
         key, eq, value = arg.partition("=")

@@ -1,15 +1,21 @@
 """The typed configuration schema, and its validation: the only place that reads raw (Hydra) config.
 
 Recipes are YAML composed by Hydra; `validate` merges the composed tree onto these dataclasses, which rejects
-unknown keys and wrong types, then checks ranges and choices. Every failure is one line naming the key.
+unknown keys and wrong types, then checks ranges and choices (the fields' rules) and each section's own rules (its
+`check`), then the rules across sections (`Config.check`). Every failure is one line naming the key.
+
+The `kd` section is composed from the methods' registry: the generic keys (KDBase) and one section per method with
+settings of its own (kd.dkd.alpha: distill/methods/dkd.py). `KDCfg` and `Config` are those composed classes, made
+when first asked for (`schema()`); method files import torch, so `validate` checks every other setting first.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -18,30 +24,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from distill import faults, files, methods
 from distill.errors import ConfigError
+from distill.fields import MAX_WEIGHT, OUTPUTS, OWNER, setting as _f
 
-
-
-# The outputs a setting can change; every field says which (`changes`), and each output's fingerprint is built
-# from exactly the fields that name it (fingerprints.py), so a new setting cannot leave a stale output in use.
-OUTPUTS = ("teacher", "cache", "student", "baseline")
 ALL = OUTPUTS
 NONE = ()
-OWNER = "owner"  # a field of a shared section (TrainCfg, MixCfg): changes whatever the section it sits in changes
 TRAINED = ("teacher", "student", "baseline")
-# The largest loss weight accepted: a weight above it swamps every other term by a million times or more (and an
-# fp16/bf16 gradient overflows first), so it is a typo, never a setting. KD's T^2 scaling gets the same bound.
-MAX_WEIGHT = 1e6
-
-
-def _f(default: Any = None, *, factory: Any = None, doc: Any = "", changes: Any = None, **rules: Any) -> Any:
-    """A schema field with a help line, the outputs it changes (`changes`: names from OUTPUTS, or OWNER; a section
-    field names its section's outputs) and rules: gt, ge, lt, le, choices (on a list: each value's) and count (a
-    list's length). Every float, and every float of a list, must be finite. `doc` and `choices` may be functions,
-    called when needed (kd.loss's come from the methods' registry, which loads torch)."""
-    meta = dict(rules, doc=doc, changes=changes)
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+# Settings renamed since they were introduced: the old key stops in one line naming the new one.
+RENAMED = {"kd.dkd_alpha": "kd.dkd.alpha", "kd.dkd_beta": "kd.dkd.beta", "kd.dkd_warmup": "kd.dkd.warmup",
+           "kd.dist_beta": "kd.dist.beta", "kd.dist_gamma": "kd.dist.gamma", "kd.hard_smoothing": "kd.hard.smoothing"}
 
 
 @dataclass
@@ -58,6 +48,11 @@ class OptimCfg:
     switch_to_sgd_epoch: Optional[int] = _f(None, doc="Adam/AdamW only: switch to SGD from this epoch on", ge=1,
                                             changes=OWNER)
     switch_lr: float = _f(0.1, doc="SGD lr per 256 images after the switch", gt=0, changes=OWNER)
+
+    def check(self, key: str) -> None:
+        """The switch to SGD is for Adam/AdamW only. `key`: this section's (teacher.optim, student.optim...)."""
+        if self.switch_to_sgd_epoch is not None and self.name == "sgd":
+            raise ConfigError(f"{key}.switch_to_sgd_epoch: only for adam/adamw")
 
 
 @dataclass
@@ -120,6 +115,25 @@ class TeacherCfg(TrainCfg):
     seed: Optional[int] = _f(None, doc="teacher seed (init, data order, mixing); null: the global seed (which also "
                                        "draws the cached views, shared by every teacher)", changes=OWNER)
 
+    def check(self, key: str) -> None:
+        """A teacher's settings that its source would ignore, or that leave it untrained, stop in one line: a file or
+        a fine-tuning given to a teacher trained from scratch, a timm teacher with no weights to load. `key`: this
+        teacher's section (teacher, or teachers.NAME)."""
+        if self.source == "train":
+            if self.epochs < 1:
+                raise ConfigError(f"{key}.epochs: must be >= 1 when {key}.source=train")
+            if self.checkpoint:
+                raise ConfigError(f"{key}.checkpoint: read only with {key}.source=timm (source=train trains the "
+                                  f"teacher from scratch and would ignore {self.checkpoint}); set {key}.source=timm, "
+                                  f"or drop {key}.checkpoint")
+            if self.finetune.epochs > 0:
+                raise ConfigError(f"{key}.finetune.epochs: fine-tunes a loaded teacher ({key}.source=timm); a teacher "
+                                  f"trained from scratch takes {key}.epochs")
+        elif not self.checkpoint and not self.pretrained and self.finetune.epochs == 0:
+            raise ConfigError(f"{key}.pretrained: false with no {key}.checkpoint loads no weights, so the teacher "
+                              f"would be untrained; set {key}.checkpoint=FILE, {key}.pretrained=true, or "
+                              f"{key}.source=train")
+
 
 @dataclass
 class DataCfg:
@@ -164,18 +178,31 @@ class DataCfg:
     on_bad_image: str = _f("error", doc="error | skip (count and report) an image that fails to decode",
                            choices=("error", "skip"), changes=ALL)
 
+    def check(self, key: str) -> None:
+        """Statistics given whole, a valid crop scale and size, and a source that has what it reads."""
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError(f"{key}.mean/{key}.std: give both or neither")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"{key}.scale: needs [min, max] with 0 < min <= max <= 1, got {self.scale}")
+        if self.source == "demo" and self.path:
+            raise ConfigError(f"{key}.path: {self.path} is given but {key}.source=demo trains on the built-in digits; "
+                              f"set {key}.source=auto to use the path, or drop {key}.path")
+        if self.source not in ("demo", "auto") and not self.path:
+            raise ConfigError(f"{key}.path: required for {key}.source={self.source}")
+        if self.val_size >= 1 and self.val_size != int(self.val_size):
+            raise ConfigError(f"{key}.val_size: {self.val_size} is neither a fraction < 1 nor a whole count")
+
 
 @dataclass
 class CacheCfg:
     root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/", changes=NONE)
-    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (measured: README, How many "
-                           "views); a larger V grows an existing cache", ge=1, changes=("cache",))
+    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (README, How many views); a "
+                           "larger V grows an existing cache", ge=1, changes=("cache",))
     eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views",
                          changes=("cache",))
-    topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T). "
-                           "Measured on CIFAR-10 (BENCHMARKS.md): at T = 4 only every logit kept the gradient's cosine "
-                           "to a trained student above 0.99 (top 5 of 10: 0.87 to 0.97); at T = 1 the top half did",
-                   ge=1, changes=("cache",))
+    topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T); "
+                           "the fewer kept, the further the student's gradient from the full teacher's, the more so "
+                           "at higher T (BENCHMARKS.md)", ge=1, changes=("cache",))
     shard_size: int = _f(10000, doc="images per shard file (fixed index ranges, independent of process count)",
                          ge=1, changes=("cache",))
     batch_size: int = _f(256, doc="teacher batch: each forward labels one view of this many images", ge=1,
@@ -185,8 +212,8 @@ class CacheCfg:
     features: bool = _f(False, doc="also store each view's pooled pre-logit teacher feature (fp16, its own shard "
                                    "files: 2 bytes x the teacher's feature width per view), for kd.feature_weight",
                         changes=("cache",))
-    max_gb: float = _f(20.0, doc="refuse, before any work, a cache whose files would exceed this many GB (a feature "
-                                 "cache of ImageNet with a resnet50 teacher and 4 views: 21 GB)", gt=0, changes=NONE)
+    max_gb: float = _f(20.0, doc="refuse, before any work, a cache whose files would exceed this many GB", gt=0,
+                       changes=NONE)
 
 
 @dataclass
@@ -202,7 +229,8 @@ class StudentCfg(TrainCfg):
 
 
 @dataclass
-class KDCfg:
+class KDBase:
+    """The generic kd keys; each method's own section (kd.NAME) is added by `schema()` (KDCfg)."""
     loss: str = _f("kd", doc=lambda: "the distillation method (one file each in distill/methods/): "
                    + methods.help_line() + ". On a top-k cache the teacher's tail (classes outside the top k and the "
                    "view's own) is spread evenly: exact for what the cache stores (cache.topk >= classes: exact)",
@@ -230,18 +258,6 @@ class KDCfg:
                                                 "2024; kd and dkd, not dist); T is then the base temperature (the "
                                                 "paper's CIFAR KD: 2, with kd.alpha=9 and kd.ce_weight=0.1)",
                                      changes=("student",))
-    dkd_alpha: float = _f(1.0, doc="dkd: weight of the target-class term TCKD (DKD's CIFAR default 1)", ge=0,
-                          le=MAX_WEIGHT, changes=("student",))
-    dkd_beta: float = _f(8.0, doc="dkd: weight of the non-target term NCKD (DKD's CIFAR default 8; 2 for resnet56 -> "
-                                  "resnet20 and resnet110 -> resnet32)", ge=0, le=MAX_WEIGHT, changes=("student",))
-    dkd_warmup: int = _f(20, doc="dkd: epochs over which the DKD term ramps up linearly (DKD's CIFAR default 20)",
-                         ge=0, changes=("student",))
-    dist_beta: float = _f(2.0, doc="dist: weight of the inter-class relation (DIST's CIFAR setting 2; tau is "
-                                   "kd.temperature, 4 on CIFAR)", ge=0, le=MAX_WEIGHT, changes=("student",))
-    dist_gamma: float = _f(2.0, doc="dist: weight of the intra-class relation (DIST's CIFAR setting 2)", ge=0,
-                           le=MAX_WEIGHT, changes=("student",))
-    hard_smoothing: float = _f(0.0, doc="hard: label smoothing of the teacher's top-1 class (DeiT: 0)", ge=0, lt=1,
-                               changes=("student",))
     token: Optional[str] = _f(None, doc="a student with a distillation head (timm's *_distilled_* models, DeiT): "
                                         "the class head learns from the labels (CE), the distillation head from the "
                                         "teacher: soft (kd.loss) | hard (the teacher's top-1 class, kd.loss=hard); "
@@ -262,6 +278,15 @@ class KDCfg:
     teacher_weights: Optional[List[float]] = _f(None, doc="several teachers: one weight each, in the order of "
                                                           "`teachers` (normalised to sum 1; each at most 1e6); "
                                                           "null: equal", le=MAX_WEIGHT, changes=("student",))
+
+    def check(self, key: str) -> None:
+        """kd.token=hard is hard-label distillation's; teacher weights that weigh something."""
+        if self.token == "hard" and self.loss not in ("kd", "hard"):
+            raise ConfigError(f"{key}.token: hard teaches the distillation head the teacher's class ({key}.loss=hard); "
+                              f"{key}.loss={self.loss} teaches it with {key}.token=soft")
+        weights = self.teacher_weights
+        if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
+            raise ConfigError(f"{key}.teacher_weights: {list(weights)} must be >= 0 and not all 0")
 
 
 @dataclass
@@ -285,7 +310,8 @@ STAGES = ("teacher", "cache", "student", "report", "export")
 
 
 @dataclass
-class Config:
+class ConfigBase:
+    """Every setting but the methods' own sections (Config adds them: `schema()`)."""
     name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)", changes=NONE)
     stage: str = _f("all", doc="teacher | cache | student | report | export | all: runs that stage and the ones "
                                "before it (each reused when up to date); every run ends with the report (test-split "
@@ -319,26 +345,116 @@ class Config:
                              changes=NONE)
     cache: CacheCfg = _f(factory=CacheCfg, changes=("cache",))
     student: StudentCfg = _f(factory=StudentCfg, changes=("student", "baseline"))
-    kd: KDCfg = _f(factory=KDCfg, changes=("student",))
+    kd: KDBase = _f(factory=KDBase, changes=("student",))
     export: ExportCfg = _f(factory=ExportCfg, changes=NONE)
 
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run goes through, in order (stage=X runs X and the ones before it, and the report)."""
+        chosen = STAGES if self.stage == "all" else STAGES[:STAGES.index(self.stage) + 1]
+        return chosen if "report" in chosen else chosen + ("report",)
 
-def validate(raw: DictConfig | dict) -> Config:
-    """Merge raw config onto the schema and check every rule; raise ConfigError naming the key."""
+    def check(self) -> None:
+        """The rules across sections: mixing in one place, feature distillation's source, one weight per teacher,
+        and an export that can state its preprocessing."""
+        student_mixes = self.student.mix.mixup_alpha or self.student.mix.cutmix_alpha
+        cache_mixes = self.cache.mix.mixup_alpha > 0 or self.cache.mix.cutmix_alpha > 0
+        if cache_mixes and self.kd.teacher == "cached" and student_mixes:
+            raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
+        if self.kd.feature_weight > 0:
+            if self.teachers:
+                raise ConfigError("kd.feature_weight: feature distillation learns one teacher's feature; an "
+                                  "ensemble's teachers' features differ in meaning and width (drop teachers, or "
+                                  "kd.feature_weight=0)")
+            if self.kd.teacher == "cached" and not self.cache.features:
+                raise ConfigError("kd.feature_weight: with kd.teacher=cached the teacher's features come from the "
+                                  "cache; set cache.features=true (or kd.teacher=online)")
+        count = max(len(self.teachers), 1)
+        if self.kd.teacher_weights is not None and len(self.kd.teacher_weights) != count:
+            raise ConfigError(f"kd.teacher_weights: {len(self.kd.teacher_weights)} weights for {count} teacher(s)")
+        if "export" in self.stages() and self.data.per_image_norm:
+            raise ConfigError("data.per_image_norm: timm's preprocessing has no per-image standardisation; export "
+                              "needs a recipe with mean/std")
+
+
+def schema() -> type:
+    """The full schema, `Config`: ConfigBase with its `kd` section composed from the methods' registry (`KDCfg`: the
+    generic keys and one section per method with settings, kd.NAME). Loads the method files (and torch)."""
+    return _composed(tuple((m.name, m.settings) for m in methods.all_methods() if m.settings is not None))
+
+
+@functools.cache
+def _composed(sections: tuple[tuple[str, type], ...]) -> type:
+    """Config for these (method name, settings dataclass) pairs; one class per registry state. TypeError for a
+    method whose name is a generic kd key's."""
+    clash = {name for name, _ in sections} & ({f.name for f in dataclasses.fields(KDBase)} | {"check"})
+    if clash:
+        raise TypeError(f"distill.methods: a method named {sorted(clash)[0]} would hide the kd key of that name")
+    kd = dataclasses.make_dataclass("KDCfg", [(name, cls, _f(factory=cls, changes=("student",)))
+                                              for name, cls in sections], bases=(KDBase,))
+    kd.__doc__ = "The kd section: the generic keys (KDBase) and each method's own settings (kd.NAME)."
+    cfg = dataclasses.make_dataclass("Config", [("kd", kd, _f(factory=kd, changes=("student",)))], bases=(ConfigBase,))
+    cfg.__doc__ = "Every setting: ConfigBase and the methods' sections."
+    kd.__module__ = cfg.__module__ = __name__  # pickled by name: this module's KDCfg and Config
+    return cfg
+
+
+def __getattr__(name: str) -> type:
+    """`config.Config` and `config.KDCfg`: the schema composed from the methods' registry (`schema()`)."""
+    if name == "Config":
+        return schema()
+    if name == "KDCfg":
+        return _field_type(schema(), "kd")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _field_type(cls: type, name: str) -> type:
+    return next(f.type for f in dataclasses.fields(cls) if f.name == name)
+
+
+def validate(raw: DictConfig | dict) -> ConfigBase:
+    """Merge raw config onto the schema and check every rule; raise ConfigError naming the key. Every setting but
+    the methods' own sections is checked before the method files (and torch) load."""
     if isinstance(raw, DictConfig):
         try:
             raw = OmegaConf.to_container(raw, resolve=True)
         except OmegaConfBaseException as e:
             raise ConfigError(_one_line(e)) from None
+    for key in _flat(raw):
+        if key in RENAMED:
+            raise ConfigError(f"{key}: renamed to {RENAMED[key]}")
+    kd = raw.get("kd")
+    if isinstance(kd, dict):  # first without the methods' sections: their files import torch
+        _checked(ConfigBase, {**raw, "kd": {k: v for k, v in kd.items() if k not in methods.names()}})
+    cfg = _checked(schema(), raw)
+    methods.get(cfg.kd.loss).check(cfg)  # each method's own checks, last
+    return cfg
+
+
+def _checked(cls: type, raw: dict):
+    """`raw` merged onto the schema `cls` and checked: each field's rules, each section's `check`, then the rules
+    across sections (`check` of the whole)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
-        cfg = OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), raw))
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
     _check_rules(cfg, "")
-    _check_cross(cfg)
-    methods.get(cfg.kd.loss).check(cfg)  # each method's own checks, last: they load the method (and torch)
+    for f in dataclasses.fields(cfg):  # an ensemble's teachers each as its full section
+        sections = teacher_sections(cfg) if f.name == "teacher" else {f.name: getattr(cfg, f.name)}
+        for key, section in sections.items():
+            _check_section(section, key)
+    cfg.check()
+    faults.check()  # DISTILL_FAULT, read by the stages only at their fault points: checked here, before any work
     return cfg
+
+
+def _check_section(section: Any, key: str) -> None:
+    """A section's subsections' `check`, then its own (a section without one has no rules beyond its fields')."""
+    if not dataclasses.is_dataclass(section):
+        return
+    for f in dataclasses.fields(section):
+        _check_section(getattr(section, f.name), f"{key}.{f.name}")
+    if hasattr(section, "check"):
+        section.check(key)
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
@@ -390,80 +506,11 @@ def _out_of_range(value: Any, rules: dict) -> str | None:
     return None
 
 
-def _check_cross(cfg: Config) -> None:
-    data = cfg.data
-    if (data.mean is None) != (data.std is None):
-        raise ConfigError("data.mean/data.std: give both or neither")
-    if len(data.scale) != 2 or not 0 < data.scale[0] <= data.scale[1] <= 1:
-        raise ConfigError(f"data.scale: needs [min, max] with 0 < min <= max <= 1, got {data.scale}")
-    if data.source == "demo" and data.path:
-        raise ConfigError(f"data.path: {data.path} is given but data.source=demo trains on the built-in digits; set "
-                          "data.source=auto to use the path, or drop data.path")
-    if data.source not in ("demo", "auto") and not data.path:
-        raise ConfigError(f"data.path: required for data.source={data.source}")
-    if data.val_size >= 1 and data.val_size != int(data.val_size):
-        raise ConfigError(f"data.val_size: {data.val_size} is neither a fraction < 1 nor a whole count")
-    for name, section in (teacher_sections(cfg) | {"student": cfg.student}).items():
-        o = section.optim
-        if o.switch_to_sgd_epoch is not None and o.name == "sgd":
-            raise ConfigError(f"{name}.optim.switch_to_sgd_epoch: only for adam/adamw")
-    cache_mixes = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
-    if cache_mixes and cfg.kd.teacher == "cached" and (cfg.student.mix.mixup_alpha or cfg.student.mix.cutmix_alpha):
-        raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
-    for key, teacher in teacher_sections(cfg).items():
-        _check_teacher_source(key, teacher)
-    faults.check()  # DISTILL_FAULT, read by the stages only at their fault points: checked here, before any work
-    if cfg.kd.token == "hard" and cfg.kd.loss not in ("kd", "hard"):
-        raise ConfigError(f"kd.token: hard teaches the distillation head the teacher's class (kd.loss=hard); "
-                          f"kd.loss={cfg.kd.loss} teaches it with kd.token=soft")
-    if cfg.kd.feature_weight > 0:
-        if cfg.teachers:
-            raise ConfigError("kd.feature_weight: feature distillation learns one teacher's feature; an ensemble's "
-                              "teachers' features differ in meaning and width (drop teachers, or kd.feature_weight=0)")
-        if cfg.kd.teacher == "cached" and not cfg.cache.features:
-            raise ConfigError("kd.feature_weight: with kd.teacher=cached the teacher's features come from the cache; "
-                              "set cache.features=true (or kd.teacher=online)")
-    weights = cfg.kd.teacher_weights
-    if weights is not None:
-        count = max(len(cfg.teachers), 1)
-        if len(weights) != count:
-            raise ConfigError(f"kd.teacher_weights: {len(weights)} weights for {count} teacher(s)")
-        if min(weights) < 0 or sum(weights) <= 0:
-            raise ConfigError(f"kd.teacher_weights: {list(weights)} must be >= 0 and not all 0")
-
-
-TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _check_teacher_source(key: str, teacher: "TeacherCfg") -> None:
-    """A teacher's settings that its source would ignore, or that leave it untrained, stop in one line: a file or a
-    fine-tuning given to a teacher trained from scratch, a timm teacher with no weights to load."""
-    if teacher.source == "train":
-        if teacher.epochs < 1:
-            raise ConfigError(f"{key}.epochs: must be >= 1 when {key}.source=train")
-        if teacher.checkpoint:
-            raise ConfigError(f"{key}.checkpoint: read only with {key}.source=timm (source=train trains the teacher "
-                              f"from scratch and would ignore {teacher.checkpoint}); set {key}.source=timm, or drop "
-                              f"{key}.checkpoint")
-        if teacher.finetune.epochs > 0:
-            raise ConfigError(f"{key}.finetune.epochs: fine-tunes a loaded teacher ({key}.source=timm); a teacher "
-                              f"trained from scratch takes {key}.epochs")
-    elif not teacher.checkpoint and not teacher.pretrained and teacher.finetune.epochs == 0:
-        raise ConfigError(f"{key}.pretrained: false with no {key}.checkpoint loads no weights, so the teacher would "
-                          f"be untrained; set {key}.checkpoint=FILE, {key}.pretrained=true, or {key}.source=train")
-
-
-def inert(cfg: Config) -> list[str]:
+def inert(cfg: ConfigBase) -> list[str]:
     """The settings given a value this run never reads, one line each (said once at the start, not refused: a recipe
-    may set them for the runs that do read them)."""
-    kd, default = cfg.kd, KDCfg()
-    out = []
-    for prefix, method in (("dkd_", "dkd"), ("dist_", "dist"), ("hard_", "hard")):  # a method's own settings
-        for f in dataclasses.fields(KDCfg):
-            value = getattr(kd, f.name)
-            if f.name.startswith(prefix) and value != getattr(default, f.name) and kd.loss != method:
-                out.append(f"kd.{f.name}={value} is read by kd.loss={method} only; this run (kd.loss={kd.loss}) "
-                           "ignores it")
+    may set them for the runs that do read them). Each method says which of its own settings this run ignores."""
+    kd, default = cfg.kd, KDBase()
+    out = [line for method in methods.all_methods() for line in method.ignored(cfg)]
     if kd.ce != "focal" and (kd.focal_gamma != default.focal_gamma or kd.focal_alpha is not None):
         out.append(f"kd.focal_gamma / kd.focal_alpha are read by kd.ce=focal only; this run (kd.ce={kd.ce}) ignores "
                    "them")
@@ -477,7 +524,10 @@ def inert(cfg: Config) -> list[str]:
     return out
 
 
-def teacher_sections(cfg: Config) -> dict[str, TeacherCfg]:
+TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def teacher_sections(cfg: ConfigBase) -> dict[str, TeacherCfg]:
     """Each teacher's full section by its config key: {"teacher": cfg.teacher} for one teacher; for an ensemble
     {"teachers.NAME": ...}, each entry of `teachers` merged over the `teacher` section (its `dir` excepted: a named
     teacher's folder is its own). ConfigError naming the entry for a bad or repeated name or a bad value."""
@@ -498,7 +548,7 @@ def teacher_sections(cfg: Config) -> dict[str, TeacherCfg]:
         known = [k for k, _, _ in leaves(TeacherCfg)]
         for given in _flat({k: v for k, v in entry.items() if k != "name"}):
             if given not in known and not any(k.startswith(given + ".") for k in known):
-                raise _no_such_setting(given, known, f"{key}.")
+                raise no_such_setting(given, known, f"{key}.")
         try:
             merged = OmegaConf.merge(OmegaConf.structured(TeacherCfg), base,
                                      {k: v for k, v in entry.items() if k != "name"})
@@ -518,9 +568,10 @@ def _flat(tree: dict, prefix: str = "") -> list[str]:
             for k in (_flat(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
 
 
-def leaves(cls: type = Config, prefix: str = ""):
-    """(dotted key, its field, the section fields it sits in, innermost first) for every settable key."""
-    for f in dataclasses.fields(cls):
+def leaves(cls: type | None = None, prefix: str = ""):
+    """(dotted key, its field, the section fields it sits in, innermost first) for every settable key of `cls`
+    (default: the full schema, which loads the method files; ConfigBase: every key but the methods' own)."""
+    for f in dataclasses.fields(cls or schema()):
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
             yield from ((key, leaf, (*above, f)) for key, leaf, above in leaves(sub, prefix + f.name + "."))
@@ -538,33 +589,7 @@ def _doc(f: dataclasses.Field) -> str:
     return doc() if callable(doc) else doc
 
 
-def check_recipe(args: list[str], folder: Path) -> None:
-    """`recipe=NAME` names a recipe file in `folder`; else one line listing the recipes there (close ones first)."""
-    name = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), None)
-    if name is None or (folder / f"{name}.yaml").is_file():
-        return
-    known = sorted(p.stem for p in folder.glob("*.yaml"))
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ConfigError(f"recipe: no recipe '{name}'{hint}; recipes: {', '.join(known)}")
-
-
-def check_overrides(args: list[str], groups: set[str]) -> None:
-    """Reject a command-line override of a key the schema does not have, in one line, before Hydra composes.
-    `+key=...` additions, Hydra's own keys and config-group choices pass through (validation sees them later).
-    Reads only the key names, so it answers before torch loads."""
-    keys = [key for key, _, _ in leaves()]
-    for arg in args:
-        if arg.startswith(("-", "+")) or "=" not in arg:
-            continue
-        key = arg.split("=", 1)[0].lstrip("~")
-        if key.startswith("hydra") or key.split("@")[0] in groups:
-            continue
-        if key not in keys and not any(k.startswith(key + ".") for k in keys):
-            raise _no_such_setting(key, keys)
-
-
-def _no_such_setting(key: str, keys: list[str], prefix: str = "") -> ConfigError:
+def no_such_setting(key: str, keys: list[str], prefix: str = "") -> ConfigError:
     """The one line for an unknown `key` (shown as prefix + key), with the keys of the same name or near spelling."""
     leaf = key.rsplit(".", 1)[-1]
     close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]  # same name elsewhere, then near spellings
@@ -573,12 +598,20 @@ def _no_such_setting(key: str, keys: list[str], prefix: str = "") -> ConfigError
     return ConfigError(f"{prefix}{key}: no such setting{hint}")
 
 
-def register_schema() -> None:
+def register_schema(args: list[str] | None = None) -> None:
     """Give Hydra every key with its default (untyped: `validate` does the type checks, in one line), so that any
-    key can be overridden on the command line without a `+`. recipes/config.yaml lists it first in its defaults."""
+    key can be overridden on the command line without a `+`. recipes/config.yaml lists it first in its defaults.
+    With `args` (the command line), a method's section (kd.NAME) is given only when an override names it, so that a
+    run that sets none answers a bad setting before the method files (and torch) load; without, every section."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="distill_schema", node=OmegaConf.to_container(OmegaConf.structured(Config)))
+    tree = OmegaConf.to_container(OmegaConf.structured(ConfigBase))
+    named = [name for name in methods.names() if args is None or any(a.lstrip("~+").startswith(f"kd.{name}.")
+                                                                     for a in args)]
+    if named:
+        full = OmegaConf.to_container(OmegaConf.structured(schema()))["kd"]
+        tree["kd"].update({name: full[name] for name in named if name in full})
+    ConfigStore.instance().store(name="distill_schema", node=tree)
     if not OmegaConf.has_resolver("distill_settings"):  # `--help` lists every key with its help line
         OmegaConf.register_new_resolver("distill_settings", settings_help)
     if not OmegaConf.has_resolver("distill_recipes"):  # ... and every recipe with its first comment line

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from distill.methods.dist import dist
 from distill.methods.dkd import dkd
-from distill.methods.feature import feature_cosine, feature_mse
+from distill.methods.common.feature import feature_cosine, feature_mse
 from distill.methods.hard import hard
-from distill.methods.crossentropy import combine, focal, soft_cross_entropy
+from distill.methods.common.crossentropy import combine, focal, soft_cross_entropy
 from distill.methods.kd import kd
-from distill.methods.standardize import standardize
+from distill.methods.common.standardize import standardize
 
 __all__ = ["kd", "dkd", "dist", "hard", "standardize", "feature_mse", "feature_cosine", "soft_cross_entropy", "focal",
            "combine"]

@@ -78,9 +78,7 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
     if cfg.log_with:
         acc.init_trackers(cfg.name)
     ctx = RunContext.make(cfg, acc, bundle, norm, run_dir)
-    chosen = config.STAGES if cfg.stage == "all" else config.STAGES[:config.STAGES.index(cfg.stage) + 1]
-    if "report" not in chosen:
-        chosen += ("report",)  # every run ends with its report
+    chosen = cfg.stages()  # stage=X: X and the stages before it; every run ends with its report
     outputs = {name: fn(ctx) for name, fn in stage_functions().items() if name in chosen}
     acc.end_training()
     return outputs["report"]
@@ -116,13 +114,13 @@ def _run(raw: DictConfig) -> float | None:
 
 
 def main() -> None:
-    config.register_schema()
     groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
     sys.argv[1:] = args = cli.replace_dicts(sys.argv[1:])  # Hydra reads sys.argv
+    config.register_schema(args)
     try:
         cli.check_syntax(args)
-        config.check_recipe(args, RECIPES / "recipe")
-        config.check_overrides(args, groups)
+        cli.check_recipe(args, RECIPES / "recipe")
+        cli.check_overrides(args, groups)
         sweep.SWEEP.total, sweep.SWEEP.swept = sweep.check(args, RECIPES), sweep.swept_keys(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

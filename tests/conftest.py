@@ -96,7 +96,7 @@ def run_here(*args: str) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from distill import config, run
+    from distill import cli, config, run
     from distill.errors import Stopped, UserError
 
     recipe = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), "demo")
@@ -104,7 +104,7 @@ def run_here(*args: str) -> subprocess.CompletedProcess:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            config.check_overrides(rest, {p.name for p in (ROOT / "recipes").iterdir() if p.is_dir()})
+            cli.check_overrides(rest, {p.name for p in (ROOT / "recipes").iterdir() if p.is_dir()})
             run.execute(config.validate(compose_recipe(recipe, rest)))
             code = 0
         except UserError as e:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose_recipe, run_cli
-from distill import config, files
+from distill import cli, config, files
 from distill.stages import student
 from distill.errors import ConfigError
 
@@ -63,8 +63,8 @@ def test_defaults_validate():
 
 def test_unknown_command_line_key_is_named():
     with pytest.raises(ConfigError, match=r"^teacher\.epoch: no such setting \(did you mean teacher\.epochs"):
-        config.check_overrides(["teacher.epoch=3"], groups={"data", "recipe", "tricks"})
-    config.check_overrides(["recipe=demo", "tricks@teacher=cifar", "hydra.verbose=true", "+x=1",
+        cli.check_overrides(["teacher.epoch=3"], groups={"data", "recipe", "tricks"})
+    cli.check_overrides(["recipe=demo", "tricks@teacher=cifar", "hydra.verbose=true", "+x=1",
                             "teacher.optim.lr=0.2", "data.mean=[1,1,1]"], groups={"data", "recipe", "tricks"})
 
 
@@ -101,8 +101,8 @@ def test_recipes_reuse_recipes_and_groups():
 def test_dkd_with_logit_standardization_recipes_map_the_authors_code_and_share_the_pairs_teacher(name, alpha, beta):
     cfg = config.validate(compose_recipe(name))
     pair = name.removesuffix("_dkd_ls")
-    assert (cfg.kd.loss, cfg.kd.logit_standardization, cfg.kd.dkd_alpha, cfg.kd.dkd_beta, cfg.kd.temperature,
-            cfg.kd.dkd_warmup) == ("dkd", True, alpha, beta, 4.0, 20)
+    assert (cfg.kd.loss, cfg.kd.logit_standardization, cfg.kd.dkd.alpha, cfg.kd.dkd.beta, cfg.kd.temperature,
+            cfg.kd.dkd.warmup) == ("dkd", True, alpha, beta, 4.0, 20)
     assert cfg.teacher.dir == f"runs/{pair}/teacher" and cfg.cache == config.validate(compose_recipe(pair)).cache
 
 
@@ -195,7 +195,7 @@ def test_no_stage_imports_another_and_only_softlabels_reads_cache_files():
 
 # The parts of distill/, bottom to top: a module imports only from its own part and the parts below it.
 PARTS = ["errors", "methods", "config", "data", "store", "training", "stages"]  # anything else: the top (run, report..)
-BASE = ("errors", "files", "faults")  # imported by every part, import no part
+BASE = ("errors", "files", "faults", "fields")  # imported by every part, import no part
 
 
 def _part(module: str) -> int:

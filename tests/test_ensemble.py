@@ -9,7 +9,7 @@ import torch
 
 from conftest import cache_overrides, random_teacher, run_here
 from distill import config
-from distill.methods import logspace
+from distill.methods.common import logspace
 from distill.store import artifacts, softlabels
 from distill.training import models, targets
 

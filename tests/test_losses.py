@@ -14,6 +14,7 @@ from distill import losses, methods
 from distill.store import softlabels
 from distill.training import objectives, targets
 from distill.config import KDCfg
+from distill.methods.dkd import DKDSettings
 
 TOL = 1e-5  # relative, float32 against float64
 FP16_REL = 2.0 ** -11  # fp16's relative rounding (half an ulp): the cache's own error on each stored logit
@@ -154,7 +155,7 @@ def test_every_method_is_exact_at_any_teacher_confidence(gap, wrong, temperature
         if method == "dist" and classes == 2 and gap == 0:
             continue  # a uniform two-class teacher: DIST's Pearson correlations are 0 / 0, no loss to compare
         for standardized in ((False, True) if method != "dist" else (False,)):
-            kd_cfg = KDCfg(loss=method, temperature=temperature, alpha=1.0, dkd_warmup=0,
+            kd_cfg = KDCfg(loss=method, temperature=temperature, alpha=1.0, dkd=DKDSettings(warmup=0),
                            logit_standardization=standardized)
             sources = {
                 "public": (None, t64),
@@ -311,6 +312,7 @@ def test_hard_distillation_is_the_cross_entropy_to_the_teachers_top_class(smooth
     kd.alpha times it plus (1 - kd.alpha) times the CE on the true label."""
     from distill import losses
     from distill.config import KDCfg
+    from distill.methods.hard import HardSettings
     from distill.training import objectives
 
     g = torch.Generator().manual_seed(classes)
@@ -323,7 +325,7 @@ def test_hard_distillation_is_the_cross_entropy_to_the_teachers_top_class(smooth
     got = losses.hard(student, teacher, smoothing)
     assert got["hard"].item() == pytest.approx(want.item(), rel=1e-6) and got["loss"] is got["hard"]
     labels = torch.arange(8) % classes
-    kd = KDCfg(loss="hard", alpha=0.5, hard_smoothing=smoothing, temperature=4.0)
+    kd = KDCfg(loss="hard", alpha=0.5, hard=HardSettings(smoothing=smoothing), temperature=4.0)
 
     class Fixed:
         sees_mixed_input = False

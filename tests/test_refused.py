@@ -197,15 +197,16 @@ def test_an_ensemble_teachers_missing_checkpoint_is_found_before_the_first_teach
 
 
 def test_settings_this_run_never_reads_are_said():
-    cfg = config.validate({"kd": {"loss": "kd", "hard_smoothing": 0.1, "dkd_beta": 2.0, "feature_loss": "cosine",
-                                  "ensemble": "mean_logits", "teacher": "online"}, "cache": {"features": True}})
+    cfg = config.validate({"kd": {"loss": "kd", "hard": {"smoothing": 0.1}, "dkd": {"beta": 2.0},
+                                  "feature_loss": "cosine", "ensemble": "mean_logits", "teacher": "online"},
+                           "cache": {"features": True}})
     assert config.inert(cfg) == [
-        "kd.dkd_beta=2.0 is read by kd.loss=dkd only; this run (kd.loss=kd) ignores it",
-        "kd.hard_smoothing=0.1 is read by kd.loss=hard only; this run (kd.loss=kd) ignores it",
+        "kd.dkd.beta=2.0 is read by kd.loss=dkd only; this run (kd.loss=kd) ignores it",
+        "kd.hard.smoothing=0.1 is read by kd.loss=hard only; this run (kd.loss=kd) ignores it",
         "kd.feature_loss=cosine is read only with kd.feature_weight > 0; this run ignores it",
         "cache.features=true: kd.teacher=online builds no cache; this run ignores it",
         "kd.ensemble=mean_logits combines several teachers (teachers=[...]); this run has one and ignores it"]
-    assert config.inert(config.validate({"kd": {"loss": "hard", "hard_smoothing": 0.1}})) == []
+    assert config.inert(config.validate({"kd": {"loss": "hard", "hard": {"smoothing": 0.1}}})) == []
 
 
 def test_a_dict_given_on_the_command_line_replaces_the_recipes():

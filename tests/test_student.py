@@ -12,6 +12,7 @@ from distill.data import transforms, views
 from distill.store import artifacts, softlabels
 from distill.training import models, objectives, targets, tricks
 from distill.config import KDCfg, MixCfg
+from distill.methods.dkd import DKDSettings
 from distill.stages import student
 
 MIXED = {"cache__topk": 99, "cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0, "cache__mix__prob": 0.8}
@@ -56,7 +57,7 @@ def test_dkd_objective_warms_up_and_dist_objective_weighs_its_relations():
     q = torch.softmax(t / 4.0, 1)
     ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 5, 0.0))
     terms = losses.dkd(logits, t, batch["label"], 4.0, 1.0, 8.0)  # the public function, on the same teacher
-    dkd = objectives.Distillation(KDCfg(loss="dkd", dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=20), 5, 0.0, _Fixed(q))
+    dkd = objectives.Distillation(KDCfg(loss="dkd", dkd=DKDSettings(alpha=1.0, beta=8.0, warmup=20)), 5, 0.0, _Fixed(q))
     for epoch, warm in ((0, 1 / 20), (9, 10 / 20), (30, 1.0)):
         got = dkd(logits, batch, None, None, objectives.Progress(epoch=epoch, step=0))["loss"]
         want = ce + warm * (terms["tckd"] + 8.0 * terms["nckd"])
@@ -135,7 +136,7 @@ def test_online_and_cached_give_the_same_loss_on_the_same_batch(shared, topk, me
     torch.manual_seed(0)
     logits = models.create("resnet8", 3)(x)
     from accelerate import Accelerator
-    kd = KDCfg(temperature=4.0, dkd_warmup=0, **method)
+    kd = KDCfg(temperature=4.0, dkd=DKDSettings(warmup=0), **method)
     cached = objectives.Distillation(kd, 3, 0.0, targets.CachedTeacher(3, labels.dense, labels.temperature))
     online = objectives.Distillation(kd, 3, 0.0, targets.LiveTeacher(teacher, Accelerator(cpu=True).autocast))
     a, b = cached(logits, batch, None, x, START), online(logits, batch, None, x, START)
@@ -281,7 +282,7 @@ def test_student_run_warns_when_views_are_replayed_past_the_rule(shared, tmp_pat
 def test_each_method_trains_a_student_and_logs_its_terms(shared, tmp_path, method):
     shared.copy_cache(tmp_path)
     r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=student", "student.epochs=2",
-                 "student.batch_size=16", "student.log_every=1", f"kd.loss={method}", "kd.dkd_warmup=1")
+                 "student.batch_size=16", "student.log_every=1", f"kd.loss={method}", "kd.dkd.warmup=1")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "tiny"
     terms = {"dkd": {"ce", "tckd", "nckd"}, "dist": {"ce", "inter", "intra"}}[method]
@@ -361,10 +362,10 @@ def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(demo, tmp_path, monkeypatch):
 def test_a_dkd_warmup_longer_than_the_schedule_is_said_once(shared, tmp_path):
     shared.copy_cache(tmp_path)
     r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=student", "student.epochs=2",
-                 "student.batch_size=16", "student.baseline=false", "kd.loss=dkd", "kd.dkd_warmup=20")
+                 "student.batch_size=16", "student.baseline=false", "kd.loss=dkd", "kd.dkd.warmup=20")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("student: kd.dkd_warmup=20 is longer than student.epochs=2: the DKD term reaches only 2/20 "
-                          "of its weight; set kd.dkd_warmup to at most 2 for the full weight") == 1
+    assert r.stderr.count("student: kd.dkd.warmup=20 is longer than student.epochs=2: the DKD term reaches only 2/20 "
+                          "of its weight; set kd.dkd.warmup to at most 2 for the full weight") == 1
 
 
 def test_hard_label_distillation_trains_from_the_cache_end_to_end(shared, tmp_path):

@@ -14,10 +14,10 @@ R=cifar10_resnet20_to_resnet8
 T=$RUNS/teacher
 declare -A METHOD=(
   [kd]="kd.loss=kd"
-  [dkd]="kd.loss=dkd kd.dkd_warmup=1"
+  [dkd]="kd.loss=dkd kd.dkd.warmup=1"
   [dist]="kd.loss=dist"
   [kd_ls]="kd.loss=kd kd.logit_standardization=true kd.temperature=2 kd.alpha=9 kd.ce_weight=0.1"
-  [dkd_ls]="kd.loss=dkd kd.dkd_warmup=1 kd.logit_standardization=true kd.temperature=2"
+  [dkd_ls]="kd.loss=dkd kd.dkd.warmup=1 kd.logit_standardization=true kd.temperature=2"
 )
 run() {  # name, then overrides
   local name=$1; shift

@@ -28,9 +28,10 @@ from distill.data import transforms  # noqa: E402
 from distill.store import artifacts, layout, softlabels  # noqa: E402
 from distill.training import models, targets  # noqa: E402
 from distill.config import KDCfg  # noqa: E402
+from distill.methods.dkd import DKDSettings  # noqa: E402
 from distill.stages import student  # noqa: E402
 
-METHODS = {"kd": {}, "dkd": {"dkd_warmup": 0}, "dist": {}}  # each method's CIFAR defaults otherwise
+METHODS = {"kd": {}, "dkd": {"dkd": DKDSettings(warmup=0)}, "dist": {}}  # each method's CIFAR defaults otherwise
 
 
 def _students(run: Path, cfg: config.Config, num_classes: int) -> dict[str, torch.nn.Module]:

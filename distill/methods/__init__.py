@@ -1,21 +1,26 @@
 """The distillation methods, one file each, registered by name: `kd.loss=NAME` picks one.
 
-Each method file (named as its method: kd.py is kd.loss=kd) holds the method's pure loss function (also public as `distill.losses.NAME`) and one `Method`
-subclass, which registers itself: its name and help line (kd.loss's `--help` and choices are built from these),
-the settings checks it needs, and how the student's objective calls it. Adding a method is
-one new file here (found by name, nothing else to edit) and its test; a method defined elsewhere (a user's file, a
-test) registers the same way.
+Each method file (named as its method: kd.py is kd.loss=kd) holds the method's pure loss function (also public as
+`distill.losses.NAME`), its settings section (a dataclass of distill.fields.setting fields, set as
+`kd.NAME.KEY`) and one `Method` subclass, which registers itself: its name, help line and citation (kd.loss's
+`--help` and choices are built from these), the settings checks it needs, its model-card line and how the student's
+objective calls it. The schema's `kd` section is composed from the registered methods' settings (config.py).
+Adding a method is one new file here (found by name, nothing else to edit) and its test; a method defined elsewhere
+(a user's file, a test) registers the same way. The shared pieces (common/) are a package, never a method.
 
 Every method works in log space: the teacher's soft target arrives as log-probabilities at T (`log_q`), never as
-probabilities that a loss subtracts from 1, so a confident teacher gives the exact loss (logspace.py).
+probabilities that a loss subtracts from 1, so a confident teacher gives the exact loss (common/logspace.py).
 
-May import: torch, distill.errors, and the other modules of this folder. Nothing here reads config files, data or
-the cache: the objective (distill/training/objectives.py) hands each method the student's logits and the teacher's target.
+May import: torch, distill.errors, distill.fields, and the other modules of this folder. Nothing here reads config
+files, data or the cache: the objective (distill/training/objectives.py) hands each method the student's logits and
+the teacher's target.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+import sys
 from typing import TYPE_CHECKING
 
 from distill.errors import ConfigError
@@ -27,32 +32,72 @@ if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports this
 
 _REGISTRY: dict[str, "Method"] = {}
 _LOADED = False
-# helpers in this folder that define no kd.loss (feature distillation is added to any kd.loss: kd.feature_weight)
-_NOT_METHODS = {"crossentropy", "logspace", "standardize", "feature"}
+# what a method may read of the teacher's target: its distribution at T, or only its top-1 class
+TARGETS = ("distribution", "class")
 
 
 class Method:
-    """A distillation method. A subclass registers itself by name, with its help line and flags as class keywords:
+    """A distillation method. A subclass registers itself by name, with its help line, citation, settings section
+    and flags as class keywords:
 
-        class Mine(Method, name="mine", help="what it is (who proposed it)", needs_labels=True):
-            def __call__(self, student_logits, log_q, batch, kd_cfg, epoch): ...
+        @dataclass
+        class MineSettings:  # kd.mine.weight; fields made with distill.fields.setting
+            weight: float = setting(1.0, doc="weight of the term", ge=0, changes=STUDENT)
+
+        class Mine(Method, name="mine", help="what it computes", cite="who proposed it", settings=MineSettings,
+                   needs_labels=True):
+            def __call__(self, student_logits, log_q, batch, kd_cfg, epoch): ...  # kd_cfg.mine.weight
+
+    Flags: `standardizable` (kd.logit_standardization may z-score the logits before it), `needs_labels` (needs each
+    sample's own class, so no mixup/cutmix on the student side), `balanceable` (kd.balance=scale may balance its term
+    against CE), `target` (what it reads of the teacher's target: "distribution", its log-probabilities at T, or
+    "class", only its top-1 class, exact from a cache of any cache.topk), `token` (the kd.token value under which
+    this method teaches a distillation head, whatever kd.loss is).
     """
 
     name: str = ""
-    help: str = ""  # one line: what it is and who proposed it (kd.loss's help)
-    standardizable: bool = True  # kd.logit_standardization may z-score the logits before it
-    needs_labels: bool = False  # needs each sample's own class (so no mixup/cutmix on the student side)
-    balanceable: bool = False  # kd.balance=scale may balance its term against CE
+    help: str = ""  # one line: what it computes (kd.loss's help)
+    cite: str = ""  # who proposed it (kd.loss's help and the model card)
+    settings: type | None = None  # its section kd.NAME (a dataclass), or None: no settings of its own
+    standardizable: bool = True
+    needs_labels: bool = False
+    balanceable: bool = False
+    target: str = "distribution"
+    token: str | None = None
 
-    def __init_subclass__(cls, *, name: str, help: str, **flags):
+    def __init_subclass__(cls, *, name: str, help: str, cite: str = "", settings: type | None = None, **flags):
         super().__init_subclass__()
-        unknown = set(flags) - {"standardizable", "needs_labels", "balanceable"}
+        unknown = set(flags) - {"standardizable", "needs_labels", "balanceable", "target", "token"}
         if unknown:
             raise TypeError(f"distill.methods: {cls.__name__} sets unknown flags {sorted(unknown)}")
-        cls.name, cls.help = name, help
+        if flags.get("target", cls.target) not in TARGETS:
+            raise TypeError(f"distill.methods: {cls.__name__}'s target is one of {', '.join(TARGETS)}")
+        if settings is not None and not dataclasses.is_dataclass(settings):
+            raise TypeError(f"distill.methods: {cls.__name__}'s settings must be a dataclass")
+        cls.name, cls.help, cls.cite, cls.settings = name, help, cite or cls.cite, settings
         for flag, value in flags.items():
             setattr(cls, flag, value)
         register(cls)
+
+    def own(self, kd: "KDCfg"):
+        """This method's settings section of `kd` (kd.NAME), or None when it has none."""
+        return getattr(kd, self.name) if self.settings is not None else None
+
+    def card_line(self, kd: "KDCfg") -> str:
+        """The method as the model card names it: its name, citation and own settings."""
+        own = self.own(kd)
+        values = [f"{f.name} {getattr(own, f.name)}" for f in dataclasses.fields(own)] if own is not None else []
+        return ", ".join([f"{self.name} ({self.cite})" if self.cite else self.name, *values])
+
+    def ignored(self, cfg: "Config") -> list[str]:
+        """One line for each of this method's settings given a value that this run never reads (another method
+        trains the student)."""
+        if self.settings is None or chosen(cfg.kd) is self:
+            return []
+        own, default = self.own(cfg.kd), self.settings()
+        return [f"kd.{self.name}.{f.name}={getattr(own, f.name)} is read by kd.loss={self.name} only; this run "
+                f"(kd.loss={cfg.kd.loss}) ignores it"
+                for f in dataclasses.fields(own) if getattr(own, f.name) != getattr(default, f.name)]
 
     def active(self, kd: "KDCfg") -> bool:
         """Whether the method adds anything with these settings (False: CE alone, the teacher is not asked)."""
@@ -102,9 +147,21 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def reload() -> None:
+    """Read this folder again: the next look-up imports a method file added since, and a method whose file is gone
+    is forgotten (with its module)."""
+    global _LOADED
+    files = set(_files())
+    for name in [n for n, m in _REGISTRY.items() if type(m).__module__ == f"{__name__}.{n}" and n not in files]:
+        del _REGISTRY[name]
+        sys.modules.pop(f"{__name__}.{name}", None)
+    importlib.invalidate_caches()
+    _LOADED = False
+
+
 def _files() -> list[str]:
-    """The method files of this folder, each named as its method."""
-    return [i.name for i in pkgutil.iter_modules(__path__) if not i.name.startswith("_") and i.name not in _NOT_METHODS]
+    """The method files of this folder, each named as its method (a package here, such as common/, is not one)."""
+    return [i.name for i in pkgutil.iter_modules(__path__) if not i.ispkg and not i.name.startswith("_")]
 
 
 def _load_builtin() -> None:
@@ -136,6 +193,16 @@ def get(name: str) -> Method:
     return _REGISTRY[name]
 
 
+def chosen(kd: "KDCfg") -> Method:
+    """The method that trains the student: the one that teaches kd.token's distillation head, if a method is bound to
+    that token, else kd.loss's."""
+    bound = [m for m in all_methods() if kd.token is not None and m.token == kd.token]
+    return bound[0] if bound else get(kd.loss)
+
+
 def help_line() -> str:
-    """kd.loss's help: every method with its one line."""
-    return " | ".join(f"{m.name}: {m.help}" for m in all_methods())
+    """kd.loss's help: every method with its one line, citation and, when it reads less than the teacher's
+    distribution, what it reads."""
+    read = {"distribution": "", "class": "; reads only the teacher's top-1 class"}
+    return " | ".join(f"{m.name}: {m.help}" + (f" ({m.cite})" if m.cite else "") + read[m.target]
+                      for m in all_methods())

@@ -8,14 +8,17 @@ teacher's class distributions at tau = T (p = softmax(student / T), q = softmax(
 The Pearson correlation is the authors' (cosine of the centred vectors, 1e-8 added to the product of norms). It
 takes probabilities, which a confident teacher does not spoil (no 1 - q). In the student's objective: w_ce * CE +
 loss, w_ce = kd.ce_weight (null: 1). The authors' CIFAR-100 setting (beta = gamma = 2, tau = 4, CE weight 1) is
-kd.dist_beta=2 kd.dist_gamma=2 kd.temperature=4; ImageNet: beta = gamma = 1, tau = 1.
+kd.dist.beta=2 kd.dist.gamma=2 kd.temperature=4; ImageNet: beta = gamma = 1, tau = 1.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from distill.fields import MAX_WEIGHT, STUDENT, setting
 from distill.methods import Method
-from distill.methods.logspace import log_softmax_at
+from distill.methods.common.logspace import log_softmax_at
 
 
 def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -43,8 +46,21 @@ def dist(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
     return _terms(student_logits, log_softmax_at(teacher_logits, temperature), temperature, beta, gamma)
 
 
-class DIST(Method, name="dist", standardizable=False,
-           help="CE + (kd.dist_beta * inter + kd.dist_gamma * intra) * T^2, Pearson relations (Huang et al. 2022)"):
-    """kd.loss=dist: the module docstring gives the formula and the authors' settings."""
+@dataclass
+class DISTSettings:
+    """kd.dist: DIST's own settings (tau is kd.temperature)."""
+    beta: float = setting(2.0, doc="weight of the inter-class relation (DIST's CIFAR setting 2; tau is "
+                                   "kd.temperature, 4 on CIFAR)", ge=0, le=MAX_WEIGHT, changes=STUDENT)
+    gamma: float = setting(2.0, doc="weight of the intra-class relation (DIST's CIFAR setting 2)", ge=0,
+                           le=MAX_WEIGHT, changes=STUDENT)
+
+
+class DIST(Method, name="dist", standardizable=False, settings=DISTSettings, cite="Huang et al. 2022",
+           help="CE + (kd.dist.beta * inter + kd.dist.gamma * intra) * T^2, Pearson relations"):
+    """kd.loss=dist: the module docstring gives the formula and the authors' settings; reads the teacher's
+    distribution at T."""
+    def card_line(self, kd_cfg) -> str:
+        return f"DIST ({self.cite}), beta {kd_cfg.dist.beta}, gamma {kd_cfg.dist.gamma}"
+
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
-        return _terms(student_logits, log_q, kd_cfg.temperature, kd_cfg.dist_beta, kd_cfg.dist_gamma)
+        return _terms(student_logits, log_q, kd_cfg.temperature, kd_cfg.dist.beta, kd_cfg.dist.gamma)

@@ -11,22 +11,21 @@ Everything is computed in log space: p_rest is the logsumexp over the other clas
 the rest at T = 1, DKD's ImageNet setting); and log1p(-p_t) where p_t <= 1/2, so a small p_t (many classes, high T)
 keeps its digits too. With two classes p^ is one class with probability 1 and nckd is 0.
 
-In the student's objective: w_ce * CE + min((epoch + 1) / kd.dkd_warmup, 1) * loss, w_ce = kd.ce_weight (null: 1).
-The authors' settings (mdistiller): CIFAR-100 CE_WEIGHT 1, ALPHA 1, BETA 8 (2 for resnet56 -> resnet20 and
-resnet110 -> resnet32), T 4, WARMUP 20 -> kd.dkd_alpha=1 kd.dkd_beta=8 kd.temperature=4 kd.dkd_warmup=20;
-ImageNet ALPHA 0.5, BETA 0.5, T 1, WARMUP 1. mdistiller's warm-up factor is epoch / WARMUP with 1-based epochs, the
-same as ours with 0-based ones. With logit standardization the authors' training script (`--logit-stand --kd-weight 9`)
-sets ALPHA = ALPHA * 9 and then BETA = ALPHA * 9, i.e. 81 whatever BETA was, and leaves DKD's T as it was (its
-`--base-temp` goes to KD.TEMPERATURE, which DKD does not read): kd.logit_standardization=true kd.dkd_alpha=9
-kd.dkd_beta=81 kd.temperature=4 for resnet32x4 -> resnet8x4 (BETA * 9 = 72 is what the flag's name suggests).
+In the student's objective: w_ce * CE + min((epoch + 1) / kd.dkd.warmup, 1) * loss, w_ce = kd.ce_weight (null: 1).
+The authors' settings (mdistiller, CFG.DKD.*): CIFAR-100 ALPHA 1, BETA 8, T 4, WARMUP 20 -> kd.dkd.alpha=1
+kd.dkd.beta=8 kd.temperature=4 kd.dkd.warmup=20; ImageNet ALPHA 0.5, BETA 0.5, T 1, WARMUP 1. mdistiller's warm-up
+factor is epoch / WARMUP with 1-based epochs, the same as ours with 0-based ones.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from distill.fields import MAX_WEIGHT, STUDENT, setting
 from distill.methods import Method
-from distill.methods.logspace import kl_rows, log_rest, log_softmax_at
+from distill.methods.common.logspace import kl_rows, log_rest, log_softmax_at
 
 
 def per_sample(student_logits: torch.Tensor, log_q: torch.Tensor, labels: torch.Tensor,
@@ -60,23 +59,38 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torc
     return _terms(*per, temperature, alpha, beta)
 
 
-class DKD(Method, name="dkd", needs_labels=True,
-          help="CE + warm-up * (kd.dkd_alpha * TCKD + kd.dkd_beta * NCKD) * T^2, decoupled KD (Zhao et al. 2022)"):
-    """kd.loss=dkd: the module docstring gives the formula and the authors' settings."""
+@dataclass
+class DKDSettings:
+    """kd.dkd: DKD's own settings (mdistiller's CFG.DKD.*)."""
+    alpha: float = setting(1.0, doc="weight of the target-class term TCKD (DKD's CIFAR default 1)", ge=0,
+                           le=MAX_WEIGHT, changes=STUDENT)
+    beta: float = setting(8.0, doc="weight of the non-target term NCKD (DKD's CIFAR default 8; 2 for resnet56 -> "
+                                   "resnet20 and resnet110 -> resnet32)", ge=0, le=MAX_WEIGHT, changes=STUDENT)
+    warmup: int = setting(20, doc="epochs over which the DKD term ramps up linearly (DKD's CIFAR default 20)", ge=0,
+                          changes=STUDENT)
+
+
+class DKD(Method, name="dkd", needs_labels=True, settings=DKDSettings, cite="Zhao et al. 2022",
+          help="CE + warm-up * (kd.dkd.alpha * TCKD + kd.dkd.beta * NCKD) * T^2, decoupled KD"):
+    """kd.loss=dkd: the module docstring gives the formula and the authors' settings; reads the teacher's
+    distribution at T and each sample's class."""
+    def card_line(self, kd_cfg) -> str:
+        return f"DKD ({self.cite}), alpha {kd_cfg.dkd.alpha}, beta {kd_cfg.dkd.beta}"
+
     def warnings(self, cfg) -> list[str]:
         """A warm-up longer than the student's schedule: the DKD term never reaches its full weight."""
-        warmup, epochs = cfg.kd.dkd_warmup, cfg.student.epochs
+        warmup, epochs = cfg.kd.dkd.warmup, cfg.student.epochs
         if warmup and warmup > epochs:
-            return [f"kd.dkd_warmup={warmup} is longer than student.epochs={epochs}: the DKD term reaches only "
-                    f"{epochs}/{warmup} of its weight; set kd.dkd_warmup to at most {epochs} for the full weight"]
+            return [f"kd.dkd.warmup={warmup} is longer than student.epochs={epochs}: the DKD term reaches only "
+                    f"{epochs}/{warmup} of its weight; set kd.dkd.warmup to at most {epochs} for the full weight"]
         return []
 
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
-        temperature = kd_cfg.temperature
+        temperature, own = kd_cfg.temperature, kd_cfg.dkd
         tckd, nckd = per_sample(student_logits, log_q, batch["label"], temperature)
         if "partner_label" in batch:  # a cached mixed view: its two classes, weighted like the hard labels
             lam = batch["lam"].float()
             tckd_p, nckd_p = per_sample(student_logits, log_q, batch["partner_label"], temperature)
             tckd, nckd = lam * tckd + (1 - lam) * tckd_p, lam * nckd + (1 - lam) * nckd_p
-        warm = min((epoch + 1) / kd_cfg.dkd_warmup, 1.0) if kd_cfg.dkd_warmup else 1.0
-        return _terms(tckd, nckd, temperature, warm * kd_cfg.dkd_alpha, warm * kd_cfg.dkd_beta)
+        warm = min((epoch + 1) / own.warmup, 1.0) if own.warmup else 1.0
+        return _terms(tckd, nckd, temperature, warm * own.alpha, warm * own.beta)

@@ -14,7 +14,7 @@ import torch
 
 from distill.errors import ConfigError
 from distill.methods import Method
-from distill.methods.logspace import kl_rows, log_softmax_at
+from distill.methods.common.logspace import kl_rows, log_softmax_at
 
 
 def from_log_probs(student_logits: torch.Tensor, log_q: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -30,9 +30,13 @@ def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
     return {"kd": term, "loss": term}
 
 
-class KD(Method, name="kd", balanceable=True,
-         help="kd.alpha * KL(q_T || p_T) * T^2 + CE (Hinton et al. 2015)"):
-    """kd.loss=kd: the module docstring gives the formula and the authors' settings."""
+class KD(Method, name="kd", balanceable=True, cite="Hinton et al. 2015",
+         help="kd.alpha * KL(q_T || p_T) * T^2 + CE"):
+    """kd.loss=kd: the module docstring gives the formula and the authors' settings. No settings section of its
+    own: kd.alpha, kd.ce_weight and kd.temperature are the generic kd keys."""
+    def card_line(self, kd_cfg) -> str:
+        return f"KD ({self.cite}), alpha {kd_cfg.alpha}"
+
     def active(self, kd_cfg) -> bool:
         """With kd.alpha 0 there is nothing to distil: CE alone, no teacher asked."""
         return kd_cfg.alpha > 0

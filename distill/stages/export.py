@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import data, faults, files
+from distill import data, faults, files, methods
 from distill.config import Config, teacher_sections
 from distill.data import transforms
-from distill.errors import ConfigError, DataError
+from distill.errors import DataError
 from distill.store import layout
 from distill.training import models
 from distill.training.context import RunContext
@@ -41,10 +41,7 @@ CIFAR_RESNETS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "res
 def preprocessing(cfg: Config, norm: dict) -> dict:
     """The evaluation view as timm's pretrained_cfg states it: `cifar` views resize the image to the input size
     (timm's `squash`), `imagenet` views resize to size / crop_pct and crop the centre."""
-    data_cfg = cfg.data
-    if data_cfg.per_image_norm:
-        raise ConfigError("data.per_image_norm: timm's preprocessing has no per-image standardisation; export needs "
-                          "a recipe with mean/std")
+    data_cfg = cfg.data  # data.per_image_norm has none: refused by config (Config.check) for a run that exports
     cifar = data_cfg.transform == "cifar"
     return {"input_size": (3, data_cfg.image_size, data_cfg.image_size), "interpolation": "bilinear",
             "crop_pct": 1.0 if cifar else data_cfg.crop_pct, "crop_mode": "squash" if cifar else "center",
@@ -131,12 +128,7 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
 def _method_line(cfg: Config) -> str:
     """The distillation method with its paper and settings, as the card names it."""
     kd = cfg.kd
-    line = {"kd": f"KD (Hinton et al. 2015), alpha {kd.alpha}",
-            "dkd": f"DKD (Zhao et al. 2022), alpha {kd.dkd_alpha}, beta {kd.dkd_beta}",
-            "dist": f"DIST (Huang et al. 2022), beta {kd.dist_beta}, gamma {kd.dist_gamma}",
-            "hard": f"hard-label distillation (DeiT, Touvron et al. 2021), alpha {kd.alpha}, smoothing "
-                    f"{kd.hard_smoothing}"}.get(kd.loss, f"kd.loss={kd.loss}")
-    return line + (", logit standardization" if kd.logit_standardization else "")
+    return methods.get(kd.loss).card_line(kd) + (", logit standardization" if kd.logit_standardization else "")
 
 
 def _scores(models_: dict, shown: list[str]) -> str:

@@ -25,7 +25,7 @@ import torch
 from distill import faults, files
 from distill.data import views
 from distill.errors import DataError
-from distill.methods.standardize import standardize
+from distill.methods.common.standardize import standardize
 
 log = logging.getLogger("distill")
 

@@ -247,7 +247,7 @@ def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> t
 
 
 class Ensemble(nn.Module):
-    """Several classifiers as one, combined as the student's target is (methods.logspace.ensemble: mean_probs or
+    """Several classifiers as one, combined as the student's target is (common.logspace.ensemble: mean_probs or
     mean_logits, weighted, at temperature T, on z-scored logits with kd.logit_standardization): the output is the
     combined log-probabilities, so its argmax is the ensemble's prediction."""
 
@@ -258,8 +258,8 @@ class Ensemble(nn.Module):
         self.register_buffer("weights", torch.tensor(weights or [1.0] * len(nets), dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from distill.methods.logspace import ensemble, log_softmax_at
-        from distill.methods.standardize import standardize
+        from distill.methods.common.logspace import ensemble, log_softmax_at
+        from distill.methods.common.standardize import standardize
 
         outs = [net(x).float() for net in self.nets]
         return ensemble(torch.stack([log_softmax_at(standardize(z) if self.standardized else z, self.temperature)

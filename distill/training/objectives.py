@@ -14,8 +14,8 @@ import torch
 
 from distill import methods
 from distill.config import KDCfg
-from distill.methods import crossentropy, feature, logspace
-from distill.methods.standardize import standardize
+from distill.methods.common import crossentropy, feature, logspace
+from distill.methods.common.standardize import standardize
 from distill.training import tricks
 
 
@@ -57,7 +57,7 @@ class Distillation:
 
     def __init__(self, cfg: KDCfg, num_classes: int, label_smoothing: float, teacher):
         self.cfg, self.num_classes, self.label_smoothing, self.teacher = cfg, num_classes, label_smoothing, teacher
-        self.method = methods.get("hard" if cfg.token == "hard" else cfg.loss)
+        self.method = methods.chosen(cfg)
         self.ce_weight = cfg.ce_weight if cfg.ce_weight is not None else self.method.ce_weight(cfg)
         self.focal_alpha = torch.tensor(cfg.focal_alpha) if cfg.focal_alpha else None
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from distill.methods.logspace import ensemble, log_softmax_at
-from distill.methods.standardize import standardize
+from distill.methods.common.logspace import ensemble, log_softmax_at
+from distill.methods.common.standardize import standardize
 
 STD_EPS = 1e-7  # standardize()'s epsilon, applied here to the stored mean and std
 

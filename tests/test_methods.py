@@ -1,0 +1,117 @@
+"""A distillation method is one file: a new file in distill/methods/ is selectable, configurable, validated,
+documented and named on the model card, with no other file touched."""
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from distill import config, methods
+from distill.errors import ConfigError
+
+TOY = ROOT / "distill" / "methods" / "toymethod.py"
+TOY_SOURCE = '''"""A method written by tests/test_methods.py (removed after it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distill.fields import STUDENT, setting
+from distill.methods import Method
+
+
+@dataclass
+class ToySettings:
+    weight: float = setting(0.5, doc="the toy term's weight, in [0, 1]", ge=0, le=1, changes=STUDENT)
+
+
+class Toy(Method, name="toymethod", help="kd.toymethod.weight * mean squared log-probability gap", cite="a test",
+          settings=ToySettings):
+    def __call__(self, student_logits, log_q, batch, kd_cfg, epoch):
+        term = (student_logits.float().log_softmax(1) - log_q).pow(2).mean()
+        return {"toy": term, "loss": kd_cfg.toymethod.weight * term}
+'''
+
+
+@pytest.fixture
+def toy_method():
+    """distill/methods/toymethod.py, written for the test and removed after it (the registry read again)."""
+    assert not TOY.exists()
+    TOY.write_text(TOY_SOURCE)
+    methods.reload()
+    try:
+        yield
+    finally:
+        TOY.unlink()
+        for cached in (TOY.parent / "__pycache__").glob("toymethod.*"):
+            cached.unlink()
+        methods.reload()
+
+
+def test_a_new_method_file_is_selectable_validated_documented_and_on_the_card(toy_method):
+    from distill.stages import export
+    from distill.store import fingerprints
+    from distill.training import objectives
+
+    assert "toymethod" in methods.names()
+    cfg = config.validate({"kd": {"loss": "toymethod", "toymethod": {"weight": 0.25}}})
+    assert cfg.kd.toymethod.weight == 0.25 and type(methods.chosen(cfg.kd)).__name__ == "Toy"
+    with pytest.raises(ConfigError) as err:
+        config.validate({"kd": {"loss": "toymethod", "toymethod": {"weight": 2.0}}})
+    assert str(err.value) == "kd.toymethod.weight: 2.0 must be <= 1"
+    assert export._method_line(cfg) == "toymethod (a test), weight 0.25"
+    assert fingerprints.tags()["kd.toymethod.weight"] == ("student",)
+    assert config.inert(config.validate({"kd": {"toymethod": {"weight": 0.25}}})) == [
+        "kd.toymethod.weight=0.25 is read by kd.loss=toymethod only; this run (kd.loss=kd) ignores it"]
+
+    class Fixed:  # a teacher whose target is given
+        sees_mixed_input = False
+
+        def log_probs(self, batch, x, temperature, standardize):
+            return log_q
+
+    logits, log_q = torch.randn(4, 3), torch.randn(4, 3).log_softmax(1)
+    batch = {"label": torch.tensor([0, 1, 2, 0])}
+    got = objectives.Distillation(cfg.kd, 3, 0.0, Fixed())(logits, batch, None, None, objectives.Progress(0, 0))
+    toy = (logits.log_softmax(1) - log_q).pow(2).mean()
+    ce = torch.nn.functional.cross_entropy(logits, batch["label"])
+    assert torch.allclose(got["toy"], toy) and torch.allclose(got["loss"], ce + 0.25 * toy)  # CE weight: 1
+
+    helptext = run_cli("--help", cwd=ROOT).stdout
+    assert re.search(r"kd\.toymethod\.weight +the toy term's weight, in \[0, 1\]", helptext)
+    assert "toymethod: kd.toymethod.weight * mean squared log-probability gap (a test)" in helptext
+    r = run_cli("kd.loss=toymethod", "kd.toymethod.weight=2", cwd=ROOT)
+    assert (r.returncode, r.stderr.strip()) == (2, "error: kd.toymethod.weight: 2.0 must be <= 1")
+
+
+@pytest.mark.parametrize("old, new", sorted(config.RENAMED.items()))
+def test_an_old_method_key_names_its_new_one(old, new, tmp_path):
+    """On the command line (before Hydra) and in a recipe (at validation), in one line."""
+    from distill import cli
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(old)}: renamed to {re.escape(new)}$"):
+        cli.check_overrides([f"{old}=1"], groups=set())
+    section, key = old.split(".")
+    with pytest.raises(ConfigError, match=f"^{re.escape(old)}: renamed to {re.escape(new)}$"):
+        config.validate({section: {key: 1}})
+
+
+def test_each_method_declares_its_settings_section_and_the_schema_is_composed_from_them():
+    """kd.NAME.KEY for each method with settings (mdistiller's CFG.DKD.* shape); KDCfg holds the generic keys and
+    those sections only; a method file is a module of distill/methods/, its shared pieces (common/) are not one."""
+    sections = {m.name: m.settings for m in methods.all_methods() if m.settings is not None}
+    assert set(sections) == {"dkd", "dist", "hard"}
+    kd = config.validate({}).kd
+    assert {f.name for f in dataclasses.fields(kd)} == {f.name for f in dataclasses.fields(config.KDBase)} | {
+        "dkd", "dist", "hard"}
+    assert (kd.dkd.alpha, kd.dkd.beta, kd.dkd.warmup, kd.dist.beta, kd.dist.gamma, kd.hard.smoothing) == (
+        1.0, 8.0, 20, 2.0, 2.0, 0.0)
+    assert "common" not in methods.names() and all(m.cite and m.help for m in methods.all_methods())
+
+
+def test_a_settings_check_inside_a_stage_is_a_config_check():
+    """A run that exports, with per-image standardisation (which timm's preprocessing cannot state), stops at
+    validation; a run that stops before the export does not."""
+    with pytest.raises(ConfigError, match=r"^data\.per_image_norm: timm's preprocessing has no per-image"):
+        config.validate({"data": {"per_image_norm": True}})
+    assert config.validate({"data": {"per_image_norm": True}, "stage": "student"}).stage == "student"
