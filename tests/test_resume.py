@@ -112,7 +112,7 @@ def _crash(loss):
 def _run_teacher(cfg, tmp_path):
     bundle = data.load(cfg.data)
     norm = layout.normalization(cfg.data, bundle)
-    return teacher.run(RunContext.make(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny"))
+    return teacher.run(RunContext.make(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny"))["teacher"]
 
 
 def test_damaged_checkpoint_is_never_half_loaded(parquet_file, tmp_path, monkeypatch, caplog):

@@ -208,7 +208,7 @@ def test_a_student_trains_from_a_mixed_view_cache(shared, tmp_path):
                  "student.epochs=1", "student.batch_size=16")
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
-    assert summary["cache"]["reused"] and summary["models"]["student"]["epochs"] == 1
+    assert summary["caches"]["teacher"]["reused"] and summary["models"]["student"]["epochs"] == 1
 
 
 def _meta(run, stage):

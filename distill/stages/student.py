@@ -160,8 +160,8 @@ def run(ctx: RunContext) -> dict:
     cfg, kd = ctx.cfg, ctx.cfg.kd
     caches = _soft_labels(ctx) if kd.teacher == "cached" else None
     if caches is None:
-        for one in ctx.teachers():
-            layout.trained(one.teacher_dir, "student", "teacher")
+        for teacher_ctx in ctx.teachers():
+            layout.trained(teacher_ctx.teacher_dir, "student", "teacher")
     inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, source(ctx), False)
     out = layout.student_dir(ctx.run_dir)
     fp = files.fingerprint(inputs)
@@ -180,24 +180,26 @@ def run(ctx: RunContext) -> dict:
 
 def source(ctx: RunContext) -> str:
     """What a KD student is made from, as its fingerprint records it: each teacher's cache fingerprint (cached KD)
-    or weights (online KD); an ensemble's, the hash of that list. Needs every teacher's weights on disk."""
+    or weights (online KD); several teachers', the hash of that list. Needs every teacher's weights on disk."""
     sources = []
-    for one in ctx.teachers():
+    for teacher_ctx in ctx.teachers():
         if ctx.cfg.kd.teacher == "cached":
-            identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
-            sources.append(layout.cache_dir(one.cfg, identity).name)
+            identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
+                                             teacher_ctx.acc.mixed_precision)
+            sources.append(layout.cache_dir(teacher_ctx.cfg, identity).name)
         else:
-            sources.append(files.sha256(one.teacher_dir / "model.safetensors"))
-    return sources[0] if not ctx.cfg.teachers else files.fingerprint(sources)
+            sources.append(files.sha256(teacher_ctx.teacher_dir / "model.safetensors"))
+    return sources[0] if len(sources) == 1 else files.fingerprint(sources)
 
 
 def _soft_labels(ctx: RunContext) -> list[softlabels.SoftLabels]:
     """Each teacher's complete cache for this run's settings; an ensemble's must hold the same views of the same
     images and classes (one line naming both caches otherwise)."""
     caches = []
-    for one in ctx.teachers():
-        identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
-        caches.append(softlabels.SoftLabels(layout.cache_dir(one.cfg, identity)))
+    for teacher_ctx in ctx.teachers():
+        identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
+                                         teacher_ctx.acc.mixed_precision)
+        caches.append(softlabels.SoftLabels(layout.cache_dir(teacher_ctx.cfg, identity)))
     for other in caches[1:]:
         problem = softlabels.ensemble_problem(caches[0], other, ctx.cfg.kd.temperature)
         if problem:
@@ -222,18 +224,18 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
                     for j, c in enumerate(caches)]
     else:
         teachers = []
-        for one in ctx.teachers():
-            model, _ = models.load_trained(one.teacher_dir, ctx.num_classes, "student", "teacher")
+        for teacher_ctx in ctx.teachers():
+            model, _ = models.load_trained(teacher_ctx.teacher_dir, ctx.num_classes, "student", "teacher")
             width = None
             if cfg.kd.feature_weight > 0:  # the live teacher answers (logits, pooled feature) in one forward
                 problem = models.feature_problem(model)
                 if problem:
                     raise ConfigError(f"kd.feature_weight: timm cannot give the pooled feature of the teacher "
-                                      f"{one.cfg.teacher.model}: {problem}")
+                                      f"{teacher_ctx.cfg.teacher.model}: {problem}")
                 model, width = models.PooledTeacher(model), models.feature_width(model)
             teachers.append(targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast, width))
         loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
-    if not cfg.teachers:
+    if len(teachers) == 1:
         return teachers[0], loader
     return targets.Ensemble(teachers, cfg.kd.teacher_weights, cfg.kd.ensemble), loader
 
