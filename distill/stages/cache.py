@@ -241,7 +241,7 @@ def run(ctx: RunContext) -> dict[str, dict] | None:
 def _one_teacher(ctx: RunContext) -> dict:
     cfg, acc = ctx.cfg, ctx.acc
     start_all = time.perf_counter()
-    layout.trained(ctx.teacher_dir, "cache", "teacher")
+    layout.require_trained(ctx.teacher_dir, "cache", "teacher")
     identity = layout.cache_identity(cfg, ctx.data, ctx.norm, ctx.run_dir, acc.mixed_precision)
     folder = layout.cache_dir(cfg, identity)
     # one run labels a cache at a time; the lock beside the folder, whose bytes must not depend on who wrote them
@@ -252,7 +252,7 @@ def _one_teacher(ctx: RunContext) -> dict:
 def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -> dict:
     """The complete cache in `folder`: reused when every checksum holds, else labelled (what is missing)."""
     cfg, acc = ctx.cfg, ctx.acc
-    complete = artifacts.on_main(acc, lambda: softlabels.prepare(folder, folder.name))
+    complete = artifacts.on_main(acc, lambda: softlabels.reusable_or_cleared(folder, folder.name))
     if complete is not None:
         log.info(f"{layout.named('cache', ctx.teacher_name, ' ')}: reusing {folder}")
         _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, complete, None)
@@ -320,7 +320,7 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, 
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
     todo = [s for s in mine if not softlabels.shard_done(folder, s, settings.features)]
     total = sum(min((s + 1) * settings.shard_size, n) - s * settings.shard_size for s in todo)
-    base = softlabels.smaller(Path(settings.root), identity) if todo else None
+    base = softlabels.cache_to_grow_from(Path(settings.root), identity) if todo else None
     first = base[1]["views"] if base is not None else 0
     log.info(f"cache: {n} images x {settings.views} views, top-{identity['cache.topk']} at T={temperature:g}, "
              f"{n_shards} shards ({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")

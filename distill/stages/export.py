@@ -199,7 +199,7 @@ def run(ctx: RunContext) -> dict | None:
     """The student's export folder, rebuilt when the student, its numbers or the export settings changed."""
     cfg, acc, run_dir = ctx.cfg, ctx.acc, ctx.run_dir
     out = run_dir / "export"
-    meta = layout.trained(layout.student_dir(run_dir), "export", "student")
+    meta = layout.require_trained(layout.student_dir(run_dir), "export", "student")
     summary = files.read_json(run_dir / "summary.json")
     if summary is None:
         raise DataError(f"export: no report in {run_dir} (summary.json); run stage=export (or stage=all)")

@@ -46,7 +46,7 @@ def run(ctx: RunContext) -> dict[str, dict]:
     done = {}
     for teacher_ctx in ctx.teachers():
         with artifacts.held(teacher_ctx.acc, teacher_ctx.teacher_dir):
-            done[teacher_ctx.teacher_name] = _run(teacher_ctx)
+            done[teacher_ctx.teacher_name] = _train_or_load(teacher_ctx)
     return done
 
 
@@ -60,7 +60,7 @@ def _refuse_other_teacher(folder, fp: str) -> None:
                           f"sharing it use; give this run its own teacher.dir, or delete {folder} to retrain it there")
 
 
-def _run(ctx: RunContext) -> dict:
+def _train_or_load(ctx: RunContext) -> dict:
     """The teacher of `ctx` (a teacher's context), trained or loaded, published in its folder: its meta."""
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
@@ -79,8 +79,9 @@ def _run(ctx: RunContext) -> dict:
     train_loader, val_loader = data.loaders(bundle, cfg.data, teacher.batch_size, seed)
     name = layout.named("teacher", ctx.teacher_name, " ")
     if epochs:
-        job = engine.Fit(cfg=teacher, epochs=epochs, lr_per_256=lr, out_dir=out, name=name, seed=seed,
-                         to_input=ctx.to_input, **engine.guards(cfg, fp))
+        trained = dataclasses.replace(teacher, epochs=epochs, optim=dataclasses.replace(teacher.optim, lr=lr))
+        job = engine.TrainingJob(cfg=trained, out_dir=out, name=name, seed=seed, to_input=ctx.to_input,
+                                 **engine.resume_and_nonfinite(cfg, fp))
         model, metrics = engine.fit(model, train_loader, val_loader, job,
                                     objectives.CrossEntropy(bundle.num_classes, teacher.label_smoothing), acc)
     else:

@@ -45,7 +45,7 @@ def student_dir(run_dir: Path, baseline: bool = False) -> Path:
     return run_dir / ("baseline" if baseline else "student")
 
 
-def trained(folder: Path, needed_by: str, what: str) -> dict:
+def require_trained(folder: Path, needed_by: str, what: str) -> dict:
     """The meta.json of the model stage `what` trained into `folder`; a missing one stops the run in one line
     naming the stage that makes it."""
     meta = files.read_json(folder / "meta.json")
