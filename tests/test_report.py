@@ -6,6 +6,7 @@ import pytest
 
 from conftest import run_here, tiny_dataset, tiny_overrides
 from distill import freshness, report
+from distill.errors import DataError
 from distill.store import artifacts, layout
 
 
@@ -56,7 +57,15 @@ def test_a_meta_json_edited_by_hand_is_not_sealed():
     assert artifacts.sealed(json.loads(json.dumps(meta)))  # as read back from disk
     meta["metrics"]["top1"] = 99.9
     assert not artifacts.sealed(meta)
-    assert not artifacts.sealed(_meta("resnet8", 70.0))  # an older distill's: no seal
+    assert not artifacts.sealed(_meta("resnet8", 70.0))  # no seal at all
+
+
+def test_a_meta_json_without_its_seal_is_refused_not_reused_or_redone(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "meta.json").write_text(json.dumps(_meta("resnet8", 70.0) | {"fingerprint": "fp"}))
+    with pytest.raises(DataError, match=r"^student: .*meta.json was changed after it was written"):
+        artifacts.reusable(tmp_path, "fp", "student")
+    assert artifacts.reusable(tmp_path, "other", "student") is None  # made with other settings: the stage runs
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ log = logging.getLogger("distill")
 
 FORMAT_VERSION = 4  # 2: one view per teacher forward (growable); 3: + true-class logit, logit mean/std, lse of
 # z-scores; 4: the tail's own logsumexps (classes outside the top k and the view's classes), so that a reader never
-# forms 1 - sum(q), which cancels for a confident teacher
+# forms 1 - sum(q), which cancels for a confident teacher; 5: the inputs name cache.features also when false
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
 

@@ -168,8 +168,8 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, progress: dict) -> "TrainState":
-        """The state a checkpoint's progress.json saved (fields it lacks, from an older distill: their defaults)."""
-        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls) if f.name in progress})
+        """The state a checkpoint's progress.json saved."""
+        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls)})
 
 
 class _Sums:
