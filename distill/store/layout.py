@@ -31,7 +31,8 @@ def named(output: str, teacher: str, sep: str = "-") -> str:
 
 
 def teacher_dir(cfg: Config, run_dir: Path) -> Path:
-    """<run>/teacher, or teacher.dir when runs share one teacher (an ensemble's teacher: its own, RunContext)."""
+    """The folder of `cfg.teacher`: its `dir` (a teacher's context always names it, RunContext.teachers; runs may
+    share one), else <run>/teacher."""
     return Path(cfg.teacher.dir) if cfg.teacher.dir else run_dir / "teacher"
 
 
