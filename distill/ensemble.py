@@ -19,10 +19,10 @@ def score(ctx: RunContext) -> dict | None:
     """{top1, top5, val_count[, test_top1, test_top5, test_count]} of the combined teachers; None for one teacher
     (its own row is the ensemble)."""
     cfg, acc, bundle = ctx.cfg, ctx.acc, ctx.data
-    if len(cfg.teachers) < 2:
-        return None
     teachers = ctx.teachers()
-    metas = [files.read_json(one.teacher_dir / "meta.json") for one in teachers]
+    if len(teachers) < 2:
+        return None
+    metas = [files.read_json(teacher_ctx.teacher_dir / "meta.json") for teacher_ctx in teachers]
     if any(m is None for m in metas):
         return None
     kd = cfg.kd
@@ -32,7 +32,8 @@ def score(ctx: RunContext) -> dict | None:
     saved = files.read_json(ctx.run_dir / RECORD)
     if saved and saved.get("key") == key:
         return saved["metrics"]
-    nets = [models.load_trained(one.teacher_dir, bundle.num_classes, "report", "teacher")[0] for one in teachers]
+    nets = [models.load_trained(teacher_ctx.teacher_dir, bundle.num_classes, "report", "teacher")[0]
+            for teacher_ctx in teachers]
     net = models.Ensemble(nets, kd.teacher_weights, kd.ensemble, kd.temperature, kd.logit_standardization)
     _, val_loader = data.loaders(bundle, cfg.data, 256, cfg.seed)
     splits = {"": val_loader}

@@ -30,8 +30,8 @@ class Output:
 
 @dataclass
 class Survey:
-    """The run's outputs by their names in the report: `models` (teacher or teacher-NAME, student, baseline) and
-    `caches` (cache or cache-NAME; only when the current settings use a cache), and whether every teacher the
+    """The run's outputs: `models` by their names in the report (layout.named: teacher or teacher-NAME; student,
+    baseline), `caches` by teacher name (only when the current settings use a cache), and whether every teacher the
     current settings name is on disk and current."""
     models: dict[str, Output] = field(default_factory=dict)
     caches: dict[str, Output] = field(default_factory=dict)
@@ -44,8 +44,10 @@ class Survey:
         return {name: o for name, o in self.caches.items() if o.stale is None}
 
     def stale(self) -> dict[str, Output]:
-        """Every output the current settings would not make, models first."""
-        return {name: o for name, o in (self.models | self.caches).items() if o.stale is not None}
+        """Every output the current settings would not make by its name in the report (a cache: cache or
+        cache-NAME), models first."""
+        caches = {layout.named("cache", teacher): o for teacher, o in self.caches.items()}
+        return {name: o for name, o in (self.models | caches).items() if o.stale is not None}
 
 
 def uses_cache(ctx: RunContext) -> bool:
@@ -56,17 +58,17 @@ def uses_cache(ctx: RunContext) -> bool:
 def survey(ctx: RunContext) -> Survey:
     """Every teacher, cache, student and baseline of the run found on disk, each marked current or stale."""
     cfg, out = ctx.cfg, Survey()
-    for one in ctx.teachers():
-        suffix = "" if one.teacher_name == "teacher" else f"-{one.teacher_name}"
-        inputs = fingerprints.teacher_inputs(one.cfg, ctx.data.identity, ctx.norm)
-        found = _model(one.teacher_dir, inputs, "teacher", "stage=teacher")
+    for teacher_ctx in ctx.teachers():
+        name = teacher_ctx.teacher_name
+        inputs = fingerprints.teacher_inputs(teacher_ctx.cfg, ctx.data.identity, ctx.norm)
+        found = _model(teacher_ctx.teacher_dir, inputs, "teacher", "stage=teacher")
         if found is not None:
-            out.models["teacher" + suffix] = found
+            out.models[layout.named("teacher", name)] = found
         current = found is not None and found.stale is None
         out.teachers_current &= current
-        record = files.read_json(ctx.run_dir / layout.cache_record(one.teacher_name))
+        record = files.read_json(ctx.run_dir / layout.cache_record(name))
         if uses_cache(ctx) and record is not None:
-            out.caches["cache" + suffix] = Output(Path(record["folder"]), record, _cache_stale(one, record, current))
+            out.caches[name] = Output(Path(record["folder"]), record, _cache_stale(teacher_ctx, record, current))
     folder = layout.student_dir(ctx.run_dir)
     if out.teachers_current:
         inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, student.source(ctx), baseline=False)
@@ -105,13 +107,15 @@ def _model(folder: Path, inputs: dict | None, what: str, refresh: str, source: s
     return Output(folder, meta, f"made {why}; run {refresh} to refresh")
 
 
-def _cache_stale(one: RunContext, record: dict, teacher_current: bool) -> str | None:
-    """Why the cache this run recorded is not the one the current settings make (None: it is)."""
+def _cache_stale(teacher_ctx: RunContext, record: dict, teacher_current: bool) -> str | None:
+    """Why the cache this run recorded for the teacher of `teacher_ctx` is not the one the current settings make
+    (None: it is)."""
     refresh = "run stage=cache to refresh"
     if not teacher_current:
         return f"made from a teacher the current settings do not make; {refresh}"
-    identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
-    want = layout.cache_dir(one.cfg, identity)
+    identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
+                                     teacher_ctx.acc.mixed_precision)
+    want = layout.cache_dir(teacher_ctx.cfg, identity)
     manifest = softlabels.read_manifest(Path(record["folder"]))
     if Path(record["folder"]) == want:
         return None if manifest is not None else f"{want} is missing or incomplete; {refresh}"

@@ -6,8 +6,11 @@ import logging
 from pathlib import Path
 
 from distill import files, freshness
+from distill.store import layout
 
 log = logging.getLogger("distill")
+
+FORMAT_VERSION = 2  # summary.json; 2: `caches` by teacher name for one teacher too (1: `cache` or `caches`)
 
 
 def _metrics(folder: Path) -> list[dict]:
@@ -37,20 +40,18 @@ def _ensemble_row(ensemble: dict) -> dict:
 
 def summary(run_dir: Path, found: freshness.Survey, tests: dict | None = None, ensemble: dict | None = None) -> dict:
     """The run's numbers from the outputs the current settings make (`found`, freshness.survey): a row per current
-    model, its cache(s), the KD gain between a current student and baseline; every other output found is listed
-    under `stale` with its folder and why, and none of its numbers. `tests`: {model: {top1, top5, count}} on the
-    held-out test split (heldout.score), when there is one; `ensemble`: the combined teachers' own scores
-    (ensemble.score), a row of its own."""
+    model, each teacher's cache by teacher name (`caches`), the KD gain between a current student and baseline;
+    every other output found is listed under `stale` with its folder and why, and none of its numbers. `tests`:
+    {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one; `ensemble`: the
+    combined teachers' own scores (ensemble.score), a row of its own."""
     rows = {name: _row(o.record, (tests or {}).get(name)) for name, o in found.current_models().items()}
     if ensemble:  # after its teachers
         teachers = {name: r for name, r in rows.items() if name.startswith("teacher")}
         rows = teachers | {"ensemble": _ensemble_row(ensemble)} | {n: r for n, r in rows.items() if n not in teachers}
-    out = {"run": str(run_dir), "models": rows}
-    caches = {name: o.record for name, o in found.current_caches().items()}
-    if "cache" in caches:  # one teacher: its cache
-        out["cache"] = caches["cache"]
-    elif caches:  # an ensemble: each teacher's cache, in the teachers' order
-        out["caches"] = {name.split("-", 1)[1]: c for name, c in caches.items()}
+    out = {"format_version": FORMAT_VERSION, "run": str(run_dir), "models": rows}
+    caches = {teacher: o.record for teacher, o in found.current_caches().items()}  # in the teachers' order
+    if caches:
+        out["caches"] = caches
     stale = found.stale()
     if stale:
         out["stale"] = {name: {"folder": str(o.folder), "why": o.stale} for name, o in stale.items()}
@@ -58,10 +59,16 @@ def summary(run_dir: Path, found: freshness.Survey, tests: dict | None = None, e
         out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
         if "test_top1" in rows["student"] and "test_top1" in rows["baseline"]:
             out["kd_gain_test_top1"] = rows["student"]["test_top1"] - rows["baseline"]["test_top1"]
-    teacher = "ensemble" if "ensemble" in rows else "teacher"
-    if teacher in rows and "baseline" in rows:
+    teacher = _distilled(rows)
+    if teacher and "baseline" in rows:
         out["teacher_below_baseline"] = rows[teacher]["top1"] < rows["baseline"]["top1"]
     return out
+
+
+def _distilled(models: dict) -> str | None:
+    """The row of what the student learns from: the ensemble's, else the one teacher's (None: neither is shown)."""
+    teachers = [name for name in models if name.startswith("teacher")]
+    return "ensemble" if "ensemble" in models else teachers[0] if len(teachers) == 1 else None
 
 
 def table(s: dict) -> str:
@@ -77,13 +84,12 @@ def table(s: dict) -> str:
         t = (f" {r['test_top1']:9.2f}%" if "test_top1" in r else f" {'-':>10}") if test else ""
         lines.append(f"{name:{width}} {r['model']:{arch}} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} "
                      f"{r['params'] / 1e6:8.3f}M {ips:>11} {wall:>8}")
-    caches = {"cache": s["cache"]} if s.get("cache") else {}
-    caches |= {f"cache-{name}": c for name, c in s.get("caches", {}).items()}
-    for name, c in caches.items():
-        lines.append(f"{name:{width}} {'reused' if c.get('reused') else 'computed':{arch}} "
+    caches = s.get("caches", {})
+    for teacher, c in caches.items():
+        lines.append(f"{layout.named('cache', teacher):{width}} {'reused' if c.get('reused') else 'computed':{arch}} "
                      + (f"{c['images_per_s']:.0f} img/s, {c['wall_s']:.0f} s" if "wall_s" in c else "")
                      + f"  {c['folder']}")
-    c = s.get("cache") or next(iter(s.get("caches", {}).values()), None)
+    c = next(iter(caches.values()), None)
     left_out = {name: r["skipped_images"] for name, r in s["models"].items() if r.get("skipped_images")}
     if c and c.get("skipped_images"):
         left_out["cache"] = c["skipped_images"]
@@ -96,7 +102,7 @@ def table(s: dict) -> str:
         lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1"
                      + (f" (test: {s['kd_gain_test_top1']:+.2f})" if "kd_gain_test_top1" in s else ""))
     if s.get("teacher_below_baseline"):
-        which = "ensemble" if "ensemble" in s["models"] else "teacher"
+        which = _distilled(s["models"])
         t, b = s["models"][which]["top1"], s["models"]["baseline"]["top1"]
         lines.append(f"warning: the {which} ({t:.2f}%) scores below the CE baseline ({b:.2f}%): the student distils "
                      "a weaker model; train the teacher longer or pick a stronger one")

@@ -31,11 +31,13 @@ def point_dir(cfg: config.Config) -> Path | None:
     if hc.mode != RunMode.MULTIRUN:
         return None
     if not _sweeps_a_teacher(sys.argv[1:]):  # a sweep over teacher settings trains a teacher per point
-        shared = Path(cfg.run_root) / cfg.name
-        if cfg.teacher.dir is None and not cfg.teachers:
-            cfg.teacher.dir = str(shared / "teacher")
+        from distill.store import layout
+
+        shared = Path(cfg.run_root) / cfg.name  # each teacher's folder there (inert for an ensemble's `teacher`)
+        if cfg.teacher.dir is None:
+            cfg.teacher.dir = str(layout.default_teacher_dir(shared, layout.ONE_TEACHER))
         for entry in cfg.teachers:
-            entry.setdefault("dir", str(shared / "teachers" / entry["name"]))
+            entry.setdefault("dir", str(layout.default_teacher_dir(shared, entry["name"])))
     return _folder(cfg.run_root, cfg.name, hc.job.num)
 
 

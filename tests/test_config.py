@@ -29,7 +29,7 @@ def test_recipe_header_states_its_uses_per_view_and_cost(recipe):
     assert float(uses) == round(cfg.student.epochs / cfg.cache.views, 1)
     teachers = max(len(cfg.teachers), 1)  # an ensemble: each teacher labels its own cache (runs online)
     assert (int(cached), int(online)) == (teachers * cfg.cache.views, teachers * cfg.student.epochs)
-    assert cfg.cache.views == student.views_for(cfg.student.epochs)  # the fewest views the measured rule allows
+    assert cfg.cache.views == student.views_needed(cfg.student.epochs)  # the fewest views the measured rule allows
 
 
 def test_recipe_overrides_groups_and_keys():

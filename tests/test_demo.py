@@ -10,11 +10,11 @@ def test_demo_runs_every_stage_then_skips_what_is_done(demo):
     teacher = json.loads((run / "teacher" / "meta.json").read_text())
     assert teacher["metrics"]["top1"] >= 90.0 and teacher["metrics"]["val_count"] == 360
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["models"]) == {"teacher", "student", "baseline"} and not summary["cache"]["reused"]
+    assert set(summary["models"]) == {"teacher", "student", "baseline"} and not summary["caches"]["teacher"]["reused"]
     assert summary["models"]["student"]["top1"] > summary["models"]["baseline"]["top1"]  # what the demo shows
     assert "KD gain over the CE baseline" in r.stderr
     metas = {stage: (run / stage / "meta.json").read_bytes() for stage in ("teacher", "student", "baseline")}
     again = run_cli(f"run_root={where / 'runs'}", f"cache.root={where / 'cache'}", cwd=where)
     assert again.returncode == 0, again.stderr
     assert {stage: (run / stage / "meta.json").read_bytes() for stage in metas} == metas  # nothing retrained
-    assert json.loads((run / "summary.json").read_text())["cache"]["reused"]
+    assert json.loads((run / "summary.json").read_text())["caches"]["teacher"]["reused"]

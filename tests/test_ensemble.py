@@ -159,7 +159,7 @@ def test_a_one_teacher_ensemble_trains_the_single_teachers_student_bit_for_bit(s
     b = artifacts.load_weights(tmp_path / "runs" / "one" / "student")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "runs" / "one" / "teachers" / "only" / "meta.json").exists()  # the ensemble's own path
-    assert "cache: reusing" in one.stderr  # the same teacher's weights: the same cache
+    assert "cache only: reusing" in one.stderr  # the same teacher's weights: the same cache
 
 
 @pytest.mark.parametrize("teachers,weights,message", [

@@ -19,7 +19,7 @@ from distill import losses, run
 from distill.config import KDCfg
 from distill.data import views
 from distill.errors import DataError
-from distill.store import artifacts, fingerprints, softlabels
+from distill.store import artifacts, softlabels
 from distill.training import models, objectives, tricks
 
 FEATURES = {"cache__features": "true"}
@@ -143,14 +143,6 @@ def test_each_replayed_sample_brings_the_teachers_feature_of_the_very_view_it_re
         got = torch.stack([it["kd_feature"] for it in items])
         assert torch.allclose(got, live, rtol=2e-3, atol=1e-3)  # fp16 storage, folded BatchNorm
     assert "kd_feature" not in student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0)[0]
-
-
-def test_the_features_enter_the_cache_fingerprint_only_when_stored():
-    cfg = config_from(["cache.views=3"])
-    off = fingerprints.cache_identity(cfg, {"d": 1}, {}, 10, "sha", "no")
-    on = fingerprints.cache_identity(config_from(["cache.views=3", "cache.features=true"]), {"d": 1}, {}, 10, "sha",
-                                     "no")
-    assert "cache.features" not in off and on["cache.features"] is True  # a plain cache keeps its folder
 
 
 def test_a_kill_during_feature_labelling_resumes_to_identical_bytes(shared, tmp_path):

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import run_here, tiny_dataset, tiny_overrides
 from distill import freshness, report
-from distill.store import artifacts
+from distill.errors import DataError
+from distill.store import artifacts, layout
 
 
 def _meta(model: str, top1: float) -> dict:
@@ -14,13 +15,27 @@ def _meta(model: str, top1: float) -> dict:
             "metrics": {"top1": top1, "top5": 99.0, "images_per_s": 100.0, "epoch": 2}}
 
 
+@pytest.mark.parametrize("teacher", ["teacher", "teacher-only"])  # the one teacher, or a one-teacher ensemble's
 @pytest.mark.parametrize("teacher_top1, below", [(70.0, True), (80.0, False)])
-def test_report_flags_a_teacher_below_the_baseline(tmp_path, teacher_top1, below):
+def test_report_flags_a_teacher_below_the_baseline(tmp_path, teacher, teacher_top1, below):
     found = freshness.Survey(models={name: freshness.Output(tmp_path / name, _meta("resnet8", top1)) for name, top1
-                                     in (("teacher", teacher_top1), ("student", 74.0), ("baseline", 75.0))})
+                                     in ((teacher, teacher_top1), ("student", 74.0), ("baseline", 75.0))})
     s = report.summary(tmp_path, found)
     assert s["teacher_below_baseline"] is below
-    assert ("scores below the CE baseline (75.00%)" in report.table(s)) is below
+    assert (f"warning: the {teacher} ({teacher_top1:.2f}%) scores below the CE baseline (75.00%)"
+            in report.table(s)) is below
+
+
+@pytest.mark.parametrize("teachers, rows", [(["teacher"], ["cache     "]), (["a", "b"], ["cache-a   ", "cache-b   "])])
+def test_each_teachers_cache_is_listed_by_teacher_name_one_teacher_or_several(tmp_path, teachers, rows):
+    record = {"folder": "/c", "reused": True, "skipped_images": 2}
+    found = freshness.Survey(models={"student": freshness.Output(tmp_path / "s", _meta("resnet8", 74.0))},
+                             caches={t: freshness.Output(tmp_path / "c", record) for t in teachers})
+    s = report.summary(tmp_path, found)
+    assert s["caches"] == {t: record for t in teachers} and "cache" not in s
+    lines = report.table(s).splitlines()
+    assert [line[:10] for line in lines if line.startswith("cache")] == rows
+    assert lines[-1] == "left out, failing to decode (data.on_bad_image=skip): cache 2 images (training: last epoch)"
 
 
 def test_a_stale_output_is_listed_with_its_reason_and_none_of_its_numbers(tmp_path):
@@ -42,7 +57,15 @@ def test_a_meta_json_edited_by_hand_is_not_sealed():
     assert artifacts.sealed(json.loads(json.dumps(meta)))  # as read back from disk
     meta["metrics"]["top1"] = 99.9
     assert not artifacts.sealed(meta)
-    assert not artifacts.sealed(_meta("resnet8", 70.0))  # an older distill's: no seal
+    assert not artifacts.sealed(_meta("resnet8", 70.0))  # no seal at all
+
+
+def test_a_meta_json_without_its_seal_is_refused_not_reused_or_redone(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "meta.json").write_text(json.dumps(_meta("resnet8", 70.0) | {"fingerprint": "fp"}))
+    with pytest.raises(DataError, match=r"^student: .*meta.json was changed after it was written"):
+        artifacts.reusable(tmp_path, "fp", "student")
+    assert artifacts.reusable(tmp_path, "other", "student") is None  # made with other settings: the stage runs
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +100,7 @@ def _copy(pipeline, tmp_path):
 def test_the_full_run_shows_every_output_current(pipeline):
     s = _summary(pipeline[1])
     assert set(s["models"]) == {"teacher", "student", "baseline"} and "stale" not in s
-    assert "kd_gain_top1" in s and s["cache"]["folder"]
+    assert "kd_gain_top1" in s and s["caches"]["teacher"]["folder"] and s["format_version"] == report.FORMAT_VERSION
 
 
 @pytest.mark.parametrize("change, stale, current", [
@@ -103,7 +126,7 @@ def test_one_setting_changed_per_stage_marks_every_row(pipeline, tmp_path, chang
     r = run_here(*args, *change)
     assert r.returncode == 0, r.stderr
     s = _summary(run)
-    shown = set(s["models"]) | ({"cache"} if "cache" in s else set())
+    shown = set(s["models"]) | {layout.named("cache", teacher) for teacher in s.get("caches", {})}
     assert shown == current
     assert {name: entry["why"] for name, entry in s.get("stale", {}).items()}.keys() == stale.keys()
     for name, why in stale.items():

@@ -112,7 +112,7 @@ def _crash(loss):
 def _run_teacher(cfg, tmp_path):
     bundle = data.load(cfg.data)
     norm = layout.normalization(cfg.data, bundle)
-    return teacher.run(RunContext.make(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny"))
+    return teacher.run(RunContext.make(cfg, Accelerator(cpu=True), bundle, norm, tmp_path / "runs" / "tiny"))["teacher"]
 
 
 def test_damaged_checkpoint_is_never_half_loaded(parquet_file, tmp_path, monkeypatch, caplog):
@@ -143,7 +143,15 @@ def test_foreign_or_unrestorable_checkpoints_stop_the_run(parquet_file, tmp_path
     with pytest.raises(CheckpointError, match="written by another configuration of this stage; set resume=never"):
         _run_teacher(changed, tmp_path)
     folder = tmp_path / "runs" / "tiny" / "teacher" / "checkpoints"
-    for ckpt in checkpoint.complete(folder):
+    kept = {ckpt: (ckpt / "progress.json").read_text() for ckpt in checkpoint.complete(folder)}
+    for ckpt, text in kept.items():  # as an older distill wrote them: no format_version
+        (ckpt / "progress.json").write_text(json.dumps({k: v for k, v in json.loads(text).items()
+                                                        if k != "format_version"}))
+    with pytest.raises(CheckpointError, match=r"no checkpoint can be restored \(newest: .*it is checkpoint format 1, "
+                                              rf"this distill reads {checkpoint.FORMAT_VERSION}\)"):
+        _run_teacher(cfg, tmp_path)
+    for ckpt, text in kept.items():
+        (ckpt / "progress.json").write_text(text)
         (ckpt / "optimizer.bin").write_bytes(b"tampered")
     with pytest.raises(CheckpointError, match=r"no checkpoint can be restored \(newest: .*optimizer.bin fails its "
                                               r"checksum"):

@@ -94,7 +94,7 @@ def test_student_sample_replays_the_view_the_teacher_labelled(shared):
         replay.set_epoch(epoch)
         for i in (0, 5, 31, 47):
             got = replay[i]
-            v = student.view_for(i, epoch, 3, "cycle", 0)
+            v = student.view_of(i, epoch, 3, "cycle", 0)
             assert got["view_id"] == v
             seen.add(v)
             assert torch.equal(got["image"], items[i]["image"][v])  # the uint8 pixels the teacher labelled
@@ -209,7 +209,7 @@ def test_a_student_trains_from_a_mixed_view_cache(shared, tmp_path):
                  "student.epochs=1", "student.batch_size=16")
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
-    assert summary["cache"]["reused"] and summary["models"]["student"]["epochs"] == 1
+    assert summary["caches"]["teacher"]["reused"] and summary["models"]["student"]["epochs"] == 1
 
 
 def _meta(run, stage):
@@ -262,7 +262,7 @@ def test_replay_warning_past_the_views_rule_only():
     at = int(rule * v)  # each view replayed exactly `rule` times: within the rule
     assert student.replay_warning(at, v, 1000) is None
     warning = student.replay_warning(at + 1, v, 1000)
-    need = student.views_for(at + 1)
+    need = student.views_needed(at + 1)
     assert need > v and (at + 1) / need <= rule < (at + 1) / (need - 1)  # the fewest views that meet the rule
     assert f"cache.views={need}" in warning and f"{(need - v) * 1000:,} teacher forwards" in warning
 

@@ -303,7 +303,7 @@ def main() -> None:
         raw_rate = n / (time.perf_counter() - start)
         cfg_r = cfg if r == 0 else config.validate(raw | {"cache": raw["cache"] | {"root": str(tmp / f"cache{r}")}})
         start = time.perf_counter()
-        manifest = cache.run(RunContext.make(cfg_r, acc, bundle, norm, tmp / f"labelling{r}"))
+        manifest = cache.run(RunContext.make(cfg_r, acc, bundle, norm, tmp / f"labelling{r}"))["teacher"]
         labelling.append({"raw": raw_rate, "views": n * args.views / (time.perf_counter() - start)})
         _phase(f"teacher inference and cache generation, round {r + 1} of {args.rounds}")
     folder = Path(cfg.cache.root) / manifest["fingerprint"]  # the first round's copy (every round's is the same)

@@ -71,7 +71,7 @@ def main() -> None:
 
     # (2) cache generation through the real stage
     start = time.perf_counter()
-    manifest = cache.run(RunContext.make(cfg, acc, bundle, norm, run_dir))
+    manifest = cache.run(RunContext.make(cfg, acc, bundle, norm, run_dir))["teacher"]
     gen_s = time.perf_counter() - start
     gen_images, gen_views = n / gen_s, n * args.views / gen_s
 

@@ -228,21 +228,20 @@ class _Labeller:
             self.bar.update(len(x))
 
 
-def run(ctx: RunContext) -> dict | None:
-    """Label the cache of each teacher (one, or an ensemble's) with this run's settings, or reuse it when it is
+def run(ctx: RunContext) -> dict[str, dict] | None:
+    """Label the cache of each teacher (RunContext.teachers) with this run's settings, or reuse it when it is
     complete and every checksum holds. Every teacher labels the same views (drawn from the global seed and the cache
-    settings), so an added teacher labels its own cache only. The manifest; an ensemble's by teacher name."""
+    settings), so an added teacher labels its own cache only. {teacher name: its manifest}; None with online KD."""
     if ctx.cfg.kd.teacher == "online" and ctx.cfg.stage != "cache":
         log.info("cache: skipped (kd.teacher=online runs the teacher every step)")
         return None
-    done = {one.teacher_name: _one_teacher(one) for one in ctx.teachers()}
-    return done if ctx.cfg.teachers else done["teacher"]
+    return {teacher_ctx.teacher_name: _one_teacher(teacher_ctx) for teacher_ctx in ctx.teachers()}
 
 
 def _one_teacher(ctx: RunContext) -> dict:
     cfg, acc = ctx.cfg, ctx.acc
     start_all = time.perf_counter()
-    layout.trained(ctx.teacher_dir, "cache", "teacher")
+    layout.require_trained(ctx.teacher_dir, "cache", "teacher")
     identity = layout.cache_identity(cfg, ctx.data, ctx.norm, ctx.run_dir, acc.mixed_precision)
     folder = layout.cache_dir(cfg, identity)
     # one run labels a cache at a time; the lock beside the folder, whose bytes must not depend on who wrote them
@@ -253,9 +252,9 @@ def _one_teacher(ctx: RunContext) -> dict:
 def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -> dict:
     """The complete cache in `folder`: reused when every checksum holds, else labelled (what is missing)."""
     cfg, acc = ctx.cfg, ctx.acc
-    complete = artifacts.on_main(acc, lambda: softlabels.prepare(folder, folder.name))
+    complete = artifacts.on_main(acc, lambda: softlabels.reusable_or_cleared(folder, folder.name))
     if complete is not None:
-        log.info(f"cache: reusing {folder}" + ("" if ctx.teacher_name == "teacher" else f" ({ctx.teacher_name})"))
+        log.info(f"{layout.named('cache', ctx.teacher_name, ' ')}: reusing {folder}")
         _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, complete, None)
         return complete
     acc.wait_for_everyone()
@@ -298,16 +297,16 @@ def record_dtype(cfg: Config, num_classes: int) -> np.dtype:
     return softlabels.record_dtype(cfg.cache.views, min(cfg.cache.topk, num_classes), num_classes, mixed)
 
 
-def too_big(cfg: Config, num_images: int, dtype: np.dtype, feature_dim: int | None, teacher: str = "teacher"
-            ) -> str | None:
-    """The one-line refusal of a cache over cache.max_gb (None: it fits), with what it is made of."""
+def too_big(cfg: Config, num_images: int, dtype: np.dtype, feature_dim: int | None,
+            teacher: str = layout.ONE_TEACHER) -> str | None:
+    """The one-line refusal of teacher `teacher`'s cache over cache.max_gb (None: it fits), with what it is made
+    of."""
     need = softlabels.cache_bytes(num_images, cfg.cache.views, dtype, feature_dim)
     if need <= cfg.cache.max_gb * 1e9:
         return None
     per_view = f" + {2 * feature_dim} B of features per view" if feature_dim else ""
-    whose = "" if teacher == "teacher" else f" of teacher {teacher}"
-    return (f"cache.max_gb: the cache{whose} would take {need / 1e9:.1f} GB ({num_images:,} images x "
-            f"{cfg.cache.views} views: {dtype.itemsize} B of soft labels per image{per_view}), more than "
+    return (f"cache.max_gb: {layout.named('the cache', teacher, ' of teacher ')} would take {need / 1e9:.1f} GB "
+            f"({num_images:,} images x {cfg.cache.views} views: {dtype.itemsize} B of soft labels per image{per_view}), more than "
             f"cache.max_gb={cfg.cache.max_gb:g}; lower cache.views, or raise cache.max_gb")
 
 
@@ -321,7 +320,7 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, 
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
     todo = [s for s in mine if not softlabels.shard_done(folder, s, settings.features)]
     total = sum(min((s + 1) * settings.shard_size, n) - s * settings.shard_size for s in todo)
-    base = softlabels.smaller(Path(settings.root), identity) if todo else None
+    base = softlabels.cache_to_grow_from(Path(settings.root), identity) if todo else None
     first = base[1]["views"] if base is not None else 0
     log.info(f"cache: {n} images x {settings.views} views, top-{identity['cache.topk']} at T={temperature:g}, "
              f"{n_shards} shards ({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")

@@ -100,15 +100,15 @@ CARD = Path(__file__).with_name("model_card.md")  # the model card's text; `_car
 def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> str:
     """The model card (README.md of the export folder): model_card.md with this run's numbers."""
     models_, kd, c = summary["models"], cfg.kd, cfg.cache
-    teachers = [f"teacher-{key.split('.', 1)[1]}" for key in teacher_sections(cfg)] if cfg.teachers else ["teacher"]
+    teachers = [layout.named("teacher", key.removeprefix("teachers.")) for key in teacher_sections(cfg)]
     shown = [n for n in teachers + ["ensemble", "student", "baseline"] if n in models_]
     recipe, command = _origin(cfg)
-    members = ", ".join(f"`{models_[n]['model']}`" for n in shown if n.startswith("teacher-"))
+    members = [models_[n]["model"] for n in teachers if n in models_]
     names = meta["class_names"]
     return string.Template(CARD.read_text()).substitute(
         model=meta["model"], classes=len(names), method=_method_line(cfg), temperature=kd.temperature,
-        origin=(f"an ensemble of {members} ({kd.ensemble.replace('_', ' ')})" if "ensemble" in models_
-                else models_.get("teacher", {}).get("model", "a teacher")),
+        origin=(f"an ensemble of {', '.join(f'`{m}`' for m in members)} ({kd.ensemble.replace('_', ' ')})"
+                if "ensemble" in models_ else members[0] if len(members) == 1 else "a teacher"),
         source=(f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
                 if kd.teacher == "cached" else "the teacher run live every step (online KD)"),
         data=cfg.data.path or "the demo digits (scikit-learn)", recipe=recipe, command=command,
@@ -191,7 +191,7 @@ def run(ctx: RunContext) -> dict | None:
     """The student's export folder, rebuilt when the student, its numbers or the export settings changed."""
     cfg, acc, run_dir = ctx.cfg, ctx.acc, ctx.run_dir
     out = run_dir / "export"
-    meta = layout.trained(layout.student_dir(run_dir), "export", "student")
+    meta = layout.require_trained(layout.student_dir(run_dir), "export", "student")
     summary = files.read_json(run_dir / "summary.json")
     if summary is None:
         raise DataError(f"export: no report in {run_dir} (summary.json); run stage=export (or stage=all)")

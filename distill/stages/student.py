@@ -38,7 +38,7 @@ log = logging.getLogger("distill")
 MAX_USES_PER_VIEW = 5.0
 
 
-def views_for(epochs: int) -> int:
+def views_needed(epochs: int) -> int:
     """The fewest cached views that keep `epochs` of student training within the rule (MAX_USES_PER_VIEW); at
     least 2, the fewest measured (view 0 is the un-augmented eval view)."""
     return max(2, math.ceil(epochs / MAX_USES_PER_VIEW))
@@ -49,14 +49,14 @@ def replay_warning(epochs: int, num_views: int, images: int) -> str | None:
     what labelling the missing views costs (the cache grows: only the new views are labelled)."""
     if epochs / num_views <= MAX_USES_PER_VIEW:
         return None
-    need = views_for(epochs)
+    need = views_needed(epochs)
     return (f"cache: {epochs} epochs over {num_views} cached views replay each view {epochs / num_views:g} times, "
             f"more than the {MAX_USES_PER_VIEW:g} at which cached KD measured within 0.3 points of online KD; "
             f"cache.views={need} meets it, labelling {need - num_views} more views per image "
             f"({(need - num_views) * images:,} teacher forwards, once)")
 
 
-def view_for(index: int, epoch: int, num_views: int, schedule: str, seed: int) -> int:
+def view_of(index: int, epoch: int, num_views: int, schedule: str, seed: int) -> int:
     """Which cached view sample `index` trains on at `epoch`: cycling (shifted per sample) or drawn."""
     if schedule == "cycle":
         return (index + epoch) % num_views
@@ -101,7 +101,7 @@ class ReplayItems(data.EpochItems):
     def __getitem__(self, i: int) -> dict | None:
         if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it
             return None
-        v = view_for(i, self.epoch.get(), self.labels.views, self.schedule, self.seed)
+        v = view_of(i, self.epoch.get(), self.labels.views, self.schedule, self.seed)
         rec, label = self.labels.row(i), int(self.images.labels[i])
         # the view's parameters and its soft label travel with the sample: the training step reads no cache
         out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
@@ -143,8 +143,8 @@ def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train
     if cfg.kd.feature_weight > 0 and name == "student":  # + its pooled feature, projected to the teacher's width
         model = models.FeatureStudent(model, objective.teacher.feature_dim)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
-    job = engine.Fit(cfg=s, epochs=s.epochs, lr_per_256=s.optim.lr, out_dir=out, name=name, seed=seed,
-                     to_input=ctx.to_input, **engine.guards(cfg, fp))
+    job = engine.TrainingJob(cfg=s, out_dir=out, name=name, seed=seed, to_input=ctx.to_input,
+                             **engine.resume_and_nonfinite(cfg, fp))
     model, metrics = engine.fit(model, train_loader, val_loader, job, objective, acc)
     if isinstance(model, models.FeatureStudent):  # the projection served the training only: never exported
         model = model.model
@@ -160,8 +160,8 @@ def run(ctx: RunContext) -> dict:
     cfg, kd = ctx.cfg, ctx.cfg.kd
     caches = _soft_labels(ctx) if kd.teacher == "cached" else None
     if caches is None:
-        for one in ctx.teachers():
-            layout.trained(one.teacher_dir, "student", "teacher")
+        for teacher_ctx in ctx.teachers():
+            layout.require_trained(teacher_ctx.teacher_dir, "student", "teacher")
     inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, source(ctx), False)
     out = layout.student_dir(ctx.run_dir)
     fp = files.fingerprint(inputs)
@@ -180,24 +180,26 @@ def run(ctx: RunContext) -> dict:
 
 def source(ctx: RunContext) -> str:
     """What a KD student is made from, as its fingerprint records it: each teacher's cache fingerprint (cached KD)
-    or weights (online KD); an ensemble's, the hash of that list. Needs every teacher's weights on disk."""
+    or weights (online KD); several teachers', the hash of that list. Needs every teacher's weights on disk."""
     sources = []
-    for one in ctx.teachers():
+    for teacher_ctx in ctx.teachers():
         if ctx.cfg.kd.teacher == "cached":
-            identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
-            sources.append(layout.cache_dir(one.cfg, identity).name)
+            identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
+                                             teacher_ctx.acc.mixed_precision)
+            sources.append(layout.cache_dir(teacher_ctx.cfg, identity).name)
         else:
-            sources.append(files.sha256(one.teacher_dir / "model.safetensors"))
-    return sources[0] if not ctx.cfg.teachers else files.fingerprint(sources)
+            sources.append(files.sha256(teacher_ctx.teacher_dir / "model.safetensors"))
+    return sources[0] if len(sources) == 1 else files.fingerprint(sources)
 
 
 def _soft_labels(ctx: RunContext) -> list[softlabels.SoftLabels]:
     """Each teacher's complete cache for this run's settings; an ensemble's must hold the same views of the same
     images and classes (one line naming both caches otherwise)."""
     caches = []
-    for one in ctx.teachers():
-        identity = layout.cache_identity(one.cfg, one.data, one.norm, one.run_dir, one.acc.mixed_precision)
-        caches.append(softlabels.SoftLabels(layout.cache_dir(one.cfg, identity)))
+    for teacher_ctx in ctx.teachers():
+        identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
+                                         teacher_ctx.acc.mixed_precision)
+        caches.append(softlabels.SoftLabels(layout.cache_dir(teacher_ctx.cfg, identity)))
     for other in caches[1:]:
         problem = softlabels.ensemble_problem(caches[0], other, ctx.cfg.kd.temperature)
         if problem:
@@ -222,18 +224,18 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
                     for j, c in enumerate(caches)]
     else:
         teachers = []
-        for one in ctx.teachers():
-            model, _ = models.load_trained(one.teacher_dir, ctx.num_classes, "student", "teacher")
+        for teacher_ctx in ctx.teachers():
+            model, _ = models.load_trained(teacher_ctx.teacher_dir, ctx.num_classes, "student", "teacher")
             width = None
             if cfg.kd.feature_weight > 0:  # the live teacher answers (logits, pooled feature) in one forward
                 problem = models.feature_problem(model)
                 if problem:
                     raise ConfigError(f"kd.feature_weight: timm cannot give the pooled feature of the teacher "
-                                      f"{one.cfg.teacher.model}: {problem}")
+                                      f"{teacher_ctx.cfg.teacher.model}: {problem}")
                 model, width = models.PooledTeacher(model), models.feature_width(model)
             teachers.append(targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast, width))
         loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
-    if not cfg.teachers:
+    if len(teachers) == 1:
         return teachers[0], loader
     return targets.Ensemble(teachers, cfg.kd.teacher_weights, cfg.kd.ensemble), loader
 

@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 from distill import data, files
 from distill.config import Config
 from distill.errors import ConfigError
-from distill.store import artifacts, fingerprints
+from distill.store import artifacts, fingerprints, layout
 from distill.training import engine, models, objectives
 from distill.training.context import RunContext
 
@@ -40,14 +40,14 @@ def build(cfg: Config, num_classes: int, key: str = "teacher"):
     return model, teacher.finetune.epochs, teacher.finetune.lr
 
 
-def run(ctx: RunContext) -> dict:
-    """Each teacher (one, or an ensemble's: `teachers`) in its folder, held by one run at a time and reused while up
-    to date. Its meta; an ensemble's by teacher name."""
+def run(ctx: RunContext) -> dict[str, dict]:
+    """Each teacher (RunContext.teachers) in its folder, held by one run at a time and reused while up to date.
+    {teacher name: its meta}."""
     done = {}
-    for one in ctx.teachers():
-        with artifacts.held(one.acc, one.teacher_dir):
-            done[one.teacher_name] = _run(one)
-    return done if ctx.cfg.teachers else done["teacher"]
+    for teacher_ctx in ctx.teachers():
+        with artifacts.held(teacher_ctx.acc, teacher_ctx.teacher_dir):
+            done[teacher_ctx.teacher_name] = _train_or_load(teacher_ctx)
+    return done
 
 
 def _refuse_other_teacher(folder, fp: str) -> None:
@@ -60,7 +60,8 @@ def _refuse_other_teacher(folder, fp: str) -> None:
                           f"sharing it use; give this run its own teacher.dir, or delete {folder} to retrain it there")
 
 
-def _run(ctx: RunContext) -> dict:
+def _train_or_load(ctx: RunContext) -> dict:
+    """The teacher of `ctx` (a teacher's context), trained or loaded, published in its folder: its meta."""
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
     inputs = fingerprints.teacher_inputs(cfg, bundle.identity, norm)
@@ -74,13 +75,13 @@ def _run(ctx: RunContext) -> dict:
     seed = teacher.seed if teacher.seed is not None else cfg.seed
     set_seed(seed)
     start = time.perf_counter()
-    key = "teacher" if ctx.teacher_name == "teacher" else f"teachers.{ctx.teacher_name}"
-    model, epochs, lr = build(cfg, bundle.num_classes, key)
+    model, epochs, lr = build(cfg, bundle.num_classes, ctx.teacher_key)
     train_loader, val_loader = data.loaders(bundle, cfg.data, teacher.batch_size, seed)
-    name = "teacher" if ctx.teacher_name == "teacher" else f"teacher {ctx.teacher_name}"
+    name = layout.named("teacher", ctx.teacher_name, " ")
     if epochs:
-        job = engine.Fit(cfg=teacher, epochs=epochs, lr_per_256=lr, out_dir=out, name=name, seed=seed,
-                         to_input=ctx.to_input, **engine.guards(cfg, fp))
+        trained = dataclasses.replace(teacher, epochs=epochs, optim=dataclasses.replace(teacher.optim, lr=lr))
+        job = engine.TrainingJob(cfg=trained, out_dir=out, name=name, seed=seed, to_input=ctx.to_input,
+                                 **engine.resume_and_nonfinite(cfg, fp))
         model, metrics = engine.fit(model, train_loader, val_loader, job,
                                     objectives.CrossEntropy(bundle.num_classes, teacher.label_smoothing), acc)
     else:

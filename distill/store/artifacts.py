@@ -49,9 +49,6 @@ def reusable(folder: Path, fp: str, name: str) -> dict | None:
     meta = read_json(folder / "meta.json")
     if not (meta and meta.get("fingerprint") == fp and (folder / "model.safetensors").exists()):
         return None
-    if "weights_sha256" not in meta or SEAL not in meta:  # an older distill's: nothing to check it by
-        logging.getLogger("distill").info(f"{name}: {folder} has no checksums (an older distill); redoing it")
-        return None
     redo = f"restore it, or delete {folder} to {'retrain' if name != 'teacher' else 'rebuild'} it"
     if not sealed(meta):
         raise DataError(f"{name}: {folder / 'meta.json'} was changed after it was written (its numbers would be shown "

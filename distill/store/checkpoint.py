@@ -21,6 +21,7 @@ from distill.errors import CheckpointError
 log = logging.getLogger("distill")
 
 PROGRESS = "progress.json"
+FORMAT_VERSION = 2  # progress.json's; 2: every TrainState field (1 could lack some)
 
 
 def _name(step: int) -> str:
@@ -46,7 +47,8 @@ def save(acc: Accelerator, folder: Path, progress: dict, keep: int, what: str) -
         acc.wait_for_everyone()
         if acc.is_main_process:
             sums = {p.name: files.sha256(p) for p in sorted(tmp.iterdir())}
-            files.write_json(tmp / PROGRESS, progress | {"processes": acc.num_processes, "files": sums})
+            files.write_json(tmp / PROGRESS, progress | {"format_version": FORMAT_VERSION,
+                                                         "processes": acc.num_processes, "files": sums})
             shutil.rmtree(final, ignore_errors=True)  # the same step saved again (an epoch end on an `every` step)
             tmp.rename(final)
             for old in complete(folder)[:-keep]:
@@ -65,6 +67,8 @@ def _problem(path: Path, progress: dict | None) -> str | None:
     """Why this checkpoint cannot be restored in full, or None."""
     if progress is None:
         return f"{PROGRESS} is missing or unreadable"
+    if progress.get("format_version") != FORMAT_VERSION:
+        return f"it is checkpoint format {progress.get('format_version', 1)}, this distill reads {FORMAT_VERSION}"
     sums = progress.get("files", {})
     rngs = [f"random_states_{i}.pkl" for i in range(progress.get("processes", 0))]
     for name in ["model.safetensors", "optimizer.bin", *rngs]:

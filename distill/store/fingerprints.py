@@ -71,8 +71,6 @@ def cache_identity(cfg: Config, identity: dict, norm: dict, num_classes: int, te
     the bytes use, so that caches that would be byte-identical share one folder."""
     inputs = settings(cfg, "cache") | {"cache.topk": min(cfg.cache.topk, num_classes),
                                   "kd.temperature": label_temperature(cfg, num_classes)}
-    if not cfg.cache.features:  # a cache without features keeps the folder it had before the setting existed
-        del inputs["cache.features"]
     return {"format_version": softlabels.FORMAT_VERSION, "teacher_sha256": teacher_sha256, "data": identity,
             "normalization": norm, "precision": precision, **inputs}
 

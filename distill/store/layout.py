@@ -21,16 +21,32 @@ from distill.store import fingerprints
 log = logging.getLogger("distill")
 
 
+ONE_TEACHER = "teacher"  # the name of the one teacher (the `teacher` section); an ensemble's are named in `teachers`
+
+
+def named(output: str, teacher: str, sep: str = "-") -> str:
+    """Teacher `teacher`'s `output` as the report, the records, the logs and the errors name it: `output` for the
+    one teacher, output<sep>NAME for an ensemble's teacher NAME (teacher-a, cache-a, "teacher a")."""
+    return output if teacher == ONE_TEACHER else f"{output}{sep}{teacher}"
+
+
 def teacher_dir(cfg: Config, run_dir: Path) -> Path:
-    """<run>/teacher, or teacher.dir when runs share one teacher."""
+    """The folder of `cfg.teacher`: its `dir` (a teacher's context always names it, RunContext.teachers; runs may
+    share one), else <run>/teacher."""
     return Path(cfg.teacher.dir) if cfg.teacher.dir else run_dir / "teacher"
+
+
+def default_teacher_dir(run_dir: Path, teacher: str) -> Path:
+    """Where teacher `teacher` trains when its section names no `dir`: <run>/teacher for the one teacher,
+    <run>/teachers/NAME for an ensemble's teacher NAME."""
+    return run_dir / "teacher" if teacher == ONE_TEACHER else run_dir / "teachers" / teacher
 
 
 def student_dir(run_dir: Path, baseline: bool = False) -> Path:
     return run_dir / ("baseline" if baseline else "student")
 
 
-def trained(folder: Path, needed_by: str, what: str) -> dict:
+def require_trained(folder: Path, needed_by: str, what: str) -> dict:
     """The meta.json of the model stage `what` trained into `folder`; a missing one stops the run in one line
     naming the stage that makes it."""
     meta = files.read_json(folder / "meta.json")
@@ -39,10 +55,10 @@ def trained(folder: Path, needed_by: str, what: str) -> dict:
     return meta
 
 
-def cache_record(teacher: str = "teacher") -> str:
-    """The file beside the run that says which cache it used: cache.json, or cache-NAME.json for an ensemble's
-    teacher NAME."""
-    return "cache.json" if teacher == "teacher" else f"cache-{teacher}.json"
+def cache_record(teacher: str) -> str:
+    """The file beside the run that says which cache teacher `teacher` labelled for it: cache.json for the one
+    teacher, cache-NAME.json for an ensemble's teacher NAME."""
+    return named("cache", teacher) + ".json"
 
 
 def cache_identity(cfg: Config, bundle, norm: dict, run_dir: Path, precision: str) -> dict:

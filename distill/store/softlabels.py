@@ -31,7 +31,7 @@ log = logging.getLogger("distill")
 
 FORMAT_VERSION = 4  # 2: one view per teacher forward (growable); 3: + true-class logit, logit mean/std, lse of
 # z-scores; 4: the tail's own logsumexps (classes outside the top k and the view's classes), so that a reader never
-# forms 1 - sum(q), which cancels for a confident teacher
+# forms 1 - sum(q), which cancels for a confident teacher; 5: the inputs name cache.features also when false
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
 
@@ -150,7 +150,7 @@ def read_manifest(folder: Path) -> dict | None:
     return files.read_json(Path(folder) / MANIFEST)
 
 
-def prepare(folder: Path, fp: str) -> dict | None:
+def reusable_or_cleared(folder: Path, fp: str) -> dict | None:
     """The manifest when the cache in `folder` is complete and every shard checks out; otherwise clear what must
     not be trusted (temporary files, a stale manifest, shards that fail their checksum) and return None."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,7 +204,7 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
     return manifest
 
 
-def smaller(root: Path, identity: dict) -> tuple[Path, dict] | None:
+def cache_to_grow_from(root: Path, identity: dict) -> tuple[Path, dict] | None:
     """The complete cache under `root` with the most views below `identity`'s and otherwise the same inputs: the
     one to grow from. Its checksums are verified; a cache that fails them is passed over."""
     views_key = "cache.views"

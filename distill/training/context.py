@@ -23,31 +23,32 @@ class RunContext:
     norm: dict
     run_dir: Path
     to_input: transforms.ToInput
-    teacher_name: str = "teacher"  # or NAME: this context is an ensemble's teacher NAME's (teachers())
-    shares_teacher_dir: bool = False  # the teacher's folder is one the user named (other runs may use it)
+    teacher_name: str = layout.ONE_TEACHER  # a teacher's context (teachers()): its name, "teacher" or an ensemble's
+    teacher_key: str = "teacher"  # its config section: teacher, or teachers.NAME
+    shares_teacher_dir: bool = False  # its folder is one the user named (other runs may use it)
 
     @classmethod
     def make(cls, cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> "RunContext":
         """The context, with the batch -> input transform built once (on the device views when rendered there)."""
         to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
-        return cls(cfg, acc, bundle, norm, run_dir, to_input, shares_teacher_dir=cfg.teacher.dir is not None)
+        return cls(cfg, acc, bundle, norm, run_dir, to_input)
 
     def teachers(self) -> list["RunContext"]:
-        """One context per teacher, each with `cfg.teacher` its full section (config.teacher_sections) and its
-        folder (`dir`, or <run>/teachers/NAME); the run's own context when it has the one `teacher`."""
-        if not self.cfg.teachers:
-            return [self]
+        """One context per teacher, in the config's order (the one `teacher` section, or each entry of `teachers`):
+        its `teacher_name` and `teacher_key`, `cfg.teacher` its full section (config.teacher_sections) with `dir`
+        its folder (the one named, else layout.default_teacher_dir), and `cfg.teachers` empty."""
         out = []
         for key, section in config.teacher_sections(self.cfg).items():
-            folder = section.dir or str(self.run_dir / "teachers" / key.split(".", 1)[1])
+            name = key.removeprefix("teachers.")
+            folder = section.dir or str(layout.default_teacher_dir(self.run_dir, name))
             cfg = dataclasses.replace(self.cfg, teacher=dataclasses.replace(section, dir=folder), teachers=[])
-            out.append(dataclasses.replace(self, cfg=cfg, teacher_name=key.split(".", 1)[1],
+            out.append(dataclasses.replace(self, cfg=cfg, teacher_name=name, teacher_key=key,
                                            shares_teacher_dir=section.dir is not None))
         return out
 
     @property
     def teacher_dir(self) -> Path:
-        """<run>/teacher, or the shared teacher.dir."""
+        """A teacher's context: its folder; the run's: <run>/teacher, or the shared teacher.dir."""
         return layout.teacher_dir(self.cfg, self.run_dir)
 
     @property

@@ -40,11 +40,10 @@ Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None", torch.Tensor, Pro
 
 
 @dataclass(kw_only=True)
-class Fit:
-    """What `fit` needs besides the model: the recipe's trick set and where the stage writes."""
+class TrainingJob:
+    """What `fit` needs besides the model: the recipe's trick set (its `epochs` and `optim.lr`, per 256 images, are
+    the ones trained) and where the stage writes."""
     cfg: TrainCfg
-    epochs: int
-    lr_per_256: float
     out_dir: Path
     name: str  # "teacher", "student", ... for logs and error messages
     seed: int
@@ -56,8 +55,9 @@ class Fit:
     max_nonfinite: int = 10
 
 
-def guards(cfg: Config, fingerprint: str) -> dict:
-    """The Fit fields that come from the run's settings rather than the stage's trick set."""
+def resume_and_nonfinite(cfg: Config, fingerprint: str) -> dict:
+    """The TrainingJob fields that come from the run's settings rather than the stage's trick set: the stage's
+    fingerprint and the checkpoint, resume and non-finite-loss settings."""
     return {"fingerprint": fingerprint, "checkpoint": cfg.checkpoint, "resume": cfg.resume,
             "on_nonfinite": cfg.on_nonfinite, "max_nonfinite": cfg.max_nonfinite}
 
@@ -148,16 +148,6 @@ class _Logs:
                 f.write(json.dumps(row) + "\n")
 
 
-
-
-def _switch_to_sgd(acc, model, job: Fit, global_batch: int, steps_per_epoch: int):
-    cfg = job.cfg
-    sgd = tricks.build_optimizer(acc.unwrap_model(model), cfg.optim,
-                                 tricks.scaled_lr(cfg.optim.switch_lr, global_batch), use_sgd=True)
-    optimizer = acc.prepare_optimizer(sgd)
-    return optimizer, tricks.build_schedule(optimizer, cfg.sched, job.epochs, steps_per_epoch)
-
-
 @dataclass
 class TrainState:
     """Where training stands, saved with every checkpoint, so that a resumed stage continues bit for bit."""
@@ -178,8 +168,8 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, progress: dict) -> "TrainState":
-        """The state a checkpoint's progress.json saved (fields it lacks, from an older distill: their defaults)."""
-        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls) if f.name in progress})
+        """The state a checkpoint's progress.json saved."""
+        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls)})
 
 
 class _Sums:
@@ -192,7 +182,7 @@ class _Sums:
         """Add one step's value of a term (on the device)."""
         self.values[name] = self.values[name] + value if name in self.values else value
 
-    def host(self) -> dict:
+    def as_floats(self) -> dict:
         """The sums as numbers (one host sync): for a log line or a checkpoint."""
         return {k: v.item() for k, v in self.values.items()}
 
@@ -208,7 +198,7 @@ class _FirstBad:
         """Remember `step` if its loss was not finite and no earlier step's was (on the device)."""
         self.value = torch.where(~finite, torch.minimum(self.value, torch.full_like(self.value, step)), self.value)
 
-    def check(self, job: Fit, ckpt_dir: Path, acc: Accelerator) -> None:
+    def check(self, job: TrainingJob, ckpt_dir: Path, acc: Accelerator) -> None:
         """Raise if any process saw a non-finite loss (abort mode); checked before every checkpoint, so that the
         last checkpoint is always a good one."""
         bad = acc.gather(self.value[None]).min() if acc.num_processes > 1 else self.value
@@ -232,9 +222,9 @@ class _Epoch:
     bad_update: bool = False  # on_nonfinite=skip: a process saw a non-finite loss since the last update
 
 
-def fit(model: torch.nn.Module, train_loader, val_loader, job: Fit, objective: Objective,
+def fit(model: torch.nn.Module, train_loader, val_loader, job: TrainingJob, objective: Objective,
         acc: Accelerator) -> tuple[torch.nn.Module, dict]:
-    """Train for job.epochs, evaluating after each epoch, checkpointing every `checkpoint.every` steps and at each
+    """Train for job.cfg.epochs, evaluating after each epoch, checkpointing every `checkpoint.every` steps and at each
     epoch end, resuming from the newest complete checkpoint; returns the unwrapped model and the last metrics."""
     return _Training(model, train_loader, val_loader, job, objective, acc).run()
 
@@ -243,10 +233,10 @@ class _Training:
     """One stage's training, read top to bottom: prepare and resume; per epoch, train it (each batch: forward and
     backward, then the update, the log line and the checkpoint) and end it (validate, log, checkpoint)."""
 
-    def __init__(self, model, train_loader, val_loader, job: Fit, objective: Objective, acc: Accelerator):
+    def __init__(self, model, train_loader, val_loader, job: TrainingJob, objective: Objective, acc: Accelerator):
         cfg, self.job, self.objective, self.acc = job.cfg, job, objective, acc
         self.global_batch = cfg.batch_size * acc.num_processes * cfg.grad_accum
-        self.lr = tricks.scaled_lr(job.lr_per_256, self.global_batch)
+        self.lr = tricks.scaled_lr(cfg.optim.lr, self.global_batch)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = tricks.build_optimizer(model, cfg.optim, self.lr)
@@ -259,14 +249,14 @@ class _Training:
             raise TrainingError(f"{job.name}: batch_size {cfg.batch_size} x {acc.num_processes} process(es) x "
                                 f"grad_accum {cfg.grad_accum} is more than the {len(train_loader.dataset)} training "
                                 "images")
-        self.schedule = tricks.build_schedule(self.optimizer, cfg.sched, job.epochs, self.steps_per_epoch)
+        self.schedule = tricks.build_schedule(self.optimizer, cfg.sched, cfg.epochs, self.steps_per_epoch)
         self.ckpt_dir, self.switched, self.started = job.out_dir / "checkpoints", False, time.perf_counter()
         self.state, resumed = self._resume()
         self.earlier_wall_s = self.state.wall_s  # what the interrupted parts took
         self.logs = _Logs(job.out_dir, acc, self.state.step, self.state.epoch)
         self.window, self.metrics = _Sums(self.state.window_terms, acc.device), {}
         self.zero = torch.zeros((), device=acc.device)  # what a non-finite step adds to each term
-        log.info(f"{job.name}: {job.epochs} epochs x {self.steps_per_epoch} steps, global batch {self.global_batch}, "
+        log.info(f"{job.name}: {cfg.epochs} epochs x {self.steps_per_epoch} steps, global batch {self.global_batch}, "
                  f"lr {self.lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}"
                  + (f"; resuming at epoch {self.state.epoch + 1}, step {self.state.step}" if resumed else ""))
 
@@ -286,14 +276,18 @@ class _Training:
         return TrainState.from_checkpoint(progress), True
 
     def _switch_to_sgd(self) -> None:
-        self.optimizer, self.schedule = _switch_to_sgd(self.acc, self.model, self.job, self.global_batch,
-                                                       self.steps_per_epoch)
+        """A new SGD optimizer at optim.switch_lr (scaled to the global batch) and a new schedule over the stage."""
+        cfg, acc = self.job.cfg, self.acc
+        sgd = tricks.build_optimizer(acc.unwrap_model(self.model), cfg.optim,
+                                     tricks.scaled_lr(cfg.optim.switch_lr, self.global_batch), use_sgd=True)
+        self.optimizer = acc.prepare_optimizer(sgd)
+        self.schedule = tricks.build_schedule(self.optimizer, cfg.sched, cfg.epochs, self.steps_per_epoch)
         self.switched = True
 
     def run(self) -> tuple[torch.nn.Module, dict]:
         """Every remaining epoch: start it, train it, end it; the unwrapped model and the last epoch's metrics."""
         with _Preemption() as self.preemption:
-            for epoch in range(self.state.epoch, self.job.epochs):
+            for epoch in range(self.state.epoch, self.job.cfg.epochs):
                 run = self._start_epoch(epoch)
                 self._train_epoch(run)
                 self._end_epoch(run)
@@ -322,7 +316,7 @@ class _Training:
 
     def _train_epoch(self, run: _Epoch) -> None:
         loader = self.acc.skip_first_batches(self.train_loader, run.first) if run.first else self.train_loader
-        self.bar = tqdm(_timed(loader, run), desc=f"{self.job.name} {run.index + 1}/{self.job.epochs}", leave=False,
+        self.bar = tqdm(_timed(loader, run), desc=f"{self.job.name} {run.index + 1}/{self.job.cfg.epochs}", leave=False,
                         dynamic_ncols=True, disable=not self.acc.is_main_process, initial=run.first,
                         total=self.batches)
         self.optimizer.zero_grad(set_to_none=True)
@@ -385,7 +379,7 @@ class _Training:
             run.first_bad.check(job, self.ckpt_dir, self.acc)
             lr_now = self.optimizer.param_groups[0]["lr"]
             row = {"step": state.step, "epoch": run.index + 1,
-                   **{k: v / max(state.window_n, 1) for k, v in self.window.host().items()}, "lr": lr_now}
+                   **{k: v / max(state.window_n, 1) for k, v in self.window.as_floats().items()}, "lr": lr_now}
             self.logs.write("step", row)
             self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr_now:.3g}")
             self.window, state.window_n = _Sums({}, self.acc.device), 0
@@ -412,7 +406,7 @@ class _Training:
         state.train_s += elapsed
         state.best_top1 = max(self.metrics["top1"], state.best_top1 or 0.0)
         metrics = self.metrics
-        log.info(f"{job.name} epoch {run.index + 1}/{job.epochs}: loss {metrics['loss']:.4f} | val top-1 "
+        log.info(f"{job.name} epoch {run.index + 1}/{job.cfg.epochs}: loss {metrics['loss']:.4f} | val top-1 "
                  f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% | {metrics['images_per_s']:.0f} img/s")
         if n_skipped:
             log.warning(f"{job.name}: skipped {n_skipped} images that failed to decode this epoch")
@@ -431,8 +425,8 @@ class _Training:
         """The state to resume from at this point: what the step loop has added so far, brought to the host."""
         state = self.state
         now = time.perf_counter()
-        return dataclasses.replace(state, epoch=epochs_done, batch=batch_index, term_sums=run.sums.host(),
-                                   window_terms=self.window.host(), seen=run.seen, skipped=int(run.skipped.item()),
+        return dataclasses.replace(state, epoch=epochs_done, batch=batch_index, term_sums=run.sums.as_floats(),
+                                   window_terms=self.window.as_floats(), seen=run.seen, skipped=int(run.skipped.item()),
                                    epoch_s=state.epoch_s + now - run.start, wait_s=run.wait_s,
                                    wall_s=self.earlier_wall_s + now - self.started)
 

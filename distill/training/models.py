@@ -240,7 +240,7 @@ class FeatureStudent(nn.Module):
 def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> tuple[nn.Module, dict]:
     """The model that stage `what` trained into `folder` (its meta.json names the architecture) and its meta; a
     missing one stops the run in one line naming the stage that makes it."""
-    meta = layout.trained(folder, needed_by, what)
+    meta = layout.require_trained(folder, needed_by, what)
     model = create(meta["model"], num_classes, model_args=meta.get("model_args"))
     model.load_state_dict(artifacts.load_weights(folder))
     return model, meta
