@@ -238,9 +238,9 @@ def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return where, r
 
 
-def labelled(labels) -> "ViewBatch":
-    """A batch of unmixed views that carries only these labels (blank one-pixel images): what an objective reads of
-    a batch besides its teachers' records."""
+def labelled(labels):
+    """A data.ViewBatch of unmixed views that carries only these labels (blank one-pixel images): what an objective
+    reads of a batch besides its teachers' records."""
     import torch
     from distill.data import ViewBatch
     labels = torch.as_tensor(labels)

@@ -14,8 +14,8 @@
 A new data source goes in sources.py (`detect_source` and `_load_splits`). May import: distill.config,
 distill.errors and this folder; never the store, training or the stages.
 """
-from distill.data.batch import (BatchError, CacheBatch, MixedView, ReplayBatch, TeacherRecord, ViewBatch, Views, collate,
-                                 collate_cache, collate_replay)
+from distill.data.batch import (BatchError, CacheBatch, MixedView, ReplayBatch, TeacherRecord, ViewBatch, Views,
+                                 collate, collate_cache, collate_replay)
 from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, device_views
 from distill.data.images import Images
 from distill.data.loaders import loaders, make_loader, workers

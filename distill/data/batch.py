@@ -95,7 +95,8 @@ class Views(_Part):
     mixed: MixedView | None = None
 
     def __post_init__(self):
-        if self.image is None and (self.view is None or self.split is None or (self.index is None and self.jpeg is None)):
+        renders = self.view is not None and self.split is not None and (self.index is not None or self.jpeg is not None)
+        if self.image is None and not renders:
             raise BatchError("a batch of views needs its pixels (image) or what renders them (view, split, and index "
                              "or jpeg)")
         if self.jpeg_of is not None and self.jpeg is None:

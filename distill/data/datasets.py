@@ -48,10 +48,10 @@ class EpochItems(Dataset):
 
 class ImageDataset(EpochItems):
     """Items with the fields of a batch.ViewBatch: {'image' (uint8 CHW), 'label', 'index'}, or with
-    data.renderer=device {'view', 'label', 'index', 'split'} (and 'jpeg'); `index` is the row in the split (the cache
-    keys soft labels by it). Training items get a random view drawn from (seed, epoch, index), a pure function, so that a resumed run
-    sees the views an uninterrupted one would; evaluation items get the eval view. With skip_bad, an image that
-    fails to decode yields None, which `batch.collate` drops and counts."""
+    data.renderer=device {'view', 'label', 'index', 'split'} (and 'jpeg'); `index` is the row in the split (the
+    cache keys soft labels by it). Training items get a random view drawn from (seed, epoch, index), a pure
+    function, so that a resumed run sees the views an uninterrupted one would; evaluation items get the eval view.
+    With skip_bad, an image that fails to decode yields None, which `batch.collate` drops and counts."""
 
     def __init__(self, images: Images, cfg: DataCfg, train: bool, seed: int = 0, skip_bad: bool = False,
                  pixels: bool | None = None):

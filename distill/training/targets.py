@@ -117,7 +117,8 @@ class Ensemble:
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(teachers), dtype=torch.float64)
         self.sees_mixed_input = teachers[0].sees_mixed_input
 
-    def log_probs(self, batch: ViewBatch, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
+    def log_probs(self, batch: ViewBatch, x: torch.Tensor | None, temperature: float,
+                  standardized: bool) -> torch.Tensor:
         """The combined target's log-probabilities at T."""
         parts = [t.log_probs(batch, x, temperature, standardized) for t in self.teachers]
         if len(parts) == 1:
