@@ -119,7 +119,8 @@ def _records(t32, labels, k, temperature):
                                                                      for r in rec]))
     n = len(rec)
     return data.ReplayBatch(image=torch.zeros(n, 3, 1, 1, dtype=torch.uint8),
-                            label=torch.tensor([int(y) for y in labels]), index=torch.arange(n), view_id=torch.zeros(n, dtype=torch.long), teachers=[record])
+                            label=torch.tensor([int(y) for y in labels]), index=torch.arange(n),
+                            view_id=torch.zeros(n, dtype=torch.long), teachers=[record])
 
 
 def _stored(batch, classes, label_fp32=True):
