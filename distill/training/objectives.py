@@ -1,11 +1,11 @@
 """Training objectives: what a stage minimises, built from the pure losses (distill/methods/) and the batch's targets.
 
-An objective is called as `objective(logits, batch, mix, x, progress)` (`batch`: a data.ViewBatch, a ReplayBatch
-for cached KD) and returns its terms by name: `loss` (what
+An objective is called as `objective(logits, batch, mix, x, progress)` and returns its terms by name: `loss` (what
 is minimised) and the unweighted parts (`ce`, `kd`, `tckd`, `nckd`, `inter`, `intra`, `feature`), which the engine
 logs per epoch. `mix` is the engine's mixing of this batch (None: unmixed), `x` the (mixed) network input, so a live
 teacher runs on the very same input, and `progress` the epoch and step (DKD's warm-up reads the epoch). A student
-under feature distillation answers {"logits", "feature"} (models.FeatureStudent).
+under feature distillation answers {"logits", "feature"} (models.FeatureStudent). `batch` is a data.ViewBatch (a
+data.ReplayBatch for cached KD), read by attribute.
 """
 from __future__ import annotations
 
