@@ -202,7 +202,7 @@ class CacheCfg:
                          changes=("cache",))
     topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T); "
                            "the fewer kept, the further the student's gradient from the full teacher's, the more so "
-                           "at higher T (BENCHMARKS.md)", ge=1, changes=("cache",))
+                           "at higher T (docs/benchmarks.md)", ge=1, changes=("cache",))
     shard_size: int = _f(10000, doc="images per shard file (fixed index ranges, independent of process count)",
                          ge=1, changes=("cache",))
     batch_size: int = _f(256, doc="teacher batch: each forward labels one view of this many images", ge=1,

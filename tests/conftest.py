@@ -236,3 +236,13 @@ def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     r = run_cli(f"run_root={where / 'runs'}", f"cache.root={where / 'cache'}", cwd=where)
     assert r.returncode == 0, r.stderr
     return where, r
+
+
+def labelled(labels):
+    """A data.ViewBatch of unmixed views that carries only these labels (blank one-pixel images): what an objective
+    reads of a batch besides its teachers' records."""
+    import torch
+    from distill.data import ViewBatch
+    labels = torch.as_tensor(labels)
+    return ViewBatch(image=torch.zeros(len(labels), 3, 1, 1, dtype=torch.uint8), label=labels,
+                     index=torch.arange(len(labels)))

@@ -20,6 +20,12 @@ from distill.config import DataCfg
 from distill.stages import cache
 
 
+def _views(item: dict) -> data.Views:
+    """A ViewItems item (the V views of one image) as the batch of views ToInput reads."""
+    mixed = item.get("mixed")
+    return data.Views(image=item["image"], mixed=None if mixed is None else data.MixedView(**mixed))
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -85,9 +91,9 @@ def test_dense_cache_reproduces_teacher_logits_on_replayed_views(shared):
     idx = np.array([0, 17, 33, 47])
     rows = labels.rows(idx)
     for v in range(3):
-        replayed = to_input({"image": torch.stack([views.apply(images.image(i), rows["view"][j, v], cfg.data)
-                                                   for j, i in enumerate(idx)])})  # the stored parameters, re-applied
-        at_cache_time = to_input({"image": torch.stack([items[i]["image"][v] for i in idx])})
+        replayed = to_input(data.Views(image=torch.stack([views.apply(images.image(i), rows["view"][j, v], cfg.data)
+                                                          for j, i in enumerate(idx)])))  # the stored views re-applied
+        at_cache_time = to_input(data.Views(image=torch.stack([items[i]["image"][v] for i in idx])))
         assert torch.equal(replayed, at_cache_time)  # bitwise the pixels the teacher labelled
         with torch.no_grad():
             live = teacher(replayed)
@@ -108,7 +114,8 @@ def test_a_sparse_cache_stores_the_logsumexp_at_the_kd_temperature(shared):
     cfg, bundle, to_input = _tiny_data(shared)
     images = bundle.images["train"]
     rows = labels.rows(np.arange(6))
-    x = to_input({"image": torch.stack([views.apply(images.image(i), rows["view"][i, 1], cfg.data) for i in range(6)])})
+    x = to_input(data.Views(image=torch.stack([views.apply(images.image(i), rows["view"][i, 1], cfg.data)
+                                               for i in range(6)])))
     with torch.no_grad():
         live = _teacher(shared)(x)
     assert torch.allclose(torch.from_numpy(rows["lse"][:, 1].copy()), torch.logsumexp(live / 4.0, 1), atol=1e-5)
@@ -253,12 +260,12 @@ def test_mixed_views_label_the_mixed_image(shared):
         rec, item = rows[i], items[i]
         for v in range(1, 3):
             p = int(rec["partner"][v])
-            replay = {"image": views.apply(images.image(i), rec["view"][v], cfg.data)[None],
-                      "partner_image": views.apply(images.image(p), rec["partner_view"][v], cfg.data)[None]
-                      if p >= 0 else torch.zeros(1, 3, 12, 12, dtype=torch.uint8),
-                      "lam": rec["lam"][v:v + 1], "box": rec["box"][v:v + 1]}
+            partner = (views.apply(images.image(p), rec["partner_view"][v], cfg.data)[None] if p >= 0
+                       else torch.zeros(1, 3, 12, 12, dtype=torch.uint8))
+            replay = data.Views(image=views.apply(images.image(i), rec["view"][v], cfg.data)[None],
+                                mixed=data.MixedView(image=partner, lam=rec["lam"][v:v + 1], box=rec["box"][v:v + 1]))
             x = to_input(replay)[0]
-            at_cache_time = to_input(item)[v]
+            at_cache_time = to_input(_views(item))[v]
             assert torch.equal(x, at_cache_time)  # replayed from the stored partner, view, lambda, box
             with torch.no_grad():
                 live = teacher(x[None])[0]
@@ -284,7 +291,7 @@ def test_the_cache_holds_what_dkd_and_logit_standardization_need(shared):
     rows = labels.rows(np.arange(10))
     for i in range(10):
         with torch.no_grad():
-            z = teacher(to_input(items[i]))  # every view of image i, as the teacher saw it
+            z = teacher(to_input(_views(items[i])))  # every view of image i, as the teacher saw it
         y = int(images.labels[i])
         partner = [int(images.labels[p]) if p >= 0 else y for p in rows["partner"][i]]
         want = {"target": z[:, y], "partner_target": z[range(3), partner], "mean": z.mean(1), "std": z.std(1),

@@ -48,7 +48,8 @@ def test_cifar_views_on_the_device_are_the_cpu_paths_bit_for_bit(hw):
     index = torch.randint(0, 64, (256,))
     params = _params(cfg, len(index), hw)
     want = torch.stack([views.apply(pixels[i].permute(2, 0, 1), p, cfg) for i, p in zip(index, params.numpy())])
-    rendered = views.DeviceViews(pixels.numpy(), cfg, DEVICE)({"index": index, "view": params})["image"]
+    batch = data.Views(index=index, view=params, split=torch.zeros(len(index), dtype=torch.long))
+    rendered = views.DeviceViews(pixels.numpy(), cfg, DEVICE)(batch).image
     assert rendered.device.type == torch.device(DEVICE).type and torch.equal(rendered.cpu(), want)
 
 
@@ -92,8 +93,7 @@ def test_a_bf16_student_step_from_the_cache_is_finite_and_close_to_fp32(shared):
                                     "mean": [0.5] * 3, "std": [0.25] * 3, "padding": 2}})
     bundle = data.load(cfg.data)
     replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", seed=0)
-    batch = torch.utils.data.default_collate([replay[i] for i in range(32)])
-    batch = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = data.collate_replay([replay[i] for i in range(32)]).to(DEVICE)
     labels = softlabels.SoftLabels(folder)
     x = transforms.ToInput(cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3})(batch)
     torch.manual_seed(0)

@@ -98,7 +98,7 @@ def test_undecodable_image_is_named_or_skipped(decode_mb, bad):
         data.ImageDataset(images, cfg(), train=True)[bad]
     skipping = data.ImageDataset(images, cfg(), train=True, skip_bad=True)
     batch = data.collate([skipping[i] for i in range(4)])
-    assert batch["index"].tolist() == [i for i in range(4) if i != bad] and int(batch["skipped"]) == 1
+    assert batch.index.tolist() == [i for i in range(4) if i != bad] and int(batch.skipped) == 1
 
 
 def test_decoded_pixels_equal_per_sample_decoding(parquet_file):
@@ -122,9 +122,9 @@ def test_views_shapes_and_norms():
     for kind, train in [("cifar", True), ("cifar", False), ("imagenet", True), ("imagenet", False)]:
         c = cfg(transform=kind, image_size=8)
         p = views.draw(c, views.train_rng(0, 0, 0), (12, 12)) if train else views.EVAL_VIEW
-        out = transforms.ToInput(c, {"mean": [0.5] * 3, "std": [0.2] * 3})({"image": views.apply(img, p, c)})
+        out = transforms.ToInput(c, {"mean": [0.5] * 3, "std": [0.2] * 3})(data.Views(image=views.apply(img, p, c)))
         assert out.shape == (3, 8, 8) and out.dtype == torch.float32
-    out = transforms.ToInput(cfg(per_image_norm=True), {"mean": None})({"image": img})
+    out = transforms.ToInput(cfg(per_image_norm=True), {"mean": None})(data.Views(image=img))
     assert torch.allclose(out.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(out.std(dim=(1, 2)), torch.ones(3), atol=1e-4)
 
@@ -147,12 +147,12 @@ def test_training_views_are_a_pure_function_of_seed_epoch_and_index(parquet_file
     ds.set_epoch(4)
     batch = next(iter(data.make_loader(ds, 8, True, 2, 0)))  # drawn in worker processes
     x = transforms.ToInput(c, norm)(batch)
-    for row, i in enumerate(batch["index"].tolist()):
+    for row, i in enumerate(batch.index.tolist()):
         p = views.draw(c, views.train_rng(3, 4, i), (12, 12))
-        want = transforms.ToInput(c, norm)({"image": views.apply(bundle.images["train"].image(i), p, c)})
+        want = transforms.ToInput(c, norm)(data.Views(image=views.apply(bundle.images["train"].image(i), p, c)))
         assert torch.equal(x[row], want)
     ds.set_epoch(5)
-    assert not all(torch.equal(ds[i]["image"], batch["image"][r]) for r, i in enumerate(batch["index"].tolist()))
+    assert not all(torch.equal(ds[i]["image"], batch.image[r]) for r, i in enumerate(batch.index.tolist()))
 
 
 def test_persistent_workers_see_each_epochs_views(parquet_file):
@@ -166,8 +166,8 @@ def test_persistent_workers_see_each_epochs_views(parquet_file):
     for epoch in range(3):
         ds.set_epoch(epoch)
         for batch in loader:
-            for j, i in enumerate(batch["index"].tolist()):
-                assert torch.equal(batch["image"][j], ds[i]["image"]), (epoch, i)  # this epoch's view of image i
+            for j, i in enumerate(batch.index.tolist()):
+                assert torch.equal(batch.image[j], ds[i]["image"]), (epoch, i)  # this epoch's view of image i
         if workers is None:
             workers = loader._iterator._workers
         assert loader._iterator._workers is workers  # the same processes, not restarted

@@ -85,7 +85,7 @@ def test_the_ensemble_target_is_the_teachers_own_average_on_the_same_views(share
     with torch.no_grad():
         logits = [net(to_input(batch)) for net in nets]
     weights = [1.0, 3.0]
-    cached = [targets.CachedTeacher(3, True, 1.0, student.label_prefix(j)) for j in range(2)]
+    cached = [targets.CachedTeacher(3, True, 1.0, j) for j in range(2)]
     got = targets.Ensemble(cached, weights, rule).log_probs(batch, None, 4.0, False)
     want = _reference(logits, weights, rule, 4.0)
     assert torch.allclose(got.double().exp(), want.exp(), rtol=2e-3, atol=1e-4)

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from timm.models import register_model
 
-from conftest import ROOT, cache_overrides, config_from, random_teacher, run_here
+from conftest import ROOT, cache_overrides, config_from, labelled, random_teacher, run_here
 from distill import losses, run
 from distill.config import KDCfg
+from distill import data
 from distill.data import views
 from distill.errors import DataError
 from distill.store import artifacts, softlabels
@@ -63,7 +64,7 @@ class _Teacher:
 def test_the_objective_adds_the_weighted_feature_loss_to_any_method(kind):
     torch.manual_seed(0)
     logits, t, own, taught = torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 8), torch.randn(6, 8)
-    batch = {"label": torch.tensor([0, 1, 2, 3, 4, 0])}
+    batch = labelled([0, 1, 2, 3, 4, 0])
     teacher = _Teacher(torch.softmax(t / 4.0, 1), taught)
     for loss in ("kd", "dist", "hard"):
         plain = objectives.Distillation(KDCfg(loss=loss), 5, 0.1, teacher)(logits, batch, None, None,
@@ -113,8 +114,8 @@ def test_cached_features_are_the_live_teachers_pooled_features_on_the_same_views
     idx = np.array([0, 9, 16, 31, 47])
     rows = labels.rows(idx)
     for v in range(labels.views):
-        x = to_input({"image": torch.stack([views.apply(images.image(i), rows["view"][j, v], cfg.data)
-                                            for j, i in enumerate(idx)])})
+        x = to_input(data.Views(image=torch.stack([views.apply(images.image(i), rows["view"][j, v], cfg.data)
+                                                   for j, i in enumerate(idx)])))
         with torch.no_grad():
             live = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
         stored = torch.stack([labels.feature(i, v) for i in idx])
@@ -134,15 +135,15 @@ def test_each_replayed_sample_brings_the_teachers_feature_of_the_very_view_it_re
     replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", seed=0, features=True)
     for epoch in range(3):  # each sample's view changes with the epoch; its feature must follow it
         replay.set_epoch(epoch)
-        items = [replay[i] for i in (0, 7, 30, 47)]
-        assert len({(it["index"] + epoch) % 3 for it in items}) > 1 and all(
-            it["view_id"] == (it["index"] + epoch) % 3 for it in items)
+        batch = data.collate_replay([replay[i] for i in (0, 7, 30, 47)])
+        assert len(set(((batch.index + epoch) % 3).tolist())) > 1 and torch.equal(batch.view_id,
+                                                                                  (batch.index + epoch) % 3)
         with torch.no_grad():
-            x = to_input({"image": torch.stack([it["image"] for it in items])})
+            x = to_input(batch)
             live = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
-        got = torch.stack([it["kd_feature"] for it in items])
-        assert torch.allclose(got, live, rtol=2e-3, atol=1e-3)  # fp16 storage, folded BatchNorm
-    assert "kd_feature" not in student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0)[0]
+        assert torch.allclose(batch.teachers[0].feature, live, rtol=2e-3, atol=1e-3)  # fp16 storage, folded BN
+    without = data.collate_replay([student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0)[0]])
+    assert without.teachers[0].feature is None
 
 
 def test_a_kill_during_feature_labelling_resumes_to_identical_bytes(shared, tmp_path):

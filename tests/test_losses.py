@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill import losses, methods
+from conftest import labelled
+from distill import data, losses, methods
 from distill.store import softlabels
 from distill.training import objectives, targets
 from distill.config import KDCfg
@@ -115,17 +116,21 @@ def _records(t32, labels, k, temperature):
     rec = np.zeros(len(t32), dtype=softlabels.record_dtype(1, k, t32.shape[1]))
     for name, value in fields.items():
         rec[name][:, 0] = value.numpy()
-    items = [softlabels.SoftLabels.view_label(r, 0) | {"label": int(y)} for r, y in zip(rec, labels)]
-    return torch.utils.data.default_collate(items)
+    record = data.TeacherRecord(**torch.utils.data.default_collate([softlabels.SoftLabels.view_label(r, 0, "")
+                                                                     for r in rec]))
+    n = len(rec)
+    return data.ReplayBatch(image=torch.zeros(n, 3, 1, 1, dtype=torch.uint8),
+                            label=torch.tensor([int(y) for y in labels]), index=torch.arange(n),
+                            view_id=torch.zeros(n, dtype=torch.long), teachers=[record])
 
 
 def _stored(batch, classes, label_fp32=True):
     """The logits a record holds, in float64: the top k as fp16 values; the top-k reconstruction also reads the
     label's logit in fp32 over its copy (a cache of every logit reads the fp16 values alone)."""
-    z = torch.zeros(len(batch["label"]), classes, dtype=torch.float64)
-    z.scatter_(1, batch["kd_classes"], batch["kd_logits"].double())
+    z, record = torch.zeros(len(batch.label), classes, dtype=torch.float64), batch.teachers[0]
+    z.scatter_(1, record.classes, record.logits.double())
     if label_fp32:
-        z.scatter_(1, batch["label"][:, None], batch["kd_target"].double()[:, None])
+        z.scatter_(1, batch.label[:, None], record.target.double()[:, None])
     return z
 
 
@@ -149,7 +154,7 @@ def test_every_method_is_exact_at_any_teacher_confidence(gap, wrong, temperature
     dense = _records(t32, labels, classes, 1.0)  # a cache of every logit stores them at T = 1 and serves any T
     topk = _records(t32, labels, classes, temperature)  # k >= classes read through the top-k reconstruction
     # the storage's own error, stated: each stored logit is the teacher's rounded to fp16, nothing more
-    assert (dense["kd_logits"].double().sort(1).values - t64.sort(1).values).abs().max() <= \
+    assert (dense.teachers[0].logits.double().sort(1).values - t64.sort(1).values).abs().max() <= \
         FP16_REL * t64.abs().max() + 1e-12
     for method in ("kd", "dkd", "dist"):
         if method == "dist" and classes == 2 and gap == 0:
@@ -269,7 +274,7 @@ def test_a_top_k_cache_is_exact_on_what_it_stores_and_its_tail_mass_cannot_cance
     stored = _stored(batch, 100)
     z64 = (t64 - t64.mean(1, keepdim=True)) / (t64.std(1, keepdim=True) + 1e-7) if standardized else t64
     for i in range(8):
-        known = sorted(set(batch["kd_classes"][i].tolist()) | {int(labels[i])})
+        known = sorted(set(batch.teachers[0].classes[i].tolist()) | {int(labels[i])})
         tail = [c for c in range(100) if c not in known]
         zi = stored[i, known]
         if standardized:
@@ -333,6 +338,6 @@ def test_hard_distillation_is_the_cross_entropy_to_the_teachers_top_class(smooth
         def log_probs(self, batch, x, temperature, standardized):
             return torch.log_softmax(teacher / temperature, 1)
     objective = objectives.Distillation(kd, classes, 0.0, Fixed())
-    terms = objective(student, {"label": labels}, None, None, objectives.Progress(epoch=0, step=0))
+    terms = objective(student, labelled(labels), None, None, objectives.Progress(epoch=0, step=0))
     ce = torch.nn.functional.cross_entropy(student.double(), labels)
     assert terms["loss"].item() == pytest.approx((0.5 * want + 0.5 * ce).item(), rel=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cache_overrides, config_from, dense_kl, run_here
+from conftest import cache_overrides, config_from, dense_kl, labelled, run_here
 from distill import config, data, losses, methods, report
 from distill.data import transforms, views
 from distill.store import artifacts, softlabels
@@ -35,8 +35,8 @@ START = objectives.Progress(epoch=0, step=0)
 def test_alpha_zero_is_ce_and_alpha_one_is_kd():
     torch.manual_seed(0)
     logits, t = torch.randn(6, 5), torch.randn(6, 5)
-    batch = {"label": torch.tensor([0, 1, 2, 3, 4, 0])}
-    ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 5, 0.1))
+    batch = labelled([0, 1, 2, 3, 4, 0])
+    ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch.label, 5, 0.1))
     kd = dense_kl(logits, t, 3.0) * 9.0
 
     def obj(alpha):
@@ -53,10 +53,10 @@ def test_alpha_zero_is_ce_and_alpha_one_is_kd():
 def test_dkd_objective_warms_up_and_dist_objective_weighs_its_relations():
     torch.manual_seed(0)
     logits, t = torch.randn(6, 5), torch.randn(6, 5)
-    batch = {"label": torch.tensor([0, 1, 2, 3, 4, 0])}
+    batch = labelled([0, 1, 2, 3, 4, 0])
     q = torch.softmax(t / 4.0, 1)
-    ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 5, 0.0))
-    terms = losses.dkd(logits, t, batch["label"], 4.0, 1.0, 8.0)  # the public function, on the same teacher
+    ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch.label, 5, 0.0))
+    terms = losses.dkd(logits, t, batch.label, 4.0, 1.0, 8.0)  # the public function, on the same teacher
     dkd = objectives.Distillation(KDCfg(loss="dkd", dkd=DKDSettings(alpha=1.0, beta=8.0, warmup=20)), 5, 0.0, _Fixed(q))
     for epoch, warm in ((0, 1 / 20), (9, 10 / 20), (30, 1.0)):
         got = dkd(logits, batch, None, None, objectives.Progress(epoch=epoch, step=0))["loss"]
@@ -80,7 +80,7 @@ def _setting(shared, **cache):
 
 
 def _batch(replay, idx):
-    return torch.utils.data.default_collate([replay[i] for i in idx])
+    return data.collate_replay([replay[i] for i in idx])
 
 
 def test_student_sample_replays_the_view_the_teacher_labelled(shared):
@@ -110,8 +110,8 @@ def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(shared):
     assert labels.dense and labels.temperature == 1.0  # every logit kept: stored at T = 1, serves any T
     mix = tricks.draw_mix(np.random.default_rng(1), MixCfg(mixup_alpha=1.0), 8, 12, 12)
     q = objectives.Distillation(KDCfg(temperature=4.0), 3, 0.0, teacher)._teacher(batch, mix, None).exp()
-    rows = labels.rows(batch["index"].numpy())
-    r, v = np.arange(8), batch["view_id"].numpy()
+    rows = labels.rows(batch.index.numpy())
+    r, v = np.arange(8), batch.view_id.numpy()
     logits = torch.zeros(8, 3).scatter_(1, torch.from_numpy(rows["classes"][r, v].astype(np.int64)),
                                         torch.from_numpy(rows["logits"][r, v].astype(np.float32)))
     dense = torch.softmax(logits / 4.0, 1)
@@ -154,7 +154,7 @@ def test_a_student_step_on_mixed_cached_views_equals_the_step_by_hand(shared):
     replay = student.ReplayItems(images, cfg.data, folder, "cycle", seed=0)
     replay.set_epoch(1)
     idx = list(range(16))
-    batch = data.collate([replay[i] for i in idx])
+    batch = data.collate_replay([replay[i] for i in idx])
     kd = KDCfg(alpha=0.7, temperature=4.0)
     objective = objectives.Distillation(kd, 3, 0.1, targets.CachedTeacher(3, labels.dense, labels.temperature))
     torch.manual_seed(0)
@@ -320,11 +320,11 @@ def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp
               .splitlines()]
     assert set(epochs[0]["terms"]) == {"loss", "ce", "l2"} and 0 < epochs[0]["l2"] < 2
     # the objective is CE (weight 1: the method's default) plus the method's own loss, on a real batch
-    batch = {"label": torch.tensor([0, 1, 2])}
+    batch = labelled([0, 1, 2])
     logits, q = torch.randn(3, 3), torch.softmax(torch.randn(3, 3), 1)
     teacher = type("Fixed", (), {"sees_mixed_input": False, "log_probs": lambda self, *a: q.log()})()
     got = objectives.Distillation(KDCfg(loss=throwaway.name), 3, 0.0, teacher)(logits, batch, None, None, START)
-    want = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch["label"], 3, 0.0)) + \
+    want = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch.label, 3, 0.0)) + \
         3.0 * ((torch.softmax(logits / 4.0, 1) - q) ** 2).sum(1).mean()
     assert got["loss"].item() == pytest.approx(want.item(), rel=1e-6)
 
@@ -341,8 +341,9 @@ def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(demo, tmp_path, monkeypatch):
     def spy(self, student_logits, log_q, batch, kd_cfg, epoch):
         out = real(self, student_logits, log_q, batch, kd_cfg, epoch)
         if not seen:
-            seen.append((student_logits.detach().double(), batch["kd_logits"].double(), batch["kd_classes"],
-                         batch["label"], out["nckd"].item()))
+            record = batch.teachers[0]
+            seen.append((student_logits.detach().double(), record.logits.double(), record.classes, batch.label,
+                         out["nckd"].item()))
         return out
     monkeypatch.setattr(dkd_cls, "__call__", spy)
     where, _ = demo  # its teacher and its cache of every logit (any T) are reused: only the student trains

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cache_overrides, run_here, tiny_overrides
+from conftest import cache_overrides, labelled, run_here, tiny_overrides
 from distill.config import KDCfg
 from distill.training import objectives
 
@@ -32,7 +32,7 @@ def test_the_class_head_learns_the_labels_and_the_distillation_head_the_teacher(
     cls, dist, teacher = (torch.randn(8, 5, generator=g, dtype=torch.float64) for _ in range(3))
     labels = torch.arange(8) % 5
     kd = KDCfg(alpha=0.5, temperature=4.0, token=token)
-    got = objectives.Distillation(kd, 5, 0.0, _Fixed(teacher))((cls.float(), dist.float()), {"label": labels}, None,
+    got = objectives.Distillation(kd, 5, 0.0, _Fixed(teacher))((cls.float(), dist.float()), labelled(labels), None,
                                                                  None, objectives.Progress(0, 0))
     if token == "soft":
         q = torch.softmax(teacher / 4.0, 1)

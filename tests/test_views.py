@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill import data
 from distill.data import views
 from distill.config import DataCfg
 
@@ -44,12 +45,13 @@ def test_device_views_render_the_partner_of_a_mixed_view():
     cfg = DataCfg(image_size=8, padding=2)
     pixels = torch.randint(0, 256, (5, 8, 8, 3), dtype=torch.uint8)
     params = _params(cfg, 3, (8, 8))
-    batch = {"index": torch.tensor([0, 1, 2]), "view": params, "partner": torch.tensor([4, -1, 3]),
-             "partner_view": params.flip(0)}
+    mixed = data.MixedView(index=torch.tensor([4, -1, 3]), view=params.flip(0), lam=torch.ones(3),
+                           box=torch.zeros(3, 4))
+    batch = data.Views(index=torch.tensor([0, 1, 2]), view=params, split=torch.zeros(3), mixed=mixed)
     out = views.DeviceViews(pixels.numpy(), cfg, "cpu")(batch)
-    assert torch.equal(out["partner_image"][0], views.apply(pixels[4].permute(2, 0, 1), params[2].numpy(), cfg))
-    assert not out["partner_image"][1].any()  # unmixed: blank, as the per-image path leaves it
-    assert torch.equal(out["image"][2], views.apply(pixels[2].permute(2, 0, 1), params[2].numpy(), cfg))
+    assert torch.equal(out.mixed.image[0], views.apply(pixels[4].permute(2, 0, 1), params[2].numpy(), cfg))
+    assert not out.mixed.image[1].any()  # unmixed: blank, as the per-image path leaves it
+    assert torch.equal(out.image[2], views.apply(pixels[2].permute(2, 0, 1), params[2].numpy(), cfg))
 
 
 @pytest.mark.parametrize("mix", [{}, {"cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0}])
@@ -123,8 +125,8 @@ def test_cached_mixing_is_tricks_blend_row_by_row_bit_for_bit():
     lam = torch.tensor([1.0, 0.3, 0.75, 0.6])
     box = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [2, 1, 4, 4], [5, 0, 3, 8]])  # unmixed, mixup, two cutmix
     to_input = transforms.ToInput(DataCfg(), {"mean": [0.5] * 3, "std": [0.25] * 3})
-    got = to_input({"image": image, "partner_image": partner, "lam": lam, "box": box})
-    x, y = to_input({"image": image}), to_input({"image": partner})
+    got = to_input(data.Views(image=image, mixed=data.MixedView(image=partner, lam=lam, box=box)))
+    x, y = to_input(data.Views(image=image)), to_input(data.Views(image=partner))
     for r in range(4):
         b = tuple(box[r].tolist())
         assert torch.equal(got[r], tricks.blend(x[r], y[r], float(lam[r]), b if b[2] * b[3] else None)), r

@@ -89,9 +89,10 @@ def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
         seen, start = 0, time.perf_counter()
         loader.dataset.set_epoch(epoch)
         for batch in loader:
-            x = to_input(_to(batch, acc.device)).contiguous(memory_format=torch.channels_last)
+            batch = batch.to(acc.device, non_blocking=True)
+            x = to_input(batch).contiguous(memory_format=torch.channels_last)
             with acc.autocast():
-                loss = task(x, batch["label"].to(acc.device))["loss"]
+                loss = task(x, batch.label)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -106,20 +107,14 @@ def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, cfg.kd.views, 0)
     to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, device))
     loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=data.workers(cfg.data, replay.images), collate_fn=data.collate,
-                                         pin_memory=torch.cuda.is_available())
+                                         num_workers=data.workers(cfg.data, replay.images),
+                                         collate_fn=data.collate_replay, pin_memory=torch.cuda.is_available())
     seen, start = 0, time.perf_counter()
     for batch in loader:
-        to_input(_to(batch, device))
-        for key in ("kd_logits", "kd_classes", "kd_lse_rest"):
-            batch[key].to(device, non_blocking=True)
-        seen += len(batch["index"])
+        to_input(batch.to(device, non_blocking=True))  # every field, the soft labels too
+        seen += len(batch.index)
     _sync()
     return seen / (time.perf_counter() - start)
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _photos(source: str, path: Path, n: int, size=(500, 375)) -> Path:
@@ -297,7 +292,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.inference_mode(), acc.autocast():
                 for batch in loader:
-                    x = to_input(_to(batch, acc.device))
+                    x = to_input(batch.to(acc.device, non_blocking=True))
                     teacher_folded(x.contiguous(memory_format=torch.channels_last))
             _sync()
         raw_rate = n / (time.perf_counter() - start)

@@ -63,7 +63,7 @@ def main() -> None:
     start = time.perf_counter()
     with torch.inference_mode(), acc.autocast():
         for batch in loader:
-            x = to_input({"image": batch["image"].to(acc.device, non_blocking=True)})
+            x = to_input(data.Views(image=batch.image.to(acc.device, non_blocking=True)))
             model(x.contiguous(memory_format=torch.channels_last))
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -42,7 +42,7 @@ def timm_feature_task(cfg, ctx: RunContext, teacher_dir: Path) -> float:
     seen, start = 0, time.perf_counter()
     for batch in loader:
         x = ctx.to_input(batch).contiguous(memory_format=torch.channels_last)
-        out = task(x, batch["label"])
+        out = task(x, batch.label)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()

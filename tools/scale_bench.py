@@ -120,14 +120,14 @@ def infer(args: list[str]) -> None:
     batch = cfg.cache.batch_size // cfg.cache.views
     order = np.random.default_rng(0).permutation(len(items))[:batch * (steps + 1)].tolist()
     loader = torch.utils.data.DataLoader(items, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers,
-                                         collate_fn=data.collate)
+                                         collate_fn=data.collate_cache)
     to_input = transforms.ToInput(cfg.data, {"mean": cfg.data.mean, "std": cfg.data.std})
     net = timm.create_model("scale_linear", num_classes=1000, img_size=cfg.data.image_size).eval()
     with torch.inference_mode():
         for i, b in enumerate(loader):
             if i == 1:  # the first batch waits for the workers' start
                 start = time.perf_counter()
-            net(to_input({"image": b["image"].flatten(0, 1)}))
+            net(to_input(data.Views(image=b.image.flatten(0, 1))))
     print(f"infer_us_per_view {1e6 * (time.perf_counter() - start) / (steps * batch * cfg.cache.views)}")
 
 

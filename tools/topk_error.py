@@ -14,6 +14,7 @@ and the worst batch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -66,22 +67,23 @@ def measure(run: Path, ks: list[int], temperatures: list[float], batch_size: int
         replay = student.ReplayItems(bundle.images["train"], cfg.data, cache_folder, "cycle", cfg.seed)
         replay.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(replay, batch_size=batch_size, shuffle=False, num_workers=2,
-                                             collate_fn=data.collate)
+                                             collate_fn=data.collate_replay)
         for b, batch in enumerate(loader):
             if max_batches is not None and b >= max_batches:
                 break
             x = to_input(batch)
-            stored = torch.zeros(len(x), labels.num_classes).scatter_(1, batch["kd_classes"], batch["kd_logits"])
+            record = batch.teachers[0]
+            stored = torch.zeros(len(x), labels.num_classes).scatter_(1, record.classes, record.logits)
             with torch.no_grad():
                 outputs = {name: net(x) for name, net in nets.items()}
             for t in temperatures:
                 full = targets.CachedTeacher(labels.num_classes, True, 1.0).log_probs(batch, None, t, False)
                 approx = {}
                 for k in ks:
-                    fields = softlabels.teacher_fields(stored, batch["label"], None, k, t)
-                    top = {"label": batch["label"], "kd_logits": fields["logits"].float(),
-                           "kd_classes": fields["classes"]} | {f"kd_{n}": fields[n] for n in
-                                                               ("target", "mean", "std", "lse_rest", "lse_std_rest")}
+                    fields = softlabels.teacher_fields(stored, batch.label, None, k, t)
+                    top = dataclasses.replace(batch, teachers=[data.TeacherRecord(
+                        logits=fields["logits"].float(), classes=fields["classes"],
+                        **{n: fields[n] for n in ("target", "mean", "std", "lse_rest", "lse_std_rest")})])
                     approx[k] = targets.CachedTeacher(labels.num_classes, False, t).log_probs(top, None, t, False)
                 for method, extra in METHODS.items():
                     kd_cfg = KDCfg(loss=method, temperature=t, alpha=1.0, **extra)

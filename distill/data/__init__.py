@@ -4,7 +4,8 @@
                    validation carve, the test split, label and class checks: `load` returns a DataBundle
     parquet.py     a parquet path's checks from its footers (shards complete, columns agree), struct image columns
     images.py      Images: a split's images, decoded once into memory when they fit (pixels.py)
-    datasets.py    the index-carrying training and evaluation items, collate, the epoch shared with workers
+    batch.py       the batch types (Views, ViewBatch, ReplayBatch, CacheBatch) and the collate functions that make them
+    datasets.py    the index-carrying training and evaluation items, the epoch shared with workers
     loaders.py     DataLoaders and worker counts
     jpeg.py        JPEG files decoded on a device (TorchCodec, else torchvision): the device renderer's decoder
     views.py       recordable, replayable views (crop box, flip): what the cache stores and the student replays
@@ -13,11 +14,14 @@
 A new data source goes in sources.py (`detect_source` and `_load_splits`). May import: distill.config,
 distill.errors and this folder; never the store, training or the stages.
 """
-from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, collate, device_views
+from distill.data.batch import (BatchError, CacheBatch, MixedView, ReplayBatch, TeacherRecord, ViewBatch, Views,
+                                 collate, collate_cache, collate_replay)
+from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, device_views
 from distill.data.images import Images
 from distill.data.loaders import loaders, make_loader, workers
 from distill.data.sources import DataBundle, load
 from distill.data.transforms import channel_stats
 
-__all__ = ["DataBundle", "EpochItems", "Images", "ImageDataset", "SharedEpoch", "SPLITS", "channel_stats", "collate",
-           "device_views", "load", "loaders", "make_loader", "workers"]
+__all__ = ["BatchError", "CacheBatch", "DataBundle", "EpochItems", "Images", "ImageDataset", "MixedView", "ReplayBatch",
+           "SharedEpoch", "SPLITS", "TeacherRecord", "ViewBatch", "Views", "channel_stats", "collate", "collate_cache",
+           "collate_replay", "device_views", "load", "loaders", "make_loader", "workers"]

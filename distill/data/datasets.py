@@ -1,11 +1,12 @@
-"""The index-carrying items the loaders yield: training and evaluation views of a split, `collate` (which drops
-and counts a skipped image), and the epoch that persistent loader workers share with the main process."""
+"""The index-carrying items the loaders yield: training and evaluation views of a split (collated into a
+batch.ViewBatch by `batch.collate`, which drops and counts a skipped image), and the epoch that persistent loader
+workers share with the main process."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from distill.config import DataCfg
 from distill.data import views
@@ -46,10 +47,11 @@ class EpochItems(Dataset):
 
 
 class ImageDataset(EpochItems):
-    """Items {'image' (uint8 CHW), 'label', 'index'}; `index` is the row in the split (the cache keys soft labels
-    by it). Training items get a random view drawn from (seed, epoch, index), a pure function, so that a resumed run
-    sees the views an uninterrupted one would; evaluation items get the eval view. With skip_bad, an image that
-    fails to decode yields None, which `collate` drops and counts."""
+    """Items with the fields of a batch.ViewBatch: {'image' (uint8 CHW), 'label', 'index'}, or with
+    data.renderer=device {'view', 'label', 'index', 'split'} (and 'jpeg'); `index` is the row in the split (the
+    cache keys soft labels by it). Training items get a random view drawn from (seed, epoch, index), a pure
+    function, so that a resumed run sees the views an uninterrupted one would; evaluation items get the eval view.
+    With skip_bad, an image that fails to decode yields None, which `batch.collate` drops and counts."""
 
     def __init__(self, images: Images, cfg: DataCfg, train: bool, seed: int = 0, skip_bad: bool = False,
                  pixels: bool | None = None):
@@ -97,15 +99,3 @@ def device_views(cfg: DataCfg, bundle: "DataBundle", device) -> dict | None:
             SPLITS.index(name): views.DeviceViews(images.pixels, cfg, device) if images.pixels is not None
             else views.JpegViews(cfg, device) for name, images in bundle.images.items()}
     return bundle.on_device[str(device)]
-
-
-def collate(items: list) -> dict:
-    """default_collate, dropping (and counting) the None of a skipped image; JPEG files stay a list."""
-    kept = [it for it in items if it is not None]
-    jpeg = [it.pop("jpeg") for it in kept] if kept and "jpeg" in kept[0] else None
-    batch = default_collate(kept) if kept else {"image": torch.empty(0), "label": torch.empty(0, dtype=torch.long),
-                                                "index": torch.empty(0, dtype=torch.long)}
-    batch["skipped"] = torch.tensor(len(items) - len(kept))
-    if jpeg is not None:
-        batch["jpeg"] = jpeg  # numpy arrays: accelerate leaves them on the host, where the decoder reads them
-    return batch

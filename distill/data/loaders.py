@@ -7,17 +7,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.config import DataCfg
-from distill.data.datasets import ImageDataset, collate
+from distill.data.batch import collate
+from distill.data.datasets import ImageDataset
 from distill.data.images import Images
 
 if TYPE_CHECKING:
     from distill.data.sources import DataBundle
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int) -> DataLoader:
-    """Workers persist across epochs; a training dataset's epoch reaches them through shared memory (SharedEpoch)."""
+def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int,
+                collate_fn=collate) -> DataLoader:
+    """Workers persist across epochs; a training dataset's epoch reaches them through shared memory (SharedEpoch).
+    `collate_fn` makes the dataset's items one batch of its kind (batch.py; ImageDataset's: batch.collate)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=num_workers,
-                      collate_fn=collate, persistent_workers=num_workers > 0,
+                      collate_fn=collate_fn, persistent_workers=num_workers > 0,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
 
 

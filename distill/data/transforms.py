@@ -7,6 +7,7 @@ import torch
 from torchvision.transforms import v2
 
 from distill.config import DataCfg
+from distill.data.batch import BatchError, Views
 
 
 class PerImageStandardize(torch.nn.Module):
@@ -20,8 +21,8 @@ class PerImageStandardize(torch.nn.Module):
 
 class ToInput:
     """A batch of uint8 views -> the network input: converted and normalised in one go, on the batch's device,
-    then blended with the partner views where the batch carries a cached mixed view (`partner_image`, `lam`,
-    `box`: lam < 1 mixes up, a non-empty box pastes). With data.renderer=device a batch carries view parameters
+    then blended with the partner views where the batch carries cached mixed views (`mixed`, a batch.MixedView:
+    lam < 1 mixes up, a non-empty box pastes). With data.renderer=device a batch carries view parameters
     instead of pixels, rendered here first. The one place every stage turns a batch into the input."""
 
     def __init__(self, cfg: DataCfg, norm: dict, device_views: dict | None = None):
@@ -33,15 +34,20 @@ class ToInput:
             steps.append(v2.Normalize(norm["mean"], norm["std"]))
         self.normalize = v2.Compose(steps)
 
-    def __call__(self, batch: dict) -> torch.Tensor:
-        if "image" not in batch:  # a batch of view parameters: render its pixels on the device first
-            batch = self.device_views[int(batch["split"][0])](batch)
-        x = self.normalize(batch["image"])
-        if "partner_image" not in batch:
+    def __call__(self, batch: Views) -> torch.Tensor:
+        """The network input of a batch of views (rendered first when it carries view parameters)."""
+        if batch.image is None:  # a batch of view parameters: render its pixels on the device first
+            if self.device_views is None:
+                raise BatchError("a batch of view parameters reached a ToInput without the device's renderers "
+                                 "(data.renderer=cpu)")
+            batch = self.device_views[int(batch.split[0])](batch)
+        x = self.normalize(batch.image)
+        mixed = batch.mixed
+        if mixed is None:
             return x
-        y = self.normalize(batch["partner_image"])
-        lam = torch.as_tensor(batch["lam"], device=x.device).reshape(-1).float()[:, None, None, None]
-        top, left, h, w = torch.as_tensor(batch["box"], device=x.device).reshape(-1, 4).long().unbind(1)
+        y = self.normalize(mixed.image)
+        lam = torch.as_tensor(mixed.lam, device=x.device).reshape(-1).float()[:, None, None, None]
+        top, left, h, w = torch.as_tensor(mixed.box, device=x.device).reshape(-1, 4).long().unbind(1)
         rows, cols = torch.arange(x.shape[-2], device=x.device), torch.arange(x.shape[-1], device=x.device)
         inside = (((rows >= top[:, None]) & (rows < (top + h)[:, None]))[:, :, None]
                   & ((cols >= left[:, None]) & (cols < (left + w)[:, None]))[:, None, :])
@@ -55,7 +61,7 @@ def channel_stats(loader) -> tuple[list[float], list[float]]:
     """Per-channel mean and std, on the [0, 1] scale, over every pixel of the uint8 images the loader yields."""
     total, sq, n = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
     for batch in loader:
-        x = batch["image"].to(torch.float64) / 255
+        x = batch.image.to(torch.float64) / 255
         total += x.sum(dim=(0, 2, 3))
         sq += (x * x).sum(dim=(0, 2, 3))
         n += x.shape[0] * x.shape[2] * x.shape[3]

@@ -11,6 +11,7 @@ what they drew, so a view could be neither recorded nor replayed.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +20,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from distill.config import DataCfg
 from distill.data import jpeg
+from distill.data.batch import Views
+from distill.errors import DataError
 
 EVAL, TRAIN = 0, 1
 FIELDS = ("kind", "top", "left", "height", "width", "flip")
@@ -158,13 +161,16 @@ class DeviceViews:
             pixels = resized(pixels, cfg.image_size)  # `apply` does (a GPU's resize may round a pixel otherwise)
         self.pixels, self.cfg = pixels.to(device), cfg
 
-    def __call__(self, batch: dict) -> dict:
-        out = dict(batch, image=render(self.pixels, batch["index"], batch["view"], self.cfg))
-        if "partner" in batch:
-            partner = batch["partner"].to(self.pixels.device)
-            image = render(self.pixels, partner.clamp_min(0), batch["partner_view"], self.cfg)
-            out["partner_image"] = torch.where((partner >= 0)[:, None, None, None], image, torch.zeros_like(image))
-        return out
+    def __call__(self, batch: Views) -> Views:
+        """The batch with its views' pixels (`image`, and a mixed view's partner's `mixed.image`) rendered."""
+        image = render(self.pixels, batch.index, batch.view, self.cfg)
+        mixed = batch.mixed
+        if mixed is not None:
+            partner = mixed.index.to(self.pixels.device)
+            drawn = render(self.pixels, partner.clamp_min(0), mixed.view, self.cfg)
+            mixed = dataclasses.replace(mixed, image=torch.where((partner >= 0)[:, None, None, None], drawn,
+                                                                 torch.zeros_like(drawn)))
+        return dataclasses.replace(batch, image=image, mixed=mixed)
 
 
 class JpegViews:
@@ -176,9 +182,15 @@ class JpegViews:
     def __init__(self, cfg: DataCfg, device):
         self.cfg, self.device = cfg, torch.device(device)
 
-    def __call__(self, batch: dict) -> dict:
-        files = [torch.from_numpy(np.array(b, copy=True)) for b in batch["jpeg"]]
+    def __call__(self, batch: Views) -> Views:
+        """The batch with its views' pixels (`image`) decoded and cropped; raises DataError for mixed views, whose
+        partners this renderer does not decode."""
+        if batch.mixed is not None:
+            raise DataError("mixed cached views with data.renderer=device need the split decoded into memory "
+                            "(data.decode_mb); use data.renderer=cpu")
+        files = [torch.from_numpy(np.array(b, copy=True)) for b in batch.jpeg]
         images = jpeg.decode(files, self.device)
-        of = batch["jpeg_of"].tolist() if "jpeg_of" in batch else range(len(images))
-        params = batch["view"].cpu().numpy()
-        return dict(batch, image=torch.stack([apply(images[j], params[r], self.cfg) for r, j in enumerate(of)]))
+        of = batch.jpeg_of.tolist() if batch.jpeg_of is not None else range(len(images))
+        params = batch.view.cpu().numpy()
+        return dataclasses.replace(batch, image=torch.stack([apply(images[j], params[r], self.cfg)
+                                                             for r, j in enumerate(of)]))

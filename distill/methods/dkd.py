@@ -87,10 +87,10 @@ class DKD(Method, name="dkd", needs_labels=True, settings=DKDSettings, cite="Zha
 
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
         temperature, own = kd_cfg.temperature, kd_cfg.dkd
-        tckd, nckd = per_sample(student_logits, log_q, batch["label"], temperature)
-        if "partner_label" in batch:  # a cached mixed view: its two classes, weighted like the hard labels
-            lam = batch["lam"].float()
-            tckd_p, nckd_p = per_sample(student_logits, log_q, batch["partner_label"], temperature)
+        tckd, nckd = per_sample(student_logits, log_q, batch.label, temperature)
+        if batch.mixed is not None:  # a cached mixed view: its two classes, weighted like the hard labels
+            lam = batch.mixed.lam.float()
+            tckd_p, nckd_p = per_sample(student_logits, log_q, batch.mixed.label, temperature)
             tckd, nckd = lam * tckd + (1 - lam) * tckd_p, lam * nckd + (1 - lam) * nckd_p
         warm = min((epoch + 1) / own.warmup, 1.0) if own.warmup else 1.0
         return _terms(tckd, nckd, temperature, warm * own.alpha, warm * own.beta)

@@ -105,13 +105,22 @@ class ViewItems(Dataset):
             return decoded[j]
 
         rec = self.draw(i, tuple(img.shape[-2:]), lambda j: None if load(j) is None else tuple(load(j).shape[-2:]))
-        item = {"image": views.apply_all(img, rec["view"], self.cfg), "index": i, "bad": bad,
-                **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        item = {"image": views.apply_all(img, rec["view"], self.cfg), **self._fields(i, bad, rec)}
         if self.mix:
             blank = torch.zeros_like(item["image"][0])
-            item["partner_image"] = torch.stack([
+            item["mixed"]["image"] = torch.stack([
                 views.apply(load(int(j)), rec["partner_view"][v], self.cfg) if j >= 0 else blank
                 for v, j in enumerate(rec["partner"])])
+        return item
+
+    @staticmethod
+    def _fields(i: int, bad: bool, rec: dict[str, np.ndarray]) -> dict:
+        """The fields of a data.CacheBatch item from `draw`'s parameters (the record fields named as the batch's)."""
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}
+        item = {"index": i, "bad": bad, "view": tensors["view"]}
+        if "partner" in rec:
+            item["mixed"] = {"index": tensors["partner"], "view": tensors["partner_view"], "lam": tensors["lam"],
+                             "box": tensors["box"]}
         return item
 
     def _params_only(self, i: int) -> dict:
@@ -126,7 +135,7 @@ class ViewItems(Dataset):
         hw, jpeg = source
         # a partner is only drawn for mixed views, which need a decoded split: every image has its size
         rec = self.draw(i, hw, lambda j: None if j in self.images.bad else tuple(self.images.pixels.shape[1:3]))
-        item = {"index": i, "bad": bad, **{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in rec.items()}}
+        item = self._fields(i, bad, rec)
         return item if jpeg is None else item | {"jpeg": jpeg}
 
 
@@ -164,14 +173,16 @@ class _Labeller:
                 features[:, :first] = base[1]
         loader = DataLoader(Subset(self.items, range(start, stop)), batch_size=max(1, run // n_new), shuffle=False,
                             num_workers=data.workers(self.cfg.data, self.items.images),
-                            pin_memory=torch.cuda.is_available(), collate_fn=data.collate)
+                            pin_memory=torch.cuda.is_available(), collate_fn=data.collate_cache)
         pending, loaded, labelled = [], 0, 0
         for batch in loader:
-            b = batch["view"].shape[0]
-            got = records[loaded:loaded + b]
-            for name in ("view",) + (softlabels.MIX_FIELDS if "partner" in batch else ()):
-                got[name][:, first:] = batch[name].numpy()
-            bad[loaded:loaded + b] = batch["bad"].numpy()
+            b = batch.view.shape[0]
+            got, mixed = records[loaded:loaded + b], batch.mixed
+            stored = {"view": batch.view} | ({} if mixed is None else {
+                "partner": mixed.index, "partner_view": mixed.view, "lam": mixed.lam, "box": mixed.box})
+            for name, value in stored.items():
+                got[name][:, first:] = value.numpy()
+            bad[loaded:loaded + b] = batch.bad.numpy()
             loaded += b
             x = self.to_input(self._inputs(batch, n_new))
             pending.append(x.view(b, n_new, *x.shape[1:]))
@@ -188,23 +199,21 @@ class _Labeller:
             features[bad] = 0
         return records, (np.flatnonzero(bad) + start).tolist(), features
 
-    def _inputs(self, batch: dict, n_new: int) -> dict:
-        """One loader batch (b images x n_new views) as the flat batch ToInput turns into network inputs."""
-        dev, b = self.acc.device, batch["view"].shape[0]
-        if "image" in batch:  # rendered in the loader
-            flat = {"image": batch["image"].flatten(0, 1).to(dev, non_blocking=True)}
-            if "partner_image" in batch:
-                flat |= {"partner_image": batch["partner_image"].flatten(0, 1).to(dev)}
+    def _inputs(self, batch: data.CacheBatch, n_new: int) -> data.Views:
+        """One loader batch (b images x n_new views) as the flat batch of views ToInput turns into network inputs."""
+        dev, b, mixed = self.acc.device, batch.view.shape[0], batch.mixed
+        if batch.image is not None:  # rendered in the loader
+            flat = {"image": batch.image.flatten(0, 1).to(dev, non_blocking=True)}
+            partner = {} if mixed is None else {"image": mixed.image.flatten(0, 1).to(dev)}
         else:  # data.renderer=device: every view of these images rendered by to_input
-            flat = {"index": batch["index"].repeat_interleave(n_new), "view": batch["view"].flatten(0, 1),
+            flat = {"index": batch.index.repeat_interleave(n_new), "view": batch.view.flatten(0, 1),
                     "split": torch.zeros(b * n_new, dtype=torch.long)}
-            if "jpeg" in batch:  # each file decoded once for its n_new views
-                flat |= {"jpeg": batch["jpeg"], "jpeg_of": torch.arange(b).repeat_interleave(n_new)}
-            if "partner" in batch:
-                flat |= {"partner": batch["partner"].flatten(0, 1), "partner_view": batch["partner_view"].flatten(0, 1)}
-        if "partner" in batch:
-            flat |= {"lam": batch["lam"].flatten(0, 1), "box": batch["box"].flatten(0, 1)}
-        return flat
+            if batch.jpeg is not None:  # each file decoded once for its n_new views
+                flat |= {"jpeg": batch.jpeg, "jpeg_of": torch.arange(b).repeat_interleave(n_new)}
+            partner = {} if mixed is None else {"index": mixed.index.flatten(0, 1), "view": mixed.view.flatten(0, 1)}
+        if mixed is not None:
+            flat["mixed"] = data.MixedView(lam=mixed.lam.flatten(0, 1), box=mixed.box.flatten(0, 1), **partner)
+        return data.Views(**flat)
 
     def _label(self, records: np.ndarray, features: np.ndarray | None, x: torch.Tensor, row: int, start: int) -> None:
         """The teacher's fields (and features) of every new view of images row .. row + len(x) of the shard

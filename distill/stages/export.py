@@ -61,7 +61,7 @@ def _val_batch(cfg: Config, bundle: data.DataBundle, norm: dict, n: int = 64) ->
     """Up to n real validation images, as the network sees them."""
     ds = data.ImageDataset(bundle.images["val"], cfg.data, train=False, skip_bad=True, pixels=True)
     items = [it for it in (ds[i] for i in range(min(n, len(ds)))) if it is not None]
-    return transforms.ToInput(cfg.data, norm)({"image": torch.stack([it["image"] for it in items])})
+    return transforms.ToInput(cfg.data, norm)(data.Views(image=torch.stack([it["image"] for it in items])))
 
 
 def _onnx(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int) -> float:

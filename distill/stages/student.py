@@ -33,8 +33,7 @@ from distill.training.context import RunContext
 log = logging.getLogger("distill")
 
 # The most uses per cached view (student epochs / V) at which cached KD stayed within 0.3 points of online KD's
-# top-1 (mean of two seeds): V = 8 over 40 epochs, -0.10 points; V = 2 (20 uses) lost 1.69 points. Measured by
-# tools/views_experiment.sh (BENCHMARKS.md, "How many views").
+# top-1: tools/views_experiment.sh, docs/benchmarks.md "How many cached views".
 MAX_USES_PER_VIEW = 5.0
 
 
@@ -63,17 +62,13 @@ def view_of(index: int, epoch: int, num_views: int, schedule: str, seed: int) ->
     return int(np.random.default_rng([seed, epoch, index]).integers(num_views))
 
 
-def label_prefix(j: int) -> str:
-    """The batch keys of teacher j's soft label: kd_ (the one teacher, or an ensemble's first), then kd1_, ..."""
-    return "kd_" if j == 0 else f"kd{j}_"
-
-
 class ReplayItems(data.EpochItems):
     """Item i at the current epoch: its cached view re-applied (uint8; the batch becomes the network input on the
     device, transforms.ToInput), with the view id and that view's soft label (top-k logits, classes, logsumexp at
-    T), read from the memory-mapped record the view comes from. A mixed view brings its partner's view, label,
-    lambda and box. With several caches (an ensemble's teachers, over the same views) each teacher's soft label
-    for the view comes along, under its own keys (label_prefix)."""
+    T), read from the memory-mapped record the view comes from: the fields of a data.ReplayBatch (collated by
+    data.collate_replay). A mixed view brings its partner's view, label, lambda and box (`mixed`). With several caches
+    (an ensemble's teachers, over the same views) each teacher's soft label for the view comes along, in the
+    teachers' order (`teachers`)."""
 
     def __init__(self, images: data.Images, cfg: DataCfg, folder: Path | list[Path], schedule: str, seed: int,
                  features: bool = False):
@@ -81,7 +76,7 @@ class ReplayItems(data.EpochItems):
         self.folders = list(folder) if isinstance(folder, (list, tuple)) else [folder]
         self.images, self.cfg, self.schedule, self.seed = images, cfg, schedule, seed
         self.skip_bad = cfg.on_bad_image == "skip"
-        self.features = features  # the teacher's pooled feature of the view comes along too (kd_feature)
+        self.features = features  # the teacher's pooled feature of the view comes along too (its feature)
         self._caches = None
 
     @property
@@ -103,25 +98,25 @@ class ReplayItems(data.EpochItems):
             return None
         v = view_of(i, self.epoch.get(), self.labels.views, self.schedule, self.seed)
         rec, label = self.labels.row(i), int(self.images.labels[i])
-        # the view's parameters and its soft label travel with the sample: the training step reads no cache
+        # the view's parameters and its soft labels travel with the sample: the training step reads no cache
         out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
-               "view_id": v, "split": 0, **self.labels.view_label(rec, v)}
+               "view_id": v, "split": 0, "teachers": [self.labels.view_label(rec, v, "")]}
         if self.features:
-            out["kd_feature"] = self.labels.feature(i, v)
-        for j, other in enumerate(self.caches[1:], start=1):  # the other teachers' labels of the same view
-            out |= other.view_label(other.row(i), v, label_prefix(j))
+            out["teachers"][0]["feature"] = self.labels.feature(i, v)
+        for other in self.caches[1:]:  # the other teachers' labels of the same view
+            out["teachers"].append(other.view_label(other.row(i), v, ""))
         p = int(rec["partner"][v]) if "partner" in rec.dtype.names else None
         if p is not None:  # a mixed view: its partner too, and the hard labels mixed alike
-            out |= {"partner": p, "partner_view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
-                    "partner_label": int(self.images.labels[p]) if p >= 0 else label,
-                    "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
+            out["mixed"] = {"index": p, "view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
+                            "label": int(self.images.labels[p]) if p >= 0 else label,
+                            "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
         if self.cfg.renderer == "device":  # rendered per batch on the device (a JPEG file travels if not decoded)
             return out if self.images.pixels is not None else out | {"jpeg": self.images.encoded(i)[0]}
         out["image"] = views.apply(self.images.fetch(i, self.skip_bad), rec["view"][v], self.cfg)
         if p is not None:
             partner = self.images.fetch(p, self.skip_bad) if p >= 0 else None
-            out["partner_image"] = (views.apply(partner, rec["partner_view"][v], self.cfg) if partner is not None
-                                    else torch.zeros_like(out["image"]))
+            out["mixed"]["image"] = (views.apply(partner, rec["partner_view"][v], self.cfg) if partner is not None
+                                     else torch.zeros_like(out["image"]))
         return out
 
 
@@ -219,8 +214,9 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
             log.warning(warning)
         replay = ReplayItems(ctx.data.images["train"], cfg.data, [c.folder for c in caches], cfg.kd.views, seed,
                              features=cfg.kd.feature_weight > 0)  # cache.features=true: validated with the config
-        loader = data.make_loader(replay, s.batch_size, True, data.workers(cfg.data, replay.images), seed)
-        teachers = [targets.CachedTeacher(c.num_classes, c.dense, c.temperature, label_prefix(j), c.feature_dim)
+        loader = data.make_loader(replay, s.batch_size, True, data.workers(cfg.data, replay.images), seed,
+                                  collate_fn=data.collate_replay)
+        teachers = [targets.CachedTeacher(c.num_classes, c.dense, c.temperature, j, c.feature_dim)
                     for j, c in enumerate(caches)]
     else:
         teachers = []

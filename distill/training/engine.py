@@ -28,6 +28,7 @@ from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
 from distill import faults
+from distill.data.batch import ViewBatch, Views
 from distill.store import artifacts, checkpoint
 from distill.training import tricks
 from distill.training.objectives import Progress
@@ -36,7 +37,7 @@ from distill.errors import Stopped, TrainingError
 
 log = logging.getLogger("distill")
 
-Objective = Callable[[torch.Tensor, dict, "tricks.Mix | None", torch.Tensor, Progress], dict[str, torch.Tensor]]
+Objective = Callable[[torch.Tensor, ViewBatch, "tricks.Mix | None", torch.Tensor, Progress], dict[str, torch.Tensor]]
 
 
 @dataclass(kw_only=True)
@@ -47,7 +48,7 @@ class TrainingJob:
     out_dir: Path
     name: str  # "teacher", "student", ... for logs and error messages
     seed: int
-    to_input: Callable[[dict], torch.Tensor]  # batch -> network input (transforms.ToInput), train and validation
+    to_input: Callable[[Views], torch.Tensor]  # batch -> network input (transforms.ToInput), train and validation
     fingerprint: str = ""  # the stage's: a checkpoint written under another fingerprint is refused
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     resume: str = "auto"
@@ -62,7 +63,7 @@ def resume_and_nonfinite(cfg: Config, fingerprint: str) -> dict:
             "on_nonfinite": cfg.on_nonfinite, "max_nonfinite": cfg.max_nonfinite}
 
 
-def _input(batch: dict, channels_last: bool, to_input) -> torch.Tensor:
+def _input(batch: Views, channels_last: bool, to_input) -> torch.Tensor:
     x = to_input(batch)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -89,7 +90,7 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, to_input, channel
     count = 0
     for batch in loader:
         logits = model(_input(batch, channels_last, to_input)).float()
-        y = batch["label"]
+        y = batch.label
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit1, hit5 = top[:, 0] == y, (top == y[:, None]).any(1)
         loss = F.cross_entropy(logits, y, reduction="none")
@@ -327,7 +328,7 @@ class _Training:
                 self._update(run)
                 self._after_update(run, i)
 
-    def _forward_backward(self, run: _Epoch, i: int, batch: dict, sync: bool) -> None:
+    def _forward_backward(self, run: _Epoch, i: int, batch: ViewBatch, sync: bool) -> None:
         """Mix, forward, objective, backward; each term added to the sums unless the loss is not finite."""
         cfg, acc, zero = self.job.cfg, self.acc, self.zero
         x = _input(batch, cfg.channels_last, self.job.to_input)
@@ -348,8 +349,7 @@ class _Training:
             self.window.add(name, kept)
         self.state.window_n += 1
         run.seen += x.shape[0]
-        if "skipped" in batch:  # counted by data.collate when data.on_bad_image=skip
-            run.skipped += batch["skipped"].to(acc.device)
+        run.skipped += batch.skipped.to(acc.device)  # counted by data.collate when data.on_bad_image=skip
 
     def _update(self, run: _Epoch) -> None:
         """The optimizer step (skipped, and counted, after a non-finite loss under on_nonfinite=skip)."""

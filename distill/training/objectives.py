@@ -4,7 +4,8 @@ An objective is called as `objective(logits, batch, mix, x, progress)` and retur
 is minimised) and the unweighted parts (`ce`, `kd`, `tckd`, `nckd`, `inter`, `intra`, `feature`), which the engine
 logs per epoch. `mix` is the engine's mixing of this batch (None: unmixed), `x` the (mixed) network input, so a live
 teacher runs on the very same input, and `progress` the epoch and step (DKD's warm-up reads the epoch). A student
-under feature distillation answers {"logits", "feature"} (models.FeatureStudent).
+under feature distillation answers {"logits", "feature"} (models.FeatureStudent). `batch` is a data.ViewBatch (a
+data.ReplayBatch for cached KD), read by attribute.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from distill import methods
 from distill.config import KDCfg
+from distill.data.batch import ViewBatch
 from distill.methods.common import crossentropy, feature, logspace
 from distill.methods.common.standardize import standardize
 from distill.training import tricks
@@ -25,12 +27,12 @@ class Progress:
     step: int  # optimizer steps done before this one
 
 
-def hard_targets(batch: dict, num_classes: int, label_smoothing: float, mix) -> torch.Tensor:
+def hard_targets(batch: ViewBatch, num_classes: int, label_smoothing: float, mix) -> torch.Tensor:
     """Smoothed one-hot labels, mixed like the images (the engine's mix, or a cached mixed view's lambda)."""
-    target = tricks.smooth_one_hot(batch["label"], num_classes, label_smoothing)
-    if "partner_label" in batch:
-        other = tricks.smooth_one_hot(batch["partner_label"], num_classes, label_smoothing)
-        lam = batch["lam"].float()[:, None]
+    target = tricks.smooth_one_hot(batch.label, num_classes, label_smoothing)
+    if batch.mixed is not None:  # a ViewBatch's mixed views carry their partners' classes
+        other = tricks.smooth_one_hot(batch.mixed.label, num_classes, label_smoothing)
+        lam = batch.mixed.lam.float()[:, None]
         target = lam * target + (1 - lam) * other
     return tricks.mix_targets(target, mix)
 

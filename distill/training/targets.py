@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from distill.data.batch import BatchError, ReplayBatch, TeacherRecord, ViewBatch
 from distill.methods.common.logspace import ensemble, log_softmax_at
 from distill.methods.common.standardize import standardize
 
@@ -19,35 +20,47 @@ STD_EPS = 1e-7  # standardize()'s epsilon, applied here to the stored mean and s
 
 
 class CachedTeacher:
-    """Soft labels read with each sample (`ReplayItems`); `temperature` is the T of a top-k cache's logsumexps."""
+    """Soft labels read with each sample (`ReplayItems`, a data.ReplayBatch's `teachers`); `temperature` is the T of
+    a top-k cache's logsumexps."""
 
     sees_mixed_input = False  # the engine's own mixing is folded in by mixing these distributions
 
-    def __init__(self, num_classes: int, dense: bool, temperature: float, prefix: str = "kd_",
+    def __init__(self, num_classes: int, dense: bool, temperature: float, index: int = 0,
                  feature_dim: int | None = None):
         self.num_classes, self.dense, self.temperature = num_classes, dense, temperature
-        self.prefix = prefix  # the batch keys of this teacher's record (an ensemble's teacher j > 0: kd{j}_)
+        self.index = index  # which of the batch's teacher records is this teacher's (an ensemble's order)
         self.feature_dim = feature_dim  # the width of the cached pooled features (None: the cache has none)
 
-    def feature(self, batch: dict, x: torch.Tensor | None) -> torch.Tensor:
-        """The teacher's pooled feature of each sample's view, read from the cache with the sample (fp16 stored)."""
-        return batch[self.prefix + "feature"].float()
+    def record(self, batch: ReplayBatch) -> TeacherRecord:
+        """This teacher's soft labels of the batch's views; raises BatchError when the batch carries none."""
+        if not isinstance(batch, ReplayBatch) or self.index >= len(batch.teachers):
+            raise BatchError(f"cached teacher {self.index} needs its soft labels in the batch, which carries "
+                             f"{len(getattr(batch, 'teachers', []))} teachers' (a ReplayBatch of student.ReplayItems)")
+        return batch.teachers[self.index]
 
-    def log_probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
+    def feature(self, batch: ReplayBatch, x: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's pooled feature of each sample's view, read from the cache with the sample (fp16 stored);
+        raises BatchError when the batch carries none (ReplayItems without features)."""
+        taught = self.record(batch).feature
+        if taught is None:
+            raise BatchError(f"cached teacher {self.index}'s soft labels carry no pooled feature (ReplayItems with "
+                             "features=True reads them)")
+        return taught.float()
+
+    def log_probs(self, batch: ReplayBatch, x: torch.Tensor | None, temperature: float,
+                  standardized: bool) -> torch.Tensor:
         """The teacher's log-probabilities at T per sample, rebuilt from the record each sample brought along."""
-        def field(name: str) -> torch.Tensor:
-            return batch[self.prefix + name]
-
-        values, classes = field("logits").float(), field("classes")
+        record = self.record(batch)
+        values, classes = record.logits.float(), record.classes
         if self.dense:  # every logit is in the cache: any T, standardised or not
             logits = torch.zeros(values.shape[0], self.num_classes, device=values.device).scatter_(1, classes, values)
             return log_softmax_at(standardize(logits) if standardized else logits, temperature)
         if temperature != self.temperature:
             raise ValueError(f"a top-k cache holds T={self.temperature}, not {temperature}")
         z = torch.zeros(values.shape[0], self.num_classes, device=values.device).scatter_(1, classes, values)
-        own = [(batch["label"], field("target"))]  # fp32, written over their fp16 copy when in the top k
-        if self.prefix + "partner_target" in batch:
-            own.append((batch["partner_label"], field("partner_target")))
+        own = [(batch.label, record.target)]  # fp32, written over their fp16 copy when in the top k
+        if batch.mixed is not None:  # a ReplayBatch's mixed views come with every record's partner_target
+            own.append((batch.mixed.label, record.partner_target))
         for cls, logit in own:
             z.scatter_(1, cls.view(-1, 1), logit.float().view(-1, 1))
         known = torch.zeros_like(z, dtype=torch.bool).scatter_(1, classes, True)
@@ -56,11 +69,11 @@ class CachedTeacher:
         if standardized:  # with every class stored, z-score the stored values themselves (as a dense cache does);
             # otherwise with the teacher's fp32 mean and std, fp16's error on a logit growing by |z| / std
             complete = known.all(1, keepdim=True)
-            mean = torch.where(complete, z.mean(1, keepdim=True), field("mean").float().view(-1, 1))
-            std = torch.where(complete, z.std(1, keepdim=True), field("std").float().view(-1, 1))
+            mean = torch.where(complete, z.mean(1, keepdim=True), record.mean.float().view(-1, 1))
+            std = torch.where(complete, z.std(1, keepdim=True), record.std.float().view(-1, 1))
             z = (z - mean) / (std + STD_EPS)
         a = (z / temperature).masked_fill(~known, float("-inf"))
-        tail = field("lse_std_rest" if standardized else "lse_rest").float().view(-1, 1)
+        tail = (record.lse_std_rest if standardized else record.lse_rest).float().view(-1, 1)
         log_total = torch.logaddexp(torch.logsumexp(a, 1, keepdim=True), tail)
         per_tail_class = tail - torch.log((~known).sum(1, keepdim=True).clamp_min(1).float())
         return torch.where(known, a, per_tail_class) - log_total
@@ -84,13 +97,13 @@ class LiveTeacher:
         self._last = (x, answer) if self.feature_dim else None  # logits only: nothing kept past the step
         return answer
 
-    def log_probs(self, batch: dict, x: torch.Tensor, temperature: float, standardized: bool) -> torch.Tensor:
+    def log_probs(self, batch: ViewBatch, x: torch.Tensor, temperature: float, standardized: bool) -> torch.Tensor:
         """The teacher's log-probabilities at T on the student's very input `x`."""
         answer = self._answer(x)
         logits = (answer[0] if self.feature_dim else answer).float()
         return log_softmax_at(standardize(logits) if standardized else logits, temperature)
 
-    def feature(self, batch: dict, x: torch.Tensor) -> torch.Tensor:
+    def feature(self, batch: ViewBatch, x: torch.Tensor) -> torch.Tensor:
         """The teacher's pooled pre-logit feature of the student's very input `x`."""
         return self._answer(x)[1].float()
 
@@ -104,7 +117,8 @@ class Ensemble:
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(teachers), dtype=torch.float64)
         self.sees_mixed_input = teachers[0].sees_mixed_input
 
-    def log_probs(self, batch: dict, x: torch.Tensor | None, temperature: float, standardized: bool) -> torch.Tensor:
+    def log_probs(self, batch: ViewBatch, x: torch.Tensor | None, temperature: float,
+                  standardized: bool) -> torch.Tensor:
         """The combined target's log-probabilities at T."""
         parts = [t.log_probs(batch, x, temperature, standardized) for t in self.teachers]
         if len(parts) == 1:
