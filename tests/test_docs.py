@@ -114,8 +114,8 @@ def check(command: str) -> str | None:
     args, names_only = _placeholders(cli.replace_dicts(args))
     try:
         cli.check_syntax(args)
-        config.check_recipe(args, RECIPES / "recipe")
-        config.check_overrides(args + names_only, {p.name for p in RECIPES.iterdir() if p.is_dir()})
+        cli.check_recipe(args, RECIPES / "recipe")
+        cli.check_overrides(args + names_only, {p.name for p in RECIPES.iterdir() if p.is_dir()})
         overrides, _ = cli.hydra_args(args)
         ours = [o for o in overrides if not o.startswith(("hydra/", "hydra.", "+hydra"))]
         with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):

@@ -7,9 +7,10 @@ export's weights and ONNX file, and the resumed student's weights.
     python tools/same_behaviour.py --out after.json         # on the new one
     python tools/same_behaviour.py --compare before.json after.json
 
-Metadata files (meta.json, cache.json, export.json, the model card) are left out: they name settings and carry
-fingerprints, which a refactor may rename; the numbers and the bytes that the settings produced are what must stay.
-About 3 minutes on 2 CPU cores.
+Compared: each model's scores, epochs and size, the KD gain, and the bytes of those files, the cache's folder named
+"<fingerprint>" (its name is a hash of settings). Left out: metadata (meta.json, cache.json, export.json, the model
+card), lock files (a process id) and timings; they name settings, carry fingerprints or change with every run. The
+numbers and the bytes that the settings produced are what must stay. About 2 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # metadata: names settings and fingerprints (a refactor may rename them); not behaviour
-SKIP = {"meta.json", "cache.json", "export.json", "README.md", "config.json", "summary.json", "config.yaml"}
+SKIP = {"meta.json", "cache.json", "export.json", "README.md", "config.json", "summary.json", "config.yaml", ".lock"}
+SCORES = ("top1", "top5", "epochs", "params", "val_count", "model")
 
 
 def _sha(path: Path) -> str:
@@ -42,7 +44,7 @@ def _weights(folder: Path) -> dict[str, str]:
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and p.name not in SKIP and not p.suffix == ".jsonl" and "checkpoints" not in rel \
-                and p.suffix != ".png":
+                and p.suffix != ".png" and not p.name.endswith(".lock"):
             out[rel] = _sha(p)
     return out
 
@@ -53,8 +55,10 @@ def measure(work: Path) -> dict:
         raise SystemExit("same_behaviour: the demo failed")
     run = work / "runs" / "demo"
     summary = json.loads((run / "summary.json").read_text())
-    out = {"summary": {k: summary[k] for k in sorted(summary) if k not in ("stale", "run", "elapsed_s", "timing")},
-           "files": {"cache": _weights(work / "cache"), "run": _weights(run)}}
+    scores = {name: {k: v for k, v in model.items() if k in SCORES} for name, model in summary["models"].items()}
+    cache = {"/".join(["<fingerprint>", *rel.split("/")[1:]]): sha for rel, sha in _weights(work / "cache").items()}
+    out = {"summary": {"models": scores, "kd_gain_top1": summary.get("kd_gain_top1")},
+           "files": {"cache": cache, "run": _weights(run)}}
     # the student killed after optimizer step 7, then resumed: its final weights
     again = [*common, "name=resumed", f"teacher.dir={run}/teacher", "stage=student", "student.baseline=false",
              "checkpoint.every=5"]
