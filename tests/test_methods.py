@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, labelled, run_cli
 from distill import config, methods
 from distill.errors import ConfigError
 
@@ -71,10 +71,10 @@ def test_a_new_method_file_is_selectable_validated_documented_and_on_the_card(to
             return log_q
 
     logits, log_q = torch.randn(4, 3), torch.randn(4, 3).log_softmax(1)
-    batch = {"label": torch.tensor([0, 1, 2, 0])}
+    batch = labelled([0, 1, 2, 0])
     got = objectives.Distillation(cfg.kd, 3, 0.0, Fixed())(logits, batch, None, None, objectives.Progress(0, 0))
     toy = (logits.log_softmax(1) - log_q).pow(2).mean()
-    ce = torch.nn.functional.cross_entropy(logits, batch["label"])
+    ce = torch.nn.functional.cross_entropy(logits, batch.label)
     assert torch.allclose(got["toy"], toy) and torch.allclose(got["loss"], ce + 0.25 * toy)  # CE weight: 1
 
     helptext = run_cli("--help", cwd=ROOT).stdout

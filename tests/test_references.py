@@ -41,7 +41,7 @@ def _settings_pattern():
     sections = sorted({k.split(".")[0] for k in keys if "." in k})
     named = re.compile(r"(?<![\w.])(?:" + "|".join(sections) + r")\.[a-z_][a-z_0-9]*(?:\.[a-z_][a-z_0-9]*)*(?![\w(])")
     known = keys | {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
-    return named, known
+    return named, known | set(config.RENAMED)  # an old name, answered with its new one
 
 
 def test_every_setting_a_docstring_comment_or_message_names_exists():

@@ -41,7 +41,7 @@ class Method:
     and flags as class keywords:
 
         @dataclass
-        class MineSettings:  # kd.mine.weight; fields made with distill.fields.setting
+        class MineSettings:  # set as kd.<name>.<field>; fields made with distill.fields.setting
             weight: float = setting(1.0, doc="weight of the term", ge=0, changes=STUDENT)
 
         class Mine(Method, name="mine", help="what it computes", cite="who proposed it", settings=MineSettings,
