@@ -3,6 +3,7 @@
     sources.py     data.path -> the splits (hub, parquet, imagefolder, save_to_disk, the demo digits), the
                    validation carve, the test split, label and class checks: `load` returns a DataBundle
     parquet.py     a parquet path's checks from its footers (shards complete, columns agree), struct image columns
+    content.py     a data set's identity from its bytes (not its path or mtime), and the index that keeps it cheap
     images.py      Images: a split's images, decoded once into memory when they fit (pixels.py)
     batch.py       the batch types (Views, ViewBatch, ReplayBatch, CacheBatch) and the collate functions that make them
     datasets.py    the index-carrying training and evaluation items, the epoch shared with workers

@@ -7,8 +7,7 @@ always sets its ctime to now, and nothing but the kernel sets a ctime), so uncha
 `datasets` cache of that data lives in a folder named by the hash (`cache_dir`), so data with other bytes is always
 read anew, never served from the cache of the old bytes. Written by hand: `datasets` has no content-keyed cache.
 
-Cost: reading the bytes once (CIFAR-10's 45 MB parquet file: a fraction of a second; 150 GB of ImageNet JPEGs: the
-time to read 150 GB from the disk once, minutes), then one stat per file on each run.
+Cost: the bytes read once, then one stat per file on each run (measured: docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ the rest at T = 1, DKD's ImageNet setting); and log1p(-p_t) where p_t <= 1/2, so
 keeps its digits too. With two classes p^ is one class with probability 1 and nckd is 0.
 
 In the student's objective: w_ce * CE + min((epoch + 1) / kd.dkd.warmup, 1) * loss, w_ce = kd.ce_weight (null: 1).
-The authors' settings (mdistiller, CFG.DKD.*): CIFAR-100 ALPHA 1, BETA 8, T 4, WARMUP 20 -> kd.dkd.alpha=1
+The authors' settings (mdistiller, CFG.DKD.*): CIFAR-100 ALPHA 1, BETA 8, T 4, WARMUP 20 are kd.dkd.alpha=1
 kd.dkd.beta=8 kd.temperature=4 kd.dkd.warmup=20; ImageNet ALPHA 0.5, BETA 0.5, T 1, WARMUP 1. mdistiller's warm-up
 factor is epoch / WARMUP with 1-based epochs, the same as ours with 0-based ones.
 """

@@ -5,6 +5,7 @@
     models.py        timm models, init, checkpoint files, the BatchNorm-folded teacher; cifar_resnet.py
     objectives.py    what a stage minimises: CE, or CE plus a distillation method (distill/methods/)
     targets.py       where the soft target comes from: the cache or a live teacher, as log-probabilities
+    context.py       RunContext: what every stage is handed (config, accelerator, data, run folder, its teachers)
 
 May import: distill.config, distill.errors, distill.methods, distill.data and distill.store; never
 the stages.

@@ -38,7 +38,7 @@ def create(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool
 def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:
     """A model for inference only (the teacher that labels the cache, or runs online): eval mode, channels_last on
     `device`, and each Conv2d -> BatchNorm2d pair folded into one convolution by torch.fx (the same function up to
-    float rounding; a ResNet-56 forward of 256 images on 2 CPU cores took 21 to 28% less time). timm's fused
+    float rounding, and faster: docs/benchmarks.md). timm's fused
     BatchNormAct2d (MobileNetV3, EfficientNet) stays as it is, and so does a model fx cannot trace."""
     model.eval()
     try:
