@@ -296,7 +296,8 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
     acc.wait_for_everyone()
     manifest = manifest or softlabels.read_manifest(folder)
     _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest,
-                {"wall_s": time.perf_counter() - start_all, "images": total, "images_per_s": total / max(elapsed, 1e-9)})
+                {"wall_s": time.perf_counter() - start_all, "images": total,
+                 "images_per_s": total / max(elapsed, 1e-9)})
     return manifest
 
 
@@ -315,8 +316,8 @@ def too_big(cfg: Config, num_images: int, dtype: np.dtype, feature_dim: int | No
         return None
     per_view = f" + {2 * feature_dim} B of features per view" if feature_dim else ""
     return (f"cache.max_gb: {layout.named('the cache', teacher, ' of teacher ')} would take {need / 1e9:.1f} GB "
-            f"({num_images:,} images x {cfg.cache.views} views: {dtype.itemsize} B of soft labels per image{per_view}), more than "
-            f"cache.max_gb={cfg.cache.max_gb:g}; lower cache.views, or raise cache.max_gb")
+            f"({num_images:,} images x {cfg.cache.views} views: {dtype.itemsize} B of soft labels per image{per_view}), "
+            f"more than cache.max_gb={cfg.cache.max_gb:g}; lower cache.views, or raise cache.max_gb")
 
 
 def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, model: torch.nn.Module,
