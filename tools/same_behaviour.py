@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,10 @@ def measure(work: Path) -> dict:
     # the student killed after optimizer step 7, then resumed: its final weights
     again = [*common, "name=resumed", f"teacher.dir={run}/teacher", "stage=student", "student.baseline=false",
              "checkpoint.every=5"]
-    _run(again, {"DISTILL_FAULT": "student:7:KILL"})
+    if _run(again, {"DISTILL_FAULT": "student:7:KILL"}) != -signal.SIGKILL:  # else "resumed" would be a fresh run
+        raise SystemExit("same_behaviour: the student was not killed at step 7")
+    if not list((work / "runs" / "resumed" / "student").rglob("step-*")):
+        raise SystemExit("same_behaviour: the killed student left no checkpoint to resume from")
     if _run(again) != 0:
         raise SystemExit("same_behaviour: the resumed student failed")
     out["files"]["resumed"] = _weights(work / "runs" / "resumed" / "student")
