@@ -116,7 +116,7 @@ def _records(t32, labels, k, temperature):
     rec = np.zeros(len(t32), dtype=softlabels.record_dtype(1, k, t32.shape[1]))
     for name, value in fields.items():
         rec[name][:, 0] = value.numpy()
-    record = data.TeacherRecord(**torch.utils.data.default_collate([softlabels.SoftLabels.view_label(r, 0, "")
+    record = data.TeacherRecord(**torch.utils.data.default_collate([softlabels.SoftLabels.view_label(r, 0)
                                                                      for r in rec]))
     n = len(rec)
     return data.ReplayBatch(image=torch.zeros(n, 3, 1, 1, dtype=torch.uint8),

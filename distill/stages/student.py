@@ -100,11 +100,11 @@ class ReplayItems(data.EpochItems):
         rec, label = self.labels.row(i), int(self.images.labels[i])
         # the view's parameters and its soft labels travel with the sample: the training step reads no cache
         out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
-               "view_id": v, "split": 0, "teachers": [self.labels.view_label(rec, v, "")]}
+               "view_id": v, "split": 0, "teachers": [self.labels.view_label(rec, v)]}
         if self.features:
             out["teachers"][0]["feature"] = self.labels.feature(i, v)
         for other in self.caches[1:]:  # the other teachers' labels of the same view
-            out["teachers"].append(other.view_label(other.row(i), v, ""))
+            out["teachers"].append(other.view_label(other.row(i), v))
         p = int(rec["partner"][v]) if "partner" in rec.dtype.names else None
         if p is not None:  # a mixed view: its partner too, and the hard labels mixed alike
             out["mixed"] = {"index": p, "view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),

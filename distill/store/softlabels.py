@@ -314,16 +314,16 @@ class SoftLabels:
         return self.shards[shard][offset]
 
     @staticmethod
-    def view_label(rec: np.void, v: int, prefix: str = "kd_") -> dict[str, torch.Tensor]:
-        """View v's soft label out of one record (`row`), its keys prefixed: top-k logits (float32), classes, and
-        the view's scalars (true-class logit, mean, std, the tail's logsumexps at T; a mixed view's partner-class
+    def view_label(rec: np.void, v: int) -> dict[str, torch.Tensor]:
+        """View v's soft label out of one record (`row`), keyed as data.TeacherRecord's fields: top-k logits
+        (float32), classes, and the view's scalars (true-class logit, mean, std, the tail's logsumexps at T; a mixed view's partner-class
         logit); it travels with each training sample, so the training step reads nothing from the cache."""
-        out = {f"{prefix}logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
-               f"{prefix}classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
-               **{f"{prefix}{name}": torch.tensor(float(rec[name][v]))
+        out = {"logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
+               "classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
+               **{name: torch.tensor(float(rec[name][v]))
                   for name in ("target", "mean", "std", "lse_rest", "lse_std_rest")}}
         if "partner_target" in rec.dtype.names:
-            out[f"{prefix}partner_target"] = torch.tensor(float(rec["partner_target"][v]))
+            out["partner_target"] = torch.tensor(float(rec["partner_target"][v]))
         return out
 
     def view_fields(self) -> tuple[str, ...]:
