@@ -115,3 +115,12 @@ def test_a_settings_check_inside_a_stage_is_a_config_check():
     with pytest.raises(ConfigError, match=r"^data\.per_image_norm: timm's preprocessing has no per-image"):
         config.validate({"data": {"per_image_norm": True}})
     assert config.validate({"data": {"per_image_norm": True}, "stage": "student"}).stage == "student"
+
+
+def test_the_card_names_the_method_that_trained_the_student():
+    """kd.token=hard with kd.loss=kd trains the distillation head by hard-label distillation (methods.chosen): the
+    card names that method, not kd.loss's."""
+    from distill.stages import export
+    cfg = config.validate({"kd": {"token": "hard", "loss": "kd", "hard": {"smoothing": 0.1}}})
+    assert methods.chosen(cfg.kd).name == "hard"
+    assert export._method_line(cfg) == "hard-label distillation (DeiT, Touvron et al. 2021), alpha 0.9, smoothing 0.1"

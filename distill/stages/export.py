@@ -128,7 +128,7 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
 def _method_line(cfg: Config) -> str:
     """The distillation method with its paper and settings, as the card names it."""
     kd = cfg.kd
-    return methods.get(kd.loss).card_line(kd) + (", logit standardization" if kd.logit_standardization else "")
+    return methods.chosen(kd).card_line(kd) + (", logit standardization" if kd.logit_standardization else "")
 
 
 def _scores(models_: dict, shown: list[str]) -> str:
