@@ -64,7 +64,6 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
     (validation sees them later). Reads only the key names, so it answers before torch loads, unless a key sits in
     a method's section (kd.NAME.KEY), whose keys the method's file declares."""
     keys = [key for key, _, _ in config.leaves(config.ConfigBase)]
-    sections = tuple(f"kd.{name}." for name in methods.names())
     for arg in args:
         if arg.startswith(("-", "+")) or "=" not in arg:
             continue
@@ -73,7 +72,7 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
             continue
         if key in config.RENAMED:
             raise ConfigError(f"{key}: renamed to {config.RENAMED[key]}")
-        if key.startswith(sections) or key in (s[:-1] for s in sections):
+        if any(config.names_section(key, name) for name in methods.names()):
             keys = [k for k, _, _ in config.leaves()]  # the methods' sections too (loads their files)
         if key not in keys and not any(k.startswith(key + ".") for k in keys):
             raise config.no_such_setting(key, keys)

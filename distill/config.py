@@ -598,6 +598,12 @@ def no_such_setting(key: str, keys: list[str], prefix: str = "") -> ConfigError:
     return ConfigError(f"{prefix}{key}: no such setting{hint}")
 
 
+def names_section(arg: str, method: str) -> bool:
+    """Whether a command-line override sets the method's section kd.METHOD (a key in it, or the whole section)."""
+    key = arg.lstrip("~+").split("=", 1)[0]
+    return key == f"kd.{method}" or key.startswith(f"kd.{method}.")
+
+
 def register_schema(args: list[str] | None = None) -> None:
     """Give Hydra every key with its default (untyped: `validate` does the type checks, in one line), so that any
     key can be overridden on the command line without a `+`. recipes/config.yaml lists it first in its defaults.
@@ -606,8 +612,7 @@ def register_schema(args: list[str] | None = None) -> None:
     from hydra.core.config_store import ConfigStore
 
     tree = OmegaConf.to_container(OmegaConf.structured(ConfigBase))
-    named = [name for name in methods.names() if args is None or any(a.lstrip("~+").startswith(f"kd.{name}.")
-                                                                     for a in args)]
+    named = [name for name in methods.names() if args is None or any(names_section(a, name) for a in args)]
     if named:
         full = OmegaConf.to_container(OmegaConf.structured(schema()))["kd"]
         tree["kd"].update({name: full[name] for name in named if name in full})

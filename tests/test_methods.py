@@ -124,3 +124,10 @@ def test_the_card_names_the_method_that_trained_the_student():
     cfg = config.validate({"kd": {"token": "hard", "loss": "kd", "hard": {"smoothing": 0.1}}})
     assert methods.chosen(cfg.kd).name == "hard"
     assert export._method_line(cfg) == "hard-label distillation (DeiT, Touvron et al. 2021), alpha 0.9, smoothing 0.1"
+
+
+def test_a_method_section_is_set_whole_or_by_key_on_the_command_line():
+    """`kd.dkd={alpha: ...}` reaches validation like `kd.dkd.alpha=...` (Hydra is given the section either way)."""
+    for arg in ("kd.dkd={alpha:-2}", "kd.dkd.alpha=-2"):
+        r = run_cli("kd.loss=dkd", arg, cwd=ROOT)
+        assert (r.returncode, r.stderr.strip()) == (2, "error: kd.dkd.alpha: -2.0 must be >= 0"), arg
