@@ -17,19 +17,7 @@ if str(ROOT) not in sys.path:
 
 from distill import config  # noqa: E402
 
-RULES = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 OUTPUT_WORDS = {(): "none", config.ALL: "all"}
-
-
-def changes(key_field: dataclasses.Field, sections: tuple) -> tuple | None:
-    """The outputs a key changes: its own `changes` tag, or, for a field tagged OWNER, that of its nearest enclosing
-    section with a tag of its own (the rule distill/store/fingerprints.py fingerprints with)."""
-    tag = key_field.metadata.get("changes")
-    for section in sections:  # innermost first
-        if tag != config.OWNER:
-            break
-        tag = section.metadata.get("changes")
-    return None if tag is None or tag == config.OWNER else tuple(tag)
 
 
 def _default(f: dataclasses.Field):
@@ -63,7 +51,7 @@ def allowed(f: dataclasses.Field) -> str:
     choices = meta.get("choices")
     if choices is not None:
         parts.append(", ".join(f"`{c}`" for c in (choices() if callable(choices) else choices)))
-    bounds = [f"{sign} {_show(meta[rule])}" for rule, sign in RULES if rule in meta]
+    bounds = [f"{sign} {_show(meta[rule])}" for rule, _, sign in config.RANGES if rule in meta]
     if bounds:
         parts.append(", ".join(bounds) + (" (each)" if "List" in str(f.type) else ""))
     if "count" in meta:
@@ -78,10 +66,13 @@ def _cell(text: str) -> str:
 
 def settings_markdown() -> str:
     """The settings reference: one table per top-level section, one row per key of config.leaves()."""
+    from distill.store import fingerprints  # the outputs each key changes, as the fingerprints take them
+
     rows: dict[str, list[str]] = {}
+    tags = fingerprints.tags()
     for key, f, sections in config.leaves():
         section = key.split(".")[0] if sections else "top level"
-        outputs = changes(f, sections)
+        outputs = tags[key]
         said = OUTPUT_WORDS.get(outputs, ", ".join(outputs or ()))
         rows.setdefault(section, []).append(
             f"| `{key}` | {_cell(_type(f))} | `{_cell(_show(_default(f)))}` | {_cell(allowed(f))} | {said} | "
