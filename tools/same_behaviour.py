@@ -15,7 +15,6 @@ numbers and the bytes that the settings produced are what must stay. About 2 min
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
@@ -25,13 +24,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from distill import files  # noqa: E402
+
 # metadata: names settings and fingerprints (a refactor may rename them); not behaviour
-SKIP = {"meta.json", "cache.json", "export.json", "README.md", "config.json", "summary.json", "config.yaml", ".lock"}
+SKIP = {"meta.json", "cache.json", "export.json", "README.md", "config.json", "summary.json", "config.yaml"}
+SKIP_SUFFIXES = (".lock", ".jsonl", ".png")  # a process id, logs, a plot
 SCORES = ("top1", "top5", "epochs", "params", "val_count", "model")
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _run(args: list[str], env: dict | None = None) -> int:
@@ -44,9 +43,8 @@ def _weights(folder: Path) -> dict[str, str]:
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and p.name not in SKIP and not p.suffix == ".jsonl" and "checkpoints" not in rel \
-                and p.suffix != ".png" and not p.name.endswith(".lock"):
-            out[rel] = _sha(p)
+        if p.is_file() and p.name not in SKIP and not p.name.endswith(SKIP_SUFFIXES) and "checkpoints" not in rel:
+            out[rel] = files.sha256(p)[:16]
     return out
 
 
