@@ -3,6 +3,7 @@ where each row came from in the user's file (for one-line errors)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,12 @@ class Rows:
 
     def where(self, i: int) -> str:
         return f"row {int(self.rows[i])} of split '{self.split}'" + (f" in {self.path}" if self.path else "")
+
+    def key(self) -> dict:
+        """Which rows these are, for an identity: the split's name, the row count and a hash of the row numbers
+        (a carve or data.train_size keeps other rows), never the path or `datasets`' fingerprint."""
+        rows = np.ascontiguousarray(self.rows, dtype=np.int64)
+        return {"split": self.split, "rows": len(rows), "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest()}
 
 
 def labels_of(ds: datasets.Dataset, column: str) -> np.ndarray:

@@ -239,6 +239,7 @@ def load(cfg: DataCfg) -> DataBundle:
     path = local_path(cfg, source) if source != "demo" else None
     data_content = _content(source, path)  # hashed once: a walk and a stat of every file of a folder
     splits = _load_splits(cfg, source, path, data_content)
+    data_content = data_content or _loaded_content(splits)
     train = _named_split(cfg, splits, "train_split")
     label = train.features[cfg.label_column]
     if not isinstance(label, datasets.ClassLabel) and label.dtype == "string":
@@ -251,12 +252,13 @@ def load(cfg: DataCfg) -> DataBundle:
     test, test_rows, test_identity = (_test_split(cfg, source, splits, path, data_content, names, train, val,
                                                                   train_rows, val_rows)
                                       if cfg.test_split else (None,) * 3)
-    identity = {"source": source, "path": path, "hub_config": cfg.hub_config, "content": data_content,
-                "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
-                "train_rows": len(train), "val_rows": len(val), "classes": names}
-    store = Path(content.cache_dir(data_content)) / "pixels" if data_content else None  # decoded once, for good
+    identity = {"source": source, "hub": path if source == "hub" else None, "hub_config": cfg.hub_config,
+                "content": data_content, "train": train_rows.key(), "val": val_rows.key(), "classes": names}
+    keys = {"train": identity["train"], "val": identity["val"], "test": test_identity}
+    store = Path(content.cache_dir(data_content)) / "pixels"  # decoded once, for good
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
-                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb, store), rows)
+                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb,
+                                          store / f"{files.fingerprint(keys[split])}-{cfg.image_column}"), rows)
               for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
               if ds is not None}
     _say_sizes(images)
@@ -267,8 +269,16 @@ def load(cfg: DataCfg) -> DataBundle:
 
 
 def _content(source: str, path: str | None) -> str | None:
-    """Local data is identified by its bytes (data/content.py); the hub's by `datasets`' own fingerprints."""
+    """Local data is identified by its bytes (data/content.py), before it is loaded (its hash names `datasets`'
+    cache of it); the hub's and the demo's once loaded (_loaded_content)."""
     return content.content_hash(path) if source in ("parquet", "imagefolder", "disk") else None
+
+
+def _loaded_content(splits: datasets.DatasetDict) -> str:
+    """The bytes of the loaded splits: the hub's Arrow files in `datasets`' cache (hashed once, remembered by their
+    stat), or the in-memory table of the demo; never `datasets`' fingerprint (it keys local files by path and mtime)."""
+    cached = [f["filename"] for ds in splits.values() for f in ds.cache_files]
+    return content.files_hash(cached) if cached else content.table_hash(splits[next(iter(splits))])
 
 
 def _check_decodes(test: Images, identity: dict) -> None:
@@ -383,9 +393,9 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, data_conten
     test_rows.rows = np.arange(len(test))
     check_labels(test, cfg.label_column, len(names), "test", test_rows)
     file = test_rows.path if test_rows.path and Path(test_rows.path).exists() else None
-    test_content = data_content if file == path else content.content_hash(file) if file else None
-    identity = {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test), "content": test_content}
-    key = files.fingerprint([identity, train._fingerprint, val._fingerprint, data_content or path])
+    test_content = data_content if file in (None, path) else content.content_hash(file)
+    identity = {**test_rows.key(), "content": test_content}
+    key = files.fingerprint([identity, train_rows.key(), val_rows.key(), data_content])
     shared = content.shared_images(test, {"train": train, "validation": val}, cfg.image_column, key)
     if shared is not None:
         i, split, j = shared
