@@ -167,6 +167,52 @@ def test_an_empty_class_folder_is_named_before_the_data_is_read(imagefolder):
                             "images or remove the folder")
 
 
+def _write_split(root, split: str, classes: list[str], per_class: int = 3, seed: int = 0) -> None:
+    images, _ = tiny_images(per_class * len(classes), seed=seed)
+    for i, img in enumerate(images):
+        (root / split / classes[i % len(classes)]).mkdir(parents=True, exist_ok=True)
+        img.save(root / split / classes[i % len(classes)] / f"{i}.png")
+
+
+def test_a_class_folder_only_in_the_test_split_is_refused_in_one_line_naming_it(imagefolder, tmp_path):
+    """A class the model never sees in training would be counted in its test score: refused before any work."""
+    _write_split(imagefolder, "test", CLASSES + ["purple"])
+    r = run_here(f"data.path={imagefolder}", "data.val_size=6", "data.test_split=test", f"run_root={tmp_path}/runs")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: data.path: class folder {imagefolder / 'test' / 'purple'} has no folder of that name in "
+        f"{imagefolder / 'train'}: a class the model could never learn, counted in its score; add its training "
+        "images or remove the folder")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("layout", ["train/", "no split folder"])
+def test_an_imagefolder_of_one_class_folder_says_a_classifier_needs_two(tmp_path, layout):
+    root = tmp_path / "folder"
+    _write_split(root, "train", ["cat"], per_class=8)
+    base = root / "train"
+    if layout == "no split folder":  # folder/cat/*.png
+        (base / "cat").rename(root / "cat")
+        base.rmdir()
+        base = root
+    with pytest.raises(DataError) as e:
+        data.load(config.validate({"data": {"path": str(root), "val_size": 2}}).data)
+    assert str(e.value) == (f"data.path: {base} holds 1 class folder(s) (cat); "
+                            "a classifier needs at least two classes: put each class's images in a folder named "
+                            "after the class")
+
+
+@pytest.mark.parametrize("folder", ["validation", "val"])
+def test_an_imagefolder_in_imagenets_layout_gives_its_validation_folder_as_the_held_out_split(tmp_path, folder):
+    """ImageNet's layout on disk: train/ and validation/ (or val/) with a folder per class; the ImageNet group's
+    data.test_split=validation names the held-out folder, and validation is carved from train."""
+    root = tmp_path / "imagenet"
+    _write_split(root, "train", CLASSES, per_class=8)
+    _write_split(root, folder, CLASSES, per_class=2, seed=1)
+    bundle = data.load(config.validate({"data": {"path": str(root), "val_size": 6, "test_split": "validation"}}).data)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (18, 6, 6)
+
+
 @pytest.mark.parametrize("decode_mb", [0, 64])
 def test_errors_name_the_source_row_not_the_index_after_the_carve(tmp_path, decode_mb):
     from conftest import tiny_dataset

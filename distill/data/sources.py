@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from datasets.data_files import SPLIT_KEYWORDS
 from tqdm.auto import tqdm
 
 from distill import files
@@ -187,14 +188,39 @@ def _warn_empty_classes(names: list[str], present: list[int], feature, split: st
                     f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}{why}")
 
 
+METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # an imagefolder's labels from a file, not folders
+
+
+def _split_folders(root: Path) -> dict[Path, str]:
+    """An imagefolder's split folders and the split `datasets` reads each as, by its own keywords (`train/`;
+    `validation/`, `val/`, `valid/`, `dev/`; `test/`, `eval/`, ...): {root: 'train'} when it has none."""
+    names = {word: str(split) for split, words in SPLIT_KEYWORDS.items() for word in words}
+    found = {p: names[p.name] for p in sorted(root.iterdir()) if p.is_dir() and p.name in names}
+    return found or {root: "train"}
+
+
 def _check_class_folders(root: Path, key: str) -> None:
-    """An imagefolder's class folder without a file would be no class at all to `datasets` (the class count and
-    every class id after it shift): DataError naming it. Split folders (train/, test/, ...) are looked into."""
-    splits = [p for p in root.iterdir() if p.is_dir() and p.name in ("train", "validation", "val", "test")]
-    for base in splits or [root]:
-        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
-            if not any(f.is_file() for f in folder.rglob("*")):
-                raise DataError(f"{key}: class folder {folder} holds no images; add its images or remove the folder")
+    """An imagefolder's class folders, before any work (DataError naming the folder): none empty (to `datasets`
+    no class at all: the class count and every class id after it would shift), at least two in training (a
+    classifier needs two classes), and none in a held-out split (validation/, test/) that training lacks (a
+    class the model could never learn, counted in its score). Not the class rules where a metadata file labels."""
+    splits = _split_folders(root)
+    classes = {base: sorted(p for p in base.iterdir() if p.is_dir()) for base in splits}
+    for folder in (f for folders in classes.values() for f in folders):
+        if not any(f.is_file() for f in folder.rglob("*")):
+            raise DataError(f"{key}: class folder {folder} holds no images; add its images or remove the folder")
+    train = [base for base, split in splits.items() if split == "train"]
+    if not train or any((base / name).exists() for base in [root, *splits] for name in METADATA):
+        return
+    trained = {f.name for base in train for f in classes[base]}
+    if len(trained) < 2:
+        raise DataError(f"{key}: {train[0]} holds {len(trained)} class folder(s) "
+                        f"({', '.join(sorted(trained)) or 'images without one'}); a classifier needs at least two "
+                        "classes: put each class's images in a folder named after the class")
+    stray = next((f for folders in classes.values() for f in folders if f.name not in trained), None)
+    if stray is not None:
+        raise DataError(f"{key}: class folder {stray} has no folder of that name in {train[0]}: a class the model "
+                        "could never learn, counted in its score; add its training images or remove the folder")
 
 
 def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: str | None
