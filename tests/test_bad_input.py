@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from conftest import (CLASSES, ROOT, cache_overrides, compose_recipe, config_from, random_teacher, run_cli, run_here,
-                      tiny_images)
+                      tiny_images, tiny_overrides)
 from distill import config, data, preflight, run
 from distill.store import artifacts, fingerprints, softlabels
 from distill.training import models
@@ -202,6 +202,45 @@ def test_an_imagefolder_of_one_class_folder_says_a_classifier_needs_two(tmp_path
                             "after the class")
 
 
+def _jpeg_folder(root, n: int = 24):
+    """An imagefolder of n tiny JPEG files (train/CLASS/i.jpg); the files in path order."""
+    images, labels = tiny_images(n)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        (root / "train" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        img.save(root / "train" / CLASSES[label] / f"{i:02d}.jpg", quality=90)
+    return sorted((root / "train").rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("decode_mb", [0, 64])  # kept encoded (only the file check sees it) or decoded at load
+def test_a_truncated_training_jpeg_is_refused_before_any_work_naming_the_file(tmp_path, decode_mb):
+    root = tmp_path / "folder"
+    cut = _jpeg_folder(root)[5]
+    cut.write_bytes(cut.read_bytes()[:-40])  # cut short: no end marker
+    r = run_here(*tiny_overrides(root, tmp_path / "runs"), "data.val_size=6", f"data.decode_mb={decode_mb}")
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert str(cut) in line and "set data.on_bad_image=skip to leave it out of every stage" in line, line
+    assert "resume=never" not in line and not (tmp_path / "runs" / "tiny" / "teacher").exists()
+
+
+def test_whole_image_files_pass_the_file_check_and_a_damaged_one_mid_stage_is_named_with_what_a_rerun_does(tmp_path):
+    """Bytes after a JPEG's end marker are no false alarm (the file decodes); a file whose head and tail look whole
+    but that does not decode is found when a stage reads it: named, with what a rerun after fixing it does."""
+    root = tmp_path / "folder"
+    files = _jpeg_folder(root)
+    files[3].write_bytes(files[3].read_bytes() + b"\0" * 100)  # padding after FF D9: whole
+    files[7].write_bytes(b"\xff\xd8" + b"not a jpeg" * 50 + b"\xff\xd9")
+    bundle = data.load(config.validate({"data": {"path": str(root), "val_size": 6, "decode_mb": 0}}).data)
+    images, i = next((split, i) for split in (bundle.images["train"], bundle.images["val"])
+                     for i in range(len(split)) if split.file(i) == str(files[7]))
+    with pytest.raises(DataError) as e:
+        images.fetch(i, skip_bad=False)
+    assert f", file {files[7]}) could not be decoded" in str(e.value)
+    assert str(e.value).endswith("; set data.on_bad_image=skip to leave it out of every stage, or replace or remove "
+                                 "the file; either changes the data, so the stage it stopped starts over (a training "
+                                 "stage's checkpoints are of the old data: rerun with resume=never)")
+
+
 @pytest.mark.parametrize("folder", ["validation", "val"])
 def test_an_imagefolder_in_imagenets_layout_gives_its_validation_folder_as_the_held_out_split(tmp_path, folder):
     """ImageNet's layout on disk: train/ and validation/ (or val/) with a folder per class; the ImageNet group's
@@ -222,8 +261,8 @@ def test_errors_name_the_source_row_not_the_index_after_the_carve(tmp_path, deco
     path = tmp_path / "broken.parquet"
     datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image()).to_parquet(str(path))
     bundle = data.load(config.validate({"data": {"path": str(path), "val_size": 12, "decode_mb": decode_mb,
-                                                 "train_size": 40}}).data)
-    source = tiny_dataset(60)
+                                                 "train_size": 40, "on_bad_image": "skip"}}).data)
+    source = tiny_dataset(60)  # (skip: with error, a split decoded at load stops there, naming the same row)
     hits = 0
     for split in ("train", "val"):
         images = bundle.images[split]

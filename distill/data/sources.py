@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from distill import files
 from distill.config import DataCfg
-from distill.data import content, parquet, pixels
-from distill.data.images import Images, Rows, labels_of
+from distill.data import content, parquet, pixels, wholefiles
+from distill.data.images import SKIP_HINT, Images, Rows, bad_image, labels_of
 from distill.errors import DataError
 
 log = logging.getLogger("distill")
@@ -265,6 +265,8 @@ def load(cfg: DataCfg) -> DataBundle:
     path = local_path(cfg, source) if source != "demo" else None
     data_content = _content(source, path)  # hashed once: a walk and a stat of every file of a folder
     splits = _load_splits(cfg, source, path, data_content)
+    if source == "imagefolder" and cfg.on_bad_image == "error":  # every file's head and tail, before any work
+        _check_whole_files(Path(path), data_content)
     data_content = data_content or _loaded_content(splits)
     train = _named_split(cfg, splits, "train_split")
     label = train.features[cfg.label_column]
@@ -288,9 +290,11 @@ def load(cfg: DataCfg) -> DataBundle:
               for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
               if ds is not None}
     _say_sizes(images)
-    test_images = images.get("test")
-    if test_images is not None and cfg.on_bad_image == "error":  # found now, not after training
-        _check_decodes(test_images, test_identity)
+    if cfg.on_bad_image == "error":  # found now, not mid-epoch or after training
+        _check_decoded(images["train"])
+        _check_decoded(images["val"])
+        if "test" in images:
+            _check_decodes(images["test"], test_identity)
     return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
 
 
@@ -307,20 +311,41 @@ def _loaded_content(splits: datasets.DatasetDict) -> str:
     return content.files_hash(cached) if cached else content.table_hash(splits[next(iter(splits))])
 
 
+def _check_whole_files(root: Path, data_content: str) -> None:
+    """DataError naming the first image file of an imagefolder that is not whole (data/wholefiles.py)."""
+    broken = wholefiles.first_broken(root, data_content)
+    if broken:
+        file, why = broken
+        raise DataError(f"data.path: {file} is {why}; {SKIP_HINT}")
+
+
+def _check_decoded(split: Images) -> None:
+    """A split decoded into memory at load: the first image that failed to decode, named now (DataError)."""
+    if split.pixels is not None and split.bad:
+        _named(split, min(split.bad))
+
+
 def _check_decodes(test: Images, identity: dict) -> None:
     """Every test image decodes, checked before any work (DataError naming the first that does not): read off the
     load's decoding when the split was decoded into memory; otherwise each image decoded once and the verdict
     remembered by the split's identity, so a large test split costs one decoding pass per data set, not per run."""
     if test.pixels is not None:
-        if test.bad:
-            test.fetch(min(test.bad), skip_bad=False)  # raises, naming the row
+        _check_decoded(test)
         return
     key = files.fingerprint(identity)
     if content.known("decodes", key):
         return
     for i in tqdm(range(len(test)), desc="check test images", unit="img", disable=len(test) < 1000):
-        test.fetch(i, skip_bad=False)  # raises, naming the row
+        _named(test, i)
     content.remember("decodes", key)
+
+
+def _named(split: Images, i: int) -> None:
+    """Image i decodes, or DataError naming its row (and file), before any work."""
+    try:
+        split.image(i)
+    except DataError as e:
+        raise bad_image(e, running=False) from None
 
 
 def _labels_by_name(test: datasets.Dataset, column: str, names: list[str]) -> datasets.Dataset:
