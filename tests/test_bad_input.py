@@ -7,6 +7,7 @@ import sys
 import datasets
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import (CLASSES, ROOT, cache_overrides, compose_recipe, config_from, random_teacher, run_cli, run_here,
@@ -239,6 +240,22 @@ def test_whole_image_files_pass_the_file_check_and_a_damaged_one_mid_stage_is_na
     assert str(e.value).endswith("; set data.on_bad_image=skip to leave it out of every stage, or replace or remove "
                                  "the file; either changes the data, so the stage it stopped starts over (a training "
                                  "stage's checkpoints are of the old data: rerun with resume=never)")
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise DataError(f"data: the image at row {i} could not be decoded")
+
+
+def test_a_data_error_raised_in_a_loader_worker_is_its_own_one_line():
+    """torch raises a worker's exception again as "Caught DataError in DataLoader worker process 0." plus the
+    worker's traceback: the user still gets the one line the worker raised."""
+    with pytest.raises(DataError) as e:
+        next(iter(torch.utils.data.DataLoader(_Unreadable(), num_workers=1)))
+    assert str(e.value) == "data: the image at row 0 could not be decoded"
 
 
 @pytest.mark.parametrize("folder", ["validation", "val"])
