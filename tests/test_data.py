@@ -249,6 +249,21 @@ def test_a_save_to_disk_folder_with_string_labels_keeps_its_identity_across_runs
     assert data.load(cfg(path=str(tmp_path / "saved"))).identity == first.identity
 
 
+def test_the_image_file_check_finds_a_truncated_png_and_reads_an_unchanged_folder_once(tmp_path):
+    from distill.data import content, wholefiles
+    root = tmp_path / "folder"
+    (root / "a").mkdir(parents=True)
+    for i, img in enumerate(tiny_images(3)[0]):
+        img.save(root / "a" / f"{i}.png")
+    whole = content.content_hash(root)
+    assert wholefiles.first_broken(root, whole) is None
+    cut = root / "a" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    assert wholefiles.first_broken(root, whole) is None  # the verdict of that content: the files are not read again
+    file, why = wholefiles.first_broken(root, content.content_hash(root))
+    assert file == cut and why.startswith("a PNG without its IEND chunk (truncated?), and it does not decode (")
+
+
 def test_a_touched_data_file_keeps_every_stage_reused(tmp_path):
     """The data's identity is its bytes: a new mtime on the same bytes (`touch`) retrains no model and relabels no
     cache (`datasets`' fingerprint, which keys a file by its path and mtime, is in no identity)."""
