@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -282,6 +283,9 @@ def test_a_touched_data_file_keeps_every_stage_reused(tmp_path):
     assert again.returncode == 0, again.stderr
     assert {stage: (run / stage / "meta.json").read_bytes() for stage in metas} == metas  # nothing retrained
     assert json.loads((run / "cache.json").read_text())["reused"]
+    from distill.data import content
+    builds = Path(content.cache_dir(content.content_hash(path))) / "parquet"
+    assert len(list(builds.iterdir())) == 1  # datasets' copy prepared for the old mtime is gone, not kept beside
 
 
 @pytest.mark.parametrize("form", ["byte copy", "the training file by its path"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import datasets
@@ -94,6 +95,19 @@ def _existing(index: dict) -> dict:
 def cache_dir(content: str) -> str:
     """`datasets`' cache folder for the data with this content (so other bytes are never served the old cache)."""
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "distill" / content[:16])
+
+
+def drop_stale_builds(splits: datasets.DatasetDict) -> None:
+    """Delete `datasets`' other Arrow copies of these bytes, beside the one `splits` read, in their content's cache
+    folder (cache_dir): `datasets` keys a local file by its path and mtime, so a `touch` makes it prepare the same
+    bytes again in a new folder, and each would stay (the data's size on disk again). A copy being prepared
+    (*.incomplete) is left alone."""
+    root = Path(datasets.config.HF_DATASETS_CACHE) / "distill"
+    used = {Path(f["filename"]).parents[2] for ds in splits.values() for f in ds.cache_files}
+    for builds in {u.parent for u in used if u.parent.parent.parent == root}:  # distill/CONTENT/parquet
+        for other in builds.iterdir():
+            if other.is_dir() and other not in used and not any(other.rglob("*.incomplete")):
+                shutil.rmtree(other, ignore_errors=True)
 
 
 def image_digests(ds: datasets.Dataset, column: str) -> list[bytes]:

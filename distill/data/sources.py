@@ -98,15 +98,10 @@ def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str 
     if source == "imagefolder":
         _check_class_folders(Path(path), key)
     try:
-        if source == "parquet":  # datasets' cache of local files: one folder per content (data/content.py)
-            where, types = content.cache_dir(data_content), parquet.features(path)
-            if Path(path).is_file():
-                return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where,
-                                             features=types)
-            return datasets.load_dataset("parquet", data_dir=path, cache_dir=where, features=types)
-        if source == "imagefolder":
-            return datasets.load_dataset("imagefolder", data_dir=path,
-                                         cache_dir=content.cache_dir(data_content))
+        if source in ("parquet", "imagefolder"):  # datasets' cache of local files: one folder per content
+            loaded = _load_local(cfg, source, path, content.cache_dir(data_content))
+            content.drop_stale_builds(loaded)
+            return loaded
         if source == "disk":
             loaded = datasets.load_from_disk(path)
             if isinstance(loaded, datasets.Dataset):
@@ -120,6 +115,16 @@ def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str 
         hint = ("; offline? point data.path at local files (a parquet file or folder, an imagefolder, or a "
                 "save_to_disk folder)") if source == "hub" else ""
         raise DataError(f"{key}: could not load '{path}' as {source}: {first}{hint}") from None
+
+
+def _load_local(cfg: DataCfg, source: str, path: str, where: str) -> datasets.DatasetDict:
+    """A parquet file or folder, or an imagefolder, through `datasets`, its cache in `where` (data/content.py)."""
+    if source == "imagefolder":
+        return datasets.load_dataset("imagefolder", data_dir=path, cache_dir=where)
+    types = parquet.features(path)
+    if Path(path).is_file():
+        return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where, features=types)
+    return datasets.load_dataset("parquet", data_dir=path, cache_dir=where, features=types)
 
 
 # ---------------------------------------------------------------- checks
