@@ -2,7 +2,16 @@
 
 
 class UserError(Exception):
-    """Base: the message names the key, file, sample or step at fault."""
+    """Base: the message names the key, file, sample or step at fault. One raised in a DataLoader worker is raised
+    again by torch as "Caught NAME in DataLoader worker process N.\nOriginal Traceback ...\nmodule.NAME: message":
+    it keeps its own one-line message."""
+
+    def __init__(self, *args):
+        text = args[0] if len(args) == 1 and isinstance(args[0], str) else ""
+        if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+            last = text.rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last,)
+        super().__init__(*args)
 
 
 class ConfigError(UserError, ValueError):

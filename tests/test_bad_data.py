@@ -196,6 +196,19 @@ def test_a_missing_shard_is_named_before_any_row_is_read(tmp_path):
                             "'train' are there; restore the missing file")
 
 
+def test_one_shard_named_as_data_path_is_read_alone_and_said(tmp_path, caplog):
+    """A file named on purpose is that file, even one shard of a set (no 'shard missing' for its present siblings);
+    its folder reads every shard."""
+    folder = _shards(tmp_path / "data", n=2, rows=20)
+    with caplog.at_level("INFO", logger="distill"):
+        one = _load(folder / "train-00000-of-00002.parquet")
+    assert len(one.train) + len(one.val) == 20
+    assert ("data.path: train-00000-of-00002.parquet is one of the 2 shards of 'train': training on that file alone; "
+            "give its folder to read every shard") in caplog.messages
+    every = _load(folder)
+    assert len(every.train) + len(every.val) == 40
+
+
 def test_shards_that_disagree_on_columns_or_classes_are_named(tmp_path):
     folder = _shards(tmp_path / "columns")
     table = pq.read_table(folder / "train-00001-of-00003.parquet")

@@ -1,11 +1,13 @@
+import json
 import os
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, tiny_dataset, tiny_images
+from conftest import CLASSES, run_here, tiny_dataset, tiny_images, tiny_overrides
 from distill import config, data
 from distill.store import layout
 from distill.data import pixels, transforms, views
@@ -26,7 +28,7 @@ def test_parquet_file(parquet_file):
     again = data.load(cfg(path=str(parquet_file)))
     assert again.identity == bundle.identity  # fingerprints are stable: stages can key on them
     other = data.load(cfg(path=str(parquet_file), split_seed=1))
-    assert other.identity["train_fingerprint"] != bundle.identity["train_fingerprint"]
+    assert other.identity["train"] != bundle.identity["train"]
 
 
 def test_imagefolder(imagefolder):
@@ -236,6 +238,56 @@ def test_a_replaced_parquet_file_with_the_same_mtime_changes_the_data_and_the_te
     assert data.load(cfg).identity == after.identity  # unchanged data: the same identity (hashed once, remembered)
 
 
+def test_a_save_to_disk_folder_with_string_labels_keeps_its_identity_across_runs(tmp_path):
+    """Encoding string labels makes `datasets` write a cache-HASH.arrow into the saved folder: not the user's data,
+    so the second run's identity is the first's (no stage retrained for it)."""
+    images, labels = tiny_images(30)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": images, "label": [CLASSES[i] for i in labels]},
+                               features=features).save_to_disk(str(tmp_path / "saved"))
+    first = data.load(cfg(path=str(tmp_path / "saved")))
+    assert any(tmp_path.glob("saved/cache-*.arrow"))
+    assert data.load(cfg(path=str(tmp_path / "saved"))).identity == first.identity
+
+
+def test_the_image_file_check_finds_a_truncated_png_and_reads_an_unchanged_folder_once(tmp_path):
+    from distill.data import content, wholefiles
+    root = tmp_path / "folder"
+    (root / "a").mkdir(parents=True)
+    for i, img in enumerate(tiny_images(3)[0]):
+        img.save(root / "a" / f"{i}.png")
+    whole = content.content_hash(root)
+    assert wholefiles.first_broken(root, whole) is None
+    cut = root / "a" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    assert wholefiles.first_broken(root, whole) is None  # the verdict of that content: the files are not read again
+    file, why = wholefiles.first_broken(root, content.content_hash(root))
+    assert file == cut and why.startswith("a PNG without its IEND chunk (truncated?), and it does not decode (")
+
+
+def test_a_touched_data_file_keeps_every_stage_reused(tmp_path):
+    """The data's identity is its bytes: a new mtime on the same bytes (`touch`) retrains no model and relabels no
+    cache (`datasets`' fingerprint, which keys a file by its path and mtime, is in no identity)."""
+    path = tmp_path / "tiny.parquet"
+    tiny_dataset().to_parquet(str(path))
+    args = tiny_overrides(path, tmp_path / "runs", epochs=1) + [
+        f"cache.root={tmp_path / 'cache'}", "stage=all", "cache.views=1", "student.epochs=1",
+        "student.batch_size=16", "student.baseline=true"]
+    first = run_here(*args)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "tiny"
+    metas = {stage: (run / stage / "meta.json").read_bytes() for stage in ("teacher", "student", "baseline")}
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 3600 * 10**9))
+    again = run_here(*args)
+    assert again.returncode == 0, again.stderr
+    assert {stage: (run / stage / "meta.json").read_bytes() for stage in metas} == metas  # nothing retrained
+    assert json.loads((run / "cache.json").read_text())["reused"]
+    from distill.data import content
+    builds = Path(content.cache_dir(content.content_hash(path))) / "parquet"
+    assert len(list(builds.iterdir())) == 1  # datasets' copy prepared for the old mtime is gone, not kept beside
+
+
 @pytest.mark.parametrize("form", ["byte copy", "the training file by its path"])
 def test_a_test_split_sharing_images_with_training_is_refused_naming_both(tmp_path, form):
     """Held out means disjoint by content: a sibling split that is a copy of the training file, or the training file
@@ -341,7 +393,7 @@ def test_a_decode_killed_midway_leaves_no_file_behind_for_good(tmp_path):
     """The half-written pixel file of a process that died is deleted by the next decode of that split."""
     from distill.data import pixels
     ds = tiny_dataset(20, seed=77)
-    leftover = tmp_path / f"{ds._fingerprint}-image.999999999.npy"  # no such process
+    leftover = tmp_path / "key-image.999999999.npy"  # no such process
     leftover.write_bytes(b"half a decode")
-    got, bad = pixels.decode(ds, "image", "train", 64, tmp_path)
+    got, bad = pixels.decode(ds, "image", "train", 64, tmp_path / "key-image")
     assert not leftover.exists() and got.shape == (20, 12, 12, 3) and not bad

@@ -4,6 +4,7 @@
                    validation carve, the test split, label and class checks: `load` returns a DataBundle
     parquet.py     a parquet path's checks from its footers (shards complete, columns agree), struct image columns
     content.py     a data set's identity from its bytes (not its path or mtime), and the index that keeps it cheap
+    wholefiles.py  an imagefolder's image files whole (head and tail: JPEG and PNG end markers), before any work
     images.py      Images: a split's images, decoded once into memory when they fit (pixels.py)
     batch.py       the batch types (Views, ViewBatch, ReplayBatch, CacheBatch) and the collate functions that make them
     datasets.py    the index-carrying training and evaluation items, the epoch shared with workers

@@ -11,8 +11,10 @@ Cost: the bytes read once, then one stat per file on each run (measured: docs/be
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import datasets
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 from distill import files
 
 LARGE = 1 << 28  # bytes above which the hashing shows a progress bar
+SEP = "::"  # an index key of several files: their common folder, SEP, a hash of their paths
 
 
 def _index() -> Path:
@@ -29,29 +32,56 @@ def _index() -> Path:
 
 
 def _files(root: Path) -> list[Path]:
-    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    """The data files at `root`: the file, or every file under the folder but `datasets`' own cache files, which
+    it writes beside a save_to_disk folder's data (a `map` of it: cache-HASH.arrow), not data of the user's."""
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and not fnmatch.fnmatch(p.name, "cache-*.arrow"))
 
 
 def content_hash(path: str | Path) -> str:
     """The sha256 of the data at `path`: a file's bytes, or every file under a folder with its relative path."""
     root = Path(path).resolve()
-    found = _files(root)
-    stats = [(str(f.relative_to(root)) if f != root else "", os.stat(f)) for f in found]
-    key = files.fingerprint([(name, s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for name, s in stats])
+    return _hashed(str(root), [(str(f.relative_to(root)) if f != root else "", f) for f in _files(root)])
+
+
+def files_hash(paths: list[str | Path]) -> str:
+    """The sha256 of these files' bytes, in this order (each named by its file name): the data of a source that
+    is no one folder of its own, such as the hub's files in `datasets`' cache."""
+    found = [Path(p).resolve() for p in paths]
+    key = f"{os.path.commonpath([str(f) for f in found])}{SEP}{files.fingerprint([str(f) for f in found])}"
+    return _hashed(key, [(f.name, f) for f in found])
+
+
+def table_hash(ds: datasets.Dataset) -> str:
+    """The sha256 of an in-memory data set's Arrow table (the demo's: built in memory, no file to hash)."""
+    digest = hashlib.sha256()
+    for batch in ds.data.table.to_batches():
+        for column in batch.columns:
+            for buffer in column.buffers():
+                digest.update(b"" if buffer is None else memoryview(buffer))
+    return digest.hexdigest()
+
+
+def _hashed(key: str, named: list[tuple[str, Path]]) -> str:
+    """The sha256 of the `named` files (name, path), remembered under `key` by each file's stat."""
+    stats = [(name, os.stat(f)) for name, f in named]
+    stat = files.fingerprint([(name, s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for name, s in stats])
     index = files.read_json(_index()) or {}
-    known = index.get(str(root))
-    if known and known.get("stat") == key:
+    known = index.get(key)
+    if known and known.get("stat") == stat:
         return known["sha256"]
     total = sum(s.st_size for _, s in stats)
     digest = hashlib.sha256()
-    with tqdm(total=total, desc=f"hash {root.name}", unit="B", unit_scale=True, disable=total < LARGE) as bar:
-        for (name, s), f in zip(stats, found):
+    desc = f"hash {Path(key.split(SEP)[0]).name}"
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=total < LARGE) as bar:
+        for (name, s), (_, f) in zip(stats, named):
             digest.update(f"{name}\0{s.st_size}\0".encode())
             with open(f, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 22), b""):
                     digest.update(block)
                     bar.update(len(block))
-    index[str(root)] = {"stat": key, "sha256": digest.hexdigest()}
+    index[key] = {"stat": stat, "sha256": digest.hexdigest()}
     files.write_json(_index(), _existing(index))
     return digest.hexdigest()
 
@@ -59,12 +89,25 @@ def content_hash(path: str | Path) -> str:
 def _existing(index: dict) -> dict:
     """The index without the entries of paths that no longer exist (it grows with data sets, not with history);
     verdicts (`remember`) are keyed by name, not by path, and stay."""
-    return {k: v for k, v in index.items() if not os.path.isabs(k) or os.path.exists(k)}
+    return {k: v for k, v in index.items() if not os.path.isabs(k) or os.path.exists(k.split(SEP)[0])}
 
 
 def cache_dir(content: str) -> str:
     """`datasets`' cache folder for the data with this content (so other bytes are never served the old cache)."""
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "distill" / content[:16])
+
+
+def drop_stale_builds(splits: datasets.DatasetDict) -> None:
+    """Delete `datasets`' other Arrow copies of these bytes, beside the one `splits` read, in their content's cache
+    folder (cache_dir): `datasets` keys a local file by its path and mtime, so a `touch` makes it prepare the same
+    bytes again in a new folder, and each would stay (the data's size on disk again). A copy being prepared
+    (*.incomplete) is left alone."""
+    root = Path(datasets.config.HF_DATASETS_CACHE) / "distill"
+    used = {Path(f["filename"]).parents[2] for ds in splits.values() for f in ds.cache_files}
+    for builds in {u.parent for u in used if u.parent.parent.parent == root}:  # distill/CONTENT/parquet
+        for other in builds.iterdir():
+            if other.is_dir() and other not in used and not any(other.rglob("*.incomplete")):
+                shutil.rmtree(other, ignore_errors=True)
 
 
 def image_digests(ds: datasets.Dataset, column: str) -> list[bytes]:

@@ -3,6 +3,7 @@ where each row came from in the user's file (for one-line errors)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,15 @@ from PIL import Image as PILImage
 
 from distill.errors import ConfigError, DataError
 
-SKIP_HINT = "set data.on_bad_image=skip to leave it out of every stage"
+SKIP_HINT = "set data.on_bad_image=skip to leave it out of every stage, or replace or remove the file"
+RESTART_HINT = ("either changes the data, so the stage it stopped starts over (a training stage's checkpoints are "
+                "of the old data: rerun with resume=never)")
 
 
-def bad_image(e: DataError) -> DataError:
-    """The one message for an image that fails to decode while data.on_bad_image=error."""
-    return DataError(f"{e}; {SKIP_HINT}")
+def bad_image(e: DataError, running: bool = True) -> DataError:
+    """The one message for an image that fails to decode while data.on_bad_image=error; `running`: found during a
+    stage (not by the checks before any work), whose checkpoints a fixed file no longer matches."""
+    return DataError(f"{e}; {SKIP_HINT}" + (f"; {RESTART_HINT}" if running else ""))
 
 
 @dataclass
@@ -32,6 +36,12 @@ class Rows:
 
     def where(self, i: int) -> str:
         return f"row {int(self.rows[i])} of split '{self.split}'" + (f" in {self.path}" if self.path else "")
+
+    def key(self) -> dict:
+        """Which rows these are, for an identity: the split's name, the row count and a hash of the row numbers
+        (a carve or data.train_size keeps other rows), never the path or `datasets`' fingerprint."""
+        rows = np.ascontiguousarray(self.rows, dtype=np.int64)
+        return {"split": self.split, "rows": len(rows), "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest()}
 
 
 def labels_of(ds: datasets.Dataset, column: str) -> np.ndarray:
@@ -67,15 +77,26 @@ class Images:
                 return torch.from_numpy(np.array(self.ds[i][self.column].convert("RGB"))).permute(2, 0, 1)
             except Exception as e:  # noqa: BLE001 - decoding errors come in many types
                 why = f"{type(e).__name__}: {e}"
-        raise DataError(f"data: the image at {self.rows.where(i)} ({self.split} sample {i}) could not be decoded "
-                        f"({why})")
+        file = self.file(i)
+        raise DataError(f"data: the image at {self.rows.where(i)} ({self.split} sample {i}"
+                        f"{f', file {file}' if file else ''}) could not be decoded ({why})")
+
+    def _stored(self, i: int) -> dict:
+        """Image i as stored, not decoded: {"bytes": ..., "path": ...}."""
+        if getattr(self, "_raw", None) is None:
+            self._raw = self.ds.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
+        return self._raw[i][self.column]
+
+    def file(self, i: int) -> str | None:
+        """The local file image i is read from (an imagefolder's image), or None (its bytes are in the data)."""
+        value = self._stored(i)
+        path = value["path"]
+        return path if value["bytes"] is None and path and Path(path).is_file() else None
 
     def encoded(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         """The image's JPEG file bytes and its (height, width) from the header, not decoded: what
         data.renderer=device decodes on the device for a split too large to keep decoded there."""
-        if getattr(self, "_raw", None) is None:
-            self._raw = self.ds.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
-        value = self._raw[i][self.column]
+        value = self._stored(i)
         raw = value["bytes"] or Path(value["path"]).read_bytes()
         try:
             with PILImage.open(io.BytesIO(raw)) as img:

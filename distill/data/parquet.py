@@ -9,6 +9,7 @@ of other columns fail deep inside its cache builder with no file named.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill.errors import DataError
+
+log = logging.getLogger("distill")
 
 SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.parquet$")
 
@@ -32,7 +35,8 @@ def files_at(path: str | Path) -> list[Path]:
 
 def check(path: str | Path, key: str) -> None:
     """DataError, naming the file and setting `key`, for a file that is not parquet or holds no rows, a shard
-    missing from a sharded layout, or a file whose columns or classes differ from the other files of its split."""
+    missing from a folder's sharded layout, or a file whose columns or classes differ from the other files of its
+    split. A single file named is read alone, even when it is one shard of a set."""
     found = files_at(path)
     remove = " (or remove it from the folder)" if Path(path).is_dir() else ""
     schemas = {}
@@ -45,8 +49,20 @@ def check(path: str | Path, key: str) -> None:
         if meta.num_rows == 0:
             raise DataError(f"{key}: {f} has 0 rows; give a parquet file that holds images{remove}")
         schemas[f] = meta.schema.to_arrow_schema()
-    _check_shards(found, key)
+    if Path(path).is_dir():
+        _check_shards(found, key)
+    else:
+        _say_one_shard(Path(path), key)
     _check_agreement(schemas, key)
+
+
+def _say_one_shard(f: Path, key: str) -> None:
+    """A file named on purpose is that file alone, even when it is one shard of a set (a folder of shards is
+    checked for every shard): said once, since the other shards are not read."""
+    m = SHARD.match(f.name)
+    if m and int(m["total"]) > 1:
+        log.info(f"{key}: {f.name} is one of the {int(m['total'])} shards of '{m['stem']}': training on that file "
+                 "alone; give its folder to read every shard")
 
 
 def _check_shards(found: list[Path], key: str) -> None:

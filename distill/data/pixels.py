@@ -45,17 +45,16 @@ def _first_size(raw: datasets.Dataset, column: str) -> tuple[int, int] | None:
 
 
 def decode(ds: datasets.Dataset, column: str, split: str, max_mb: float,
-           store: Path | None = None) -> tuple[np.ndarray, dict] | None:
+           stem: Path | None = None) -> tuple[np.ndarray, dict] | None:
     """(pixels uint8 [N, H, W, 3], {row: error message} for rows that failed to decode), or None when the images
     differ in size or the array would exceed max_mb (then samples are decoded one by one, as before).
 
-    With `store` (a folder of the data's content-keyed cache, data/content.py) the pixels are decoded once into a
-    .npy file there, named by the split's `datasets` fingerprint (its rows), and memory-mapped on every later start:
-    no re-decoding, and loader workers share the file's pages instead of each holding a copy."""
+    With `stem` (in the data's content-keyed cache, data/content.py, named by the split's identity: its content
+    and rows) the pixels are decoded once into `stem`.npy, and memory-mapped on every later start: no re-decoding,
+    and loader workers share the file's pages instead of each holding a copy."""
     n = len(ds)
     if n == 0 or max_mb <= 0:
         return None
-    stem = store / f"{ds._fingerprint}-{column}" if store is not None else None
     known = files.read_json(stem.with_suffix(".json")) if stem is not None else None
     if known is not None and (known.get("per_sample") or stem.with_suffix(".npy").is_file()):
         if known.get("per_sample") or known["mb"] > max_mb:

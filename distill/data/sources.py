@@ -11,12 +11,13 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from datasets.data_files import SPLIT_KEYWORDS
 from tqdm.auto import tqdm
 
 from distill import files
 from distill.config import DataCfg
-from distill.data import content, parquet, pixels
-from distill.data.images import Images, Rows, labels_of
+from distill.data import content, parquet, pixels, wholefiles
+from distill.data.images import SKIP_HINT, Images, Rows, bad_image, labels_of
 from distill.errors import DataError
 
 log = logging.getLogger("distill")
@@ -97,15 +98,10 @@ def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str 
     if source == "imagefolder":
         _check_class_folders(Path(path), key)
     try:
-        if source == "parquet":  # datasets' cache of local files: one folder per content (data/content.py)
-            where, types = content.cache_dir(data_content), parquet.features(path)
-            if Path(path).is_file():
-                return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where,
-                                             features=types)
-            return datasets.load_dataset("parquet", data_dir=path, cache_dir=where, features=types)
-        if source == "imagefolder":
-            return datasets.load_dataset("imagefolder", data_dir=path,
-                                         cache_dir=content.cache_dir(data_content))
+        if source in ("parquet", "imagefolder"):  # datasets' cache of local files: one folder per content
+            loaded = _load_local(cfg, source, path, content.cache_dir(data_content))
+            content.drop_stale_builds(loaded)
+            return loaded
         if source == "disk":
             loaded = datasets.load_from_disk(path)
             if isinstance(loaded, datasets.Dataset):
@@ -119,6 +115,16 @@ def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str 
         hint = ("; offline? point data.path at local files (a parquet file or folder, an imagefolder, or a "
                 "save_to_disk folder)") if source == "hub" else ""
         raise DataError(f"{key}: could not load '{path}' as {source}: {first}{hint}") from None
+
+
+def _load_local(cfg: DataCfg, source: str, path: str, where: str) -> datasets.DatasetDict:
+    """A parquet file or folder, or an imagefolder, through `datasets`, its cache in `where` (data/content.py)."""
+    if source == "imagefolder":
+        return datasets.load_dataset("imagefolder", data_dir=path, cache_dir=where)
+    types = parquet.features(path)
+    if Path(path).is_file():
+        return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where, features=types)
+    return datasets.load_dataset("parquet", data_dir=path, cache_dir=where, features=types)
 
 
 # ---------------------------------------------------------------- checks
@@ -187,14 +193,39 @@ def _warn_empty_classes(names: list[str], present: list[int], feature, split: st
                     f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}{why}")
 
 
+METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # an imagefolder's labels from a file, not folders
+
+
+def _split_folders(root: Path) -> dict[Path, str]:
+    """An imagefolder's split folders and the split `datasets` reads each as, by its own keywords (`train/`;
+    `validation/`, `val/`, `valid/`, `dev/`; `test/`, `eval/`, ...): {root: 'train'} when it has none."""
+    names = {word: str(split) for split, words in SPLIT_KEYWORDS.items() for word in words}
+    found = {p: names[p.name] for p in sorted(root.iterdir()) if p.is_dir() and p.name in names}
+    return found or {root: "train"}
+
+
 def _check_class_folders(root: Path, key: str) -> None:
-    """An imagefolder's class folder without a file would be no class at all to `datasets` (the class count and
-    every class id after it shift): DataError naming it. Split folders (train/, test/, ...) are looked into."""
-    splits = [p for p in root.iterdir() if p.is_dir() and p.name in ("train", "validation", "val", "test")]
-    for base in splits or [root]:
-        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
-            if not any(f.is_file() for f in folder.rglob("*")):
-                raise DataError(f"{key}: class folder {folder} holds no images; add its images or remove the folder")
+    """An imagefolder's class folders, before any work (DataError naming the folder): none empty (to `datasets`
+    no class at all: the class count and every class id after it would shift), at least two in training (a
+    classifier needs two classes), and none in a held-out split (validation/, test/) that training lacks (a
+    class the model could never learn, counted in its score). Not the class rules where a metadata file labels."""
+    splits = _split_folders(root)
+    classes = {base: sorted(p for p in base.iterdir() if p.is_dir()) for base in splits}
+    for folder in (f for folders in classes.values() for f in folders):
+        if not any(f.is_file() for f in folder.rglob("*")):
+            raise DataError(f"{key}: class folder {folder} holds no images; add its images or remove the folder")
+    train = [base for base, split in splits.items() if split == "train"]
+    if not train or any((base / name).exists() for base in [root, *splits] for name in METADATA):
+        return
+    trained = {f.name for base in train for f in classes[base]}
+    if len(trained) < 2:
+        raise DataError(f"{key}: {train[0]} holds {len(trained)} class folder(s) "
+                        f"({', '.join(sorted(trained)) or 'images without one'}); a classifier needs at least two "
+                        "classes: put each class's images in a folder named after the class")
+    stray = next((f for folders in classes.values() for f in folders if f.name not in trained), None)
+    if stray is not None:
+        raise DataError(f"{key}: class folder {stray} has no folder of that name in {train[0]}: a class the model "
+                        "could never learn, counted in its score; add its training images or remove the folder")
 
 
 def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: str | None
@@ -239,6 +270,9 @@ def load(cfg: DataCfg) -> DataBundle:
     path = local_path(cfg, source) if source != "demo" else None
     data_content = _content(source, path)  # hashed once: a walk and a stat of every file of a folder
     splits = _load_splits(cfg, source, path, data_content)
+    if source == "imagefolder" and cfg.on_bad_image == "error":  # every file's head and tail, before any work
+        _check_whole_files(Path(path), data_content)
+    data_content = data_content or _loaded_content(splits)
     train = _named_split(cfg, splits, "train_split")
     label = train.features[cfg.label_column]
     if not isinstance(label, datasets.ClassLabel) and label.dtype == "string":
@@ -251,24 +285,49 @@ def load(cfg: DataCfg) -> DataBundle:
     test, test_rows, test_identity = (_test_split(cfg, source, splits, path, data_content, names, train, val,
                                                                   train_rows, val_rows)
                                       if cfg.test_split else (None,) * 3)
-    identity = {"source": source, "path": path, "hub_config": cfg.hub_config, "content": data_content,
-                "train_fingerprint": train._fingerprint, "val_fingerprint": val._fingerprint,
-                "train_rows": len(train), "val_rows": len(val), "classes": names}
-    store = Path(content.cache_dir(data_content)) / "pixels" if data_content else None  # decoded once, for good
+    identity = {"source": source, "hub": path if source == "hub" else None, "hub_config": cfg.hub_config,
+                "content": data_content, "train": train_rows.key(), "val": val_rows.key(), "classes": names}
+    keys = {"train": identity["train"], "val": identity["val"], "test": test_identity}
+    store = Path(content.cache_dir(data_content)) / "pixels"  # decoded once, for good
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
-                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb, store), rows)
+                            pixels.decode(ds, cfg.image_column, split, cfg.decode_mb,
+                                          store / f"{files.fingerprint(keys[split])}-{cfg.image_column}"), rows)
               for split, ds, rows in (("train", train, train_rows), ("val", val, val_rows), ("test", test, test_rows))
               if ds is not None}
     _say_sizes(images)
-    test_images = images.get("test")
-    if test_images is not None and cfg.on_bad_image == "error":  # found now, not after training
-        _check_decodes(test_images, test_identity)
+    if cfg.on_bad_image == "error":  # found now, not mid-epoch or after training
+        _check_decoded(images["train"])
+        _check_decoded(images["val"])
+        if "test" in images:
+            _check_decodes(images["test"], test_identity)
     return DataBundle(train, val, names, cfg.image_column, cfg.label_column, identity, images, test, test_identity)
 
 
 def _content(source: str, path: str | None) -> str | None:
-    """Local data is identified by its bytes (data/content.py); the hub's by `datasets`' own fingerprints."""
+    """Local data is identified by its bytes (data/content.py), before it is loaded (its hash names `datasets`'
+    cache of it); the hub's and the demo's once loaded (_loaded_content)."""
     return content.content_hash(path) if source in ("parquet", "imagefolder", "disk") else None
+
+
+def _loaded_content(splits: datasets.DatasetDict) -> str:
+    """The bytes of the loaded splits: the hub's Arrow files in `datasets`' cache (hashed once, remembered by their
+    stat), or the in-memory table of the demo; never `datasets`' fingerprint (it keys local files by path and mtime)."""
+    cached = [f["filename"] for ds in splits.values() for f in ds.cache_files]
+    return content.files_hash(cached) if cached else content.table_hash(splits[next(iter(splits))])
+
+
+def _check_whole_files(root: Path, data_content: str) -> None:
+    """DataError naming the first image file of an imagefolder that is not whole (data/wholefiles.py)."""
+    broken = wholefiles.first_broken(root, data_content)
+    if broken:
+        file, why = broken
+        raise DataError(f"data.path: {file} is {why}; {SKIP_HINT}")
+
+
+def _check_decoded(split: Images) -> None:
+    """A split decoded into memory at load: the first image that failed to decode, named now (DataError)."""
+    if split.pixels is not None and split.bad:
+        _named(split, min(split.bad))
 
 
 def _check_decodes(test: Images, identity: dict) -> None:
@@ -276,15 +335,22 @@ def _check_decodes(test: Images, identity: dict) -> None:
     load's decoding when the split was decoded into memory; otherwise each image decoded once and the verdict
     remembered by the split's identity, so a large test split costs one decoding pass per data set, not per run."""
     if test.pixels is not None:
-        if test.bad:
-            test.fetch(min(test.bad), skip_bad=False)  # raises, naming the row
+        _check_decoded(test)
         return
     key = files.fingerprint(identity)
     if content.known("decodes", key):
         return
     for i in tqdm(range(len(test)), desc="check test images", unit="img", disable=len(test) < 1000):
-        test.fetch(i, skip_bad=False)  # raises, naming the row
+        _named(test, i)
     content.remember("decodes", key)
+
+
+def _named(split: Images, i: int) -> None:
+    """Image i decodes, or DataError naming its row (and file), before any work."""
+    try:
+        split.image(i)
+    except DataError as e:
+        raise bad_image(e, running=False) from None
 
 
 def _labels_by_name(test: datasets.Dataset, column: str, names: list[str]) -> datasets.Dataset:
@@ -383,9 +449,9 @@ def _test_split(cfg: DataCfg, source: str, splits, path: str | None, data_conten
     test_rows.rows = np.arange(len(test))
     check_labels(test, cfg.label_column, len(names), "test", test_rows)
     file = test_rows.path if test_rows.path and Path(test_rows.path).exists() else None
-    test_content = data_content if file == path else content.content_hash(file) if file else None
-    identity = {"split": cfg.test_split, "fingerprint": test._fingerprint, "rows": len(test), "content": test_content}
-    key = files.fingerprint([identity, train._fingerprint, val._fingerprint, data_content or path])
+    test_content = data_content if file in (None, path) else content.content_hash(file)
+    identity = {**test_rows.key(), "content": test_content}
+    key = files.fingerprint([identity, train_rows.key(), val_rows.key(), data_content])
     shared = content.shared_images(test, {"train": train, "validation": val}, cfg.image_column, key)
     if shared is not None:
         i, split, j = shared

@@ -74,13 +74,13 @@ def cache_dir(cfg: Config, identity: dict) -> Path:
 
 def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = None) -> dict:
     """Mean/std from the recipe, or computed once from the training split (eval view, first `stats_images`
-    images) and recorded in `record`, keyed by the split's fingerprint so a later run reads it back."""
+    images) and recorded in `record`, keyed by the split's identity (content and rows) so a later run reads it back."""
     if cfg.per_image_norm:
         return {"per_image": True, "mean": None, "std": None}
     if cfg.mean is not None:
         return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
-    key = files.fingerprint([bundle.identity["train_fingerprint"], cfg.image_size, cfg.transform,
-                                 cfg.crop_pct, cfg.stats_images])
+    key = files.fingerprint([bundle.identity["content"], bundle.identity["train"], cfg.image_size, cfg.transform,
+                             cfg.crop_pct, cfg.stats_images])
     saved = files.read_json(record) if record else None
     if saved and saved.get("key") == key:
         return saved["normalization"]
