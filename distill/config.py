@@ -196,7 +196,7 @@ class DataCfg:
 @dataclass
 class CacheCfg:
     root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/", changes=NONE)
-    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (README, How many views); a "
+    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (docs/cache.md, The views rule); a "
                            "larger V grows an existing cache", ge=1, changes=("cache",))
     eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views",
                          changes=("cache",))
@@ -232,7 +232,8 @@ class StudentCfg(TrainCfg):
 class KDBase:
     """The generic kd keys; each method's own section (kd.NAME) is added by `schema()` (KDCfg)."""
     loss: str = _f("kd", doc=lambda: "the distillation method (one file each in distill/methods/): "
-                   + methods.help_line() + ". On a top-k cache the teacher's tail (classes outside the top k and the "
+                   + methods.help_line() + ". w_ce is kd.ce_weight (null: 1 - kd.alpha for kd and hard, 1 for dkd "
+                   "and dist). On a top-k cache the teacher's tail (classes outside the top k and the "
                    "view's own) is spread evenly: exact for what the cache stores (cache.topk >= classes: exact)",
                    choices=lambda: methods.names(), changes=("student",))
     alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha); at "

@@ -229,3 +229,56 @@ def test_the_site_builds_strict(tmp_path):
     recipes = (tmp_path / "site" / "recipes" / "index.html").read_text()
     assert all(f"<code>{name}</code>" in recipes for name in config.recipe_lines(RECIPES / "recipe"))
     assert "tckd" in (tmp_path / "site" / "methods" / "index.html").read_text()  # the method files' docstrings
+
+
+DIARY = re.compile(r"this machine|\bissue \d+|\blent\b", re.I)
+
+
+def test_no_page_reads_like_a_development_diary():
+    """No page of the site (nor README.md) says "this machine", "issue NN" or "lent": a reader has neither."""
+    assert all(DIARY.search(s) for s in ("on this machine", "see issue 34", "no GPU lent to it"))
+    assert not DIARY.search("an equivalent run, the issue's own words")
+    found = [f"{page.name}:{n}: {m.group(0)}" for page in pages() for n, line in
+             enumerate(page.read_text().splitlines(), 1) for m in DIARY.finditer(line)]
+    assert not found, found
+
+
+BYTES = re.compile(r"([\d,]+) bytes per view \(C = ([\d,]+), k = ([\d,]+)\)")
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_every_bytes_per_view_in_the_docs_is_the_cache_records_size():
+    """Each "N bytes per view (C = classes, k = kept)" in a page is the size of one view of the cache's record
+    (softlabels.record_dtype), so a change of the format fails this test until the page says the new size."""
+    from distill.store import softlabels
+
+    found = [(page.name, m) for page in pages() for m in BYTES.finditer(" ".join(page.read_text().split()))]
+    assert len(found) >= 3, found
+    for name, m in found:
+        size, classes, k = map(_number, m.groups())
+        assert size == softlabels.record_dtype(1, k, classes).itemsize, f"{name}: {m.group(0)}"
+
+
+def _cost_rows() -> list[list[str]]:
+    """The rows of the benchmarks page's table of what each recipe's cache costs."""
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    table = text.split("## What the cache costs", 1)[1].split("\n\n| recipe |", 1)[1].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def test_the_cache_sizes_in_the_benchmarks_are_the_records_size():
+    """Each recipe's cache size on disk in the table equals images x the record of V views (C classes, k kept),
+    written to the precision the table shows."""
+    from distill.store import softlabels
+
+    rows = _cost_rows()
+    assert len(rows) >= 5, rows
+    for recipe, images, _, views, _, classes_k, *_, size in rows:
+        classes, k = map(_number, re.findall(r"[\d,]+", classes_k))
+        value, unit = re.match(r"([\d.]+) (MB|GB)", size).groups()
+        exact = _number(images) * softlabels.record_dtype(_number(views), k, classes).itemsize
+        decimals = len(value.partition(".")[2])
+        assert value == f"{exact / {'MB': 1e6, 'GB': 1e9}[unit]:.{decimals}f}", f"{recipe}: {size}, exact {exact:,} B"
