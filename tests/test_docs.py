@@ -350,3 +350,13 @@ def test_the_method_file_to_copy_is_a_method_as_written():
                                                                objectives.Progress(0, 0))
         got["loss"].backward()
         assert torch.isfinite(got["reverse_kd"]) and got["reverse_kd"] > 0 and logits.grad.abs().sum() > 0
+
+
+def test_the_helps_composed_config_shows_every_methods_defaults():
+    """`--help` ends with the composed config: every key with its default, each method's section (kd.dkd, kd.dist,
+    kd.hard) included."""
+    from conftest import run_cli
+
+    composed = run_cli("--help", cwd=ROOT).stdout.split("== Composed config", 1)[1]
+    for section, key in (("dkd", "warmup"), ("dist", "gamma"), ("hard", "smoothing")):
+        assert re.search(rf"^  {section}:\n(    \w+: .*\n)*    {key}: ", composed, re.M), section
