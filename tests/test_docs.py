@@ -360,3 +360,28 @@ def test_the_helps_composed_config_shows_every_methods_defaults():
     composed = run_cli("--help", cwd=ROOT).stdout.split("== Composed config", 1)[1]
     for section, key in (("dkd", "warmup"), ("dist", "gamma"), ("hard", "smoothing")):
         assert re.search(rf"^  {section}:\n(    \w+: .*\n)*    {key}: ", composed, re.M), section
+
+
+# what stands for the part of a message that names a key, file, value or number
+PLACEHOLDERS = re.compile(r"\.\.\.|\b[A-Z][A-Z_]*\b|'[^']*'|\([^)]*\)|\S*/\S*|\b[\w]+(?:\.\w+)+:|\d+")
+
+
+def _messages() -> str:
+    """Every string of distill's source, adjacent literals joined and each {field} kept as one character `{`."""
+    text = "\n".join(p.read_text() for p in (ROOT / "distill").rglob("*.py"))
+    text = re.sub(r"\"\s*\n\s*f?\"", "", text)  # "a "\n f"b" -> "a b"
+    return re.sub(r"\{[^{}\n]*\}", "{", text)
+
+
+def test_every_error_line_on_the_troubleshooting_page_is_one_distill_prints():
+    """Each `error: ...` line the troubleshooting page explains is a message distill's source holds: its words
+    between the placeholders (KEY, NAME, ..., numbers, quoted values) appear in the source as written."""
+    source = _messages()
+    lines = [m.group(1) for m in INLINE.finditer((ROOT / "docs" / "troubleshooting.md").read_text())
+             if m.group(1).startswith("error: ")]
+    assert len(lines) >= 60, len(lines)
+    wrong = []
+    for line in lines:
+        words = [w.strip(" :;,.") for w in PLACEHOLDERS.split(" ".join(line.removeprefix("error: ").split()))]
+        wrong += [f"{line}: {w!r}" for w in words if len(w) >= 8 and w not in source]
+    assert not wrong, wrong
