@@ -196,8 +196,8 @@ class DataCfg:
 @dataclass
 class CacheCfg:
     root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/", changes=NONE)
-    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (docs/cache.md, The views rule); a "
-                           "larger V grows an existing cache", ge=1, changes=("cache",))
+    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (docs/cache.md, The views "
+                           "rule); a larger V grows an existing cache", ge=1, changes=("cache",))
     eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views",
                          changes=("cache",))
     topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T); "

@@ -10,9 +10,10 @@
 
 Each distillation function (kd, dkd, dist, hard) returns a dict of scalar tensors: the method's terms as its paper
 defines them (batch means; kd's, dkd's and dist's already multiplied by T^2) and `loss`, their weighted sum, with no
-CE term and no warm-up. feature_mse and feature_cosine return one scalar tensor, standardize the z-scored logits. They are the
-same functions the stages train with (one implementation per method, in distill/methods/), computed in log space so
-that they stay exact for a teacher of any confidence. Also here: the hard-label losses the objectives use.
+CE term and no warm-up. feature_mse and feature_cosine return one scalar tensor, standardize the z-scored logits.
+They are the same functions the stages train with (one implementation per method, in distill/methods/), computed in
+log space so that they stay exact for a teacher of any confidence. Also here: the hard-label losses the objectives
+use.
 """
 from __future__ import annotations
 
