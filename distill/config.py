@@ -196,8 +196,8 @@ class DataCfg:
 @dataclass
 class CacheCfg:
     root: str = _f("cache", doc="cache root; each cache lives in <root>/<fingerprint>/", changes=NONE)
-    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (README, How many views); a "
-                           "larger V grows an existing cache", ge=1, changes=("cache",))
+    views: int = _f(4, doc="views per training image (V); keep student epochs / V <= 5 (docs/cache.md, The views "
+                           "rule); a larger V grows an existing cache", ge=1, changes=("cache",))
     eval_view: bool = _f(True, doc="view 0 is the deterministic eval view; the others are random train views",
                          changes=("cache",))
     topk: int = _f(10, doc="teacher logits kept per view; >= classes keeps all (then the student may change T); "
@@ -232,7 +232,8 @@ class StudentCfg(TrainCfg):
 class KDBase:
     """The generic kd keys; each method's own section (kd.NAME) is added by `schema()` (KDCfg)."""
     loss: str = _f("kd", doc=lambda: "the distillation method (one file each in distill/methods/): "
-                   + methods.help_line() + ". On a top-k cache the teacher's tail (classes outside the top k and the "
+                   + methods.help_line() + ". w_ce is kd.ce_weight (null: 1 - kd.alpha for kd and hard, 1 for dkd "
+                   "and dist). On a top-k cache the teacher's tail (classes outside the top k and the "
                    "view's own) is spread evenly: exact for what the cache stores (cache.topk >= classes: exact)",
                    choices=lambda: methods.names(), changes=("student",))
     alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha); at "
@@ -608,11 +609,13 @@ def register_schema(args: list[str] | None = None) -> None:
     """Give Hydra every key with its default (untyped: `validate` does the type checks, in one line), so that any
     key can be overridden on the command line without a `+`. recipes/config.yaml lists it first in its defaults.
     With `args` (the command line), a method's section (kd.NAME) is given only when an override names it, so that a
-    run that sets none answers a bad setting before the method files (and torch) load; without, every section."""
+    run that sets none answers a bad setting before the method files (and torch) load; without, or with --help
+    (whose composed config shows every default), every section."""
     from hydra.core.config_store import ConfigStore
 
     tree = OmegaConf.to_container(OmegaConf.structured(ConfigBase))
-    named = [name for name in methods.names() if args is None or any(names_section(a, name) for a in args)]
+    every = args is None or "--help" in args or "-h" in args
+    named = [name for name in methods.names() if every or any(names_section(a, name) for a in args)]
     if named:
         full = OmegaConf.to_container(OmegaConf.structured(schema()))["kd"]
         tree["kd"].update({name: full[name] for name in named if name in full})

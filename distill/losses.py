@@ -5,13 +5,15 @@
     dist(student_logits, teacher_logits, temperature, beta, gamma)
     hard(student_logits, teacher_logits, smoothing)   # DeiT's hard distillation: CE to the teacher's top-1 class
     standardize(logits)                      # logit standardization's z-score (Sun et al. 2024)
-    feature_mse(student_features, teacher_features)      # feature distillation (timm's), on pooled features
-    feature_cosine(student_features, teacher_features)   # 1 - cosine similarity, batch mean
+    feature_mse(student, teacher)            # feature distillation (timm's), on pooled features [B, D]
+    feature_cosine(student, teacher)         # 1 - cosine similarity, batch mean
 
-Each distillation function returns a dict of scalar tensors: the method's terms as its paper defines them (batch
-mean, each already multiplied by T^2) and `loss`, their weighted sum, with no CE term and no warm-up. They are the
-same functions the stages train with (one implementation per method, in distill/methods/), computed in log space so
-that they stay exact for a teacher of any confidence. Also here: the hard-label losses the objectives use.
+Each distillation function (kd, dkd, dist, hard) returns a dict of scalar tensors: the method's terms as its paper
+defines them (batch means; kd's, dkd's and dist's already multiplied by T^2) and `loss`, their weighted sum, with no
+CE term and no warm-up. feature_mse and feature_cosine return one scalar tensor, standardize the z-scored logits.
+They are the same functions the stages train with (one implementation per method, in distill/methods/), computed in
+log space so that they stay exact for a teacher of any confidence. Also here: the hard-label losses the objectives
+use.
 """
 from __future__ import annotations
 

@@ -224,8 +224,167 @@ def test_the_site_builds_strict(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    html = (tmp_path / "site" / "settings" / "index.html").read_text()
+    site = tmp_path / "site"
+    html = (site / "settings.html").read_text()
     assert all(f"<code>{key}</code>" in html for key, _, _ in config.leaves())
-    recipes = (tmp_path / "site" / "recipes" / "index.html").read_text()
+    recipes = (site / "recipes.html").read_text()
     assert all(f"<code>{name}</code>" in recipes for name in config.recipe_lines(RECIPES / "recipe"))
-    assert "tckd" in (tmp_path / "site" / "methods" / "index.html").read_text()  # the method files' docstrings
+    methods_page = (site / "methods.html").read_text()
+    for formula in ("kd   = KL(q_T || p_T) * T^2", "tckd = KL(b_teacher || b_student) * T^2"):  # the docstrings'
+        assert methods_page.count(formula) == 1, formula  # each formula rendered once
+    # opened from disk (file://): links name page files, not folders (which a browser lists), and search works
+    # without a server (mkdocs-material's offline plugin writes the index as a script)
+    assert not re.findall(r'href="(?!https?:)[^"#]*/"', (site / "index.html").read_text())
+    assert (site / "search" / "search_index.js").is_file()
+
+
+
+DIARY = re.compile(r"this machine|\bissue \d+|\blent\b", re.I)
+
+
+def test_no_page_reads_like_a_development_diary():
+    """No page of the site (nor README.md) says "this machine", "issue NN" or "lent": a reader has neither."""
+    assert all(DIARY.search(s) for s in ("on this machine", "see issue 34", "no GPU lent to it"))
+    assert not DIARY.search("an equivalent run, the issue's own words")
+    found = [f"{page.name}:{n}: {m.group(0)}" for page in pages() for n, line in
+             enumerate(page.read_text().splitlines(), 1) for m in DIARY.finditer(line)]
+    assert not found, found
+
+
+BYTES = re.compile(r"([\d,]+) bytes per view \(C = ([\d,]+), k = ([\d,]+)\)")
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_every_bytes_per_view_in_the_docs_is_the_cache_records_size():
+    """Each "N bytes per view (C = classes, k = kept)" in a page or a recipe's comments is the size of one view of
+    the cache's record (softlabels.record_dtype), so a change of the format fails this test until the text says the
+    new size."""
+    from distill.store import softlabels
+
+    texts = [*pages(), *sorted((RECIPES / "recipe").glob("*.yaml"))]
+    found = [(page.name, m) for page in texts
+             for m in BYTES.finditer(" ".join(page.read_text().replace("#", "").split()))]
+    assert len(found) >= 6, found
+    for name, m in found:
+        size, classes, k = map(_number, m.groups())
+        assert size == softlabels.record_dtype(1, k, classes).itemsize, f"{name}: {m.group(0)}"
+
+
+def _cost_rows() -> list[list[str]]:
+    """The rows of the benchmarks page's table of what each recipe's cache costs."""
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    table = text.split("## What the cache costs", 1)[1].split("\n\n| recipe |", 1)[1].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def test_the_cache_sizes_in_the_benchmarks_are_the_records_size():
+    """Each recipe's cache size on disk in the table equals images x the record of V views (C classes, k kept),
+    written to the precision the table shows."""
+    from distill.store import softlabels
+
+    rows = _cost_rows()
+    assert len(rows) >= 5, rows
+    for recipe, images, _, views, _, classes_k, *_, size in rows:
+        classes, k = map(_number, re.findall(r"[\d,]+", classes_k))
+        value, unit = re.match(r"([\d.]+) (MB|GB)", size).groups()
+        exact = _number(images) * softlabels.record_dtype(_number(views), k, classes).itemsize
+        decimals = len(value.partition(".")[2])
+        assert value == f"{exact / {'MB': 1e6, 'GB': 1e9}[unit]:.{decimals}f}", f"{recipe}: {size}, exact {exact:,} B"
+
+
+def _section(page: str, heading: str) -> str:
+    """The text of a page's section, from its heading to the next heading of its level."""
+    text = (ROOT / "docs" / page).read_text()
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _as_documented(path: Path) -> str:
+    """A file's name as the table of files writes it: shard numbers as NNNNN, a cache's lock by its fingerprint."""
+    name = re.sub(r"-\d{5}\.", "-NNNNN.", path.name)
+    return re.sub(r"^\.[0-9a-f]{16}\.lock$", ".<fingerprint>.lock", name)
+
+
+def test_the_table_of_files_names_every_file_and_folder_the_demo_wrote(demo):
+    """Every file the demo left in its run folder and its cache root, and every folder of its run, is in the table
+    of "Files each stage writes" (docs/stages.md)."""
+    where, _ = demo
+    table = _section("stages.md", "Files each stage writes")
+    named = {n.strip() for cell in re.findall(r"`([^`]+)`", table) for n in cell.split(",")}
+    written = [p for root in ("runs", "cache") for p in (where / root).rglob("*") if p.is_file()]
+    assert len(written) >= 20, written
+    missing = sorted({_as_documented(p) for p in written} - named)
+    folders = {p.name for p in (where / "runs" / "demo").iterdir() if p.is_dir()}
+    missing += sorted(f"{f}/" for f in folders if f"`{f}/`" not in table)
+    assert not missing, missing
+
+
+def test_the_method_file_to_copy_is_a_method_as_written():
+    """The method file the methods page offers to copy, saved where it says, is a `kd.loss` choice with its own
+    checked setting, on --help's line, and trains: its loss is finite and gives the student a gradient."""
+    from test_methods import method_file
+
+    from distill import methods
+    from distill.training import objectives
+
+    source = next(m.group(2) for m in FENCE.finditer((ROOT / "docs" / "methods.md").read_text())
+                  if m.group(1) == "python" and m.group(2).startswith("# distill/methods/"))
+    path = ROOT / source.splitlines()[0].removeprefix("# ")
+    with method_file(path, source):
+        assert path.stem in methods.names()
+        cfg = config.validate({"kd": {"loss": "reverse_kd", "reverse_kd": {"weight": 0.5}}})
+        with pytest.raises(errors.ConfigError, match="kd.reverse_kd.weight"):
+            config.validate({"kd": {"loss": "reverse_kd", "reverse_kd": {"weight": -1}}})
+        assert "reverse_kd: kd.reverse_kd.weight * KL(p_T || q_T) * T^2" in methods.help_line()
+        import torch
+
+        from conftest import labelled
+
+        class Fixed:  # a teacher whose target is given
+            sees_mixed_input = False
+
+            def log_probs(self, batch, x, temperature, standardize):
+                return torch.randn(4, 3).log_softmax(1)
+
+        logits = torch.randn(4, 3, requires_grad=True)
+        got = objectives.Distillation(cfg.kd, 3, 0.0, Fixed())(logits, labelled([0, 1, 2, 0]), None, None,
+                                                               objectives.Progress(0, 0))
+        got["loss"].backward()
+        assert torch.isfinite(got["reverse_kd"]) and got["reverse_kd"] > 0 and logits.grad.abs().sum() > 0
+
+
+def test_the_helps_composed_config_shows_every_methods_defaults():
+    """`--help` ends with the composed config: every key with its default, each method's section (kd.dkd, kd.dist,
+    kd.hard) included."""
+    from conftest import run_cli
+
+    composed = run_cli("--help", cwd=ROOT).stdout.split("== Composed config", 1)[1]
+    for section, key in (("dkd", "warmup"), ("dist", "gamma"), ("hard", "smoothing")):
+        assert re.search(rf"^  {section}:\n(    \w+: .*\n)*    {key}: ", composed, re.M), section
+
+
+# what stands for the part of a message that names a key, file, value or number
+PLACEHOLDERS = re.compile(r"\.\.\.|\b[A-Z][A-Z_]*\b|'[^']*'|\([^)]*\)|\S*/\S*|\b[\w]+(?:\.\w+)+:|\d+")
+
+
+def _messages() -> str:
+    """Every string of distill's source, adjacent literals joined and each {field} kept as one character `{`."""
+    text = "\n".join(p.read_text() for p in (ROOT / "distill").rglob("*.py"))
+    text = re.sub(r"\"\s*\n\s*f?\"", "", text)  # "a "\n f"b" -> "a b"
+    return re.sub(r"\{[^{}\n]*\}", "{", text)
+
+
+def test_every_error_line_on_the_troubleshooting_page_is_one_distill_prints():
+    """Each `error: ...` line the troubleshooting page explains is a message distill's source holds: its words
+    between the placeholders (KEY, NAME, ..., numbers, quoted values) appear in the source as written."""
+    source = _messages()
+    lines = [m.group(1) for m in INLINE.finditer((ROOT / "docs" / "troubleshooting.md").read_text())
+             if m.group(1).startswith("error: ")]
+    assert len(lines) >= 60, len(lines)
+    wrong = []
+    for line in lines:
+        words = [w.strip(" :;,.") for w in PLACEHOLDERS.split(" ".join(line.removeprefix("error: ").split()))]
+        wrong += [f"{line}: {w!r}" for w in words if len(w) >= 8 and w not in source]
+    assert not wrong, wrong

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cache_overrides, run_here, tiny_dataset
+from conftest import ROOT, cache_overrides, run_here, tiny_dataset
 from distill import config, data
 from distill.data import transforms, views
 from distill.store import artifacts
@@ -94,6 +94,25 @@ def test_onnx_matches_pytorch_on_a_batch_of_images(tested, shared):
     with torch.no_grad():
         assert np.abs(got - net(x).numpy()).max() < 1e-4
     assert json.loads((run / "export" / "export.json").read_text())["checks"]["onnx_max_abs_diff"] < 1e-4
+
+
+def test_the_documented_onnxruntime_example_runs_as_written(tested, tmp_path, monkeypatch, capsys):
+    """The stages page's onnxruntime example, run as written (its export folder and image stand in), prints the
+    class that `python -m distill.predict` ranks first."""
+    pytest.importorskip("onnxruntime")
+    from distill import predict
+    from test_docs import FENCE
+
+    page = (ROOT / "docs" / "stages.md").read_text()
+    code = next(m.group(2) for m in FENCE.finditer(page) if m.group(1) == "python" and "onnxruntime" in m.group(2))
+    run, _, _ = tested
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "export").symlink_to(run / "export")
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "digit.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "stages.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == predict.predict(run / "export", [tmp_path / "digit.png"], top=1)[0][0][0]
 
 
 def test_the_model_card_shows_the_runs_numbers(tested):

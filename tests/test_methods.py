@@ -1,5 +1,6 @@
 """A distillation method is one file: a new file in distill/methods/ is selectable, configurable, validated,
 documented and named on the model card, with no other file touched."""
+import contextlib
 import dataclasses
 import re
 
@@ -33,19 +34,27 @@ class Toy(Method, name="toymethod", help="kd.toymethod.weight * mean squared log
 '''
 
 
-@pytest.fixture
-def toy_method():
-    """distill/methods/toymethod.py, written for the test and removed after it (the registry read again)."""
-    assert not TOY.exists()
-    TOY.write_text(TOY_SOURCE)
+@contextlib.contextmanager
+def method_file(path, source: str):
+    """A method file `path` in distill/methods/ holding `source`, registered for the block and removed after it
+    (the registry read again)."""
+    assert not path.exists()
+    path.write_text(source)
     methods.reload()
     try:
         yield
     finally:
-        TOY.unlink()
-        for cached in (TOY.parent / "__pycache__").glob("toymethod.*"):
+        path.unlink()
+        for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
             cached.unlink()
         methods.reload()
+
+
+@pytest.fixture
+def toy_method():
+    """distill/methods/toymethod.py, written for the test and removed after it."""
+    with method_file(TOY, TOY_SOURCE):
+        yield
 
 
 def test_a_new_method_file_is_selectable_validated_documented_and_on_the_card(toy_method):

@@ -56,7 +56,7 @@ class DISTSettings:
 
 
 class DIST(Method, name="dist", standardizable=False, settings=DISTSettings, cite="Huang et al. 2022",
-           help="CE + (kd.dist.beta * inter + kd.dist.gamma * intra) * T^2, Pearson relations"):
+           help="w_ce * CE + (kd.dist.beta * inter + kd.dist.gamma * intra) * T^2, Pearson relations"):
     """kd.loss=dist: the module docstring gives the formula and the authors' settings; reads the teacher's
     distribution at T."""
     def card_line(self, kd_cfg) -> str:

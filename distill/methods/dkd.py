@@ -71,7 +71,7 @@ class DKDSettings:
 
 
 class DKD(Method, name="dkd", needs_labels=True, settings=DKDSettings, cite="Zhao et al. 2022",
-          help="CE + warm-up * (kd.dkd.alpha * TCKD + kd.dkd.beta * NCKD) * T^2, decoupled KD"):
+          help="w_ce * CE + warm-up * (kd.dkd.alpha * TCKD + kd.dkd.beta * NCKD) * T^2, decoupled KD"):
     """kd.loss=dkd: the module docstring gives the formula and the authors' settings; reads the teacher's
     distribution at T and each sample's class."""
     def card_line(self, kd_cfg) -> str:

@@ -43,7 +43,7 @@ class HardSettings:
 
 class Hard(KD, name="hard", balanceable=True, standardizable=False, settings=HardSettings, target="class",
            token="hard", cite="DeiT, Touvron et al. 2021",
-           help="kd.alpha * CE(p, teacher's top-1 class) + CE, hard-label distillation"):
+           help="kd.alpha * CE(p, teacher's top-1 class) + w_ce * CE, hard-label distillation"):
     """kd.loss=hard (and the distillation head's method under kd.token=hard): the module docstring gives the
     formula; kd.alpha, its CE weight and checks are KD's."""
     def card_line(self, kd_cfg) -> str:

@@ -31,7 +31,7 @@ def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
 
 
 class KD(Method, name="kd", balanceable=True, cite="Hinton et al. 2015",
-         help="kd.alpha * KL(q_T || p_T) * T^2 + CE"):
+         help="kd.alpha * KL(q_T || p_T) * T^2 + w_ce * CE"):
     """kd.loss=kd: the module docstring gives the formula and the authors' settings. No settings section of its
     own: kd.alpha, kd.ce_weight and kd.temperature are the generic kd keys."""
     def card_line(self, kd_cfg) -> str:
