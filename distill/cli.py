@@ -50,12 +50,19 @@ def file_problem(e: OSError, raw: DictConfig | None = None) -> str | None:
 def check_recipe(args: list[str], folder: Path) -> None:
     """`recipe=NAME` names a recipe file in `folder`; else one line listing the recipes there (close ones first)."""
     name = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), None)
-    if name is None or (folder / f"{name}.yaml").is_file():
-        return
     known = sorted(p.stem for p in folder.glob("*.yaml"))
+    if name is None or name in known:  # a name only: a path (recipe=../data/demo) would read another file
+        return
+    if "/" in name or "\\" in name:
+        raise ConfigError(f"recipe: '{name}' is a path, not a recipe name (a file of recipes/recipe/, named without "
+                          f"its folder or .yaml); recipes: {', '.join(known)}")
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigError(f"recipe: no recipe '{name}'{hint}; recipes: {', '.join(known)}")
+
+
+# Hydra's settings of where it writes that distill does not read: a run writes where run_root and name say
+UNREAD_HYDRA = {"hydra.run.dir": "a run writes into <run_root>/<name>/: set run_root= and name= instead"}
 
 
 def check_overrides(args: list[str], groups: set[str]) -> None:
@@ -68,6 +75,8 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
         if arg.startswith(("-", "+")) or "=" not in arg:
             continue
         key = arg.split("=", 1)[0].lstrip("~")
+        if key in UNREAD_HYDRA:
+            raise ConfigError(f"{key}: not read by distill; {UNREAD_HYDRA[key]}")
         if key.startswith("hydra") or key.split("@")[0] in groups:
             continue
         if key in config.RENAMED:
