@@ -286,24 +286,27 @@ def test_a_batch_larger_than_the_data_names_its_key_before_any_work(parquet_file
 def test_each_trained_model_has_at_least_one_step_an_epoch():
     big = {"batch_size": 40, "grad_accum": 2}
     with pytest.raises(ConfigError, match=r"^teacher\.batch_size: 40 x 1 process\(es\) x grad_accum 2 is more than "):
-        preflight.check_batches(config.validate({"teacher": big}), 48, 1)
+        preflight.check_batches(config.validate({"teacher": big, "student": {"batch_size": 16}}), 48, 1)
     with pytest.raises(ConfigError, match=r"^teachers\.b\.batch_size: 40 x 1 process\(es\) x grad_accum 2 "):
-        preflight.check_batches(config.validate({"teachers": [{"name": "a"}, {"name": "b", **big}]}), 48, 1)
+        preflight.check_batches(config.validate({"teacher": {"batch_size": 16}, "student": {"batch_size": 16},
+                                                   "teachers": [{"name": "a"}, {"name": "b", **big}]}), 48, 1)
     with pytest.raises(ConfigError, match=r"^student\.batch_size: 16 x 4 process\(es\) x grad_accum 1 "):
-        preflight.check_batches(config.validate({"student": {"batch_size": 16}}), 48, 4)
-    preflight.check_batches(config.validate({"student": {"batch_size": 16}, "teacher": {"batch_size": 48}}), 48, 3)
+        preflight.check_batches(config.validate({"teacher": {"batch_size": 8}, "student": {"batch_size": 16}}), 48, 4)
+    preflight.check_batches(config.validate({"student": {"batch_size": 16}, "teacher": {"batch_size": 16}}), 48, 3)
     loaded = {"source": "timm", "checkpoint": "t.safetensors", **big}  # a loaded teacher takes no training step
     preflight.check_batches(config.validate({"teacher": loaded, "student": {"batch_size": 16}}), 48, 1)
-    preflight.check_batches(config.validate({"stage": "teacher", "student": {"batch_size": 100}}), 48, 1)
+    preflight.check_batches(config.validate({"stage": "teacher", "teacher": {"batch_size": 8}}), 48, 1)
 
 
 def test_a_warmup_as_long_as_the_training_is_said():
     said = config.inert(config.validate({"student": {"epochs": 1, "sched": {"warmup_epochs": 5}},
-                                         "teacher": {"epochs": 3, "sched": {"warmup_epochs": 3}}}))
-    assert said == [f"{k}.sched.warmup_epochs={w} is not shorter than {k}.epochs={e}: the learning rate warms up "
-                    f"for the whole run and never reaches its peak; {k}.sched.name=cosine never acts"
-                    for k, w, e in (("teacher", 3.0, 3), ("student", 5.0, 1))]
-    assert config.inert(config.validate({"student": {"epochs": 2, "sched": {"warmup_epochs": 1.5}}})) == []
+                                         "teacher": {"epochs": 3, "sched": {"warmup_epochs": 3.5}}}))
+    assert said == [f"{k}.sched.warmup_epochs={w} is longer than {k}.epochs={e}: the learning rate never reaches its "
+                    f"peak, and {k}.sched.name=cosine never acts"
+                    for k, w, e in (("teacher", 3.5, 3), ("student", 5.0, 1))]
+    assert config.inert(config.validate({"student": {"epochs": 2, "sched": {"warmup_epochs": 2}}})) == []  # it ends
+    loaded = {"source": "timm", "checkpoint": "t.safetensors", "epochs": 1, "sched": {"warmup_epochs": 5}}
+    assert config.inert(config.validate({"teacher": loaded})) == []  # not trained: its schedule is never read
 
 
 def test_an_onnx_opset_this_pytorch_cannot_write_stops_before_any_work():
