@@ -21,21 +21,21 @@ FILE_PROBLEMS = {errno.EACCES: "permission denied", errno.EPERM: "permission den
                  errno.EDQUOT: "over the disk quota"}
 
 
-def file_problem(e: OSError, raw: DictConfig | None = None) -> str | None:
+def file_problem(e: OSError, raw: DictConfig | None = None, key: str | None = None) -> str | None:
     """One line for an OSError that a person fixes (FILE_PROBLEMS): the path, what is wrong, the setting naming that
-    place (from raw, when given; run_root otherwise) and what to do; None for any other OSError (a bug: left to show
-    its traceback)."""
+    place (`key` when given; else found in raw, when given; run_root otherwise) and what to do; None for any other
+    OSError (a bug: left to show its traceback)."""
     what = FILE_PROBLEMS.get(e.errno)
     if what is None:
         return None
     path = Path(e.filename).absolute() if e.filename else None
-    key = "run_root"
-    for candidate in ("data.path", "teacher.dir", "cache.root"):  # places that may lie inside run_root
+    for candidate in ("data.path", "teacher.dir", "cache.root") if key is None else ():  # may lie inside run_root
         value = OmegaConf.select(raw, candidate, default=None, throw_on_resolution_failure=False) if raw else None
         if path is not None and value and (path == Path(str(value)).absolute() or
                                            Path(str(value)).absolute() in path.parents):
             key = candidate
             break
+    key = key or "run_root"
     if e.errno in (errno.EACCES, errno.EPERM):
         fix = f"make it {'readable' if key == 'data.path' else 'writable'} for this user, or give {key}= another place"
     elif e.errno == errno.EROFS:

@@ -85,26 +85,30 @@ def makes_cache(cfg: Config) -> bool:
     return "cache" in cfg.stages() and (cfg.kd.teacher != "online" or cfg.stage == "cache")
 
 
-def folder_problem(folder: Path) -> str | None:
-    """Why a run cannot write into `folder`: a file on its path, or the nearest folder that exists refuses a new entry
-    (tried with an empty temporary folder, removed at once); None when it can. Nothing is left behind."""
+def check_folder(key: str, folder: Path) -> None:
+    """`folder` (the setting `key`'s) is a folder, or can be made, and takes new files (tried with an empty temporary
+    folder, removed at once); else ConfigError naming `key`. A permission, a read-only or a full disk gives the line a
+    stage would give on meeting it (cli.file_problem)."""
+    from distill import cli
+
     folder = Path(os.path.expanduser(folder)).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
+    fix = f"give {key}= a folder this user can write (checked before any work)"
     if not existing.is_dir():
-        return (f"{folder} is a file, not a folder" if existing == folder else
-                f"{existing} is a file, so {folder} cannot be a folder")
+        what = "is a file, not a folder" if existing == folder else f"is a file, so {folder} cannot be a folder"
+        raise ConfigError(f"{key}: {existing} {what}; {fix}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".distill-write-check-", dir=existing))
     except OSError as e:
-        return f"{folder} cannot be written ({existing}: {e.strerror})"
-    return None
+        made = existing / folder.relative_to(existing).parts[0] if existing != folder else folder
+        line = cli.file_problem(OSError(e.errno, e.strerror, str(made)), key=key)
+        raise ConfigError(line or f"{key}: cannot make {made} ({existing}: {e.strerror}); {fix}") from None
 
 
 def check_folders(cfg: Config, run_dir: Path) -> None:
-    """Every folder this run writes into is a folder, or can be made, and takes new files: the run's (under
-    run_root; a sweep point's under hydra.sweep.dir), the cache root when a cache is made (cache.root), each
-    teacher's own folder when the teacher stage runs (teacher.dir, teachers.NAME.dir). ConfigError naming the key,
-    before any work."""
+    """Every folder this run writes into passes check_folder: the run's (under run_root; a sweep point's under
+    hydra.sweep.dir), the cache root when a cache is made (cache.root), each teacher's own folder when the teacher
+    stage runs (teacher.dir, teachers.NAME.dir). Before any work."""
     inside = Path(cfg.run_root).absolute() in (run_dir.absolute(), *run_dir.absolute().parents)
     places = {"run_root" if inside else "hydra.sweep.dir": run_dir}
     if "teacher" in cfg.stages():
@@ -112,9 +116,7 @@ def check_folders(cfg: Config, run_dir: Path) -> None:
     if makes_cache(cfg):
         places["cache.root"] = Path(cfg.cache.root)
     for key, folder in places.items():
-        problem = folder_problem(folder)
-        if problem:
-            raise ConfigError(f"{key}: {problem}; give {key}= a folder this user can write (checked before any work)")
+        check_folder(key, folder)
 
 
 def check_batches(cfg: Config, num_images: int, num_processes: int) -> None:

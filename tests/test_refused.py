@@ -3,7 +3,6 @@ length, a student that would train 0 epochs, a bad DISTILL_FAULT, and a model th
 import math
 import re
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -246,7 +245,7 @@ def test_an_ensemble_teachers_checkpoint_of_another_model_is_found_before_the_fi
 
 @pytest.mark.parametrize("key, place, message", [
     ("run_root", "{file}", "run_root: {file} is a file, so {file}/tiny cannot be a folder"),
-    ("run_root", "/proc/distill-check", r"run_root: /proc/distill-check/tiny cannot be written \(/proc: "),
+    ("run_root", "/proc/distill-check", r"run_root: cannot make /proc/distill-check \(/proc: No such file "),
     ("cache.root", "{file}", "cache.root: {file} is a file, not a folder"),
     ("cache.root", "{file}/cache", "cache.root: {file} is a file, so {file}/cache cannot be a folder"),
     ("teacher.dir", "{file}", "teacher.dir: {file} is a file, not a folder"),
@@ -262,7 +261,19 @@ def test_a_folder_the_run_cannot_write_stops_it_before_any_work(parquet_file, tm
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert re.match("error: " + message.format(file=re.escape(str(file))), lines[0]), lines[0]
     assert lines[0].endswith(f"give {key}= a folder this user can write (checked before any work)")
-    assert not runs.exists() and not list(Path("/proc").glob(".distill-*"))
+    assert not runs.exists() and not list(tmp_path.glob(".distill-*"))
+
+
+def test_a_cache_root_without_permission_is_named_before_any_work(parquet_file, tmp_path):
+    """The line a stage gives on meeting a permission problem (cli.file_problem), naming cache.root, whose parent
+    cannot be made: before, the teacher was done first."""
+    from test_sweep_errors import _unwritable
+
+    root, failing = _unwritable(tmp_path)
+    r = run_here(*tiny_overrides(parquet_file, tmp_path / "runs"), f"cache.root={root}/cache")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {failing}: permission denied (") and "give cache.root= another place" in r.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_cache_root_that_no_stage_of_the_run_writes_is_left_alone(parquet_file, tmp_path):
