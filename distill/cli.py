@@ -21,21 +21,21 @@ FILE_PROBLEMS = {errno.EACCES: "permission denied", errno.EPERM: "permission den
                  errno.EDQUOT: "over the disk quota"}
 
 
-def file_problem(e: OSError, raw: DictConfig | None = None) -> str | None:
+def file_problem(e: OSError, raw: DictConfig | None = None, key: str | None = None) -> str | None:
     """One line for an OSError that a person fixes (FILE_PROBLEMS): the path, what is wrong, the setting naming that
-    place (from raw, when given; run_root otherwise) and what to do; None for any other OSError (a bug: left to show
-    its traceback)."""
+    place (`key` when given; else found in raw, when given; run_root otherwise) and what to do; None for any other
+    OSError (a bug: left to show its traceback)."""
     what = FILE_PROBLEMS.get(e.errno)
     if what is None:
         return None
     path = Path(e.filename).absolute() if e.filename else None
-    key = "run_root"
-    for candidate in ("data.path", "teacher.dir", "cache.root"):  # places that may lie inside run_root
+    for candidate in ("data.path", "teacher.dir", "cache.root") if key is None else ():  # may lie inside run_root
         value = OmegaConf.select(raw, candidate, default=None, throw_on_resolution_failure=False) if raw else None
         if path is not None and value and (path == Path(str(value)).absolute() or
                                            Path(str(value)).absolute() in path.parents):
             key = candidate
             break
+    key = key or "run_root"
     if e.errno in (errno.EACCES, errno.EPERM):
         fix = f"make it {'readable' if key == 'data.path' else 'writable'} for this user, or give {key}= another place"
     elif e.errno == errno.EROFS:
@@ -50,12 +50,19 @@ def file_problem(e: OSError, raw: DictConfig | None = None) -> str | None:
 def check_recipe(args: list[str], folder: Path) -> None:
     """`recipe=NAME` names a recipe file in `folder`; else one line listing the recipes there (close ones first)."""
     name = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), None)
-    if name is None or (folder / f"{name}.yaml").is_file():
-        return
     known = sorted(p.stem for p in folder.glob("*.yaml"))
+    if name is None or name in known:  # a name only: a path (recipe=../data/demo) would read another file
+        return
+    if "/" in name or "\\" in name:
+        raise ConfigError(f"recipe: '{name}' is a path, not a recipe name (a file of recipes/recipe/, named without "
+                          f"its folder or .yaml); recipes: {', '.join(known)}")
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigError(f"recipe: no recipe '{name}'{hint}; recipes: {', '.join(known)}")
+
+
+# Hydra's settings of where it writes that distill does not read: a run writes where run_root and name say
+UNREAD_HYDRA = {"hydra.run.dir": "a run writes into <run_root>/<name>/: set run_root= and name= instead"}
 
 
 def check_overrides(args: list[str], groups: set[str]) -> None:
@@ -68,6 +75,8 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
         if arg.startswith(("-", "+")) or "=" not in arg:
             continue
         key = arg.split("=", 1)[0].lstrip("~")
+        if key in UNREAD_HYDRA:
+            raise ConfigError(f"{key}: not read by distill; {UNREAD_HYDRA[key]}")
         if key.startswith("hydra") or key.split("@")[0] in groups:
             continue
         if key in config.RENAMED:

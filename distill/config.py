@@ -508,10 +508,17 @@ def _out_of_range(value: Any, rules: dict) -> str | None:
 
 
 def inert(cfg: ConfigBase) -> list[str]:
-    """The settings given a value this run never reads, one line each (said once at the start, not refused: a recipe
-    may set them for the runs that do read them). Each method says which of its own settings this run ignores."""
+    """The settings given a value this run never reads, or that cannot act in it, one line each (said once at the
+    start, not refused: a recipe may set them for the runs that do read them). Each method says which of its own
+    settings this run ignores."""
     kd, default = cfg.kd, KDBase()
     out = [line for method in methods.all_methods() for line in method.ignored(cfg)]
+    trained = {k: t for k, t in teacher_sections(cfg).items() if t.source == "train"} | {"student": cfg.student}
+    for key, section in trained.items():
+        if 0 < section.epochs < section.sched.warmup_epochs:
+            out.append(f"{key}.sched.warmup_epochs={section.sched.warmup_epochs} is longer than {key}.epochs="
+                       f"{section.epochs}: the learning rate never reaches its peak, and {key}.sched.name="
+                       f"{section.sched.name} never acts")
     if kd.ce != "focal" and (kd.focal_gamma != default.focal_gamma or kd.focal_alpha is not None):
         out.append(f"kd.focal_gamma / kd.focal_alpha are read by kd.ce=focal only; this run (kd.ce={kd.ce}) ignores "
                    "them")

@@ -4,6 +4,8 @@ cache was built."""
 from __future__ import annotations
 
 import difflib
+import os
+import tempfile
 from pathlib import Path
 
 import timm
@@ -58,12 +60,86 @@ def before_data(cfg: Config) -> None:
                           f"with one: {', '.join(models.distilled_models())}")
     check_features(cfg)
     check_tracker(cfg.log_with)
-    if cfg.export.hub_repo and cfg.stage in ("export", "all"):  # found before the pipeline, not after it
-        from distill.stages import export
+    if cfg.stage in ("export", "all"):  # found before the pipeline, not after it
+        check_export(cfg)
+
+
+def check_export(cfg: Config) -> None:
+    """What the export stage would refuse after all the training: an ONNX opset this PyTorch cannot write
+    (export.opset), a Hub push that cannot happen (export.hub_repo)."""
+    from distill.stages import export
+
+    if cfg.export.onnx:
+        problem = export.opset_problem(cfg.export.opset)
+        if problem:
+            raise ConfigError(f"export.opset: {problem}; set export.opset lower, or export.onnx=false")
+    if cfg.export.hub_repo:
         problem = export.hub_problem()
         if problem:
             raise ConfigError(f"export.hub_repo: {problem}; fix that, or drop export.hub_repo (checked before any "
                               "work)")
+
+
+def makes_cache(cfg: Config) -> bool:
+    """Whether this run goes through the cache stage (kd.teacher=online makes none, unless stage=cache asks)."""
+    return "cache" in cfg.stages() and (cfg.kd.teacher != "online" or cfg.stage == "cache")
+
+
+def check_folder(key: str, folder: Path) -> None:
+    """`folder` (the setting `key`'s) is a folder, or can be made, and takes new files (tried with an empty temporary
+    folder, removed at once); else ConfigError naming `key`. A permission, a read-only or a full disk gives the line a
+    stage would give on meeting it (cli.file_problem)."""
+    from distill import cli
+
+    folder = Path(os.path.expanduser(folder)).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    fix = f"give {key}= a folder this user can write (checked before any work)"
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing == folder else f"is a file, so {folder} cannot be a folder"
+        raise ConfigError(f"{key}: {existing} {what}; {fix}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".distill-write-check-", dir=existing))
+    except OSError as e:
+        made = existing / folder.relative_to(existing).parts[0] if existing != folder else folder
+        line = cli.file_problem(OSError(e.errno, e.strerror, str(made)), key=key)
+        raise ConfigError(line or f"{key}: cannot make {made} ({existing}: {e.strerror}); {fix}") from None
+
+
+def check_folders(cfg: Config, run_dir: Path) -> None:
+    """Every folder this run writes into passes check_folder: the run's (under run_root; a sweep point's under
+    hydra.sweep.dir), the cache root when a cache is made (cache.root), each teacher's own folder when the teacher
+    stage runs (teacher.dir, teachers.NAME.dir). Before any work."""
+    inside = Path(cfg.run_root).absolute() in (run_dir.absolute(), *run_dir.absolute().parents)
+    places = {"run_root" if inside else "hydra.sweep.dir": run_dir}
+    if "teacher" in cfg.stages():
+        places |= {f"{key}.dir": Path(t.dir) for key, t in teacher_sections(cfg).items() if t.dir}
+    if makes_cache(cfg):
+        places["cache.root"] = Path(cfg.cache.root)
+    for key, folder in places.items():
+        check_folder(key, folder)
+
+
+def check_batches(cfg: Config, num_images: int, num_processes: int) -> None:
+    """Each model this run trains takes at least one step an epoch: its batch_size x processes x grad_accum images at
+    most the training split's (the student, and each teacher trained or fine-tuned here)."""
+    trains = {}
+    if "teacher" in cfg.stages():
+        trains = {key: t for key, t in teacher_sections(cfg).items() if t.source == "train" or t.finetune.epochs}
+    if "student" in cfg.stages():
+        trains["student"] = cfg.student
+    for key, section in trains.items():
+        if section.batch_size * num_processes * section.grad_accum > num_images:
+            raise ConfigError(f"{key}.batch_size: {section.batch_size} x {num_processes} process(es) x grad_accum "
+                              f"{section.grad_accum} is more than the {num_images} training images (no step an "
+                              f"epoch); lower {key}.batch_size (checked before any work)")
+
+
+def unused(cfg: Config, num_images: int) -> list[str]:
+    """Settings that cannot act on this data, one line each (said once, not refused)."""
+    size = cfg.data.train_size
+    if size is not None and size > num_images:
+        return [f"data.train_size={size}: the training split has {num_images} images; this run uses all of them"]
+    return []
 
 
 def _pooled_problem(name: str, model_args: dict | None = None) -> str | None:
@@ -163,8 +239,8 @@ def after_data(cfg: Config, num_images: int, num_classes: int) -> None:
     if alpha is not None and len(alpha) != num_classes:
         raise ConfigError(f"kd.focal_alpha: {len(alpha)} weights for {num_classes} classes; give one per class, in "
                           "the order of the data's class ids")
-    if cfg.stage == "teacher" or (cfg.kd.teacher == "online" and cfg.stage != "cache"):
-        return  # no cache is made
+    if not makes_cache(cfg):
+        return
     dtype = cache.record_dtype(cfg, num_classes)
     for key, teacher in teacher_sections(cfg).items():
         width = None

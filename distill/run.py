@@ -43,6 +43,7 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
 
     preflight.before_data(cfg)
     run_dir = run_dir or Path(cfg.run_root) / cfg.name
+    preflight.check_folders(cfg, run_dir)  # every folder it writes into, before any is made
     acc = engine.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=str(run_dir))
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(message)s", force=True)
@@ -58,6 +59,9 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
     preflight.after_data(cfg, len(bundle.train), bundle.num_classes)
+    for line in preflight.unused(cfg, len(bundle.train)):
+        log.warning(line)
+    preflight.check_batches(cfg, len(bundle.train), acc.num_processes)
     with artifacts.held(acc, run_dir, "wait for it to finish, or give this run another name="):  # one run a folder
         return _stages(cfg, acc, bundle, run_dir)
 

@@ -348,3 +348,12 @@ def test_a_sweeps_bad_value_is_refused_before_any_point_runs(tmp_path):
     assert r.returncode == 2 and not (tmp_path / "runs").exists()  # the first point did not train first
     assert r.stderr.strip().splitlines() == ["error: kd.temperature: -1.0 must be > 0 (sweep point 2 of 2: "
                                              "kd.temperature=-1 student.epochs=1; nothing was run)"]
+
+
+def test_a_folder_source_given_a_file_says_so_in_one_line(parquet_file):
+    """data.source=imagefolder with a parquet file: a NotADirectoryError traceback once."""
+    for source in ("imagefolder", "disk"):
+        with pytest.raises(DataError, match=rf"^data\.source={source} reads a folder, but data\.path "
+                                            rf"{re.escape(str(parquet_file))} is a file; give its folder, or "
+                                            r"data\.source=auto$"):
+            data.load(config.validate({"data": {"source": source, "path": str(parquet_file)}}).data)

@@ -1,6 +1,7 @@
 """Settings refused before any work, in one line naming the key: non-finite or absurd numbers, lists of the wrong
 length, a student that would train 0 epochs, a bad DISTILL_FAULT, and a model that cannot take the data's images."""
 import math
+import re
 import signal
 
 import pytest
@@ -238,3 +239,107 @@ def test_an_ensemble_teachers_checkpoint_of_another_model_is_found_before_the_fi
                            "teachers": [{"name": "a"}, {"name": "b", "model": "resnet14", "checkpoint": str(b)}]})
     with pytest.raises(CheckpointError, match=rf"^teachers\.b\.checkpoint: {b} does not fit resnet14: missing keys "):
         preflight.before_data(cfg)
+
+
+# ---------------------------------------------------------------- folders, batches and settings found before any work
+
+@pytest.mark.parametrize("key, place, message", [
+    ("run_root", "{file}", "run_root: {file} is a file, so {file}/tiny cannot be a folder"),
+    ("run_root", "/proc/distill-check", r"run_root: cannot make /proc/distill-check \(/proc: No such file "),
+    ("cache.root", "{file}", "cache.root: {file} is a file, not a folder"),
+    ("cache.root", "{file}/cache", "cache.root: {file} is a file, so {file}/cache cannot be a folder"),
+    ("teacher.dir", "{file}", "teacher.dir: {file} is a file, not a folder"),
+])
+def test_a_folder_the_run_cannot_write_stops_it_before_any_work(parquet_file, tmp_path, key, place, message):
+    """Each folder a run writes into (run_root, cache.root, teacher.dir) is a folder, or can be made, and takes new
+    files; else one line naming its key, before the data is read (a traceback once a stage wrote there)."""
+    file, runs = tmp_path / "afile", tmp_path / "runs"
+    file.write_text("a file where the run would make a folder")
+    args = [a for a in tiny_overrides(parquet_file, runs) if not a.startswith(key + "=")]
+    r = run_here(*args, f"{key}={place.format(file=file)}", "cache.views=1")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert re.match("error: " + message.format(file=re.escape(str(file))), lines[0]), lines[0]
+    assert lines[0].endswith(f"give {key}= a folder this user can write (checked before any work)")
+    assert not runs.exists() and not list(tmp_path.glob(".distill-*"))
+
+
+def test_a_cache_root_without_permission_is_named_before_any_work(parquet_file, tmp_path):
+    """The line a stage gives on meeting a permission problem (cli.file_problem), naming cache.root, whose parent
+    cannot be made: before, the teacher was done first."""
+    from test_sweep_errors import _unwritable
+
+    root, failing = _unwritable(tmp_path)
+    r = run_here(*tiny_overrides(parquet_file, tmp_path / "runs"), f"cache.root={root}/cache")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {failing}: permission denied (") and "give cache.root= another place" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_cache_root_that_no_stage_of_the_run_writes_is_left_alone(parquet_file, tmp_path):
+    cfg = config.validate({"stage": "teacher", "cache": {"root": str(parquet_file)}})
+    preflight.check_folders(cfg, tmp_path / "runs" / "x")
+    with pytest.raises(ConfigError, match="^cache.root: "):
+        preflight.check_folders(config.validate({"cache": {"root": str(parquet_file)}}), tmp_path / "runs" / "x")
+
+
+def test_a_batch_larger_than_the_data_names_its_key_before_any_work(parquet_file, tmp_path):
+    """It stopped once the teacher and the cache were done, naming `student` only."""
+    r = run_here(*tiny_overrides(parquet_file, tmp_path / "runs"), "student.batch_size=1000", "data.train_size=1000")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: student.batch_size: 1000 x 1 process(es) x grad_accum 1 is more than the 48 training images (no step "
+        "an epoch); lower student.batch_size (checked before any work)")
+    assert "data.train_size=1000: the training split has 48 images; this run uses all of them" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_each_trained_model_has_at_least_one_step_an_epoch():
+    big = {"batch_size": 40, "grad_accum": 2}
+    with pytest.raises(ConfigError, match=r"^teacher\.batch_size: 40 x 1 process\(es\) x grad_accum 2 is more than "):
+        preflight.check_batches(config.validate({"teacher": big, "student": {"batch_size": 16}}), 48, 1)
+    with pytest.raises(ConfigError, match=r"^teachers\.b\.batch_size: 40 x 1 process\(es\) x grad_accum 2 "):
+        preflight.check_batches(config.validate({"teacher": {"batch_size": 16}, "student": {"batch_size": 16},
+                                                   "teachers": [{"name": "a"}, {"name": "b", **big}]}), 48, 1)
+    with pytest.raises(ConfigError, match=r"^student\.batch_size: 16 x 4 process\(es\) x grad_accum 1 "):
+        preflight.check_batches(config.validate({"teacher": {"batch_size": 8}, "student": {"batch_size": 16}}), 48, 4)
+    preflight.check_batches(config.validate({"student": {"batch_size": 16}, "teacher": {"batch_size": 16}}), 48, 3)
+    loaded = {"source": "timm", "checkpoint": "t.safetensors", **big}  # a loaded teacher takes no training step
+    preflight.check_batches(config.validate({"teacher": loaded, "student": {"batch_size": 16}}), 48, 1)
+    preflight.check_batches(config.validate({"stage": "teacher", "teacher": {"batch_size": 8}}), 48, 1)
+
+
+def test_a_warmup_as_long_as_the_training_is_said():
+    said = config.inert(config.validate({"student": {"epochs": 1, "sched": {"warmup_epochs": 5}},
+                                         "teacher": {"epochs": 3, "sched": {"warmup_epochs": 3.5}}}))
+    assert said == [f"{k}.sched.warmup_epochs={w} is longer than {k}.epochs={e}: the learning rate never reaches its "
+                    f"peak, and {k}.sched.name=cosine never acts"
+                    for k, w, e in (("teacher", 3.5, 3), ("student", 5.0, 1))]
+    assert config.inert(config.validate({"student": {"epochs": 2, "sched": {"warmup_epochs": 2}}})) == []  # it ends
+    loaded = {"source": "timm", "checkpoint": "t.safetensors", "epochs": 1, "sched": {"warmup_epochs": 5}}
+    assert config.inert(config.validate({"teacher": loaded})) == []  # not trained: its schedule is never read
+
+
+def test_an_onnx_opset_this_pytorch_cannot_write_stops_before_any_work():
+    """It stopped with torch's traceback after the teacher, the cache and the student were done."""
+    with pytest.raises(ConfigError, match=r"^export\.opset: PyTorch \S+ writes ONNX opsets up to \d+, not 99; set "
+                                          r"export\.opset lower, or export\.onnx=false$"):
+        preflight.before_data(config.validate({"stage": "export", "export": {"opset": 99}}))
+    preflight.before_data(config.validate({"stage": "student", "export": {"opset": 99}}))
+    preflight.before_data(config.validate({"stage": "all", "export": {"opset": 99, "onnx": False}}))
+    preflight.before_data(config.validate({"stage": "all", "export": {"opset": 17}}))
+
+
+@pytest.mark.parametrize("arg, line", [
+    ("recipe=../data/demo", "error: recipe: '../data/demo' is a path, not a recipe name (a file of recipes/recipe/, "
+                            "named without its folder or .yaml); recipes: "),
+    ("hydra.run.dir=elsewhere", "error: hydra.run.dir: not read by distill; a run writes into <run_root>/<name>/: set "
+                                "run_root= and name= instead"),
+])
+def test_a_recipe_path_or_hydras_run_folder_is_refused_in_one_line(tmp_path, arg, line):
+    """recipe=../data/demo read a data file as the recipe (Hydra: "Key 'recipe' not in 'ConfigBase'"), and
+    hydra.run.dir was silently ignored."""
+    r = run_cli(arg, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), r.stderr
+    assert not (tmp_path / "runs").exists()

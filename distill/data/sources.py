@@ -58,7 +58,12 @@ def demo_dataset() -> datasets.Dataset:
 
 
 def detect_source(cfg: DataCfg) -> str:
+    """data.source, or the source data.path holds (auto); DataError when a source given reads a folder and data.path
+    is a file."""
     if cfg.source != "auto":
+        if cfg.source in ("imagefolder", "disk") and cfg.path and Path(cfg.path).expanduser().is_file():
+            raise DataError(f"data.source={cfg.source} reads a folder, but data.path {cfg.path} is a file; give its "
+                            "folder, or data.source=auto")
         return cfg.source
     if not cfg.path:  # nothing given: the demo digits
         return "demo"

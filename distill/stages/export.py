@@ -158,6 +158,19 @@ def _origin(cfg: Config) -> tuple[str, str]:
     return recipe, f"python distill/run.py recipe={recipe} ..."
 
 
+def opset_problem(opset: int) -> str | None:
+    """Why the exporter _onnx uses (TorchScript's) cannot write ONNX opset `opset` with this PyTorch, or None:
+    checked before any work (preflight); PyTorch states its newest opset in torch.onnx._constants only."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # not stated: the export itself says
+        return None
+    newest = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", None))
+    if newest is None or opset <= newest:
+        return None
+    return f"PyTorch {torch.__version__} writes ONNX opsets up to {newest}, not {opset}"
+
+
 def hub_problem() -> str | None:
     """Why a push to the Hub cannot work from here (offline, not logged in), or None: checked before any work
     (preflight) and again before the push."""
