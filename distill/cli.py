@@ -50,7 +50,7 @@ def file_problem(e: OSError, raw: DictConfig | None = None) -> str | None:
 def check_recipe(args: list[str], folder: Path) -> None:
     """`recipe=NAME` names a recipe file in `folder`; else one line listing the recipes there (close ones first)."""
     name = next((a.split("=", 1)[1] for a in args if a.startswith("recipe=")), None)
-    if name is None or (folder / f"{name}.yaml").is_file():
+    if name is None or (config.FOLDER_NAME.match(name) and (folder / f"{name}.yaml").is_file()):
         return
     known = sorted(p.stem for p in folder.glob("*.yaml"))
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
@@ -72,10 +72,26 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
             continue
         if key in config.RENAMED:
             raise ConfigError(f"{key}: renamed to {config.RENAMED[key]}")
-        if any(config.names_section(key, name) for name in methods.names()):
+        if key == "kd" or any(config.names_section(key, name) for name in methods.names()):
             keys = [k for k, _, _ in config.leaves()]  # the methods' sections too (loads their files)
-        if key not in keys and not any(k.startswith(key + ".") for k in keys):
-            raise config.no_such_setting(key, keys)
+        for value in _values(arg):  # a section given whole ({alpha: 2}) holds its own keys only
+            config.check_given(key, value, keys)
+
+
+def _values(arg: str) -> list:
+    """The values an override gives its key, as Hydra parses them (each of a discrete sweep's); [{}] when that is
+    not known here (an interval sweep, or what Hydra cannot parse: check_syntax answers that), which checks the key
+    alone."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        o = OverridesParser.create().parse_override(arg)
+    except HydraException:
+        return [{}]
+    if not o.is_sweep_override():
+        return [o.value()]
+    return list(o.sweep_iterator()) if o.is_discrete_sweep() else [{}]
 
 
 def hydra_args(args: list[str]) -> tuple[list[str], bool]:
