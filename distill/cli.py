@@ -100,8 +100,15 @@ def hydra_args(args: list[str]) -> tuple[list[str], bool]:
     from hydra._internal.utils import get_args_parser
 
     known = get_args_parser().parse_known_args(args)[0]
-    prints = known.help or known.hydra_help or known.cfg or known.info or known.shell_completion
-    return list(known.overrides or []), bool(known.multirun and not prints)
+    return list(known.overrides or []), bool(known.multirun and not prints(args))
+
+
+def prints(args: list[str]) -> bool:
+    """Whether the command line only prints (--help, --hydra-help, --cfg, --info, shell completion): it runs nothing."""
+    from hydra._internal.utils import get_args_parser
+
+    known = get_args_parser().parse_known_args(args)[0]
+    return bool(known.help or known.hydra_help or known.cfg or known.info or known.shell_completion)
 
 
 def check_syntax(args: list[str]) -> None:

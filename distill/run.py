@@ -116,7 +116,7 @@ def _run(raw: DictConfig) -> float | None:
 def main() -> None:
     groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
     sys.argv[1:] = args = cli.replace_dicts(sys.argv[1:])  # Hydra reads sys.argv
-    config.register_schema(args)
+    config.register_schema(None if cli.prints(args) else args)  # --help, --cfg: every method's section, defaults too
     try:
         cli.check_syntax(args)
         cli.check_recipe(args, RECIPES / "recipe")

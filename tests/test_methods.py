@@ -147,3 +147,15 @@ def test_a_section_given_a_key_it_lacks_or_no_section_is_one_line_naming_the_key
     not a subclass of DKDSettings": both name the key, before Hydra composes."""
     r = run_cli("kd.loss=dkd", arg, cwd=ROOT)
     assert (r.returncode, r.stderr.strip()) == (2, f"error: {line}"), r.stderr
+
+
+def test_help_shows_every_methods_defaults_in_the_composed_config():
+    """--help's composed config lists kd.dkd, kd.dist and kd.hard with their defaults (a method's section was given
+    to Hydra only when an override named it, so --help hid them)."""
+    import yaml
+
+    composed = run_cli("--help", cwd=ROOT).stdout.split("== Composed config (with the overrides given) ==")[1]
+    kd = yaml.safe_load(composed.split("Recipes live in")[0])["kd"]
+    default = config.Config().kd
+    for name in ("dkd", "dist", "hard"):
+        assert kd[name] == dataclasses.asdict(getattr(default, name)), name
