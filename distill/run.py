@@ -53,7 +53,7 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     for line in config.inert(cfg):
         log.warning(line)
     cfg = dataclasses.replace(cfg, precision=acc.mixed_precision)  # what runs: auto, or fp16 on a CPU, is "no"
-    preflight.check_shared(acc, run_dir)  # several machines: one run folder that all of them see
+    preflight.check_shared(acc, cfg, run_dir)  # several machines: one run folder (and cache root) all of them see
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
