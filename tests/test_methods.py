@@ -141,6 +141,8 @@ def test_a_method_section_is_set_whole_or_by_key_on_the_command_line():
                         "student.optim.name=...)"),
     ("student.optim={lrx: 1}", "student.optim.lrx: no such setting (did you mean student.optim.lr, "
                                "student.optim.switch_lr, student.optim.name?)"),
+    ("data=5", "data: a config group: give one of its options by name (a file NAME.yaml in recipes/data/; --help "
+               "lists them)"),
 ])
 def test_a_section_given_a_key_it_lacks_or_no_section_is_one_line_naming_the_key(arg, line):
     """Hydra answered the first with its multi-line error (exit 1), OmegaConf the second with "Merge error: int is
