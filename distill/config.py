@@ -664,6 +664,19 @@ def register_schema(args: list[str] | None = None) -> None:
         OmegaConf.register_new_resolver("distill_recipes", recipes_help)
     if not OmegaConf.has_resolver("distill_sweep"):  # hydra.sweep.dir: each multirun its own folder
         OmegaConf.register_new_resolver("distill_sweep", sweep_id)
+    if not OmegaConf.has_resolver("distill_recipe"):  # the default name, also while a multirun names its folder
+        OmegaConf.register_new_resolver("distill_recipe", recipe_name)
+
+
+def recipe_name(*, _root_: DictConfig) -> str:
+    """The recipe the run composed (recipe=NAME; the run's default `name`): from the config's own hydra section
+    while it has one (a multirun's sweep folder is named then, before Hydra's `hydra:` resolver works), else from
+    Hydra's record of the run."""
+    if "hydra" in _root_:
+        return str(_root_.hydra.runtime.choices.recipe)
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().runtime.choices.recipe)
 
 
 def sweep_id() -> str:
