@@ -89,7 +89,7 @@ def _hydra_main(raw: DictConfig) -> float | None:
     """Returns the KD student's top-1 (what a Hydra sweeper such as Optuna maximises), when it was trained. Under -m
     each point runs through sweep.SWEEP.point: a point that fails is recorded and the sweep goes on."""
     try:
-        point = sweep.point_of(raw)
+        point = sweep.point_of()
         if point is None:
             return _run(raw)
         on_error = str(OmegaConf.select(raw, "sweep_on_error", default="continue"))

@@ -62,7 +62,7 @@ def _sweeps_a_teacher(args: list[str]) -> bool:
     return False
 
 
-def point_of(raw: DictConfig) -> tuple[Path, list[str]] | None:
+def point_of() -> tuple[Path, list[str]] | None:
     """Under -m: the point's folder (_folder) and its overrides; else None."""
     from hydra.core.hydra_config import HydraConfig
 
