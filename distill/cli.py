@@ -67,24 +67,48 @@ UNREAD_HYDRA = {"hydra.run.dir": "a run writes into <run_root>/<name>/: set run_
 
 def check_overrides(args: list[str], groups: set[str]) -> None:
     """Reject a command-line override of a key the schema does not have, or has renamed (config.RENAMED), in one
-    line, before Hydra composes. `+key=...` additions, Hydra's own keys and config-group choices pass through
-    (validation sees them later). Reads only the key names, so it answers before torch loads, unless a key sits in
-    a method's section (kd.NAME.KEY), whose keys the method's file declares."""
+    line, before Hydra composes, and a section given a key it lacks or a value that is no section
+    (config.check_given). `+key=...` additions and Hydra's own keys pass through, as do config-group choices given
+    by name (validation sees them later; a number or a dict there stops here). Reads only the key names and values,
+    so it answers before torch loads, unless a key sits in a method's section (kd.NAME.KEY), whose keys the
+    method's file declares."""
     keys = [key for key, _, _ in config.leaves(config.ConfigBase)]
     for arg in args:
         if arg.startswith(("-", "+")) or "=" not in arg:
             continue
         key = arg.split("=", 1)[0].lstrip("~")
+        values = _values(arg)
+        if key.split("@")[0] in groups:
+            if any(not isinstance(v, (str, list, dict)) for v in values):  # Hydra: a traceback
+                raise ConfigError(f"{key}: a config group: give one of its options by name (a file NAME.yaml in "
+                                  f"recipes/{key.split('@')[0]}/; --help lists them)")
+            if not (key in {k.split(".")[0] for k in keys} and any(isinstance(v, dict) for v in values)):
+                continue  # an option's name; a dict given to a section of that name (student={...}) is checked
         if key in UNREAD_HYDRA:
             raise ConfigError(f"{key}: not read by distill; {UNREAD_HYDRA[key]}")
-        if key.startswith("hydra") or key.split("@")[0] in groups:
+        if key.startswith("hydra"):
             continue
         if key in config.RENAMED:
             raise ConfigError(f"{key}: renamed to {config.RENAMED[key]}")
-        if any(config.names_section(key, name) for name in methods.names()):
+        if key == "kd" or any(config.names_section(key, name) for name in methods.names()):
             keys = [k for k, _, _ in config.leaves()]  # the methods' sections too (loads their files)
-        if key not in keys and not any(k.startswith(key + ".") for k in keys):
-            raise config.no_such_setting(key, keys)
+        for value in values or [{}]:  # a section given whole ({alpha: 2}) holds its own keys only
+            config.check_given(key, value, keys)
+
+
+def _values(arg: str) -> list:
+    """The values an override gives its key, as Hydra parses them (each of a discrete sweep's); [] when they are not
+    known here (an interval sweep, or what Hydra cannot parse: check_syntax answers that)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        o = OverridesParser.create().parse_override(arg)
+    except HydraException:
+        return []
+    if not o.is_sweep_override():
+        return [o.value()]
+    return list(o.sweep_iterator()) if o.is_discrete_sweep() else []
 
 
 def hydra_args(args: list[str]) -> tuple[list[str], bool]:
@@ -93,8 +117,15 @@ def hydra_args(args: list[str]) -> tuple[list[str], bool]:
     from hydra._internal.utils import get_args_parser
 
     known = get_args_parser().parse_known_args(args)[0]
-    prints = known.help or known.hydra_help or known.cfg or known.info or known.shell_completion
-    return list(known.overrides or []), bool(known.multirun and not prints)
+    return list(known.overrides or []), bool(known.multirun and not prints(args))
+
+
+def prints(args: list[str]) -> bool:
+    """Whether the command line only prints (--help, --hydra-help, --cfg, --info, shell completion): it runs nothing."""
+    from hydra._internal.utils import get_args_parser
+
+    known = get_args_parser().parse_known_args(args)[0]
+    return bool(known.help or known.hydra_help or known.cfg or known.info or known.shell_completion)
 
 
 def check_syntax(args: list[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -355,8 +356,10 @@ class ConfigBase:
         return chosen if "report" in chosen else chosen + ("report",)
 
     def check(self) -> None:
-        """The rules across sections: mixing in one place, feature distillation's source, one weight per teacher,
-        and an export that can state its preprocessing."""
+        """The rules across sections: a run name that stays inside run_root, mixing in one place, feature
+        distillation's source, one weight per teacher, and an export that can state its preprocessing."""
+        check_folder_name("name", self.name, "the run's name", "; the run writes to <run_root>/<name> (to write "
+                          "elsewhere, set run_root=)")
         student_mixes = self.student.mix.mixup_alpha or self.student.mix.cutmix_alpha
         cache_mixes = self.cache.mix.mixup_alpha > 0 or self.cache.mix.cutmix_alpha > 0
         if cache_mixes and self.kd.teacher == "cached" and student_mixes:
@@ -434,6 +437,9 @@ def validate(raw: DictConfig | dict) -> ConfigBase:
 def _checked(cls: type, raw: dict):
     """`raw` merged onto the schema `cls` and checked: each field's rules, each section's `check`, then the rules
     across sections (`check` of the whole)."""
+    keys = [key for key, _, _ in leaves(cls)]
+    for key, value in raw.items():  # a section given a value that is no section, or a key it lacks: one line
+        check_given(str(key), value, keys)
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), raw))
     except OmegaConfBaseException as e:
@@ -532,7 +538,18 @@ def inert(cfg: ConfigBase) -> list[str]:
     return out
 
 
-TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_folder_name(key: str, value: Any, what: str, why: str = "", reserved: str | None = None) -> None:
+    """A name given by the user that the run makes a folder of (the run's `name`, an ensemble teacher's) is one plain
+    folder name, so that the folder stays inside the one that holds it: letters, digits, _ . -, first a letter or a
+    digit (no /, no .., no ~), and not `reserved`. Else ConfigError "KEY: WHAT is a folder name (letters, digits,
+    _ . -)[, other than 'RESERVED' ...]WHY"."""
+    if isinstance(value, str) and FOLDER_NAME.match(value) and value != reserved:
+        return
+    got = "" if value == reserved else f", not {value!r}"
+    raise ConfigError(f"{key}: {what} is a folder name (letters, digits, _ . -){got}{why}")
 
 
 def teacher_sections(cfg: ConfigBase) -> dict[str, TeacherCfg]:
@@ -548,9 +565,7 @@ def teacher_sections(cfg: ConfigBase) -> dict[str, TeacherCfg]:
             raise ConfigError(f"teachers[{i}]: needs a name, e.g. {{name: big, model: resnet56}}; got {entry!r}")
         name = entry["name"]
         key = f"teachers.{name}"
-        if not TEACHER_NAME.match(name) or name == "teacher":
-            raise ConfigError(f"{key}: a teacher's name is a folder name (letters, digits, _ . -), other than "
-                              "'teacher' (the one teacher's)")
+        check_folder_name(key, name, "a teacher's name", ", other than 'teacher' (the one teacher's)", "teacher")
         if key in out:
             raise ConfigError(f"{key}: the name is used by two teachers")
         known = [k for k, _, _ in leaves(TeacherCfg)]
@@ -606,6 +621,32 @@ def no_such_setting(key: str, keys: list[str], prefix: str = "") -> ConfigError:
     return ConfigError(f"{prefix}{key}: no such setting{hint}")
 
 
+def check_given(key: str, value: Any, keys: list[str]) -> None:
+    """`value` given to `key` fits the schema whose settable keys are `keys` (leaves()): a section (kd.dkd,
+    student.optim) is given a dict of its own keys, each checked the same way; a key the schema lacks, or a section
+    given anything but a dict, stops in one line naming the key ("kd.dkd.gamma: no such setting", "kd.dkd: must be
+    a section such as {alpha: 1.0}"). A leaf's value is left to the rules."""
+    inner = [k for k in keys if k.startswith(key + ".")]
+    if key in keys:
+        return
+    if not inner:
+        raise no_such_setting(key, keys)
+    if isinstance(value, dict):
+        for sub, v in value.items():
+            check_given(f"{key}.{sub}", v, keys)
+        return
+    first = next(f for k, f, _ in leaves(None if key.startswith("kd.") else ConfigBase) if k == inner[0])
+    default = first.default_factory() if first.default_factory is not dataclasses.MISSING else first.default
+    example = f"{{{inner[0][len(key) + 1:]}: {_shown(default)}}}"
+    raise ConfigError(f"{key}: must be a section such as {example}, not {_shown(value)} (or set one key: "
+                      f"{inner[0]}=...)")
+
+
+def _shown(value: Any) -> str:
+    """A value as one writes it on the command line (sgd, 1.0, null, [1, 2])."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def names_section(arg: str, method: str) -> bool:
     """Whether a command-line override sets the method's section kd.METHOD (a key in it, or the whole section)."""
     key = arg.lstrip("~+").split("=", 1)[0]
@@ -633,6 +674,19 @@ def register_schema(args: list[str] | None = None) -> None:
         OmegaConf.register_new_resolver("distill_recipes", recipes_help)
     if not OmegaConf.has_resolver("distill_sweep"):  # hydra.sweep.dir: each multirun its own folder
         OmegaConf.register_new_resolver("distill_sweep", sweep_id)
+    if not OmegaConf.has_resolver("distill_recipe"):  # the default name, also while a multirun names its folder
+        OmegaConf.register_new_resolver("distill_recipe", recipe_name)
+
+
+def recipe_name(*, _root_: DictConfig) -> str:
+    """The recipe the run composed (recipe=NAME; the run's default `name`): from the config's own hydra section
+    while it has one (a multirun's sweep folder is named then, before Hydra's `hydra:` resolver works), else from
+    Hydra's record of the run."""
+    if "hydra" in _root_:
+        return str(_root_.hydra.runtime.choices.recipe)
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().runtime.choices.recipe)
 
 
 def sweep_id() -> str:

@@ -1,6 +1,9 @@
 """Top-5 classes of images, from an exported student folder alone (its config.json states the preprocessing).
 
-    python -m distill.predict runs/demo/export image.png [more images ...] [--top 5]
+    python -m distill.predict runs/demo/export image.png [more images or folders ...] [--top 5]
+
+A folder stands for every image file under it, its subfolders included, in sorted order of their paths (an image
+file: a suffix Pillow reads, such as .png or .jpg).
 """
 from __future__ import annotations
 
@@ -44,6 +47,25 @@ def _sha256(path: Path) -> str:
     return files.sha256(path)
 
 
+def image_files(paths: list[Path]) -> list[Path]:
+    """`paths` with each folder replaced by the image files under it (recursively, sorted by path; an image file has
+    a suffix Pillow reads). ValueError naming a folder that holds none."""
+    from PIL import Image
+
+    suffixes = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+    out = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+        if not found:
+            raise ValueError(f"{path}: no image files in this folder or its subfolders (files with a suffix Pillow "
+                             "reads, such as .png or .jpg)")
+        out.extend(found)
+    return out
+
+
 def predict(folder: Path, images: list[Path], top: int = 5) -> list[list[tuple[str, float]]]:
     """For each image, its `top` classes with their probabilities, most probable first."""
     import torch
@@ -68,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distill.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="an export folder (config.json, model.safetensors)")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("images", nargs="+", type=Path, help="image files, or folders: every image file under each")
     p.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
     args = p.parse_args(argv)
     if args.top < 1:
@@ -78,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.folder}: no config.json; give the export folder of a run (<run>/export)", file=sys.stderr)
         return 2
     try:
-        results = predict(args.folder, args.images, args.top)
+        images = image_files(args.images)
+        results = predict(args.folder, images, args.top)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path, ranked in zip(args.images, results):
+    for path, ranked in zip(images, results):
         print(path)
         for name, prob in ranked:
             print(f"  {prob:7.4f}  {name}")

@@ -239,7 +239,7 @@ def after_data(cfg: Config, num_images: int, num_classes: int) -> None:
     if alpha is not None and len(alpha) != num_classes:
         raise ConfigError(f"kd.focal_alpha: {len(alpha)} weights for {num_classes} classes; give one per class, in "
                           "the order of the data's class ids")
-    if not makes_cache(cfg):
+    if not uses_cache(cfg):
         return
     dtype = cache.record_dtype(cfg, num_classes)
     for key, teacher in teacher_sections(cfg).items():
@@ -253,29 +253,44 @@ def after_data(cfg: Config, num_images: int, num_classes: int) -> None:
             raise ConfigError(problem)
 
 
-def check_shared(acc, run_dir: Path) -> None:
-    """With several machines, the run folder must be one folder that every process sees (a shared filesystem): the
-    main process writes a token file there and every process reads it back. ConfigError on every process, naming
-    the folder and the first process that does not see it, before any data is read."""
+def uses_cache(cfg: Config) -> bool:
+    """Whether this run makes or reads the cache (no: stage=teacher, or kd.teacher=online without stage=cache)."""
+    return not (cfg.stage == "teacher" or (cfg.kd.teacher == "online" and cfg.stage != "cache"))
+
+
+def check_shared(acc, cfg: Config, run_dir: Path) -> None:
+    """With several machines, each folder where one process reads what another wrote must be one folder that every
+    process sees (a shared filesystem): the run folder, then cache.root when the run uses the cache. ConfigError on
+    every process, naming the setting, the folder and the first process that does not see it, before any data is
+    read."""
+    if acc.num_processes == 1:
+        return
+    folders = [("run_root", run_dir, "run folder")]
+    if uses_cache(cfg):
+        folders.append(("cache.root", Path(cfg.cache.root), "cache root"))
+    for key, folder, what in folders:
+        blind = _blind(acc, folder)
+        if blind:
+            raise ConfigError(f"{key}: {folder} is not shared between the machines: process {blind[0]} does not see "
+                              f"the file process 0 wrote there; the {what} must be shared (give every machine the "
+                              f"same {key} on a shared filesystem)")
+
+
+def _blind(acc, folder: Path) -> list[int]:
+    """The processes that do not see the token file the main process writes in `folder` (and then removes)."""
     import uuid
 
     from accelerate.utils import broadcast_object_list, gather_object
 
-    if acc.num_processes == 1:
-        return
     token = [uuid.uuid4().hex if acc.is_main_process else None]
     broadcast_object_list(token)
-    probe = run_dir / f".shared-{token[0]}"
+    probe = folder / f".shared-{token[0]}"
     if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         probe.write_text(token[0])
     acc.wait_for_everyone()
     seen = gather_object([(acc.process_index, probe.is_file() and probe.read_text() == token[0])])
     acc.wait_for_everyone()
     if acc.is_main_process:
         probe.unlink()
-    blind = [rank for rank, ok in seen if not ok]
-    if blind:
-        raise ConfigError(f"run_root: {run_dir} is not shared between the machines: process {blind[0]} does not see "
-                          "the file process 0 wrote there; the run folder must be shared (give every machine the "
-                          "same run_root on a shared filesystem)")
+    return [rank for rank, ok in seen if not ok]

@@ -54,7 +54,7 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     for line in config.inert(cfg):
         log.warning(line)
     cfg = dataclasses.replace(cfg, precision=acc.mixed_precision)  # what runs: auto, or fp16 on a CPU, is "no"
-    preflight.check_shared(acc, run_dir)  # several machines: one run folder that all of them see
+    preflight.check_shared(acc, cfg, run_dir)  # several machines: one run folder (and cache root) all of them see
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
              f"classes ({bundle.identity['source']})")
@@ -93,7 +93,7 @@ def _hydra_main(raw: DictConfig) -> float | None:
     """Returns the KD student's top-1 (what a Hydra sweeper such as Optuna maximises), when it was trained. Under -m
     each point runs through sweep.SWEEP.point: a point that fails is recorded and the sweep goes on."""
     try:
-        point = sweep.point_of(raw)
+        point = sweep.point_of()
         if point is None:
             return _run(raw)
         on_error = str(OmegaConf.select(raw, "sweep_on_error", default="continue"))
@@ -120,7 +120,7 @@ def _run(raw: DictConfig) -> float | None:
 def main() -> None:
     groups = {p.name for p in RECIPES.iterdir() if p.is_dir()}
     sys.argv[1:] = args = cli.replace_dicts(sys.argv[1:])  # Hydra reads sys.argv
-    config.register_schema(args)
+    config.register_schema(None if cli.prints(args) else args)  # --help, --cfg: every method's section, defaults too
     try:
         cli.check_syntax(args)
         cli.check_recipe(args, RECIPES / "recipe")

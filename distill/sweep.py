@@ -15,20 +15,27 @@ from distill.cli import file_problem, hydra_args
 from distill.errors import ConfigError, Stopped, UserError
 
 
-def _folder(run_root, name, job: int) -> Path:
-    """<run_root>/<name>/sweep/<sweep>/<job number>/ (<sweep>: a hash of the sweep's overrides, config.sweep_id)."""
-    return Path(str(run_root)) / str(name) / "sweep" / config.sweep_id() / str(job)
-
-
-def point_dir(cfg: config.Config) -> Path | None:
-    """Under Hydra multirun (-m), each point runs in <run_root>/<name>/sweep/<sweep>/<job number>/ (<sweep>: a hash
-    of the sweep's overrides, config.sweep_id) and all points share the teacher in <run_root>/<name>/teacher (unless
-    teacher.dir says otherwise); the cache is shared by fingerprint."""
+def _folder() -> Path | None:
+    """Under Hydra multirun (-m), the point's folder: Hydra's hydra.sweep.dir/hydra.sweep.subdir, by default
+    <run_root>/<name>/sweep/<sweep>/<job number> (<sweep>: a hash of the sweep's overrides, config.sweep_id;
+    recipes/config.yaml), DIR/<job number> with hydra.sweep.dir=DIR. None outside a multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
+        return None
+    try:
+        return Path(str(hc.sweep.dir)) / str(hc.sweep.subdir)
+    except Exception:  # a sweep folder whose run_root or name does not resolve: Hydra's folder for the point
+        return Path(hc.runtime.output_dir)
+
+
+def point_dir(cfg: config.Config) -> Path | None:
+    """Under Hydra multirun (-m), each point runs in its own folder (_folder) and all points share the teacher in
+    <run_root>/<name>/teacher (unless teacher.dir says otherwise); the cache is shared by fingerprint."""
+    folder = _folder()
+    if folder is None:
         return None
     if not _sweeps_a_teacher(sys.argv[1:]):  # a sweep over teacher settings trains a teacher per point
         from distill.store import layout
@@ -38,7 +45,7 @@ def point_dir(cfg: config.Config) -> Path | None:
             cfg.teacher.dir = str(layout.default_teacher_dir(shared, layout.ONE_TEACHER))
         for entry in cfg.teachers:
             entry.setdefault("dir", str(layout.default_teacher_dir(shared, entry["name"])))
-    return _folder(cfg.run_root, cfg.name, hc.job.num)
+    return folder
 
 
 def _sweeps_a_teacher(args: list[str]) -> bool:
@@ -55,19 +62,12 @@ def _sweeps_a_teacher(args: list[str]) -> bool:
     return False
 
 
-def point_of(raw: DictConfig) -> tuple[Path, list[str]] | None:
-    """Under -m: the point's folder (as point_dir names it) and its overrides; else None."""
+def point_of() -> tuple[Path, list[str]] | None:
+    """Under -m: the point's folder (_folder) and its overrides; else None."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    try:
-        folder = _folder(raw.run_root, raw.name, hc.job.num)
-    except Exception:  # a point whose run_root or name does not resolve: Hydra's folder for it
-        folder = Path(hc.runtime.output_dir)
-    return folder, list(hc.overrides.task)
+    folder = _folder()
+    return None if folder is None else (folder, list(HydraConfig.get().overrides.task))
 
 
 class Sweep:
@@ -196,7 +196,8 @@ def check(args: list[str], recipes: Path) -> int | None:
         for i, point in enumerate(points, 1):
             recipe = next((p.split("=", 1)[1] for p in point if p.startswith("recipe=")), "demo")
             named = [] if any(p.startswith("name=") for p in point) else [f"name={recipe}"]
-            raw = compose("config", overrides=[*point, *named], return_hydra_config=True)
+            folders = [a for a in overrides if a.startswith("hydra.sweep.dir=")]  # where the points go
+            raw = compose("config", overrides=[*point, *named, *folders], return_hydra_config=True)
             if i == 1:
                 sweep_dir = Path(str(OmegaConf.select(raw, "hydra.sweep.dir")))
             with open_dict(raw):

@@ -41,7 +41,9 @@ def test_recipe_overrides_groups_and_keys():
 
 
 @pytest.mark.parametrize("raw, key, words", [
-    ({"teacher": {"optim": {"lrr": 0.1}}}, "teacher.optim.lrr", "not in"),
+    ({"teacher": {"optim": {"lrr": 0.1}}}, "teacher.optim.lrr", "no such setting (did you mean teacher.optim.lr"),
+    ({"student": {"optim": 5}}, "student.optim", "must be a section such as {name: sgd}, not 5"),
+    ({"kd": {"dkd": {"alpha": 2, "gamma": 4}}}, "kd.dkd.gamma", "no such setting"),
     ({"teacher": {"epochs": "many"}}, "teacher.epochs", "could not be converted"),
     ({"teacher": {"optim": {"lr": -0.1}}}, "teacher.optim.lr", "must be > 0"),
     ({"teacher": {"label_smoothing": 1.0}}, "teacher.label_smoothing", "must be < 1"),

@@ -1,6 +1,7 @@
 """The student as a deliverable: the held-out test split, the export folder (timm, ONNX, model card), the hub push
 and `python -m distill.predict`."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,13 +201,18 @@ def test_import_distill_is_light_and_registers_the_cifar_resnets_once_timm_loads
     assert r.returncode == 0, r.stderr
 
 
-def test_a_damaged_export_is_rebuilt_not_reused_and_predict_answers_bad_input_in_one_line(shared, tmp_path, capsys):
-    from distill import predict
+def _exported(shared, tmp_path) -> tuple[list[str], Path]:
+    """A tiny student exported (one epoch, from the shared cache): the run's settings and its export folder."""
     shared.copy_cache(tmp_path)
     args = [*cache_overrides(shared.data, tmp_path, shared.teacher_file), "stage=export", "student.epochs=1",
             "student.batch_size=16", "student.baseline=false"]
     assert run_here(*args).returncode == 0
-    out = tmp_path / "runs" / "tiny" / "export"
+    return args, tmp_path / "runs" / "tiny" / "export"
+
+
+def test_a_damaged_export_is_rebuilt_not_reused_and_predict_answers_bad_input_in_one_line(shared, tmp_path, capsys):
+    from distill import predict
+    args, out = _exported(shared, tmp_path)
     weights = out / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[:len(good) // 2])  # truncated
@@ -223,3 +229,26 @@ def test_a_damaged_export_is_rebuilt_not_reused_and_predict_answers_bad_input_in
     assert predict.main([str(out), "x.png"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {out}: no model.safetensors; give the export folder of a run (<run>/export)"]
+
+
+def test_predict_takes_a_folder_for_the_image_files_under_it(shared, tmp_path, capsys):
+    """A folder: every image file under it, subfolders too, sorted by path (other files left out); a folder with
+    none is one line (a folder was "not a readable image")."""
+    from distill import predict
+    _, out = _exported(shared, tmp_path)
+    images = tmp_path / "images"
+    (images / "b").mkdir(parents=True)
+    for i, name in enumerate(("b/2.png", "1.JPG", "a.png")):
+        Image.fromarray(np.full((12, 12, 3), 60 * i, np.uint8)).save(images / name, format="PNG" if i != 1 else "JPEG")
+    (images / "notes.txt").write_text("not an image")
+    capsys.readouterr()
+    assert predict.main([str(out), str(images), "--top", "1"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[::2] == [str(images / "1.JPG"), str(images / "a.png"), str(images / "b" / "2.png")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("")
+    assert predict.main([str(out), str(empty)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {empty}: no image files in this folder or its subfolders (files with a suffix Pillow reads, such as "
+        ".png or .jpg)"]

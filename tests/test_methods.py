@@ -140,3 +140,33 @@ def test_a_method_section_is_set_whole_or_by_key_on_the_command_line():
     for arg in ("kd.dkd={alpha:-2}", "kd.dkd.alpha=-2"):
         r = run_cli("kd.loss=dkd", arg, cwd=ROOT)
         assert (r.returncode, r.stderr.strip()) == (2, "error: kd.dkd.alpha: -2.0 must be >= 0"), arg
+
+
+@pytest.mark.parametrize("arg, line", [
+    ("kd.dkd={alpha: 2, gamma: 4}", "kd.dkd.gamma: no such setting (did you mean kd.dist.gamma?)"),
+    ("kd.dkd=5", "kd.dkd: must be a section such as {alpha: 1.0}, not 5 (or set one key: kd.dkd.alpha=...)"),
+    ("kd={dkd: {gamma: 4}}", "kd.dkd.gamma: no such setting (did you mean kd.dist.gamma?)"),
+    ("student.optim=5", "student.optim: must be a section such as {name: sgd}, not 5 (or set one key: "
+                        "student.optim.name=...)"),
+    ("student.optim={lrx: 1}", "student.optim.lrx: no such setting (did you mean student.optim.lr, "
+                               "student.optim.switch_lr, student.optim.name?)"),
+    ("data=5", "data: a config group: give one of its options by name (a file NAME.yaml in recipes/data/; --help "
+               "lists them)"),
+])
+def test_a_section_given_a_key_it_lacks_or_no_section_is_one_line_naming_the_key(arg, line):
+    """Hydra answered the first with its multi-line error (exit 1), OmegaConf the second with "Merge error: int is
+    not a subclass of DKDSettings": both name the key, before Hydra composes."""
+    r = run_cli("kd.loss=dkd", arg, cwd=ROOT)
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: {line}"), r.stderr
+
+
+def test_help_shows_every_methods_defaults_in_the_composed_config():
+    """--help's composed config lists kd.dkd, kd.dist and kd.hard with their defaults (a method's section was given
+    to Hydra only when an override named it, so --help hid them)."""
+    import yaml
+
+    composed = run_cli("--help", cwd=ROOT).stdout.split("== Composed config (with the overrides given) ==")[1]
+    kd = yaml.safe_load(composed.split("Recipes live in")[0])["kd"]
+    default = config.Config().kd
+    for name in ("dkd", "dist", "hard"):
+        assert kd[name] == dataclasses.asdict(getattr(default, name)), name

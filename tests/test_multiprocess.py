@@ -108,3 +108,18 @@ def test_a_run_folder_the_machines_do_not_share_is_refused_before_any_work(parqu
         # the launcher adds its own report of a failed child (torch.distributed.elastic); distill's process none
         assert r.returncode != 0 and want in r.stderr and "distill/" not in r.stderr.split(want)[0], rank
         assert not (tmp_path / f"m{rank}" / "cache").exists()  # no work done
+
+
+def test_a_cache_root_the_machines_do_not_share_is_refused_before_any_work(parquet_file, tmp_path):
+    """One shared run_root, but each machine its own cache.root: one line on each naming cache.root, exit 2, as
+    for the run folder (the cache root was not checked: each machine labelled and read its own shards)."""
+    port = _free_port()
+    procs = [_launch(tmp_path / f"m{rank}", [*_settings(parquet_file, tmp_path, tmp_path / "runs"),
+                                             f"cache.root={tmp_path / f'm{rank}' / 'cache'}"],
+                     machines=2, rank=rank, port=port) for rank in (0, 1)]
+    for rank, r in enumerate(_finish(*procs)):
+        want = (f"error: cache.root: {tmp_path / f'm{rank}' / 'cache'} is not shared between the machines: process 1 "
+                "does not see the file process 0 wrote there; the cache root must be shared (give every machine the "
+                "same cache.root on a shared filesystem)")
+        assert r.returncode != 0 and want in r.stderr and "distill/" not in r.stderr.split(want)[0], rank
+    assert not (tmp_path / "runs" / "tiny" / "teacher").exists()  # no work done

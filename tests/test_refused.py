@@ -343,3 +343,26 @@ def test_a_recipe_path_or_hydras_run_folder_is_refused_in_one_line(tmp_path, arg
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), r.stderr
     assert not (tmp_path / "runs").exists()
+@pytest.mark.parametrize("args, line", [
+    (["name=../../escape"], "name: the run's name is a folder name (letters, digits, _ . -), not '../../escape'; the "
+                            "run writes to <run_root>/<name> (to write elsewhere, set run_root=)"),
+    (["name=/tmp/x"], "name: the run's name is a folder name (letters, digits, _ . -), not '/tmp/x'; the run writes "
+                      "to <run_root>/<name> (to write elsewhere, set run_root=)"),
+    (["-m", "name=ok,../up", "stage=teacher"], "name: the run's name is a folder name (letters, digits, _ . -), not "
+                                               "'../up'; the run writes to <run_root>/<name> (to write elsewhere, set "
+                                               "run_root=) (sweep point 2 of 2: name=../up stage=teacher "
+                                               "run_root=runs teacher.epochs=1 student.epochs=1; nothing was run)"),
+])
+def test_a_name_that_would_leave_its_folder_is_refused_before_any_work(tmp_path, args, line):
+    """The run's name is one folder inside run_root (as an ensemble teacher's is inside the run): a name with a
+    path in it wrote outside run_root."""
+    where = tmp_path / "a" / "b"
+    where.mkdir(parents=True)
+    r = run_cli(*args, "run_root=runs", "teacher.epochs=1", "student.epochs=1", cwd=where)
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: {line}"), r.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b"]  # nothing written, in run_root or above it
+
+
+def test_a_recipe_name_with_a_path_is_no_recipe(tmp_path):
+    r = run_cli("recipe=../config", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: recipe: '../config' is a path, not a recipe name"), r.stderr

@@ -175,3 +175,31 @@ def test_a_sweep_point_whose_model_cannot_take_the_images_is_refused_before_any_
     assert str(e.value).startswith("student.model: deit_tiny_distilled_patch16_224 cannot take 32 px images (")
     assert str(e.value).endswith("set student.model_args.img_size=32 or data.image_size=224 (sweep point 3 of 3: "
                                  "student.model=deit_tiny_distilled_patch16_224 data.image_size=32; nothing was run)")
+
+
+def test_hydra_sweep_dir_is_where_the_points_go(tmp_path, parquet_file):
+    """hydra.sweep.dir=DIR: each point in DIR/<job number> (it was ignored: the points went to
+    <run_root>/<name>/sweep/...), the teacher the points share in the run's folder, and the sweep's table there."""
+    elsewhere = tmp_path / "elsewhere"
+    r = run_cli("-m", *tiny_overrides(parquet_file, tmp_path / "runs"), "teacher.source=timm", "stage=teacher",
+                f"teacher.checkpoint={random_teacher(tmp_path / 'teacher.safetensors')}", "kd.temperature=2,4",
+                f"hydra.sweep.dir={elsewhere}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in elsewhere.iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((elsewhere / p / "summary.json").exists() for p in ("0", "1"))
+    run = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in run.iterdir()) == ["teacher"]  # no sweep folder of its own
+    table = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_table.py"), str(elsewhere)],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[0].split()[:2] == ["point", "kd.temperature"] and len(table) == 3
+
+
+def test_sweep_table_on_a_folder_that_does_not_exist_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_table.py"), str(tmp_path / "nope")],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: {tmp_path / 'nope'}: no such folder; give a sweep's "
+                                                   "folder (the sweep's last line names it) or <run_root>/<name>/sweep")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_table.py"), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: {tmp_path}: no sweep points (folders with summary.json "
+                                                   "or failed.json) in it")

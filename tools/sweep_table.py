@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -72,13 +73,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", type=Path, help="a sweep's folder, or <run_root>/<name>/sweep holding several")
     folder = p.parse_args().sweep
+    if not folder.is_dir():
+        _stop(f"{folder}: no such folder; give a sweep's folder (the sweep's last line names it) or "
+              "<run_root>/<name>/sweep")
     sweeps = [folder] if points(folder) else sorted(d for d in folder.iterdir() if d.is_dir() and points(d))
     if not sweeps:
-        raise SystemExit("no sweep points (folders with summary.json or failed.json) in that folder")
+        _stop(f"{folder}: no sweep points (folders with summary.json or failed.json) in it")
     for i, sweep in enumerate(sweeps):
         if len(sweeps) > 1:
             print(("\n" if i else "") + f"{sweep.name}:")
         print("\n".join(table(points(sweep))))
+
+
+def _stop(line: str) -> None:
+    """One line on stderr and exit 2, as distill/run.py answers a bad input."""
+    print(f"error: {line}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":
