@@ -657,13 +657,11 @@ def register_schema(args: list[str] | None = None) -> None:
     """Give Hydra every key with its default (untyped: `validate` does the type checks, in one line), so that any
     key can be overridden on the command line without a `+`. recipes/config.yaml lists it first in its defaults.
     With `args` (the command line), a method's section (kd.NAME) is given only when an override names it, so that a
-    run that sets none answers a bad setting before the method files (and torch) load; without, or with --help
-    (whose composed config shows every default), every section."""
+    run that sets none answers a bad setting before the method files (and torch) load; without, every section."""
     from hydra.core.config_store import ConfigStore
 
     tree = OmegaConf.to_container(OmegaConf.structured(ConfigBase))
-    every = args is None or "--help" in args or "-h" in args
-    named = [name for name in methods.names() if every or any(names_section(a, name) for a in args)]
+    named = [name for name in methods.names() if args is None or any(names_section(a, name) for a in args)]
     if named:
         full = OmegaConf.to_container(OmegaConf.structured(schema()))["kd"]
         tree["kd"].update({name: full[name] for name in named if name in full})

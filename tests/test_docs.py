@@ -355,16 +355,6 @@ def test_the_method_file_to_copy_is_a_method_as_written():
         assert torch.isfinite(got["reverse_kd"]) and got["reverse_kd"] > 0 and logits.grad.abs().sum() > 0
 
 
-def test_the_helps_composed_config_shows_every_methods_defaults():
-    """`--help` ends with the composed config: every key with its default, each method's section (kd.dkd, kd.dist,
-    kd.hard) included."""
-    from conftest import run_cli
-
-    composed = run_cli("--help", cwd=ROOT).stdout.split("== Composed config", 1)[1]
-    for section, key in (("dkd", "warmup"), ("dist", "gamma"), ("hard", "smoothing")):
-        assert re.search(rf"^  {section}:\n(    \w+: .*\n)*    {key}: ", composed, re.M), section
-
-
 # what stands for the part of a message that names a key, file, value or number
 PLACEHOLDERS = re.compile(r"\.\.\.|\b[A-Z][A-Z_]*\b|'[^']*'|\([^)]*\)|\S*/\S*|\b[\w]+(?:\.\w+)+:|\d+")
 
