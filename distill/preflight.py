@@ -203,3 +203,18 @@ def check_shared(acc, run_dir: Path) -> None:
         raise ConfigError(f"run_root: {run_dir} is not shared between the machines: process {blind[0]} does not see "
                           "the file process 0 wrote there; the run folder must be shared (give every machine the "
                           "same run_root on a shared filesystem)")
+
+
+def fewer_processes(num_processes: int, environ: dict) -> str | None:
+    """The warning line when `accelerate launch` was asked for several processes and started one (None: it was
+    not, or the run was not started by it). Its plain launcher (no --multi_gpu) starts one process however many
+    --num_processes asks for, and sets MASTER_ADDR only when asked for more than one; the launchers that start
+    several (torchrun, behind --multi_gpu) set WORLD_SIZE. Read from accelerate 1.x's launch code: its environment
+    is all that says what was asked for."""
+    launched = "ACCELERATE_MIXED_PRECISION" in environ  # set by every `accelerate launch`
+    if num_processes > 1 or not launched or "MASTER_ADDR" not in environ or "WORLD_SIZE" in environ:
+        return None
+    threads = environ.get("OMP_NUM_THREADS")
+    return ("accelerate launch was asked for several processes but started one (--num_processes without "
+            "--multi_gpu)" + (f", under OMP_NUM_THREADS={threads}" if threads else "") + "; for several, add "
+            "--multi_gpu (with --cpu: CPU processes over gloo; on a GPU machine: one process per GPU)")
