@@ -361,8 +361,7 @@ def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: dict, ti
     """This run's view of the cache (which folder, how long it took) in `record` beside the run; never inside the
     cache, whose bytes must not depend on who computed them."""
     if acc.is_main_process:
-        previous = files.read_json(record) or {}
+        previous = layout.read_cache_record(record) or {}
         keep = previous if previous.get("folder") == str(folder) else {}
-        files.write_json(record, keep | {"folder": str(folder), "reused": timing is None,
-                                                             "skipped_images": len(manifest.get("skipped", []))}
-                             | (timing or {}))
+        files.write_sealed(record, keep | {"folder": str(folder), "reused": timing is None,
+                                           "skipped_images": len(manifest.get("skipped", []))} | (timing or {}))
