@@ -29,7 +29,7 @@ def score(ctx: RunContext) -> dict | None:
     key = {"weights_sha256": [m.get("weights_sha256") for m in metas], "rule": kd.ensemble,
            "teacher_weights": kd.teacher_weights, "temperature": kd.temperature,
            "standardized": kd.logit_standardization, "data": bundle.identity, "test": bundle.test_identity}
-    saved = files.read_json(ctx.run_dir / RECORD)
+    saved = files.read_sealed(ctx.run_dir / RECORD, "ensemble", "delete it to score the ensemble again")
     if saved and saved.get("key") == key:
         return saved["metrics"]
     nets = [models.load_trained(teacher_ctx.teacher_dir, bundle.num_classes, "report", "teacher")[0]
@@ -48,7 +48,7 @@ def score(ctx: RunContext) -> dict | None:
         metrics |= {f"{prefix}top1": s["top1"], f"{prefix}top5": s["top5"], f"{prefix or 'val_'}count": s["val_count"]}
     metrics |= {"model": f"{len(nets)} teachers", "params": sum(m["params"] for m in metas), "rule": kd.ensemble}
     if acc.is_main_process:
-        files.write_json(ctx.run_dir / RECORD, {"key": key, "metrics": metrics})
+        files.write_sealed(ctx.run_dir / RECORD, {"key": key, "metrics": metrics})
     log.info(f"ensemble ({kd.ensemble} of {len(nets)} teachers): val top-1 {metrics['top1']:.2f}%"
              + (f", test top-1 {metrics['test_top1']:.2f}%" if "test_top1" in metrics else ""))
     return metrics

@@ -66,7 +66,7 @@ def survey(ctx: RunContext) -> Survey:
             out.models[layout.named("teacher", name)] = found
         current = found is not None and found.stale is None
         out.teachers_current &= current
-        record = files.read_json(ctx.run_dir / layout.cache_record(name))
+        record = layout.read_cache_record(ctx.run_dir / layout.cache_record(name))
         if uses_cache(ctx) and record is not None:
             out.caches[name] = Output(Path(record["folder"]), record, _cache_stale(teacher_ctx, record, current))
     folder = layout.student_dir(ctx.run_dir)

@@ -28,7 +28,7 @@ def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, dict]:
         if meta is None:
             continue
         want = key(meta, bundle)
-        saved = files.read_json(folder / "test.json")
+        saved = files.read_sealed(folder / "test.json", name, f"delete it to score the {name} again")
         if saved and saved.get("key") == want:
             out[name] = saved["metrics"]
             continue
@@ -41,7 +41,7 @@ def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, dict]:
         scores = engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False)
         metrics = {"top1": scores["top1"], "top5": scores["top5"], "count": scores["val_count"]}
         if acc.is_main_process:
-            files.write_json(folder / "test.json", {"key": want, "metrics": metrics})
+            files.write_sealed(folder / "test.json", {"key": want, "metrics": metrics})
         faults.point("test", len(out) + 1)  # tests and chaos runs: an interruption after this model's score
         log.info(f"{name}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['count']} "
                  f"images of split '{cfg.data.test_split}'")

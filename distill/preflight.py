@@ -294,3 +294,18 @@ def _blind(acc, folder: Path) -> list[int]:
     if acc.is_main_process:
         probe.unlink()
     return [rank for rank, ok in seen if not ok]
+
+
+def fewer_processes(num_processes: int, environ: dict) -> str | None:
+    """The warning line when `accelerate launch` was asked for several processes and started one (None: it was
+    not, or the run was not started by it). Its plain launcher (no --multi_gpu) starts one process however many
+    --num_processes asks for, and sets MASTER_ADDR only when asked for more than one; the launchers that start
+    several (torchrun, behind --multi_gpu) set WORLD_SIZE. Read from accelerate 1.x's launch code: its environment
+    is all that says what was asked for."""
+    launched = "ACCELERATE_MIXED_PRECISION" in environ  # set by every `accelerate launch`
+    if num_processes > 1 or not launched or "MASTER_ADDR" not in environ or "WORLD_SIZE" in environ:
+        return None
+    threads = environ.get("OMP_NUM_THREADS")
+    return ("accelerate launch was asked for several processes but started one (--num_processes without "
+            "--multi_gpu)" + (f", under OMP_NUM_THREADS={threads}" if threads else "") + "; for several, add "
+            "--multi_gpu (with --cpu: CPU processes over gloo; on a GPU machine: one process per GPU)")

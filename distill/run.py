@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # started as a file: import `distill` as a packag
 
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -53,6 +54,9 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
                     f"precision={acc.mixed_precision}, and its outputs are fingerprinted so")
     for line in config.inert(cfg):
         log.warning(line)
+    launch = preflight.fewer_processes(acc.num_processes, dict(os.environ))
+    if launch and acc.is_main_process:
+        log.warning(launch)
     cfg = dataclasses.replace(cfg, precision=acc.mixed_precision)  # what runs: auto, or fp16 on a CPU, is "no"
     preflight.check_shared(acc, cfg, run_dir)  # several machines: one run folder (and cache root) all of them see
     bundle = data.load(cfg.data)

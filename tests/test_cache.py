@@ -17,6 +17,7 @@ from distill.data import transforms, views
 from distill.store import artifacts, fingerprints, softlabels
 from distill.training import models
 from distill.config import DataCfg
+from distill.errors import DataError
 from distill.stages import cache
 
 
@@ -156,8 +157,8 @@ def test_two_recipes_with_one_teacher_share_the_cache(shared):
     folder = shared.cache()
     r = run_here(*shared.args(), "name=another")
     assert r.returncode == 0, r.stderr
-    assert json.loads((shared.root / "runs" / "another" / "cache.json").read_text()) == {
-        "folder": str(folder), "reused": True, "skipped_images": 0}
+    assert json.loads((shared.root / "runs" / "another" / "cache.json").read_text()) == files.seal({
+        "folder": str(folder), "reused": True, "skipped_images": 0})
 
 
 def test_corrupted_shard_is_detected_and_recomputed(shared, tmp_path):
@@ -172,6 +173,52 @@ def test_corrupted_shard_is_detected_and_recomputed(shared, tmp_path):
     assert "shard-00001.npy fails its checksum; recomputing it" in r.stderr
     assert _files(folder) == clean
     assert json.loads((tmp_path / "runs" / "tiny" / "cache.json").read_text())["images"] == 16  # that shard only
+
+
+def test_swapped_cache_folders_are_recomputed_never_adopted(shared, tmp_path):
+    """Two caches whose folders swapped names: each shard's sealed sidecar names its own cache and record layout,
+    so the other cache's shards (whose checksums hold) are recomputed, and the student's reader refuses the folder."""
+    two, three = shared.copy_cache(tmp_path, cache__topk=2), shared.copy_cache(tmp_path, cache__topk=3)
+    clean = _files(two)
+    two.rename(tmp_path / "cache" / "swap")
+    three.rename(two)
+    (tmp_path / "cache" / "swap").rename(three)
+    with pytest.raises(DataError, match=f"cache: {two} holds the cache {three.name}, not {two.name} "):
+        softlabels.SoftLabels(two, fingerprint=two.name)
+    r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file, cache__topk=2))
+    assert r.returncode == 0, r.stderr
+    assert f"{two}: shard-00000.json, shard-00001.json, shard-00002.json belong to another cache" in r.stderr
+    assert _files(two) == clean  # the clean top-2 cache bit for bit: a student trained from it is a clean run's
+
+
+@pytest.mark.parametrize("edited", ["manifest.json", "shard-00001.json"])
+def test_a_sealed_cache_file_changed_by_hand_is_refused_in_one_line(shared, tmp_path, edited):
+    folder = shared.copy_cache(tmp_path)
+    path = folder / edited
+    if edited != "manifest.json":
+        (folder / "manifest.json").unlink()  # a cache being labelled: its shards' sidecars are what a rerun reads
+    changed = json.loads(path.read_text()) | ({"teacher_view_top1": 99.0} if edited == "manifest.json" else
+                                              {"skipped": [20]})
+    path.write_text(json.dumps(changed))
+    r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"error: cache: {path} was changed after it was written; restore " \
+                                                f"it, or delete {folder} to recompute the cache"
+
+
+def test_inspect_cache_reports_a_shard_of_another_cache(shared, tmp_path):
+    folder, other = shared.copy_cache(tmp_path, cache__topk=2), shared.cache(cache__topk=3)
+    for name in ("shard-00001.npy", "shard-00001.json"):
+        (folder / name).write_bytes((other / name).read_bytes())
+    manifest = json.loads((folder / "manifest.json").read_text())  # listing the other cache's shard, checksum too
+    manifest["shards"][1]["sha256"] = files.sha256(folder / "shard-00001.npy")
+    files.write_sealed(folder / "manifest.json", manifest)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_cache.py"), str(folder), "--verify"],
+                       capture_output=True, text=True, timeout=1800, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: cache: {folder / 'shard-00001.json'} is missing or belongs to another " \
+                               f"cache, format or record layout than {folder / 'manifest.json'}; rerun stage=cache " \
+                               "to recompute it"
 
 
 @pytest.mark.parametrize("mix", [{}, {"cache__mix__mixup_alpha": 1.0, "cache__mix__cutmix_alpha": 1.0}])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import cache_overrides, random_teacher, run_here
-from distill import config
+from distill import config, files
 from distill.methods.common import logspace
 from distill.store import artifacts, softlabels
 from distill.training import models, targets
@@ -191,7 +191,7 @@ def test_caches_over_other_views_classes_or_temperature_are_never_combined(share
     renamed = tmp_path / "renamed"  # a teacher of other classes: its cache names other ones
     shutil.copytree(shared.cache(), renamed)
     manifest = json.loads((renamed / "manifest.json").read_text())
-    (renamed / "manifest.json").write_text(json.dumps(manifest | {"class_names": ["cat", "dog", "owl"]}))
+    files.write_sealed(renamed / "manifest.json", manifest | {"class_names": ["cat", "dog", "owl"]})
     assert softlabels.ensemble_problem(same, softlabels.SoftLabels(renamed), 4.0) == \
         "their class names differ (class 0: 'red' and 'cat')"
     top2 = softlabels.SoftLabels(shared.cache(cache__topk=2))  # top 2 of 3 classes, stored at T = 4

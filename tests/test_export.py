@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, cache_overrides, run_here, tiny_dataset
-from distill import config, data
+from distill import config, data, files
 from distill.data import transforms, views
 from distill.store import artifacts
 from distill.training import models
@@ -47,9 +47,30 @@ def test_every_model_is_scored_on_the_test_split_which_trains_nothing(tested, sh
     assert run_here(*args).returncode == 0
     assert {name: (run / name / "test.json").read_bytes() for name in scored} == scored  # read back, not redone
     assert "test_top1" in json.loads((run / "summary.json").read_text())["models"]["student"]
-    (run / "student" / "test.json").write_text(json.dumps({"key": {}, "metrics": {}}))  # another weights' score
+    files.write_sealed(run / "student" / "test.json", {"key": {}, "metrics": {}})  # another weights' score
     assert run_here(*args).returncode == 0
     assert (run / "student" / "test.json").read_bytes() == scored["student"]  # scored again: the same number
+
+
+@pytest.mark.parametrize("record, field, line", [
+    ("student/test.json", "metrics", "student: {path} was changed after it was written; restore it, or delete it to "
+                                     "score the student again"),
+    ("cache.json", "wall_s", "cache: {path} was changed after it was written; restore it, or delete it and run "
+                             "stage=cache to write it again")])
+def test_a_record_beside_the_run_changed_by_hand_is_refused_in_one_line(tested, record, field, line):
+    """A number the report would show as measured (sealed, as meta.json is): never shown once changed by hand."""
+    run, args, _ = tested
+    path = run / record
+    kept = path.read_bytes()
+    edited = json.loads(kept)
+    edited[field] = {"top1": 99.0} if field == "metrics" else 0.5
+    path.write_text(json.dumps(edited))
+    try:
+        r = run_here(*args)
+    finally:
+        path.write_bytes(kept)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == "error: " + line.format(path=path)
 
 
 def test_a_test_split_that_is_the_training_split_is_refused(shared, tmp_path):

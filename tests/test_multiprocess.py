@@ -123,3 +123,23 @@ def test_a_cache_root_the_machines_do_not_share_is_refused_before_any_work(parqu
                 "same cache.root on a shared filesystem)")
         assert r.returncode != 0 and want in r.stderr and "distill/" not in r.stderr.split(want)[0], rank
     assert not (tmp_path / "runs" / "tiny" / "teacher").exists()  # no work done
+
+
+def _launched_env(tmp_path, *flags) -> dict:
+    """The environment `accelerate launch FLAGS script` gives the script it starts."""
+    script = tmp_path / "env.py"
+    script.write_text("import json, os\nprint(json.dumps(dict(os.environ)))\n")
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *flags, str(script)], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_accelerate_starting_fewer_processes_than_asked_is_said_once(tmp_path):
+    """`accelerate launch --num_processes 2 --cpu` (no --multi_gpu) starts one process, under OMP_NUM_THREADS=1."""
+    from distill import preflight
+
+    line = preflight.fewer_processes(1, _launched_env(tmp_path, "--num_processes", "2", "--cpu"))
+    assert line and line.startswith("accelerate launch was asked for several processes but started one")
+    assert preflight.fewer_processes(1, _launched_env(tmp_path, "--num_processes", "1", "--cpu")) is None
+    assert preflight.fewer_processes(1, dict(os.environ)) is None  # `python distill/run.py`

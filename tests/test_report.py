@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import run_here, tiny_dataset, tiny_overrides
-from distill import freshness, report
+from distill import files, freshness, report
 from distill.errors import DataError
 from distill.store import artifacts, layout
 
@@ -93,7 +93,7 @@ def _copy(pipeline, tmp_path):
     shutil.copytree(run.parent.parent, tmp_path, dirs_exist_ok=True)
     old = str(run.parent.parent)
     for record in (tmp_path / "runs" / "tiny").glob("cache*.json"):  # the copied cache, where the copy is
-        record.write_text(record.read_text().replace(old, str(tmp_path)))
+        files.write_sealed(record, json.loads(record.read_text().replace(old, str(tmp_path))))  # resealed
     return [a.replace(old, str(tmp_path)) for a in args], tmp_path / "runs" / "tiny"
 
 

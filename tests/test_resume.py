@@ -160,6 +160,51 @@ def test_foreign_or_unrestorable_checkpoints_stop_the_run(parquet_file, tmp_path
     assert meta["metrics"]["epoch"] == 3
 
 
+def test_a_progress_json_changed_by_hand_is_refused_in_one_line(parquet_file, tmp_path, monkeypatch):
+    """The issue's case: "epoch" changed in the newest checkpoint's progress.json would train an epoch twice."""
+    cfg = _teacher_cfg(parquet_file, tmp_path)
+    _crash_at(monkeypatch, 5, _crash)  # checkpoints at steps 2, 3 (epoch end), 4
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _run_teacher(cfg, tmp_path)
+    monkeypatch.undo()
+    newest = checkpoint.complete(tmp_path / "runs" / "tiny" / "teacher" / "checkpoints")[-1]
+    progress = json.loads((newest / "progress.json").read_text())
+    (newest / "progress.json").write_text(json.dumps(progress | {"epoch": progress["epoch"] - 1}))
+    with pytest.raises(CheckpointError) as e:
+        _run_teacher(cfg, tmp_path)
+    assert str(e.value) == f"teacher: {newest / 'progress.json'} was changed after it was written; restore it, or " \
+                           f"set resume=never (or delete {newest.parent}) to start the stage over"
+
+
+def _teacher_process(parquet_file, where, threads: int | None, fault: str | None = None):
+    """The tiny teacher trained by `python distill/run.py stage=teacher` in a new process under `threads` CPU threads
+    (OMP_NUM_THREADS; None: torch's default), killed where `fault` says; its weights when it finished."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "DISTILL_FAULT")}
+    env |= {"PYTHONPATH": str(ROOT)} | ({"OMP_NUM_THREADS": str(threads)} if threads else {}) | (
+        {"DISTILL_FAULT": fault} if fault else {})
+    args = tiny_overrides(parquet_file, where / "runs", epochs=3) + ["checkpoint.every=2", "stage=teacher"]
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([sys.executable, str(ROOT / "distill" / "run.py"), *args], cwd=where, env=env,
+                       capture_output=True, text=True, timeout=1800)  # a hang guard, not a budget
+    assert r.returncode == (-signal.SIGKILL if fault else 0), r.stderr
+    return r.stderr, None if fault else artifacts.load_weights(where / "runs" / "tiny" / "teacher")
+
+
+def test_a_resume_under_another_thread_count_restores_the_checkpoints(parquet_file, tmp_path):
+    """Killed under 1 CPU thread (as `accelerate launch --cpu` starts it), resumed under 2 (`python distill/run.py`):
+    the uninterrupted 1-thread run's weights, bit for bit (which differ from the 2-thread run's)."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs 2 CPU threads")
+    _, one = _teacher_process(parquet_file, tmp_path / "one", 1)
+    _, two = _teacher_process(parquet_file, tmp_path / "two", 2)
+    assert not all(torch.equal(one[k], two[k]) for k in one)  # the bytes depend on the thread count
+    _teacher_process(parquet_file, tmp_path / "resumed", 1, fault="teacher:5:KILL")
+    log, resumed = _teacher_process(parquet_file, tmp_path / "resumed", None)
+    assert f"teacher: 1 CPU thread(s) as when the checkpoint was written (this process had " \
+           f"{torch.get_num_threads()})" in log
+    assert all(torch.equal(one[k], resumed[k]) for k in one)
+
+
 def test_disk_full_keeps_the_last_good_checkpoint(parquet_file, tmp_path, monkeypatch):
     cfg = _teacher_cfg(parquet_file, tmp_path)
     real, calls = Accelerator.save_state, {"n": 0}

@@ -169,7 +169,7 @@ def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, cla
         arr.flush()
         del arr
         shards.append({"file": f"shard-{s:05d}.npy", "start": lo, "rows": rows, "sha256": ""})
-    files.write_json(folder / "manifest.json", {
+    files.write_sealed(folder / "manifest.json", {  # sealed, as the cache stage writes it
         "format_version": softlabels.FORMAT_VERSION, "fingerprint": "synthetic", "num_images": images,
         "num_classes": classes, "views": views, "topk": k, "dense": False, "temperature": 4.0,
         "shard_size": shard_size, "shards": shards})

@@ -261,14 +261,15 @@ def _one_teacher(ctx: RunContext) -> dict:
 def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -> dict:
     """The complete cache in `folder`: reused when every checksum holds, else labelled (what is missing)."""
     cfg, acc = ctx.cfg, ctx.acc
-    complete = artifacts.on_main(acc, lambda: softlabels.reusable_or_cleared(folder, folder.name))
+    dtype = record_dtype(cfg, ctx.num_classes)
+    shard_layout = softlabels.shard_layout(dtype, cfg.cache.features)
+    complete = artifacts.on_main(acc, lambda: softlabels.reusable_or_cleared(folder, folder.name, shard_layout))
     if complete is not None:
         log.info(f"{layout.named('cache', ctx.teacher_name, ' ')}: reusing {folder}")
         _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, complete, None)
         return complete
     acc.wait_for_everyone()
     settings = cfg.cache
-    dtype = record_dtype(cfg, ctx.num_classes)
     model, _ = models.load_trained(ctx.teacher_dir, ctx.num_classes, "cache", "teacher")
     feature_dim = None
     if settings.features:
@@ -328,7 +329,8 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, 
     n, temperature = len(ctx.data.train), identity["kd.temperature"]
     n_shards = math.ceil(n / settings.shard_size)
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
-    todo = [s for s in mine if not softlabels.shard_done(folder, s, settings.features)]
+    shard_layout = softlabels.shard_layout(dtype, settings.features)
+    todo = [s for s in mine if not softlabels.shard_done(folder, s, folder.name, shard_layout)]
     total = sum(min((s + 1) * settings.shard_size, n) - s * settings.shard_size for s in todo)
     base = softlabels.cache_to_grow_from(Path(settings.root), identity) if todo else None
     first = base[1]["views"] if base is not None else 0
@@ -350,7 +352,7 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, 
             if base is not None:
                 old = (softlabels.shard_records(base[0], s),
                        softlabels.shard_features(base[0], s) if feature_dim else None)
-            softlabels.write_shard(folder, s, lo, *labeller.shard(lo, hi, old))
+            softlabels.write_shard(folder, s, lo, *labeller.shard(lo, hi, old), fp=folder.name)
             faults.point("cache", written)  # tests and chaos runs: an interruption after this shard
     return total, first, time.perf_counter() - start
 
@@ -359,8 +361,7 @@ def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: dict, ti
     """This run's view of the cache (which folder, how long it took) in `record` beside the run; never inside the
     cache, whose bytes must not depend on who computed them."""
     if acc.is_main_process:
-        previous = files.read_json(record) or {}
+        previous = layout.read_cache_record(record) or {}
         keep = previous if previous.get("folder") == str(folder) else {}
-        files.write_json(record, keep | {"folder": str(folder), "reused": timing is None,
-                                                             "skipped_images": len(manifest.get("skipped", []))}
-                             | (timing or {}))
+        files.write_sealed(record, keep | {"folder": str(folder), "reused": timing is None,
+                                           "skipped_images": len(manifest.get("skipped", []))} | (timing or {}))

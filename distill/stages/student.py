@@ -194,7 +194,8 @@ def _soft_labels(ctx: RunContext) -> list[softlabels.SoftLabels]:
     for teacher_ctx in ctx.teachers():
         identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
                                          teacher_ctx.acc.mixed_precision)
-        caches.append(softlabels.SoftLabels(layout.cache_dir(teacher_ctx.cfg, identity)))
+        folder = layout.cache_dir(teacher_ctx.cfg, identity)
+        caches.append(softlabels.SoftLabels(folder, fingerprint=folder.name))
     for other in caches[1:]:
         problem = softlabels.ensemble_problem(caches[0], other, ctx.cfg.kd.temperature)
         if problem:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,20 +12,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.errors import DataError, UserError
-from distill.files import _fsync_rename, fingerprint, read_json, sha256, write_json
+from distill import files
+from distill.files import _fsync_rename, read_json, sha256
 
-SEAL = "meta_sha256"  # meta.json's hash of its own other fields: a hand-edited number is never shown as measured
+SEAL = "meta_sha256"  # meta.json's seal (files.seal): a hand-edited number is never shown as measured
 
 
 def seal(meta: dict) -> dict:
     """`meta` as JSON reads it back, with its seal."""
-    plain = json.loads(json.dumps({k: v for k, v in meta.items() if k != SEAL}, default=str))
-    return plain | {SEAL: fingerprint(plain)}
+    return files.seal(meta, SEAL)
 
 
 def sealed(meta: dict) -> bool:
     """Whether a meta.json read back is as save_model wrote it (not edited since)."""
-    return SEAL in meta and seal(meta)[SEAL] == meta[SEAL]
+    return files.is_sealed(meta, SEAL)
 
 
 def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
@@ -38,7 +37,7 @@ def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
     _fsync_rename(tmp, folder / "model.safetensors")
-    write_json(folder / "meta.json", seal(meta | {"weights_sha256": sha256(folder / "model.safetensors")}))
+    files.write_sealed(folder / "meta.json", meta | {"weights_sha256": sha256(folder / "model.safetensors")}, SEAL)
 
 
 def reusable(folder: Path, fp: str, name: str) -> dict | None:
@@ -49,13 +48,12 @@ def reusable(folder: Path, fp: str, name: str) -> dict | None:
     meta = read_json(folder / "meta.json")
     if not (meta and meta.get("fingerprint") == fp and (folder / "model.safetensors").exists()):
         return None
-    redo = f"restore it, or delete {folder} to {'retrain' if name != 'teacher' else 'rebuild'} it"
+    redo = f"delete {folder} to {'retrain' if name != 'teacher' else 'rebuild'} it"
     if not sealed(meta):
-        raise DataError(f"{name}: {folder / 'meta.json'} was changed after it was written (its numbers would be shown "
-                        f"as measured); {redo}")
+        raise DataError(files.changed(name, folder / "meta.json", redo, "its numbers would be shown as measured"))
     if sha256(folder / "model.safetensors") != meta["weights_sha256"]:
         raise DataError(f"{name}: {folder / 'model.safetensors'} is not the file {folder / 'meta.json'} scored "
-                        f"(changed or replaced since it was written); {redo}")
+                        f"(changed or replaced since it was written); restore it, or {redo}")
     logging.getLogger("distill").info(f"{name}: reusing {folder} (val top-1 {meta['metrics']['top1']:.2f}%)")
     return meta
 

@@ -2,9 +2,11 @@
 
 accelerate writes model, optimizer, scaler, sampler and the RNG states of every process in place, so a crash
 mid-write leaves a half checkpoint. Here each one is written into `.tmp-step-N/`, the main process adds
-`progress.json` (where training stood, the stage's fingerprint, the process count, and the sha256 of every file),
-then renames it to `step-N/`; only then are older ones pruned. A checkpoint is restored only when every file
-verifies, so a truncated or tampered one is never loaded half-way.
+`progress.json` (where training stood, the stage's fingerprint, the process count, torch's CPU thread count, and
+the sha256 of every file), sealed (files.seal), then renames it to `step-N/`; only then are older ones pruned. A
+checkpoint is restored only when every file verifies, so a truncated or tampered one is never loaded half-way, and a
+progress.json changed by hand stops the run in one line. The bytes of a CPU run depend on the thread count (a
+float sum splits by thread), so a resume restores the count the checkpoint was written under.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 from distill import files
@@ -21,7 +24,7 @@ from distill.errors import CheckpointError
 log = logging.getLogger("distill")
 
 PROGRESS = "progress.json"
-FORMAT_VERSION = 2  # progress.json's; 2: every TrainState field (1 could lack some)
+FORMAT_VERSION = 3  # progress.json's; 2: every TrainState field (1 could lack some); 3: sealed, + threads
 
 
 def _name(step: int) -> str:
@@ -47,8 +50,9 @@ def save(acc: Accelerator, folder: Path, progress: dict, keep: int, what: str) -
         acc.wait_for_everyone()
         if acc.is_main_process:
             sums = {p.name: files.sha256(p) for p in sorted(tmp.iterdir())}
-            files.write_json(tmp / PROGRESS, progress | {"format_version": FORMAT_VERSION,
-                                                         "processes": acc.num_processes, "files": sums})
+            files.write_sealed(tmp / PROGRESS, progress | {"format_version": FORMAT_VERSION, "files": sums,
+                                                           "processes": acc.num_processes,
+                                                           "threads": torch.get_num_threads()})
             shutil.rmtree(final, ignore_errors=True)  # the same step saved again (an epoch end on an `every` step)
             tmp.rename(final)
             for old in complete(folder)[:-keep]:
@@ -63,12 +67,16 @@ def save(acc: Accelerator, folder: Path, progress: dict, keep: int, what: str) -
     return final
 
 
-def _problem(path: Path, progress: dict | None) -> str | None:
-    """Why this checkpoint cannot be restored in full, or None."""
+def _problem(path: Path, progress: dict | None, what: str = "checkpoint") -> str | None:
+    """Why this checkpoint cannot be restored in full, or None; a progress.json of this format changed since it was
+    written raises (never restored, nor passed over for an older checkpoint as if it were damaged)."""
     if progress is None:
         return f"{PROGRESS} is missing or unreadable"
     if progress.get("format_version") != FORMAT_VERSION:
         return f"it is checkpoint format {progress.get('format_version', 1)}, this distill reads {FORMAT_VERSION}"
+    if not files.is_sealed(progress):
+        raise CheckpointError(files.changed(what, path / PROGRESS, f"set resume=never (or delete {path.parent}) to "
+                                            "start the stage over"))
     sums = progress.get("files", {})
     rngs = [f"random_states_{i}.pkl" for i in range(progress.get("processes", 0))]
     for name in ["model.safetensors", "optimizer.bin", *rngs]:
@@ -86,7 +94,7 @@ def _find(folder: Path, fingerprint: str, processes: int, what: str) -> tuple[st
     damaged = None
     for path in reversed(complete(folder)):
         progress = files.read_json(path / PROGRESS)
-        problem = _problem(path, progress)
+        problem = _problem(path, progress, what)
         if problem:
             log.warning(f"{what}: checkpoint {path} cannot be restored: {problem}; trying an older one")
             damaged = damaged or f"{path}: {problem}"
@@ -118,6 +126,17 @@ def restore(acc: Accelerator, path: Path, what: str) -> None:
         raise CheckpointError(f"{what}: checkpoint {path} does not fit this model or optimizer ({first}); set "
                             "resume=never to start the stage over") from None
     log.info(f"{what}: resumed from {path}")
+
+
+def restore_threads(progress: dict, what: str) -> None:
+    """torch's CPU thread count set to the one the checkpoint was written under (kept for the rest of the run, as
+    the interrupted run had it), with one line when it differs: a CPU run resumed under another count would give
+    other bytes than the uninterrupted one."""
+    saved, now = progress["threads"], torch.get_num_threads()
+    if saved != now:
+        torch.set_num_threads(saved)
+        log.info(f"{what}: {saved} CPU thread(s) as when the checkpoint was written (this process had {now}), so "
+                 "that the resumed stage gives the bytes of an uninterrupted one")
 
 
 def clear(acc: Accelerator, folder: Path) -> None:

@@ -61,6 +61,11 @@ def cache_record(teacher: str) -> str:
     return named("cache", teacher) + ".json"
 
 
+def read_cache_record(record: Path) -> dict | None:
+    """A run's record of its cache (cache_record), sealed; None when there is none."""
+    return files.read_sealed(record, "cache", "delete it and run stage=cache to write it again")
+
+
 def cache_identity(cfg: Config, bundle, norm: dict, run_dir: Path, precision: str) -> dict:
     """The cache's fingerprint inputs, given the teacher the teacher stage wrote."""
     digest = files.sha256(teacher_dir(cfg, run_dir) / "model.safetensors")
@@ -81,7 +86,7 @@ def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = N
         return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
     key = files.fingerprint([bundle.identity["content"], bundle.identity["train"], cfg.image_size, cfg.transform,
                              cfg.crop_pct, cfg.stats_images])
-    saved = files.read_json(record) if record else None
+    saved = files.read_sealed(record, "data", "delete it to compute the statistics again") if record else None
     if saved and saved.get("key") == key:
         return saved["normalization"]
     subset = bundle.images["train"].subset(min(cfg.stats_images, len(bundle.train)))
@@ -91,5 +96,5 @@ def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = N
     log.info(f"data: computed mean {mean} std {std} from {len(subset)} training images")
     if record:
         record.parent.mkdir(parents=True, exist_ok=True)
-        files.write_json(record, {"key": key, "normalization": norm})
+        files.write_sealed(record, {"key": key, "normalization": norm})
     return norm

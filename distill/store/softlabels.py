@@ -5,11 +5,14 @@ The only module that reads or writes a cache folder (the cache stage computes re
     shard-00000.npy     fixed-size records (numpy structured array, one row per image), read through mmap
     features-00000.npy  with cache.features: each view's pooled teacher feature, [rows, V, width] fp16, written
                         before the records
-    shard-00000.json    that shard's rows and each file's sha256, written after them: the shard's commit marker
-    manifest.json       written last, by the main process after a barrier: the whole cache's commit marker
+    shard-00000.json    that shard's rows and each file's sha256, the cache's fingerprint and the record layout,
+                        sealed, written after them: the shard's commit marker
+    manifest.json       written last, by the main process after a barrier: the whole cache's commit marker (sealed)
 
 Each file goes to a temporary name, is fsynced, then renamed, so a killed writer leaves either the old state or
-the new one, and a rerun keeps every shard whose checksum verifies.
+the new one, and a rerun keeps every shard whose checksum verifies and whose sidecar names this cache's fingerprint
+and layout: a shard of another cache (a folder renamed or moved) is recomputed, never adopted. A sealed sidecar or
+manifest changed by hand stops the run in one line naming it (files.read_sealed's rule).
 """
 from __future__ import annotations
 
@@ -29,9 +32,11 @@ from distill.methods.common.standardize import standardize
 
 log = logging.getLogger("distill")
 
-FORMAT_VERSION = 4  # 2: one view per teacher forward (growable); 3: + true-class logit, logit mean/std, lse of
+FORMAT_VERSION = 6  # 2: one view per teacher forward (growable); 3: + true-class logit, logit mean/std, lse of
 # z-scores; 4: the tail's own logsumexps (classes outside the top k and the view's classes), so that a reader never
-# forms 1 - sum(q), which cancels for a confident teacher; 5: the inputs name cache.features also when false
+# forms 1 - sum(q), which cancels for a confident teacher; 5: the inputs name cache.features also when false (its
+# caches say 4: the number was not raised with it); 6: sidecars and manifest sealed, each sidecar names the cache's
+# fingerprint and record layout
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
 
@@ -92,11 +97,41 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def shard_layout(dtype: np.dtype, features: bool) -> dict:
+    """What a shard's bytes are laid out as (as JSON reads it back): the record's numpy dtype descr, its views and
+    top k, and whether a features file comes with it. Every sidecar and the manifest record it."""
+    return json.loads(json.dumps({"record": dtype.descr, "views": dtype["logits"].shape[0],
+                                  "topk": dtype["logits"].shape[1], "features": features}))
+
+
+def _redo(folder: Path) -> str:
+    return f"delete {folder} to recompute the cache"
+
+
+def _read(path: Path, folder: Path) -> dict | None:
+    """A sidecar or the manifest: None when missing or unreadable; one of another format as it is (its reader
+    recomputes or refuses it); one of this format changed since it was written raises one line naming it."""
+    obj = files.read_json(path)
+    if obj is None or obj.get("format_version") != FORMAT_VERSION:
+        return obj
+    if not files.is_sealed(obj):
+        raise DataError(files.changed("cache", path, _redo(folder)))
+    return obj
+
+
+def _ours(obj: dict, fp: str, layout: dict) -> bool:
+    """Whether a sidecar or manifest is of this format and names the cache `fp` with this record layout."""
+    return (obj.get("format_version"), obj.get("fingerprint"), obj.get("layout")) == (FORMAT_VERSION, fp, layout)
+
+
 def write_shard(folder: Path, s: int, start: int, records: np.ndarray, skipped: list[int],
-                features: np.ndarray | None = None) -> None:
-    """The shard's records (and, with cache.features, its features file: [rows, V, width] fp16), then its sidecar
-    (rows, each file's sha256, images left out): the sidecar commits the shard."""
-    side = {"shard": s, "start": start, "rows": len(records)}
+                features: np.ndarray | None = None, *, fp: str) -> None:
+    """The shard's records (and, with cache.features, its features file: [rows, V, width] fp16), then its sealed
+    sidecar (the cache's fingerprint `fp` and the layout, rows, each file's sha256, images left out): the sidecar
+    commits the shard."""
+    side = {"format_version": FORMAT_VERSION, "fingerprint": fp,
+            "layout": shard_layout(records.dtype, features is not None), "shard": s, "start": start,
+            "rows": len(records)}
     if features is not None:
         path = _shard(folder, s, "npy", "features")
         _save_npy(path, features)
@@ -104,13 +139,13 @@ def write_shard(folder: Path, s: int, start: int, records: np.ndarray, skipped: 
         faults.point("cache_features", s + 1)  # tests: killed with shard s's features written, its records not
     path = _shard(folder, s, "npy")
     _save_npy(path, records)
-    files.write_json(_shard(folder, s, "json"), side | {"sha256": files.sha256(path), "skipped": skipped})
+    files.write_sealed(_shard(folder, s, "json"), side | {"sha256": files.sha256(path), "skipped": skipped})
 
 
-def shard_done(folder: Path, s: int, features: bool = False) -> bool:
-    """Shard s is written (with its features file when `features`) and its bytes match the sidecar's checksums."""
-    side = files.read_json(_shard(folder, s, "json"))
-    if side is None or not _shard(folder, s, "npy").exists() or features != ("features_file" in side):
+def shard_done(folder: Path, s: int, fp: str, layout: dict) -> bool:
+    """Shard s is written by the cache `fp` with this layout, and its bytes match its sealed sidecar's checksums."""
+    side = _read(_shard(folder, s, "json"), folder)
+    if side is None or not _ours(side, fp, layout) or not _shard(folder, s, "npy").exists():
         return False
     bad = _failing_files({"file": _shard(folder, s, "npy").name} | side, folder)
     if bad:
@@ -146,34 +181,56 @@ MANIFEST = "manifest.json"
 
 
 def read_manifest(folder: Path) -> dict | None:
-    """The cache's manifest, or None while it is incomplete: the one way this module reads it."""
-    return files.read_json(Path(folder) / MANIFEST)
+    """The cache's manifest, or None while it is incomplete: the one way this module reads it. One of this format
+    changed since it was written raises one line naming it."""
+    return _read(Path(folder) / MANIFEST, Path(folder))
 
 
-def reusable_or_cleared(folder: Path, fp: str) -> dict | None:
-    """The manifest when the cache in `folder` is complete and every shard checks out; otherwise clear what must
-    not be trusted (temporary files, a stale manifest, shards that fail their checksum) and return None."""
+def _remove_shard(folder: Path, sh: dict) -> None:
+    """A shard's files (records, features) and its sidecar."""
+    for name, _ in _shard_files(sh):
+        (folder / name).unlink(missing_ok=True)
+    (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
+
+
+def reusable_or_cleared(folder: Path, fp: str, layout: dict) -> dict | None:
+    """The manifest when the cache in `folder` is complete, names `fp` and `layout`, and every shard checks out;
+    otherwise clear what must not be trusted (temporary files, a stale manifest, shards that fail their checksum,
+    shards of another cache or format) and return None. A manifest or sidecar changed by hand raises."""
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob("*.tmp"):  # left by a killed writer: never complete
         tmp.unlink()
     manifest = read_manifest(folder)
-    if manifest is None:
-        return None
-    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("fingerprint") != fp:
+    if manifest is not None and not _ours(manifest, fp, layout):
         log.warning(f"cache: {folder}/manifest.json is from format {manifest.get('format_version')} or another "
-                    "fingerprint; recomputing")
+                    "cache; recomputing")
         (folder / MANIFEST).unlink()
-        return None
-    bad = [(sh, names) for sh in manifest["shards"] if (names := _failing_files(sh, folder))]
-    if not bad:
-        return manifest
-    for sh, names in bad:
-        log.warning(f"cache: {_fault(folder / names[0])}; recomputing it")
-        for name, _ in _shard_files(sh):
-            (folder / name).unlink(missing_ok=True)
-        (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
-    (folder / MANIFEST).unlink()
+        manifest = None
+    if manifest is not None:
+        bad = [(sh, names) for sh in manifest["shards"] if (names := _failing_files(sh, folder))]
+        if not bad:
+            return manifest
+        for sh, names in bad:
+            log.warning(f"cache: {_fault(folder / names[0])}; recomputing it")
+            _remove_shard(folder, sh)
+        (folder / MANIFEST).unlink()
+    _clear_foreign(folder, fp, layout)
     return None
+
+
+def _clear_foreign(folder: Path, fp: str, layout: dict) -> None:
+    """Remove the shards whose sidecar names another cache, format or layout (one warning line naming them): their
+    checksums hold, but they are another cache's bytes."""
+    foreign = []
+    for path in sorted(folder.glob("shard-*.json")):
+        side = _read(path, folder)
+        if side is not None and not _ours(side, fp, layout):
+            _remove_shard(folder, {"file": path.with_suffix(".npy").name, "sha256": None}
+                          | {k: side[k] for k in ("features_file", "features_sha256") if k in side})
+            foreign.append(path.name)
+    if foreign:
+        log.warning(f"cache: {folder}: {', '.join(foreign)} belong to another cache, format or record layout (a "
+                    f"folder renamed or moved?); recomputing {'it' if len(foreign) == 1 else 'them'}")
 
 
 def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, num_classes: int,
@@ -182,9 +239,10 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
     """The whole cache's commit marker, from the shards' sidecars, with the teacher's top-1 over the views;
     `feature_dim`: the width of the pooled features it stores (None: none)."""
     shards, correct, views_total, skipped = [], 0, 0, []
+    layout = shard_layout(dtype, feature_dim is not None)
     for s in range(math.ceil(num_images / shard_size)):
-        side = files.read_json(_shard(folder, s, "json"))
-        if side is None:
+        side = _read(_shard(folder, s, "json"), folder)
+        if side is None or not _ours(side, fp, layout):
             raise DataError(f"cache: shard {s} is missing after every process finished; rerun stage=cache")
         shards.append({"file": _shard(folder, s, "npy").name, "start": side["start"], "rows": side["rows"],
                        "sha256": side["sha256"]}
@@ -192,7 +250,8 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
         correct += int(np.load(folder / shards[-1]["file"], mmap_mode="r")["correct"].sum())
         skipped += side.get("skipped", [])
         views_total += (side["rows"] - len(side.get("skipped", []))) * views
-    manifest = {"format_version": FORMAT_VERSION, "fingerprint": fp, "inputs": identity, "num_images": num_images,
+    manifest = {"format_version": FORMAT_VERSION, "fingerprint": fp, "layout": layout, "inputs": identity,
+                "num_images": num_images,
                 "num_classes": num_classes, "class_names": class_names, "views": views, "topk": topk,
                 "dense": topk >= num_classes, "temperature": temperature, "shard_size": shard_size,
                 "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
@@ -200,8 +259,7 @@ def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, nu
                     "dim": feature_dim, "dtype": FEATURE_DTYPE, "bytes_per_view": feature_dim * 2},
                 "teacher_view_top1": 100.0 * correct / max(views_total, 1),
                 "skipped": skipped, "shards": shards}
-    files.write_json(folder / MANIFEST, manifest)
-    return manifest
+    return files.write_sealed(folder / MANIFEST, manifest)
 
 
 def cache_to_grow_from(root: Path, identity: dict) -> tuple[Path, dict] | None:
@@ -248,8 +306,22 @@ class SoftLabels:
     """Read side: shards memory-mapped (never read whole into RAM), one image's record read per sample; with
     `features`, the shards' feature files too (the cache must store them)."""
 
-    def __init__(self, folder: str | Path, verify: bool = False, features: bool = False):
+    def __init__(self, folder: str | Path, verify: bool = False, features: bool = False,
+                 fingerprint: str | None = None):
+        """`verify`: every shard's checksums and sidecar checked (one of another cache refused); `fingerprint`: the
+        cache these settings make, which the manifest must name (a folder renamed or moved is refused)."""
         self.folder = Path(folder)
+        self.manifest = manifest = self._manifest(fingerprint)
+        self.shard_size, self.num_classes = manifest["shard_size"], manifest["num_classes"]
+        self.views, self.topk, self.temperature = manifest["views"], manifest["topk"], manifest["temperature"]
+        self.dense = self.topk >= self.num_classes
+        self.skipped = set(manifest.get("skipped", []))  # images left out (failed to decode): no soft labels
+        self.shards = [self._open(sh, verify) for sh in manifest["shards"]]
+        self.feature_dim = (manifest.get("features") or {}).get("dim")
+        self.features = self._open_features() if features else None
+
+    def _manifest(self, fingerprint: str | None) -> dict:
+        """The folder's manifest: complete, of this format, sealed, and naming `fingerprint` when given."""
         manifest = read_manifest(self.folder)
         if manifest is None:
             what = "is incomplete" if self.folder.is_dir() else "does not exist yet"
@@ -258,28 +330,29 @@ class SoftLabels:
         if manifest.get("format_version") != FORMAT_VERSION:
             raise DataError(f"cache: {self.folder} is format {manifest.get('format_version')}, this distill reads "
                             f"{FORMAT_VERSION}; rerun stage=cache to rebuild it")
-        self.manifest = manifest
-        self.shard_size, self.num_classes = manifest["shard_size"], manifest["num_classes"]
-        self.views, self.topk, self.temperature = manifest["views"], manifest["topk"], manifest["temperature"]
-        self.dense = self.topk >= self.num_classes
-        self.skipped = set(manifest.get("skipped", []))  # images left out (failed to decode): no soft labels
-        self.shards = []
-        for sh in manifest["shards"]:
-            path = self.folder / sh["file"]
-            if verify and failing([sh], self.folder):  # the records and, with features, their file
-                named = " or ".join(name for name, _ in _shard_files(sh))
-                raise DataError(f"cache: {self.folder}: {named} fails its checksum; rerun stage=cache to recompute "
-                                "it")
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:  # missing, truncated or not a numpy file
-                raise DataError(f"cache: {path} cannot be read ({str(e).splitlines()[0]}); rerun stage=cache to "
-                                "recompute it") from None
-            if len(arr) != sh["rows"]:
-                raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
-            self.shards.append(arr)
-        self.feature_dim = (manifest.get("features") or {}).get("dim")
-        self.features = self._open_features() if features else None
+        if fingerprint is not None and manifest["fingerprint"] != fingerprint:
+            raise DataError(f"cache: {self.folder} holds the cache {manifest['fingerprint']}, not {fingerprint} (a "
+                            "folder renamed or moved?); move it back, or rerun stage=cache to recompute it")
+        return manifest
+
+    def _open(self, sh: dict, verify: bool) -> np.ndarray:
+        """One shard's records, memory-mapped; with `verify`, its files' checksums and its sidecar checked first."""
+        path = self.folder / sh["file"]
+        if verify and failing([sh], self.folder):  # the records and, with features, their file
+            named = " or ".join(name for name, _ in _shard_files(sh))
+            raise DataError(f"cache: {self.folder}: {named} fails its checksum; rerun stage=cache to recompute it")
+        side = path.with_suffix(".json")
+        if verify and not _ours(_read(side, self.folder) or {}, self.manifest["fingerprint"], self.manifest["layout"]):
+            raise DataError(f"cache: {side} is missing or belongs to another cache, format or record layout than "
+                            f"{self.folder / MANIFEST}; rerun stage=cache to recompute it")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:  # missing, truncated or not a numpy file
+            raise DataError(f"cache: {path} cannot be read ({str(e).splitlines()[0]}); rerun stage=cache to "
+                            "recompute it") from None
+        if len(arr) != sh["rows"]:
+            raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
+        return arr
 
     def _open_features(self) -> list[np.ndarray]:
         """Each shard's features, memory-mapped, checked against the manifest's shape (rows, views, width)."""

@@ -274,6 +274,7 @@ class _Training:
         if switch_at is not None and (progress["epoch"], progress["batch"]) > (switch_at, 0):
             self._switch_to_sgd()
         checkpoint.restore(acc, found, job.name)
+        checkpoint.restore_threads(progress, job.name)
         return TrainState.from_checkpoint(progress), True
 
     def _switch_to_sgd(self) -> None:
