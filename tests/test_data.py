@@ -397,3 +397,21 @@ def test_a_decode_killed_midway_leaves_no_file_behind_for_good(tmp_path):
     leftover.write_bytes(b"half a decode")
     got, bad = pixels.decode(ds, "image", "train", 64, tmp_path / "key-image")
     assert not leftover.exists() and got.shape == (20, 12, 12, 3) and not bad
+
+
+def test_the_remembered_data_hashes_are_sealed(tmp_path, monkeypatch):
+    """The index of content hashes (a file's bytes remembered by its stat) names the data's identity: an entry
+    changed by hand would have named other bytes as this file's, silently (it was plain JSON)."""
+    from distill.data import content
+
+    monkeypatch.setattr(content, "_index", lambda: tmp_path / "index.json")
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"some bytes")
+    right = content.content_hash(data)
+    assert content.content_hash(data) == right  # remembered, and read back
+    index = json.loads((tmp_path / "index.json").read_text())
+    index[str(data.resolve())]["sha256"] = "0" * 64
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"^data: .*index\.json was changed after it was written; restore it, or "
+                                        r"delete it to hash the data again$"):
+        content.content_hash(data)

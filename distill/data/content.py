@@ -31,6 +31,19 @@ def _index() -> Path:
     return Path(datasets.config.HF_DATASETS_CACHE) / "distill_content.json"
 
 
+def _load() -> dict:
+    """The remembered hashes and verdicts, sealed: one changed by hand would name other bytes as this data's. An
+    index of an older distill (never sealed) is started afresh: every hash in it is computed again."""
+    if files.SEAL not in (files.read_json(_index()) or {}):
+        return {}
+    index = files.read_sealed(_index(), "data", "delete it to hash the data again")
+    return {k: v for k, v in index.items() if k != files.SEAL}
+
+
+def _save(index: dict) -> None:
+    files.write_sealed(_index(), index)
+
+
 def _files(root: Path) -> list[Path]:
     """The data files at `root`: the file, or every file under the folder but `datasets`' own cache files, which
     it writes beside a save_to_disk folder's data (a `map` of it: cache-HASH.arrow), not data of the user's."""
@@ -67,7 +80,7 @@ def _hashed(key: str, named: list[tuple[str, Path]]) -> str:
     """The sha256 of the `named` files (name, path), remembered under `key` by each file's stat."""
     stats = [(name, os.stat(f)) for name, f in named]
     stat = files.fingerprint([(name, s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for name, s in stats])
-    index = files.read_json(_index()) or {}
+    index = _load()
     known = index.get(key)
     if known and known.get("stat") == stat:
         return known["sha256"]
@@ -82,7 +95,7 @@ def _hashed(key: str, named: list[tuple[str, Path]]) -> str:
                     digest.update(block)
                     bar.update(len(block))
     index[key] = {"stat": stat, "sha256": digest.hexdigest()}
-    files.write_json(_index(), _existing(index))
+    _save(_existing(index))
     return digest.hexdigest()
 
 
@@ -123,14 +136,14 @@ def image_digests(ds: datasets.Dataset, column: str) -> list[bytes]:
 
 def known(verdict: str, key: str) -> bool:
     """Whether a check of the data (`verdict`: its name) has passed before for data identified by `key`."""
-    return bool((files.read_json(_index()) or {}).get(verdict, {}).get(key))
+    return bool(_load().get(verdict, {}).get(key))
 
 
 def remember(verdict: str, key: str) -> None:
     """Record that the check `verdict` passed for the data identified by `key` (it is not run again for it)."""
-    index = files.read_json(_index()) or {}
+    index = _load()
     index.setdefault(verdict, {})[key] = True
-    files.write_json(_index(), index)
+    _save(index)
 
 
 def shared_images(test: datasets.Dataset, others: dict[str, datasets.Dataset], column: str, key: str):
