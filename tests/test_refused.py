@@ -272,7 +272,8 @@ def test_a_cache_root_without_permission_is_named_before_any_work(parquet_file, 
     root, failing = _unwritable(tmp_path)
     r = run_here(*tiny_overrides(parquet_file, tmp_path / "runs"), f"cache.root={root}/cache")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert r.stderr.startswith(f"error: {failing}: permission denied (") and "give cache.root= another place" in r.stderr
+    assert r.stderr.startswith(f"error: {failing}: permission denied (")
+    assert "give cache.root= another place" in r.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -365,4 +366,5 @@ def test_a_name_that_would_leave_its_folder_is_refused_before_any_work(tmp_path,
 
 def test_a_recipe_name_with_a_path_is_no_recipe(tmp_path):
     r = run_cli("recipe=../config", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.startswith("error: recipe: '../config' is a path, not a recipe name"), r.stderr
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: recipe: '../config' is a path, not a recipe name"), r.stderr
