@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,8 @@ import datasets
 from tqdm.auto import tqdm
 
 from distill import files
+
+log = logging.getLogger("distill")
 
 LARGE = 1 << 28  # bytes above which the hashing shows a progress bar
 SEP = "::"  # an index key of several files: their common folder, SEP, a hash of their paths
@@ -32,11 +35,15 @@ def _index() -> Path:
 
 
 def _load() -> dict:
-    """The remembered hashes and verdicts, sealed: one changed by hand would name other bytes as this data's. An
-    index of an older distill (never sealed) is started afresh: every hash in it is computed again."""
-    if files.SEAL not in (files.read_json(_index()) or {}):
+    """The remembered hashes and verdicts. The file is sealed, and it is only a memo: one changed since it was
+    written (by hand, or by an older distill, which wrote it unsealed) is set aside with a warning and every hash
+    is computed again from the bytes, so an entry that names other bytes as this data's is never used."""
+    index = files.read_json(_index())
+    if index is None:
         return {}
-    index = files.read_sealed(_index(), "data", "delete it to hash the data again")
+    if not files.is_sealed(index):
+        log.warning(f"data: {_index()} was changed after it was written; hashing the data again")
+        return {}
     return {k: v for k, v in index.items() if k != files.SEAL}
 
 
