@@ -624,8 +624,8 @@ def no_such_setting(key: str, keys: list[str], prefix: str = "") -> ConfigError:
 def check_given(key: str, value: Any, keys: list[str]) -> None:
     """`value` given to `key` fits the schema whose settable keys are `keys` (leaves()): a section (kd.dkd,
     student.optim) is given a dict of its own keys, each checked the same way; a key the schema lacks, or a section
-    given anything but a dict, stops in one line naming the key ("kd.dkd.gamma: no such setting", "kd.dkd: must be
-    a section such as {alpha: 1.0}"). A leaf's value is left to the rules."""
+    given anything but a dict, stops in one line naming the key (kd.dkd={gamma: 4} gives "... no such setting",
+    "kd.dkd: must be a section such as {alpha: 1.0}"). A leaf's value is left to the rules."""
     inner = [k for k in keys if k.startswith(key + ".")]
     if key in keys:
         return

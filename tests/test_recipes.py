@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import CLASSES, ROOT, run_cli, run_here, tiny_images
+from distill import files
 
 
 def test_resnet50_to_r18_runs_every_stage_offline(tmp_path):
@@ -47,8 +48,9 @@ def test_multirun_sweep_shares_teacher_and_cache(demo):
     (sweep,) = (where / "runs" / "demo" / "sweep").iterdir()  # this sweep's own folder
     demo_cache = json.loads((where / "runs" / "demo" / "cache.json").read_text())["folder"]
     for point in ("0", "1"):
-        assert json.loads((sweep / point / "cache.json").read_text()) == {
-            "folder": demo_cache, "reused": True, "skipped_images": 0}
+        record = json.loads((sweep / point / "cache.json").read_text())
+        assert files.is_sealed(record) and record | {"seal": None} == {
+            "folder": demo_cache, "reused": True, "skipped_images": 0, "seal": None}
     assert (teacher / "meta.json").read_bytes() == before and not (sweep / "0" / "teacher").exists()
     temps = {json.loads((sweep / p / "student" / "meta.json").read_text())["config"]["kd"]["temperature"]
              for p in ("0", "1")}
