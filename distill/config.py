@@ -314,7 +314,7 @@ def _standardizable() -> str:
     """Which methods kd.logit_standardization applies to, and which it does not (their `standardizable` flag)."""
     able = [name for name, m in METHODS.entries().items() if m.standardizable]
     other = [name for name in METHODS.names() if name not in able]
-    return ", ".join(able) + (f"; not {', '.join(other)}, which refuse it" if other else "")
+    return "for kd.loss=" + " or ".join(able) + (f", not {' or '.join(other)}" if other else "")
 
 
 @dataclass

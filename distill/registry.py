@@ -3,7 +3,7 @@
 
     @METHODS.register("kd")                        kd.loss=kd             distill/methods/kd.py
     class KD(Method, help=..., cite=...): ...
-    @SOURCES.register("parquet")                   data.source=parquet    distill/data/sources/parquet.py
+    @SOURCES.register("parquet", help=...)         data.source=parquet    distill/data/sources/parquet.py
     class Parquet(Source): ...
     @STAGES.register("cache", help=...)            stage=cache            distill/stages/cache.py
     def run(ctx): ...
@@ -13,14 +13,15 @@
 A registered class is kept as its one instance (its `name` set to the registered name), a function as itself.
 Each registry's built-ins are the modules of its folders, each module named as what it registers (a file there
 that registers another name, or none, stops at the first look-up); they are imported once, at the first look-up.
-`names()` reads only the file names, so that a setting's choices are known before torch loads. What a user's
-module or a test registers is found the same way, once that module is imported. `--help` lists each registry the
-same way (`listing`): every name with its one line.
+`names()` reads only the file names, so that a setting's choices are known before torch loads, and `listing()`
+(every name with its one line, how `--help` lists each registry) reads a built-in's help= from its file. What a
+user's module or a test registers is found the same way, once that module is imported.
 
 May import: distill.errors only (the built-ins are found by their folder, imported by name at the first look-up).
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 import sys
@@ -94,11 +95,12 @@ class Registry:
         return tuple(sorted(found, key=lambda n: (self.order.index(n) if n in self.order else len(self.order), n)))
 
     def listing(self) -> str:
-        """Every name with its one line, for --help: "name: line | name: line"; a value's `describe()` gives its
-        line when it has one (a method adds its citation), else its help."""
-        self._load()
-        lines = {name: e.value.describe() if hasattr(e.value, "describe") else e.help
-                 for name, e in self._entries.items()}
+        """Every name with its one line, for --help: "name: line | name: line". A registered value's line is its
+        `describe()` when it has one (a method adds its citation), else its help; a built-in not imported yet is
+        not imported for it (--help stays quick): its line is its register call's help=, read from its file."""
+        lines = {name: _declared_help(module, name) for name, module in self._built_ins()}
+        lines |= {name: e.value.describe() if hasattr(e.value, "describe") else e.help
+                  for name, e in self._entries.items()}
         return " | ".join(f"{name}: {lines[name]}" if lines[name] else name for name in self.names())
 
     def reload(self) -> None:
@@ -149,6 +151,18 @@ class Registry:
         except BaseException:
             self._loaded = False
             raise
+
+
+def _declared_help(module: str, name: str) -> str:
+    """The help= that `module`'s file gives its `register(name, help=...)` call (a literal), read without importing
+    it; "" when it gives none there (a method's help is a class keyword: methods are imported for --help anyway)."""
+    tree = ast.parse(ROOT.joinpath(*module.split(".")[1:]).with_suffix(".py").read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register"
+                and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == name):
+            return next((k.value.value for k in node.keywords if k.arg == "help" and isinstance(k.value, ast.Constant)),
+                        "")
+    return ""
 
 
 METHODS = Registry("kd.loss", "distill.methods", order=("kd",))  # the default first
