@@ -1,13 +1,12 @@
 """A distillation method is one file: a new file in distill/methods/ is selectable, configurable, validated,
 documented and named on the model card, with no other file touched."""
-import contextlib
 import dataclasses
 import re
 
 import pytest
 import torch
 
-from conftest import ROOT, labelled, run_cli
+from conftest import ROOT, extension_file, labelled, run_cli
 from distill import config, methods
 from distill.errors import ConfigError
 from distill.registry import METHODS
@@ -36,20 +35,10 @@ class Toy(Method, help="kd.toymethod.weight * mean squared log-probability gap",
 '''
 
 
-@contextlib.contextmanager
 def method_file(path, source: str):
     """A method file `path` in distill/methods/ holding `source`, registered for the block and removed after it
     (the registry read again)."""
-    assert not path.exists()
-    path.write_text(source)
-    METHODS.reload()
-    try:
-        yield
-    finally:
-        path.unlink()
-        for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
-            cached.unlink()
-        METHODS.reload()
+    return extension_file(path, source, METHODS)
 
 
 @pytest.fixture
