@@ -239,8 +239,9 @@ class KDBase:
                    "and dist). On a top-k cache the teacher's tail (classes outside the top k and the "
                    "view's own) is spread evenly: exact for what the cache stores (cache.topk >= classes: exact)",
                    choices=lambda: METHODS.names(), changes=("student",))
-    alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha); at "
-                               "most 1e6, as every loss weight", ge=0, le=MAX_WEIGHT, changes=("student",))
+    alpha: float = _f(0.9, doc="kd and hard: weight of the distillation term (the CE term gets kd.ce_weight, by "
+                               "default 1 - alpha); at most 1e6, as every loss weight", ge=0, le=MAX_WEIGHT,
+                      changes=("student",))
     ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd and hard, 1 for dkd "
                                               "and dist (the papers'); at most 1e6", ge=0, le=MAX_WEIGHT,
                                     changes=("student",))
