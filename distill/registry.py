@@ -97,8 +97,11 @@ class Registry:
     def listing(self) -> str:
         """Every name with its one line, for --help: "name: line | name: line". A registered value's line is its
         `describe()` when it has one (a method adds its citation), else its help; a built-in not imported yet is
-        not imported for it (--help stays quick): its line is its register call's help=, read from its file."""
+        not imported for it (--help stays quick): its line is its register call's help=, read from its file. Only
+        when a built-in's file gives no help= there (a method's help is a class keyword) are the built-ins imported."""
         lines = {name: _declared_help(module, name) for name, module in self._built_ins()}
+        if not all(lines.values()):
+            self._load()
         lines |= {name: e.value.describe() if hasattr(e.value, "describe") else e.help
                   for name, e in self._entries.items()}
         return " | ".join(f"{name}: {lines[name]}" if lines[name] else name for name in self.names())
@@ -155,7 +158,7 @@ class Registry:
 
 def _declared_help(module: str, name: str) -> str:
     """The help= that `module`'s file gives its `register(name, help=...)` call (a literal), read without importing
-    it; "" when it gives none there (a method's help is a class keyword: methods are imported for --help anyway)."""
+    it; "" when it gives none there."""
     tree = ast.parse(ROOT.joinpath(*module.split(".")[1:]).with_suffix(".py").read_text())
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register"

@@ -266,7 +266,7 @@ def test_every_extension_point_is_one_registry_whose_names_are_its_choices_and_i
         assert all(f"{name}: " in keys[point.key] for name in point.names())
         with pytest.raises(Refused, match=rf"^{re.escape(point.key)}: 'nope' is not one of {point.names()[0]}, "):
             point.lookup("nope")
-    for point in extension_points[1:]:  # a method's line is its class keywords': methods load for --help anyway
+    for point in extension_points[1:]:  # a method's line is its class keywords', read once it is imported
         assert registry.Registry(point.key, *point.where, order=point.order).listing() == point.listing()
     assert registry.STAGES.names() == ("teacher", "cache", "student", "report", "export")
     assert set(registry.SOURCES.names()) == {"demo", "hub", "parquet", "imagefolder", "disk"}

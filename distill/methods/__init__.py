@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from distill.errors import ConfigError
 from distill.registry import METHODS
 
-if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports this registry, not the other way
+if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports no method (it reads distill.registry)
     import torch
 
     from distill.config import Config, KDCfg
