@@ -11,8 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from distill import config, methods
+from distill import config
 from distill.errors import ConfigError
+from distill.registry import METHODS
 
 
 # errno of an OSError that is the machine's state, not a bug: permissions, read-only file system, full disk or quota
@@ -90,7 +91,7 @@ def check_overrides(args: list[str], groups: set[str]) -> None:
             continue
         if key in config.RENAMED:
             raise ConfigError(f"{key}: renamed to {config.RENAMED[key]}")
-        if key == "kd" or any(config.names_section(key, name) for name in methods.names()):
+        if key == "kd" or any(config.names_section(key, name) for name in METHODS.names()):
             keys = [k for k, _, _ in config.leaves()]  # the methods' sections too (loads their files)
         for value in values or [{}]:  # a section given whole ({alpha: 2}) holds its own keys only
             config.check_given(key, value, keys)

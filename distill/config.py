@@ -4,9 +4,11 @@ Recipes are YAML composed by Hydra; `validate` merges the composed tree onto the
 unknown keys and wrong types, then checks ranges and choices (the fields' rules) and each section's own rules (its
 `check`), then the rules across sections (`Config.check`). Every failure is one line naming the key.
 
-The `kd` section is composed from the methods' registry: the generic keys (KDBase) and one section per method with
-settings of its own (kd.dkd.alpha: distill/methods/dkd.py). `KDCfg` and `Config` are those composed classes, made
-when first asked for (`schema()`); method files import torch, so `validate` checks every other setting first.
+The `kd` section is composed from the methods' registry (distill/registry.py: this module imports no method): the
+generic keys (KDBase) and one section per method with settings of its own (kd.dkd.alpha: distill/methods/dkd.py).
+`KDCfg` and `Config` are those composed classes, made when first asked for (`schema()`); method files import torch,
+so `validate` checks every other setting first. The extension points' choices (kd.loss, data.source, stage,
+teacher.source) are their registries' names, read from the file names without importing them.
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from distill import faults, files, methods
+from distill import faults, files
 from distill.errors import ConfigError
 from distill.fields import MAX_WEIGHT, OUTPUTS, OWNER, setting as _f
+from distill.registry import METHODS, SOURCES, STAGES, TEACHER_SOURCES
 
 ALL = OUTPUTS
 NONE = ()
@@ -103,8 +106,8 @@ class FinetuneCfg:
 
 @dataclass
 class TeacherCfg(TrainCfg):
-    source: str = _f("train", doc="train (from scratch) | timm (hub weights or a local checkpoint file)",
-                     choices=("train", "timm"), changes=OWNER)
+    source: str = _f("train", doc=lambda: "where the teacher comes from: " + TEACHER_SOURCES.listing(),
+                     choices=lambda: TEACHER_SOURCES.names(), changes=OWNER)
     model: str = _f("resnet20", doc="timm model name (CIFAR ResNets: resnet8 ... resnet110, resnet8x4, resnet32x4)",
                     changes=OWNER)
     pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights", changes=OWNER)
@@ -130,7 +133,7 @@ class TeacherCfg(TrainCfg):
             if self.finetune.epochs > 0:
                 raise ConfigError(f"{key}.finetune.epochs: fine-tunes a loaded teacher ({key}.source=timm); a teacher "
                                   f"trained from scratch takes {key}.epochs")
-        elif not self.checkpoint and not self.pretrained and self.finetune.epochs == 0:
+        elif self.source == "timm" and not self.checkpoint and not self.pretrained and self.finetune.epochs == 0:
             raise ConfigError(f"{key}.pretrained: false with no {key}.checkpoint loads no weights, so the teacher "
                               f"would be untrained; set {key}.checkpoint=FILE, {key}.pretrained=true, or "
                               f"{key}.source=train")
@@ -138,9 +141,8 @@ class TeacherCfg(TrainCfg):
 
 @dataclass
 class DataCfg:
-    source: str = _f("auto", doc="auto (from data.path; the demo digits when no path is given) | demo | hub | "
-                                 "parquet | imagefolder | disk",
-                     choices=("auto", "demo", "hub", "parquet", "imagefolder", "disk"), changes=ALL)
+    source: str = _f("auto", doc=lambda: "auto (from data.path; the demo digits when no path is given) | "
+                     + SOURCES.listing(), choices=lambda: ("auto", *SOURCES.names()), changes=ALL)
     path: Optional[str] = _f(None, doc="hub name, or a local parquet file/folder, imagefolder or save_to_disk folder",
                              changes=ALL)
     hub_config: Optional[str] = _f(None, doc="hub data set configuration name", changes=ALL)
@@ -233,14 +235,16 @@ class StudentCfg(TrainCfg):
 class KDBase:
     """The generic kd keys; each method's own section (kd.NAME) is added by `schema()` (KDCfg)."""
     loss: str = _f("kd", doc=lambda: "the distillation method (one file each in distill/methods/): "
-                   + methods.help_line() + ". w_ce is kd.ce_weight (null: 1 - kd.alpha for kd and hard, 1 for dkd "
+                   + METHODS.listing() + ". w_ce is kd.ce_weight (null: 1 - kd.alpha for kd and hard, 1 for dkd "
                    "and dist). On a top-k cache the teacher's tail (classes outside the top k and the "
                    "view's own) is spread evenly: exact for what the cache stores (cache.topk >= classes: exact)",
-                   choices=lambda: methods.names(), changes=("student",))
-    alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha); at "
-                               "most 1e6, as every loss weight", ge=0, le=MAX_WEIGHT, changes=("student",))
-    ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd, 1 for dkd and dist "
-                                              "(the papers'); at most 1e6", ge=0, le=MAX_WEIGHT, changes=("student",))
+                   choices=lambda: METHODS.names(), changes=("student",))
+    alpha: float = _f(0.9, doc="kd and hard: weight of the distillation term (the CE term gets kd.ce_weight, by "
+                               "default 1 - alpha); at most 1e6, as every loss weight", ge=0, le=MAX_WEIGHT,
+                      changes=("student",))
+    ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd and hard, 1 for dkd "
+                                              "and dist (the papers'); at most 1e6", ge=0, le=MAX_WEIGHT,
+                                    changes=("student",))
     temperature: float = _f(4.0, doc="KD temperature T. A cache keeping the top k of more classes stores its soft "
                                      "labels at this T (one cache per T); one keeping every logit serves any T. At "
                                      "most 1000: the KD term is scaled by T^2 (a loss weight's bound, 1e6), and its "
@@ -256,9 +260,9 @@ class KDBase:
     focal_gamma: float = _f(2.0, doc="focal loss gamma", ge=0, changes=("student",))
     focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class, each in [0, 1e6])",
                                             ge=0, le=MAX_WEIGHT, changes=("student",))
-    logit_standardization: bool = _f(False, doc="z-score teacher and student logits before the softmax (Sun et al. "
-                                                "2024; kd and dkd, not dist); T is then the base temperature (the "
-                                                "paper's CIFAR KD: 2, with kd.alpha=9 and kd.ce_weight=0.1)",
+    logit_standardization: bool = _f(False, doc=lambda: "z-score teacher and student logits before the softmax (Sun "
+                                     f"et al. 2024; {_standardizable()}); T is then the base temperature (the "
+                                     "paper's CIFAR KD: 2, with kd.alpha=9 and kd.ce_weight=0.1)",
                                      changes=("student",))
     token: Optional[str] = _f(None, doc="a student with a distillation head (timm's *_distilled_* models, DeiT): "
                                         "the class head learns from the labels (CE), the distillation head from the "
@@ -307,17 +311,20 @@ class ExportCfg:
                                  changes=NONE)
 
 
-# The stages, in the order `stage=all` runs them: export after the report, whose numbers its model card carries.
-STAGES = ("teacher", "cache", "student", "report", "export")
+def _standardizable() -> str:
+    """Which methods kd.logit_standardization applies to, and which it does not (their `standardizable` flag)."""
+    able = [name for name, m in METHODS.entries().items() if m.standardizable]
+    other = [name for name in METHODS.names() if name not in able]
+    return "for kd.loss=" + " or ".join(able) + (f", not {' or '.join(other)}" if other else "")
 
 
 @dataclass
 class ConfigBase:
     """Every setting but the methods' own sections (Config adds them: `schema()`)."""
     name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)", changes=NONE)
-    stage: str = _f("all", doc="teacher | cache | student | report | export | all: runs that stage and the ones "
-                               "before it (each reused when up to date); every run ends with the report (test-split "
-                               "scores, table, summary.json, curves.png)", choices=STAGES + ("all",), changes=NONE)
+    stage: str = _f("all", doc=lambda: STAGES.listing() + " | all: runs that stage and the ones before it, in this "
+                    "order (each reused when up to date); every run ends with the report (test-split scores, table, "
+                    "summary.json, curves.png)", choices=lambda: (*STAGES.names(), "all"), changes=NONE)
     seed: int = _f(0, doc="global seed", changes=ALL)
     run_root: str = _f("runs", doc="root folder of run outputs", changes=NONE)
     log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...",
@@ -352,7 +359,8 @@ class ConfigBase:
 
     def stages(self) -> tuple[str, ...]:
         """The stages this run goes through, in order (stage=X runs X and the ones before it, and the report)."""
-        chosen = STAGES if self.stage == "all" else STAGES[:STAGES.index(self.stage) + 1]
+        pipeline = STAGES.names()  # the order `stage=all` runs them (registry.STAGES)
+        chosen = pipeline if self.stage == "all" else pipeline[:pipeline.index(self.stage) + 1]
         return chosen if "report" in chosen else chosen + ("report",)
 
     def check(self) -> None:
@@ -383,7 +391,7 @@ class ConfigBase:
 def schema() -> type:
     """The full schema, `Config`: ConfigBase with its `kd` section composed from the methods' registry (`KDCfg`: the
     generic keys and one section per method with settings, kd.NAME). Loads the method files (and torch)."""
-    return _composed(tuple((m.name, m.settings) for m in methods.all_methods() if m.settings is not None))
+    return _composed(tuple((name, m.settings) for name, m in METHODS.entries().items() if m.settings is not None))
 
 
 @functools.cache
@@ -428,9 +436,9 @@ def validate(raw: DictConfig | dict) -> ConfigBase:
             raise ConfigError(f"{key}: renamed to {RENAMED[key]}")
     kd = raw.get("kd")
     if isinstance(kd, dict):  # first without the methods' sections: their files import torch
-        _checked(ConfigBase, {**raw, "kd": {k: v for k, v in kd.items() if k not in methods.names()}})
+        _checked(ConfigBase, {**raw, "kd": {k: v for k, v in kd.items() if k not in METHODS.names()}})
     cfg = _checked(schema(), raw)
-    methods.get(cfg.kd.loss).check(cfg)  # each method's own checks, last
+    METHODS.lookup(cfg.kd.loss).check(cfg)  # each method's own checks, last
     return cfg
 
 
@@ -518,7 +526,7 @@ def inert(cfg: ConfigBase) -> list[str]:
     start, not refused: a recipe may set them for the runs that do read them). Each method says which of its own
     settings this run ignores."""
     kd, default = cfg.kd, KDBase()
-    out = [line for method in methods.all_methods() for line in method.ignored(cfg)]
+    out = [line for method in METHODS.entries().values() for line in method.ignored(cfg)]
     trained = {k: t for k, t in teacher_sections(cfg).items() if t.source == "train"} | {"student": cfg.student}
     for key, section in trained.items():
         if 0 < section.epochs < section.sched.warmup_epochs:
@@ -661,7 +669,7 @@ def register_schema(args: list[str] | None = None) -> None:
     from hydra.core.config_store import ConfigStore
 
     tree = OmegaConf.to_container(OmegaConf.structured(ConfigBase))
-    named = [name for name in methods.names() if args is None or any(names_section(a, name) for a in args)]
+    named = [name for name in METHODS.names() if args is None or any(names_section(a, name) for a in args)]
     if named:
         full = OmegaConf.to_container(OmegaConf.structured(schema()))["kd"]
         tree["kd"].update({name: full[name] for name in named if name in full})

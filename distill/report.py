@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from distill import files, freshness
+from distill.registry import STAGES
 from distill.store import layout
 
 log = logging.getLogger("distill")
@@ -162,8 +163,10 @@ def print_fields(result: dict) -> None:
     print(json.dumps(result))
 
 
-def stage(ctx) -> dict | None:
-    """The report step (config.STAGES): the outputs the current settings make (freshness.survey), each current model
+@STAGES.register("report", help="score the current models (the test split too) and write the table, summary.json "
+                                 "and curves.png")
+def run(ctx) -> dict | None:
+    """The report stage (registry.STAGES): the outputs the current settings make (freshness.survey), each current model
     scored once on the test split when there is one (heldout.py), the ensemble scored when its teachers are current,
     then the table, summary.json and curves.png; returns the summary (main process)."""
     from distill import ensemble, heldout

@@ -22,17 +22,10 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from distill import cli, config, sweep  # noqa: E402
 from distill.errors import Stopped, UserError  # noqa: E402
+from distill.registry import STAGES  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 log = logging.getLogger("distill")
-
-
-def stage_functions() -> dict:
-    """Stage name -> run(RunContext), in pipeline order (config.STAGES)."""
-    from distill import report
-    from distill.stages import cache, export, student, teacher
-    return {"teacher": teacher.run, "cache": cache.run, "student": student.run, "report": report.stage,
-            "export": export.run}
 
 
 def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
@@ -86,8 +79,8 @@ def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
     if cfg.log_with:
         acc.init_trackers(cfg.name)
     ctx = RunContext.make(cfg, acc, bundle, norm, run_dir)
-    chosen = cfg.stages()  # stage=X: X and the stages before it; every run ends with its report
-    outputs = {name: fn(ctx) for name, fn in stage_functions().items() if name in chosen}
+    # stage=X: X and the stages before it, in pipeline order (registry.STAGES); every run ends with its report
+    outputs = {name: STAGES.lookup(name)(ctx) for name in cfg.stages()}
     acc.end_training()
     return outputs["report"]
 

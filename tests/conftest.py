@@ -1,6 +1,7 @@
 """Shared fixtures: tiny, learnable image data sets written in every format `distill` reads."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -79,6 +80,23 @@ def imagefolder(tmp_path: Path) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         img.save(d / f"{i}.png")
     return root
+
+
+@contextlib.contextmanager
+def extension_file(path: Path, source: str, registry):
+    """A module file `path` holding `source`, in the folder of one of distill's extension points (distill/methods/,
+    distill/data/sources/ ...): found by `registry` (distill/registry.py) for the block, removed after it (the
+    registry read again), as a user adds one."""
+    assert not path.exists()
+    path.write_text(source)
+    registry.reload()
+    try:
+        yield
+    finally:
+        path.unlink()
+        for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
+            cached.unlink()
+        registry.reload()
 
 
 def run_cli(*args: str, cwd: Path, module: bool = False, timeout: int = 1800) -> subprocess.CompletedProcess:

@@ -197,7 +197,7 @@ def test_no_stage_imports_another_and_only_softlabels_reads_cache_files():
 
 # The parts of distill/, bottom to top: a module imports only from its own part and the parts below it.
 PARTS = ["errors", "methods", "config", "data", "store", "training", "stages"]  # anything else: the top (run, report..)
-BASE = ("errors", "files", "faults", "fields")  # imported by every part, import no part
+BASE = ("errors", "files", "faults", "fields", "registry")  # imported by every part, import no part
 
 
 def _part(module: str) -> int:
@@ -238,6 +238,57 @@ def test_each_part_imports_only_from_itself_and_the_parts_below():
     for part in ("methods", "data", "store", "training", "stages"):
         doc = ast.get_docstring(ast.parse((ROOT / "distill" / part / "__init__.py").read_text()))
         assert doc and "May import" in doc, part
+
+
+def test_no_import_circle_between_the_schema_and_the_methods():
+    """config reads the methods through the registry (their settings sections, checks and help): it imports no
+    method, so the methods' own hints of the schema's types make no circle."""
+    import ast
+    graph = {}
+    for path in (ROOT / "distill").rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        graph[module] = _distill_imports(ast.parse(path.read_text()))
+    assert not {m for m in graph["distill.config"] if m.startswith("distill.methods")}
+    assert graph["distill.registry"] <= {"distill.errors"}
+
+
+def test_every_extension_point_is_one_registry_whose_names_are_its_choices_and_its_help():
+    """Methods, data sources, stages and teacher sources are registered one way (distill/registry.py); each one's
+    setting takes its registry's names, and --help lists them the same way, every name with its line (a built-in's
+    line read from its file without importing it, equal to what it registers)."""
+    from distill import registry
+    from distill.errors import ConfigError as Refused
+    keys = config.schema_keys()
+    extension_points = (registry.METHODS, registry.SOURCES, registry.STAGES, registry.TEACHER_SOURCES)
+    for point in extension_points:
+        assert point.names() and point.listing() in keys[point.key]
+        assert all(f"{name}: " in keys[point.key] for name in point.names())
+        with pytest.raises(Refused, match=rf"^{re.escape(point.key)}: 'nope' is not one of {point.names()[0]}, "):
+            point.lookup("nope")
+    for point in extension_points[1:]:  # a method's line is its class keywords', read once it is imported
+        assert registry.Registry(point.key, *point.where, order=point.order).listing() == point.listing()
+    assert registry.STAGES.names() == ("teacher", "cache", "student", "report", "export")
+    assert set(registry.SOURCES.names()) == {"demo", "hub", "parquet", "imagefolder", "disk"}
+    assert registry.TEACHER_SOURCES.names() == ("train", "timm")
+    from distill import report
+    assert registry.STAGES.lookup("report") is report.run  # the report is a stage like the others
+
+
+def test_a_registry_refuses_a_taken_name_and_a_built_in_file_of_another_name():
+    from distill import registry
+    point = registry.Registry("thing", "distill.stages")
+
+    def run(ctx):
+        return None
+
+    run.__module__ = "distill.stages.teacher"
+    with pytest.raises(ValueError, match="distill.stages.teacher must register the thing of its own name, not 'x'"):
+        point.register("x")(run)
+    point.register("teacher")(run)
+    with pytest.raises(ValueError, match="thing name 'teacher' is empty or already registered"):
+        point.register("teacher")(lambda ctx: None)
+    assert point.register("teacher")(run) is run  # the same function again (a module read twice): no error
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, run_here, tiny_dataset, tiny_images, tiny_overrides
+from conftest import CLASSES, ROOT, extension_file, run_cli, run_here, tiny_dataset, tiny_images, tiny_overrides
 from distill import config, data, files
 from distill.store import layout
 from distill.data import pixels, transforms, views
@@ -420,3 +420,62 @@ def test_the_remembered_data_hashes_are_sealed(tmp_path, monkeypatch, caplog):
         assert content.content_hash(data) == right
     assert "index.json was changed after it was written; hashing the data again" in caplog.text
     assert files.is_sealed(json.loads((tmp_path / "index.json").read_text()))  # written afresh, sealed
+
+
+TOY_SOURCE = ROOT / "distill" / "data" / "sources" / "toysource.py"
+TOY_SOURCE_TEXT = '''"""data.source=toysource: written by tests/test_data.py (removed after it). A .toy file holds one
+class id a line; each is drawn as a flat 12x12 image of that class's colour."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from distill.data.sources import Source
+from distill.registry import SOURCES
+
+
+@SOURCES.register("toysource", help="a .toy file: one class id a line, each a flat image of its class's colour")
+class Toy(Source):
+    local = True  # a local file: made absolute, must exist, identified by its bytes
+    rank = 5  # data.source=auto asks it before parquet, imagefolder and the hub
+
+    def detects(self, path):
+        return bool(path) and Path(path).suffix == ".toy" and Path(path).is_file()
+
+    def load(self, cfg, path, data_content):
+        labels = [int(word) for word in Path(path).read_text().split()]
+        images = [Image.fromarray(np.full((12, 12, 3), 60 * label + i % 5, np.uint8)) for i, label in enumerate(labels)]
+        features = datasets.Features({"image": datasets.Image(),
+                                     "label": datasets.ClassLabel(names=["red", "green", "blue"])})
+        split = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        return datasets.DatasetDict({cfg.train_split: split})
+'''
+
+
+def test_a_data_source_added_as_one_file_is_detected_loaded_identified_by_its_bytes_and_listed(tmp_path):
+    """Adding a data source is one file in distill/data/sources/ (as a method is one file in distill/methods/): a
+    Source registered by name is a data.source choice, data.source=auto detects its files, its splits get every
+    check the built-in sources' get, local data is identified by its bytes, and --help lists it."""
+    from distill.data import content
+    from distill.registry import SOURCES
+
+    toy = tmp_path / "digits.toy"
+    toy.write_text("\n".join(str(i % 3) for i in range(30)))
+    with extension_file(TOY_SOURCE, TOY_SOURCE_TEXT, SOURCES):
+        assert "toysource" in SOURCES.names()
+        for source in ("auto", "toysource"):
+            bundle = data.load(config.validate({"data": {"source": source, "path": str(toy), "val_size": 6}}).data)
+            assert (len(bundle.train), len(bundle.val), bundle.class_names) == (24, 6, ["red", "green", "blue"])
+            assert bundle.identity["source"] == "toysource" and bundle.identity["content"] == content.content_hash(toy)
+            assert bundle.images["train"].image(0).shape[-2:] == (12, 12)
+        with pytest.raises(DataError, match=r"^data\.path: no such file or directory: .*gone\.toy$"):
+            data.load(cfg(source="toysource", path=str(tmp_path / "gone.toy")))
+        helptext = run_cli("--help", cwd=ROOT).stdout
+        assert ("| toysource: a .toy file: one class id a line, each a flat image of its class's colour" in
+                helptext.split("data.source", 1)[1].splitlines()[0])
+    assert "toysource" not in SOURCES.names()
+    with pytest.raises(Exception, match=r"^data\.source: 'toysource' is not one of auto, demo, hub, parquet, "):
+        config.validate({"data": {"source": "toysource", "path": str(toy)}})

@@ -326,18 +326,18 @@ def test_the_method_file_to_copy_is_a_method_as_written():
     checked setting, on --help's line, and trains: its loss is finite and gives the student a gradient."""
     from test_methods import method_file
 
-    from distill import methods
+    from distill.registry import METHODS
     from distill.training import objectives
 
     source = next(m.group(2) for m in FENCE.finditer((ROOT / "docs" / "methods.md").read_text())
                   if m.group(1) == "python" and m.group(2).startswith("# distill/methods/"))
     path = ROOT / source.splitlines()[0].removeprefix("# ")
     with method_file(path, source):
-        assert path.stem in methods.names()
+        assert path.stem in METHODS.names()
         cfg = config.validate({"kd": {"loss": "reverse_kd", "reverse_kd": {"weight": 0.5}}})
         with pytest.raises(errors.ConfigError, match="kd.reverse_kd.weight"):
             config.validate({"kd": {"loss": "reverse_kd", "reverse_kd": {"weight": -1}}})
-        assert "reverse_kd: kd.reverse_kd.weight * KL(p_T || q_T) * T^2" in methods.help_line()
+        assert "reverse_kd: kd.reverse_kd.weight * KL(p_T || q_T) * T^2" in METHODS.listing()
         import torch
 
         from conftest import labelled

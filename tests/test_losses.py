@@ -16,6 +16,7 @@ from distill.store import softlabels
 from distill.training import objectives, targets
 from distill.config import KDCfg
 from distill.methods.dkd import DKDSettings
+from distill.registry import METHODS
 
 TOL = 1e-5  # relative, float32 against float64
 FP16_REL = 2.0 ** -11  # fp16's relative rounding (half an ulp): the cache's own error on each stored logit
@@ -302,7 +303,7 @@ def test_focal_and_scale_balance():
 
 def test_the_registry_builds_kd_loss_choices_and_help():
     from distill import config
-    assert methods.names()[:3] == ("kd", "dist", "dkd")  # the default first, then by name
+    assert METHODS.names()[:3] == ("kd", "dist", "dkd")  # the default first, then by name
     help_line = config.schema_keys()["kd.loss"]
     assert all(m.name in help_line and m.help in help_line for m in methods.all_methods())
     with pytest.raises(Exception, match="kd.loss: 'nope' is not one of kd, dist, dkd"):

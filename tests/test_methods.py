@@ -1,15 +1,15 @@
 """A distillation method is one file: a new file in distill/methods/ is selectable, configurable, validated,
 documented and named on the model card, with no other file touched."""
-import contextlib
 import dataclasses
 import re
 
 import pytest
 import torch
 
-from conftest import ROOT, labelled, run_cli
+from conftest import ROOT, extension_file, labelled, run_cli
 from distill import config, methods
 from distill.errors import ConfigError
+from distill.registry import METHODS
 
 TOY = ROOT / "distill" / "methods" / "toymethod.py"
 TOY_SOURCE = '''"""A method written by tests/test_methods.py (removed after it)."""
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from distill.fields import STUDENT, setting
 from distill.methods import Method
+from distill.registry import METHODS
 
 
 @dataclass
@@ -26,28 +27,18 @@ class ToySettings:
     weight: float = setting(0.5, doc="the toy term's weight, in [0, 1]", ge=0, le=1, changes=STUDENT)
 
 
-class Toy(Method, name="toymethod", help="kd.toymethod.weight * mean squared log-probability gap", cite="a test",
-          settings=ToySettings):
+@METHODS.register("toymethod")
+class Toy(Method, help="kd.toymethod.weight * mean squared log-probability gap", cite="a test", settings=ToySettings):
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch):
         term = (student_logits.float().log_softmax(1) - log_q).pow(2).mean()
         return {"toy": term, "loss": kd_cfg.toymethod.weight * term}
 '''
 
 
-@contextlib.contextmanager
 def method_file(path, source: str):
     """A method file `path` in distill/methods/ holding `source`, registered for the block and removed after it
     (the registry read again)."""
-    assert not path.exists()
-    path.write_text(source)
-    methods.reload()
-    try:
-        yield
-    finally:
-        path.unlink()
-        for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
-            cached.unlink()
-        methods.reload()
+    return extension_file(path, source, METHODS)
 
 
 @pytest.fixture
@@ -62,7 +53,7 @@ def test_a_new_method_file_is_selectable_validated_documented_and_on_the_card(to
     from distill.store import fingerprints
     from distill.training import objectives
 
-    assert "toymethod" in methods.names()
+    assert "toymethod" in METHODS.names()
     cfg = config.validate({"kd": {"loss": "toymethod", "toymethod": {"weight": 0.25}}})
     assert cfg.kd.toymethod.weight == 0.25 and type(methods.chosen(cfg.kd)).__name__ == "Toy"
     with pytest.raises(ConfigError) as err:
@@ -115,7 +106,7 @@ def test_each_method_declares_its_settings_section_and_the_schema_is_composed_fr
         "dkd", "dist", "hard"}
     assert (kd.dkd.alpha, kd.dkd.beta, kd.dkd.warmup, kd.dist.beta, kd.dist.gamma, kd.hard.smoothing) == (
         1.0, 8.0, 20, 2.0, 2.0, 0.0)
-    assert "common" not in methods.names() and all(m.cite and m.help for m in methods.all_methods())
+    assert "common" not in METHODS.names() and all(m.cite and m.help for m in methods.all_methods())
 
 
 def test_a_settings_check_inside_a_stage_is_a_config_check():

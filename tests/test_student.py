@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import cache_overrides, config_from, dense_kl, labelled, run_here
-from distill import config, data, losses, methods, report
+from distill import config, data, losses, methods, registry, report
 from distill.data import transforms, views
 from distill.store import artifacts, softlabels
 from distill.training import models, objectives, targets, tricks
@@ -296,16 +296,16 @@ def test_each_method_trains_a_student_and_logs_its_terms(shared, tmp_path, metho
 
 @pytest.fixture
 def throwaway():
-    """A method defined in this test file alone (squared error between the two distributions at T): defining the
-    subclass registers it, for this test only."""
-    class Throwaway(methods.Method, name="throwaway_l2",
-                    help="sum of squared differences of the distributions (a test's method)"):
+    """A method defined in this test file alone (squared error between the two distributions at T), registered for
+    this test only."""
+    @registry.METHODS.register("throwaway_l2")
+    class Throwaway(methods.Method, help="sum of squared differences of the distributions (a test's method)"):
         def __call__(self, student_logits, log_q, batch, kd_cfg, epoch):
             p = torch.softmax(student_logits.float() / kd_cfg.temperature, 1)
             l2 = ((p - log_q.exp()) ** 2).sum(1).mean()
             return {"l2": l2, "loss": 3.0 * l2}
     yield Throwaway
-    methods.unregister(Throwaway.name)
+    registry.METHODS.unregister(Throwaway.name)
 
 
 def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp_path, throwaway):
@@ -335,7 +335,7 @@ def test_dkd_at_t1_on_the_demo_logs_the_exact_nckd(demo, tmp_path, monkeypatch):
     cached teacher logits and the student's logits. (The demo teacher gives its labels 0.90 to 0.99 on these views;
     the confident teachers, up to a target logit 40 above the rest, are test_losses' grid.)"""
     from test_losses import ref_dkd
-    dkd_cls, seen = type(methods.get("dkd")), []
+    dkd_cls, seen = type(registry.METHODS.lookup("dkd")), []
     real = dkd_cls.__call__
 
     def spy(self, student_logits, log_q, batch, kd_cfg, epoch):

@@ -24,12 +24,13 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distill import config, data, methods  # noqa: E402
+from distill import config, data  # noqa: E402
 from distill.data import transforms  # noqa: E402
 from distill.store import artifacts, layout, softlabels  # noqa: E402
 from distill.training import models, targets  # noqa: E402
 from distill.config import KDCfg  # noqa: E402
 from distill.methods.dkd import DKDSettings  # noqa: E402
+from distill import registry  # noqa: E402
 from distill.stages import student  # noqa: E402
 
 METHODS = {"kd": {}, "dkd": {"dkd": DKDSettings(warmup=0)}, "dist": {}}  # each method's CIFAR defaults otherwise
@@ -46,7 +47,7 @@ def _students(run: Path, cfg: config.Config, num_classes: int) -> dict[str, torc
 
 def _loss_and_grad(method: str, logits: torch.Tensor, log_q: torch.Tensor, batch: dict, kd_cfg: KDCfg):
     s = logits.detach().clone().requires_grad_(True)
-    loss = methods.get(method)(s, log_q, batch, kd_cfg, 10 ** 6)["loss"]
+    loss = registry.METHODS.lookup(method)(s, log_q, batch, kd_cfg, 10 ** 6)["loss"]
     loss.backward()
     return loss.item(), s.grad.flatten()
 

@@ -1,7 +1,9 @@
 """Data and views: where images and labels come from, and how a training view of an image is drawn and re-drawn.
 
-    sources.py     data.path -> the splits (hub, parquet, imagefolder, save_to_disk, the demo digits), the
-                   validation carve, the test split, label and class checks: `load` returns a DataBundle
+    sources/       the data sources (data.source), one file each (hub, parquet, imagefolder, disk, demo), registered
+                   with @SOURCES.register: what data.path names and how its splits load
+    splits.py      data.path -> its source's splits, the validation carve, the test split, label and class checks:
+                   `load` returns a DataBundle
     parquet.py     a parquet path's checks from its footers (shards complete, columns agree), struct image columns
     content.py     a data set's identity from its bytes (not its path or mtime), and the index that keeps it cheap
     wholefiles.py  an imagefolder's image files whole (head and tail: JPEG and PNG end markers), before any work
@@ -13,15 +15,15 @@
     views.py       recordable, replayable views (crop box, flip): what the cache stores and the student replays
     transforms.py  ToInput: a batch of uint8 views -> the network input, on the device; channel statistics
 
-A new data source goes in sources.py (`detect_source` and `_load_splits`). May import: distill.config,
-distill.errors and this folder; never the store, training or the stages.
+A new data source is one file in sources/ (a `Source` registered by name). May import: distill.config,
+distill.errors, distill.registry and this folder; never the store, training or the stages.
 """
 from distill.data.batch import (BatchError, CacheBatch, MixedView, ReplayBatch, TeacherRecord, ViewBatch, Views,
                                  collate, collate_cache, collate_replay)
 from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, device_views
 from distill.data.images import Images
 from distill.data.loaders import loaders, make_loader, workers
-from distill.data.sources import DataBundle, load
+from distill.data.splits import DataBundle, load
 from distill.data.transforms import channel_stats
 
 __all__ = ["BatchError", "CacheBatch", "DataBundle", "EpochItems", "Images", "ImageDataset", "MixedView", "ReplayBatch",

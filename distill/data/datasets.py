@@ -13,7 +13,7 @@ from distill.data import views
 from distill.data.images import Images
 
 if TYPE_CHECKING:
-    from distill.data.sources import DataBundle
+    from distill.data.splits import DataBundle
 
 
 class SharedEpoch:

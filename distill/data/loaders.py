@@ -12,7 +12,7 @@ from distill.data.datasets import ImageDataset
 from distill.data.images import Images
 
 if TYPE_CHECKING:
-    from distill.data.sources import DataBundle
+    from distill.data.splits import DataBundle
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int,

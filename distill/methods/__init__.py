@@ -2,49 +2,47 @@
 
 Each method file (named as its method: kd.py is kd.loss=kd) holds the method's pure loss function (also public as
 `distill.losses.NAME`), its settings section (a dataclass of distill.fields.setting fields, set as
-`kd.NAME.KEY`) and one `Method` subclass, which registers itself: its name, help line and citation (kd.loss's
-`--help` and choices are built from these), the settings checks it needs, its model-card line and how the student's
-objective calls it. The schema's `kd` section is composed from the registered methods' settings (config.py).
-Adding a method is one new file here (found by name, nothing else to edit) and its test; a method defined elsewhere
-(a user's file, a test) registers the same way. The shared pieces (common/) are a package, never a method.
+`kd.NAME.KEY`) and one `Method` subclass, registered by name with `@METHODS.register(NAME)` (distill/registry.py,
+the idiom of every extension point): its help line and citation (kd.loss's `--help` and choices are built from
+these), the settings checks it needs, its model-card line and how the student's objective calls it. The schema's
+`kd` section is composed from the registered methods' settings (config.py, through the registry: it imports no
+method). Adding a method is one new file here (found by name, nothing else to edit) and its test; a method defined
+elsewhere (a user's file, a test) registers the same way. The shared pieces (common/) are a package, never a method.
 
 Every method works in log space: the teacher's soft target arrives as log-probabilities at T (`log_q`), never as
 probabilities that a loss subtracts from 1, so a confident teacher gives the exact loss (common/logspace.py).
 
-May import: torch, distill.errors, distill.fields, and the other modules of this folder. Nothing here reads config
-files, data or the cache: the objective (distill/training/objectives.py) hands each method the student's logits and
-the teacher's target.
+May import: torch, distill.errors, distill.fields, distill.registry, and the other modules of this folder. Nothing
+here reads config files, data or the cache: the objective (distill/training/objectives.py) hands each method the
+student's logits and the teacher's target.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
-import sys
 from typing import TYPE_CHECKING
 
 from distill.errors import ConfigError
+from distill.registry import METHODS
 
-if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports this registry, not the other way
+if TYPE_CHECKING:  # the schema's types, for hints only: the schema imports no method (it reads distill.registry)
     import torch
 
     from distill.config import Config, KDCfg
 
-_REGISTRY: dict[str, "Method"] = {}
-_LOADED = False
 # what a method may read of the teacher's target: its distribution at T, or only its top-1 class
 TARGETS = ("distribution", "class")
 
 
 class Method:
-    """A distillation method. A subclass registers itself by name, with its help line, citation, settings section
-    and flags as class keywords:
+    """A distillation method. A subclass is registered by name (`@METHODS.register`, which keeps its one instance),
+    with its help line, citation, settings section and flags as class keywords:
 
         @dataclass
         class MineSettings:  # set as kd.<name>.<field>; fields made with distill.fields.setting
             weight: float = setting(1.0, doc="weight of the term", ge=0, changes=STUDENT)
 
-        class Mine(Method, name="mine", help="what it computes", cite="who proposed it", settings=MineSettings,
+        @METHODS.register("mine")
+        class Mine(Method, help="what it computes", cite="who proposed it", settings=MineSettings,
                    needs_labels=True):
             def __call__(self, student_logits, log_q, batch, kd_cfg, epoch): ...  # kd_cfg.mine.weight
 
@@ -55,7 +53,7 @@ class Method:
     this method teaches a distillation head, whatever kd.loss is).
     """
 
-    name: str = ""
+    name: str = ""  # set by METHODS.register
     help: str = ""  # one line: what it computes (kd.loss's help)
     cite: str = ""  # who proposed it (kd.loss's help and the model card)
     settings: type | None = None  # its section kd.NAME (a dataclass), or None: no settings of its own
@@ -65,7 +63,7 @@ class Method:
     target: str = "distribution"
     token: str | None = None
 
-    def __init_subclass__(cls, *, name: str, help: str, cite: str = "", settings: type | None = None, **flags):
+    def __init_subclass__(cls, *, help: str, cite: str = "", settings: type | None = None, **flags):
         super().__init_subclass__()
         unknown = set(flags) - {"standardizable", "needs_labels", "balanceable", "target", "token"}
         if unknown:
@@ -74,10 +72,9 @@ class Method:
             raise TypeError(f"distill.methods: {cls.__name__}'s target is one of {', '.join(TARGETS)}")
         if settings is not None and not dataclasses.is_dataclass(settings):
             raise TypeError(f"distill.methods: {cls.__name__}'s settings must be a dataclass")
-        cls.name, cls.help, cls.cite, cls.settings = name, help, cite or cls.cite, settings
+        cls.help, cls.cite, cls.settings = help, cite or cls.cite, settings
         for flag, value in flags.items():
             setattr(cls, flag, value)
-        register(cls)
 
     def own(self, kd: "KDCfg"):
         """This method's settings section of `kd` (kd.NAME), or None when it has none."""
@@ -88,6 +85,12 @@ class Method:
         own = self.own(kd)
         values = [f"{f.name} {getattr(own, f.name)}" for f in dataclasses.fields(own)] if own is not None else []
         return ", ".join([f"{self.name} ({self.cite})" if self.cite else self.name, *values])
+
+    def describe(self) -> str:
+        """Its line in kd.loss's --help (the registry's listing): what it computes, its citation and, when it reads
+        less than the teacher's distribution, what it reads."""
+        read = {"distribution": "", "class": "; reads only the teacher's top-1 class"}
+        return self.help + (f" ({self.cite})" if self.cite else "") + read[self.target]
 
     def ignored(self, cfg: "Config") -> list[str]:
         """One line for each of this method's settings given a value that this run never reads (another method
@@ -132,77 +135,13 @@ class Method:
         raise NotImplementedError
 
 
-def register(cls: type[Method]) -> type[Method]:
-    """Make `cls` selectable as `kd.loss=cls.name` (every subclass of Method calls it when it is defined)."""
-    if not cls.name or cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
-        raise ValueError(f"distill.methods: method name {cls.name!r} is empty or already registered")
-    if cls.__module__.startswith(f"{__name__}.") and cls.__module__ != f"{__name__}.{cls.name}":
-        raise ValueError(f"distill.methods: {cls.__module__} must define the method of its own name, not {cls.name!r}")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a method defined outside this folder (a test's throwaway method)."""
-    _REGISTRY.pop(name, None)
-
-
-def reload() -> None:
-    """Read this folder again: the next look-up imports a method file added since, and a method whose file is gone
-    is forgotten (with its module)."""
-    global _LOADED
-    files = set(_files())
-    for name in [n for n, m in _REGISTRY.items() if type(m).__module__ == f"{__name__}.{n}" and n not in files]:
-        del _REGISTRY[name]
-        sys.modules.pop(f"{__name__}.{name}", None)
-    importlib.invalidate_caches()
-    _LOADED = False
-
-
-def _files() -> list[str]:
-    """The method files of this folder, each named as its method (a package here, such as common/, is not one)."""
-    return [i.name for i in pkgutil.iter_modules(__path__) if not i.ispkg and not i.name.startswith("_")]
-
-
-def _load_builtin() -> None:
-    """Import every method file of this folder once (each registers itself)."""
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        for name in _files():
-            importlib.import_module(f"{__name__}.{name}")
-
-
 def all_methods() -> list[Method]:
     """Every registered method (the built-in ones loaded first), the default first, then by name."""
-    _load_builtin()
-    return sorted(_REGISTRY.values(), key=lambda m: (m.name != "kd", m.name))  # the default first, then by name
-
-
-def names() -> tuple[str, ...]:
-    """kd.loss's choices, the default first, then by name: read from the file names (and the methods registered
-    from elsewhere) without importing them, so that a bad setting answers before torch loads."""
-    return tuple(sorted(set(_files()) | set(_REGISTRY), key=lambda n: (n != "kd", n)))
-
-
-def get(name: str) -> Method:
-    """The method registered as `name`; an unknown name stops in one line listing the choices."""
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise ConfigError(f"kd.loss: '{name}' is not one of {', '.join(names())}")
-    return _REGISTRY[name]
+    return list(METHODS.entries().values())
 
 
 def chosen(kd: "KDCfg") -> Method:
     """The method that trains the student: the one that teaches kd.token's distillation head, if a method is bound to
     that token, else kd.loss's."""
     bound = [m for m in all_methods() if kd.token is not None and m.token == kd.token]
-    return bound[0] if bound else get(kd.loss)
-
-
-def help_line() -> str:
-    """kd.loss's help: every method with its one line, citation and, when it reads less than the teacher's
-    distribution, what it reads."""
-    read = {"distribution": "", "class": "; reads only the teacher's top-1 class"}
-    return " | ".join(f"{m.name}: {m.help}" + (f" ({m.cite})" if m.cite else "") + read[m.target]
-                      for m in all_methods())
+    return bound[0] if bound else METHODS.lookup(kd.loss)

@@ -19,6 +19,7 @@ import torch
 from distill.fields import MAX_WEIGHT, STUDENT, setting
 from distill.methods import Method
 from distill.methods.common.logspace import log_softmax_at
+from distill.registry import METHODS
 
 
 def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -55,7 +56,8 @@ class DISTSettings:
                            le=MAX_WEIGHT, changes=STUDENT)
 
 
-class DIST(Method, name="dist", standardizable=False, settings=DISTSettings, cite="Huang et al. 2022",
+@METHODS.register("dist")
+class DIST(Method, standardizable=False, settings=DISTSettings, cite="Huang et al. 2022",
            help="w_ce * CE + (kd.dist.beta * inter + kd.dist.gamma * intra) * T^2, Pearson relations"):
     """kd.loss=dist: the module docstring gives the formula and the authors' settings; reads the teacher's
     distribution at T."""

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from distill.fields import MAX_WEIGHT, STUDENT, setting
 from distill.methods import Method
 from distill.methods.common.logspace import kl_rows, log_rest, log_softmax_at
+from distill.registry import METHODS
 
 
 def per_sample(student_logits: torch.Tensor, log_q: torch.Tensor, labels: torch.Tensor,
@@ -70,7 +71,8 @@ class DKDSettings:
                           changes=STUDENT)
 
 
-class DKD(Method, name="dkd", needs_labels=True, settings=DKDSettings, cite="Zhao et al. 2022",
+@METHODS.register("dkd")
+class DKD(Method, needs_labels=True, settings=DKDSettings, cite="Zhao et al. 2022",
           help="w_ce * CE + warm-up * (kd.dkd.alpha * TCKD + kd.dkd.beta * NCKD) * T^2, decoupled KD"):
     """kd.loss=dkd: the module docstring gives the formula and the authors' settings; reads the teacher's
     distribution at T and each sample's class."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from distill.fields import STUDENT, setting
 from distill.methods.kd import KD
+from distill.registry import METHODS
 
 
 def from_log_probs(student_logits: torch.Tensor, log_q: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -41,7 +42,8 @@ class HardSettings:
                                changes=STUDENT)
 
 
-class Hard(KD, name="hard", balanceable=True, standardizable=False, settings=HardSettings, target="class",
+@METHODS.register("hard")
+class Hard(KD, balanceable=True, standardizable=False, settings=HardSettings, target="class",
            token="hard", cite="DeiT, Touvron et al. 2021",
            help="kd.alpha * CE(p, teacher's top-1 class) + w_ce * CE, hard-label distillation"):
     """kd.loss=hard (and the distillation head's method under kd.token=hard): the module docstring gives the

@@ -15,6 +15,7 @@ import torch
 from distill.errors import ConfigError
 from distill.methods import Method
 from distill.methods.common.logspace import kl_rows, log_softmax_at
+from distill.registry import METHODS
 
 
 def from_log_probs(student_logits: torch.Tensor, log_q: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -30,7 +31,8 @@ def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: 
     return {"kd": term, "loss": term}
 
 
-class KD(Method, name="kd", balanceable=True, cite="Hinton et al. 2015",
+@METHODS.register("kd")
+class KD(Method, balanceable=True, cite="Hinton et al. 2015",
          help="kd.alpha * KL(q_T || p_T) * T^2 + w_ce * CE"):
     """kd.loss=kd: the module docstring gives the formula and the authors' settings. No settings section of its
     own: kd.alpha, kd.ce_weight and kd.temperature are the generic kd keys."""

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from distill import data, faults, files
 from distill.config import Config, DataCfg, MixCfg
 from distill.data import transforms, views
+from distill.registry import STAGES
 from distill.store import artifacts, layout, softlabels
 from distill.training import models, tricks
 from distill.training.context import RunContext
@@ -237,6 +238,7 @@ class _Labeller:
             self.bar.update(len(x))
 
 
+@STAGES.register("cache", help="the teacher's top-k soft labels of V recorded views of every training image")
 def run(ctx: RunContext) -> dict[str, dict] | None:
     """Label the cache of each teacher (RunContext.teachers) with this run's settings, or reuse it when it is
     complete and every checksum holds. Every teacher labels the same views (drawn from the global seed and the cache

@@ -28,6 +28,7 @@ from distill import data, faults, files, methods
 from distill.config import Config, teacher_sections
 from distill.data import transforms
 from distill.errors import DataError
+from distill.registry import STAGES
 from distill.store import layout
 from distill.training import models
 from distill.training.context import RunContext
@@ -200,6 +201,8 @@ def _push(folder: Path, repo: str) -> None:
     log.info(f"export: pushed {folder} to https://huggingface.co/{repo}")
 
 
+@STAGES.register("export", help="the student as a timm model folder (safetensors, ONNX, model card), pushed to the "
+                                 "Hub if asked")
 def run(ctx: RunContext) -> dict | None:
     """The student's export folder, rebuilt when the student, its numbers or the export settings changed."""
     cfg, acc, run_dir = ctx.cfg, ctx.acc, ctx.run_dir

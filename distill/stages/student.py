@@ -26,6 +26,7 @@ from distill import data, files
 from distill.config import Config, DataCfg
 from distill.data import views
 from distill.errors import ConfigError, DataError
+from distill.registry import STAGES
 from distill.store import artifacts, fingerprints, layout, softlabels
 from distill.training import engine, models, objectives, targets
 from distill.training.context import RunContext
@@ -150,6 +151,7 @@ def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train
                           wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part
 
 
+@STAGES.register("student", help="train the student from the cache (or a live teacher), and its CE-only baseline")
 def run(ctx: RunContext) -> dict:
     """The KD student (reused while its fingerprint holds) and, with student.baseline, its CE-only twin."""
     cfg, kd = ctx.cfg, ctx.cfg.kd

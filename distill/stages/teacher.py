@@ -1,9 +1,9 @@
 """Stage 1, teacher: train from scratch, or load a timm model (hub weights or a local checkpoint) and optionally
-fine-tune it. Output: <run>/teacher/{model.safetensors, meta.json, metrics.jsonl}."""
+fine-tune it; each source (teacher.source) is one file of distill/training/teachers/. Output:
+<run>/teacher/{model.safetensors, meta.json, metrics.jsonl}."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 
 from accelerate.utils import set_seed
@@ -11,35 +11,20 @@ from accelerate.utils import set_seed
 from distill import data, files
 from distill.config import Config
 from distill.errors import ConfigError
+from distill.registry import STAGES, TEACHER_SOURCES
 from distill.store import artifacts, fingerprints, layout
-from distill.training import engine, models, objectives
+from distill.training import engine, objectives
 from distill.training.context import RunContext
-
-log = logging.getLogger("distill")
 
 
 def build(cfg: Config, num_classes: int, key: str = "teacher"):
-    """The teacher model before any training, and (epochs, lr per 256) of the training it still needs; errors name
-    the teacher's section `key` (teacher, or teachers.NAME)."""
-    teacher = cfg.teacher
-    if teacher.source == "train":
-        model = models.create(teacher.model, num_classes, teacher.drop_rate)
-        models.init_weights(model, teacher.init, teacher.zero_gamma)
-        return model, teacher.epochs, teacher.optim.lr
-    if teacher.checkpoint:
-        model, reset = models.load_file(teacher.model, teacher.checkpoint, num_classes, teacher.drop_rate,
-                                        f"{key}.checkpoint")
-        origin = teacher.checkpoint
-    else:
-        model = models.create(teacher.model, num_classes, teacher.drop_rate, pretrained=teacher.pretrained)
-        reset, origin = model.pretrained_cfg.get("num_classes") != num_classes, f"timm hub ({teacher.model})"
-    if reset and teacher.finetune.epochs == 0:
-        raise ConfigError(f"{key}.finetune.epochs: the teacher from {origin} has another class count than the "
-                          f"data ({num_classes}); its new classifier needs fine-tuning (set teacher.finetune.epochs)")
-    log.info(f"teacher: loaded {teacher.model} from {origin}")
-    return model, teacher.finetune.epochs, teacher.finetune.lr
+    """The teacher model before any training, and (epochs, lr per 256) of the training it still needs, from its
+    source (teacher.source: registry.TEACHER_SOURCES, distill/training/teachers/); errors name the teacher's section
+    `key` (teacher, or teachers.NAME)."""
+    return TEACHER_SOURCES.lookup(cfg.teacher.source)(cfg.teacher, num_classes, key)
 
 
+@STAGES.register("teacher", help="train the teacher, or load it (timm hub weights or a checkpoint) and fine-tune it")
 def run(ctx: RunContext) -> dict[str, dict]:
     """Each teacher (RunContext.teachers) in its folder, held by one run at a time and reused while up to date.
     {teacher name: its meta}."""

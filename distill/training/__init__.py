@@ -6,7 +6,9 @@
     objectives.py    what a stage minimises: CE, or CE plus a distillation method (distill/methods/)
     targets.py       where the soft target comes from: the cache or a live teacher, as log-probabilities
     context.py       RunContext: what every stage is handed (config, accelerator, data, run folder, its teachers)
+    teachers/        the teacher sources (teacher.source: train, timm), one file each, registered with
+                     @TEACHER_SOURCES.register: the teacher model before training, and the training it still needs
 
-May import: distill.config, distill.errors, distill.methods, distill.data and distill.store; never
-the stages.
+May import: distill.config, distill.errors, distill.registry, distill.methods, distill.data and distill.store;
+never the stages.
 """

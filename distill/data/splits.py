@@ -1,24 +1,25 @@
-"""Data through Hugging Face `datasets`: data.path -> the splits (hub, parquet, imagefolder, save_to_disk, the demo
-digits), the validation carve, the test split, and the label and class checks; `load` returns a DataBundle."""
+"""Data through Hugging Face `datasets`: data.path -> its source's splits (data/sources/: hub, parquet, imagefolder,
+save_to_disk, the demo digits), the validation carve, the test split, and the label and class checks; `load` returns
+a DataBundle. Nothing here depends on which source the splits came from but what the source says of itself."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
-from datasets.data_files import SPLIT_KEYWORDS
 from tqdm.auto import tqdm
 
 from distill import files
 from distill.config import DataCfg
-from distill.data import content, parquet, pixels, wholefiles
-from distill.data.images import SKIP_HINT, Images, Rows, bad_image, labels_of
+from distill.data import content, pixels
+from distill.data.images import Images, Rows, bad_image, labels_of
+from distill.data.sources import detect, load_splits, local_path
 from distill.errors import DataError
+from distill.registry import SOURCES
 
 log = logging.getLogger("distill")
 
@@ -39,97 +40,6 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-# ---------------------------------------------------------------- sources
-
-def demo_dataset() -> datasets.Dataset:
-    """scikit-learn's 8x8 handwritten digits (1,797 real scans, shipped inside the package: no download)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
-    return datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()},
-        features=features)
-
-
-def detect_source(cfg: DataCfg) -> str:
-    """data.source, or the source data.path holds (auto); DataError when a source given reads a folder and data.path
-    is a file."""
-    if cfg.source != "auto":
-        if cfg.source in ("imagefolder", "disk") and cfg.path and Path(cfg.path).expanduser().is_file():
-            raise DataError(f"data.source={cfg.source} reads a folder, but data.path {cfg.path} is a file; give its "
-                            "folder, or data.source=auto")
-        return cfg.source
-    if not cfg.path:  # nothing given: the demo digits
-        return "demo"
-    p = Path(cfg.path)
-    if p.is_file():
-        if p.suffix == ".parquet":
-            return "parquet"
-        raise DataError(f"data.path: {p} is a file but not .parquet; give a parquet file, an imagefolder, "
-                        "a save_to_disk folder or a hub name")
-    if p.is_dir():
-        if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
-            return "disk"
-        if any(p.glob("*.parquet")) or any(p.glob("*/*.parquet")):
-            return "parquet"
-        return "imagefolder"
-    if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1:
-        raise DataError(f"data.path: no such file or directory: {cfg.path}")
-    return "hub"
-
-
-def local_path(cfg: DataCfg, source: str) -> str | None:
-    """Local data as an absolute path, links kept as the user gave them (a sibling test split is looked up beside
-    the link, not its target); what identifies the data is its content (data/content.py), not this path."""
-    return os.path.abspath(os.path.expanduser(cfg.path)) if source in ("parquet", "imagefolder", "disk") else cfg.path
-
-
-def _load_splits(cfg: DataCfg, source: str, path: str | None, data_content: str | None,
-                 key: str = "data.path") -> datasets.DatasetDict:
-    """Every split of the source; `path`: local_path's (data.path itself for the hub); `data_content`: its
-    content hash (_content), which names `datasets`' cache of local files; `key`: the setting errors name."""
-    if source == "demo":
-        return datasets.DatasetDict({"train": demo_dataset()})
-    if source in ("parquet", "imagefolder", "disk") and not Path(path).exists():
-        raise DataError(f"{key}: no such file or directory: {path}")
-    if source == "parquet":
-        parquet.check(path, key)
-    if source == "imagefolder":
-        _check_class_folders(Path(path), key)
-    try:
-        if source in ("parquet", "imagefolder"):  # datasets' cache of local files: one folder per content
-            loaded = _load_local(cfg, source, path, content.cache_dir(data_content))
-            content.drop_stale_builds(loaded)
-            return loaded
-        if source == "disk":
-            loaded = datasets.load_from_disk(path)
-            if isinstance(loaded, datasets.Dataset):
-                return datasets.DatasetDict({cfg.train_split: loaded})
-            return loaded
-        return datasets.load_dataset(path, cfg.hub_config)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - one line for the user, whatever the library raised
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        hint = ("; offline? point data.path at local files (a parquet file or folder, an imagefolder, or a "
-                "save_to_disk folder)") if source == "hub" else ""
-        raise DataError(f"{key}: could not load '{path}' as {source}: {first}{hint}") from None
-
-
-def _load_local(cfg: DataCfg, source: str, path: str, where: str) -> datasets.DatasetDict:
-    """A parquet file or folder, or an imagefolder, through `datasets`, its cache in `where` (data/content.py)."""
-    if source == "imagefolder":
-        return datasets.load_dataset("imagefolder", data_dir=path, cache_dir=where)
-    types = parquet.features(path)
-    if Path(path).is_file():
-        return datasets.load_dataset("parquet", data_files={cfg.train_split: path}, cache_dir=where, features=types)
-    return datasets.load_dataset("parquet", data_dir=path, cache_dir=where, features=types)
 
 
 # ---------------------------------------------------------------- checks
@@ -198,41 +108,6 @@ def _warn_empty_classes(names: list[str], present: list[int], feature, split: st
                     f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}{why}")
 
 
-METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # an imagefolder's labels from a file, not folders
-
-
-def _split_folders(root: Path) -> dict[Path, str]:
-    """An imagefolder's split folders and the split `datasets` reads each as, by its own keywords (`train/`;
-    `validation/`, `val/`, `valid/`, `dev/`; `test/`, `eval/`, ...): {root: 'train'} when it has none."""
-    names = {word: str(split) for split, words in SPLIT_KEYWORDS.items() for word in words}
-    found = {p: names[p.name] for p in sorted(root.iterdir()) if p.is_dir() and p.name in names}
-    return found or {root: "train"}
-
-
-def _check_class_folders(root: Path, key: str) -> None:
-    """An imagefolder's class folders, before any work (DataError naming the folder): none empty (to `datasets`
-    no class at all: the class count and every class id after it would shift), at least two in training (a
-    classifier needs two classes), and none in a held-out split (validation/, test/) that training lacks (a
-    class the model could never learn, counted in its score). Not the class rules where a metadata file labels."""
-    splits = _split_folders(root)
-    classes = {base: sorted(p for p in base.iterdir() if p.is_dir()) for base in splits}
-    for folder in (f for folders in classes.values() for f in folders):
-        if not any(f.is_file() for f in folder.rglob("*")):
-            raise DataError(f"{key}: class folder {folder} holds no images; add its images or remove the folder")
-    train = [base for base, split in splits.items() if split == "train"]
-    if not train or any((base / name).exists() for base in [root, *splits] for name in METADATA):
-        return
-    trained = {f.name for base in train for f in classes[base]}
-    if len(trained) < 2:
-        raise DataError(f"{key}: {train[0]} holds {len(trained)} class folder(s) "
-                        f"({', '.join(sorted(trained)) or 'images without one'}); a classifier needs at least two "
-                        "classes: put each class's images in a folder named after the class")
-    stray = next((f for folders in classes.values() for f in folders if f.name not in trained), None)
-    if stray is not None:
-        raise DataError(f"{key}: class folder {stray} has no folder of that name in {train[0]}: a class the model "
-                        "could never learn, counted in its score; add its training images or remove the folder")
-
-
 def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: str | None
                ) -> tuple[datasets.Dataset, Rows]:
     """The held-out split `data.test_split` names: one of the loaded splits, the sibling <name>.parquet of a
@@ -243,23 +118,19 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
             raise DataError(f"data.test_split: '{name}' is also data.{key}; the test split must be held out")
     if name in splits:
         return splits[name], Rows(np.arange(len(splits[name])), name, path)
-    parquet_file = source == "parquet" and path and Path(path).is_file()
-    plain = Path(name).name == name  # a name, not a path: its sibling file is <name>.parquet (or <name> itself)
-    sibling = None
-    if parquet_file and plain:
-        sibling = Path(path).with_name(name if name.endswith(".parquet") else f"{name}.parquet")
+    sibling = SOURCES.lookup(source).sibling(path, name) if path else None  # a parquet file's <name>.parquet
     if sibling is not None and sibling.is_file():
-        one = dataclasses.replace(cfg, source="parquet", path=str(sibling), train_split=name, hub_config=None)
-        loaded = _load_splits(one, "parquet", str(sibling), content.content_hash(sibling), "data.test_split")
+        one = dataclasses.replace(cfg, source=source, path=str(sibling), train_split=name, hub_config=None)
+        loaded = load_splits(one, source, str(sibling), content.content_hash(sibling), "data.test_split")
         return loaded[name], Rows(np.arange(0), name, str(sibling))
     local = Path(name).expanduser()
     if local.exists():
         if path and local.resolve() == Path(path).resolve():
             raise DataError(f"data.test_split: {name} is data.path itself; the test split must be held out")
         other = dataclasses.replace(cfg, source="auto", path=str(local.resolve()), hub_config=None)
-        other_source = detect_source(other)
+        other_source = detect(other)
         other_path = local_path(other, other_source)
-        loaded = _load_splits(other, other_source, other_path, _content(other_source, other_path), "data.test_split")
+        loaded = load_splits(other, other_source, other_path, _content(other_source, other_path), "data.test_split")
         ds = loaded[next(iter(loaded))]
         return ds, Rows(np.arange(len(ds)), next(iter(loaded)), str(local.resolve()))
     where = f"{path} " if path else ""
@@ -271,12 +142,12 @@ def _load_test(cfg: DataCfg, source: str, splits: datasets.DatasetDict, path: st
 def load(cfg: DataCfg) -> DataBundle:
     """Load the train and validation splits (validation carved from train when there is none), check their labels
     and classes, and the held-out test split when one is named."""
-    source = detect_source(cfg)
-    path = local_path(cfg, source) if source != "demo" else None
+    source = detect(cfg)
+    path = local_path(cfg, source)  # None for the demo
     data_content = _content(source, path)  # hashed once: a walk and a stat of every file of a folder
-    splits = _load_splits(cfg, source, path, data_content)
-    if source == "imagefolder" and cfg.on_bad_image == "error":  # every file's head and tail, before any work
-        _check_whole_files(Path(path), data_content)
+    splits = load_splits(cfg, source, path, data_content)
+    if cfg.on_bad_image == "error":  # an imagefolder's every file's head and tail, before any work
+        SOURCES.lookup(source).check_files(path, data_content)
     data_content = data_content or _loaded_content(splits)
     train = _named_split(cfg, splits, "train_split")
     label = train.features[cfg.label_column]
@@ -290,7 +161,8 @@ def load(cfg: DataCfg) -> DataBundle:
     test, test_rows, test_identity = (_test_split(cfg, source, splits, path, data_content, names, train, val,
                                                                   train_rows, val_rows)
                                       if cfg.test_split else (None,) * 3)
-    identity = {"source": source, "hub": path if source == "hub" else None, "hub_config": cfg.hub_config,
+    by_name = None if SOURCES.lookup(source).local else path  # the hub's data set name (None for the demo)
+    identity = {"source": source, "hub": by_name, "hub_config": cfg.hub_config,
                 "content": data_content, "train": train_rows.key(), "val": val_rows.key(), "classes": names}
     keys = {"train": identity["train"], "val": identity["val"], "test": test_identity}
     store = Path(content.cache_dir(data_content)) / "pixels"  # decoded once, for good
@@ -311,7 +183,7 @@ def load(cfg: DataCfg) -> DataBundle:
 def _content(source: str, path: str | None) -> str | None:
     """Local data is identified by its bytes (data/content.py), before it is loaded (its hash names `datasets`'
     cache of it); the hub's and the demo's once loaded (_loaded_content)."""
-    return content.content_hash(path) if source in ("parquet", "imagefolder", "disk") else None
+    return content.content_hash(path) if SOURCES.lookup(source).local else None
 
 
 def _loaded_content(splits: datasets.DatasetDict) -> str:
@@ -319,14 +191,6 @@ def _loaded_content(splits: datasets.DatasetDict) -> str:
     stat), or the in-memory table of the demo; never `datasets`' fingerprint (it keys local files by path and mtime)."""
     cached = [f["filename"] for ds in splits.values() for f in ds.cache_files]
     return content.files_hash(cached) if cached else content.table_hash(splits[next(iter(splits))])
-
-
-def _check_whole_files(root: Path, data_content: str) -> None:
-    """DataError naming the first image file of an imagefolder that is not whole (data/wholefiles.py)."""
-    broken = wholefiles.first_broken(root, data_content)
-    if broken:
-        file, why = broken
-        raise DataError(f"data.path: {file} is {why}; {SKIP_HINT}")
 
 
 def _check_decoded(split: Images) -> None:
