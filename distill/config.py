@@ -75,6 +75,11 @@ class MixCfg:
     switch_prob: float = _f(0.5, doc="with both enabled, probability of cutmix instead of mixup", ge=0, le=1,
                             changes=OWNER)
 
+    @property
+    def on(self) -> bool:
+        """Whether these settings mix at all (mixup or cutmix enabled)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
 
 @dataclass
 class TrainCfg:
@@ -360,9 +365,7 @@ class ConfigBase:
         distillation's source, one weight per teacher, and an export that can state its preprocessing."""
         check_folder_name("name", self.name, "the run's name", "; the run writes to <run_root>/<name> (to write "
                           "elsewhere, set run_root=)")
-        student_mixes = self.student.mix.mixup_alpha or self.student.mix.cutmix_alpha
-        cache_mixes = self.cache.mix.mixup_alpha > 0 or self.cache.mix.cutmix_alpha > 0
-        if cache_mixes and self.kd.teacher == "cached" and student_mixes:
+        if self.cache.mix.on and self.kd.teacher == "cached" and self.student.mix.on:
             raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
         if self.kd.feature_weight > 0:
             if self.teachers:

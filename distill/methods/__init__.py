@@ -117,7 +117,7 @@ class Method:
         if kd.logit_standardization and not self.standardizable:
             able = ", ".join(m.name for m in all_methods() if m.standardizable)
             raise ConfigError(f"kd.logit_standardization: applies to kd.loss={able}, not {self.name}")
-        if self.needs_labels and (mix.mixup_alpha or mix.cutmix_alpha):
+        if self.needs_labels and mix.on:
             raise ConfigError(f"student.mix: kd.loss={self.name} needs each sample's class; mix in the cache "
                               "(cache.mix), where each mixed view keeps both classes")
         if kd.balance == "scale" and not self.balanceable:
