@@ -244,8 +244,9 @@ class KDBase:
                    choices=lambda: methods.names(), changes=("student",))
     alpha: float = _f(0.9, doc="kd: weight of the KD term (the CE term gets kd.ce_weight, by default 1 - alpha); at "
                                "most 1e6, as every loss weight", ge=0, le=MAX_WEIGHT, changes=("student",))
-    ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd, 1 for dkd and dist "
-                                              "(the papers'); at most 1e6", ge=0, le=MAX_WEIGHT, changes=("student",))
+    ce_weight: Optional[float] = _f(None, doc="weight of the CE term; null: 1 - kd.alpha for kd and hard, 1 for "
+                                              "dkd and dist (the papers'); at most 1e6", ge=0, le=MAX_WEIGHT,
+                                    changes=("student",))
     temperature: float = _f(4.0, doc="KD temperature T. A cache keeping the top k of more classes stores its soft "
                                      "labels at this T (one cache per T); one keeping every logit serves any T. At "
                                      "most 1000: the KD term is scaled by T^2 (a loss weight's bound, 1e6), and its "
@@ -262,8 +263,8 @@ class KDBase:
     focal_alpha: Optional[List[float]] = _f(None, doc="focal loss per-class weights (one per class, each in [0, 1e6])",
                                             ge=0, le=MAX_WEIGHT, changes=("student",))
     logit_standardization: bool = _f(False, doc="z-score teacher and student logits before the softmax (Sun et al. "
-                                                "2024; kd and dkd, not dist); T is then the base temperature (the "
-                                                "paper's CIFAR KD: 2, with kd.alpha=9 and kd.ce_weight=0.1)",
+                                                "2024; kd and dkd, not dist or hard); T is then the base temperature "
+                                                "(the paper's CIFAR KD: 2, with kd.alpha=9 and kd.ce_weight=0.1)",
                                      changes=("student",))
     token: Optional[str] = _f(None, doc="a student with a distillation head (timm's *_distilled_* models, DeiT): "
                                         "the class head learns from the labels (CE), the distillation head from the "
@@ -355,6 +356,16 @@ class ConfigBase:
     kd: KDBase = _f(factory=KDBase, changes=("student",))
     export: ExportCfg = _f(factory=ExportCfg, changes=NONE)
 
+    def check_features(self, key: str, off: str) -> None:
+        """Feature distillation's rules across sections, `key` naming what asks for it and `off` how to drop it:
+        one teacher, and with cached KD a cache that holds its features."""
+        if self.teachers:
+            raise ConfigError(f"{key}: feature distillation learns one teacher's feature; an ensemble's teachers' "
+                              f"features differ in meaning and width (drop teachers, or {off})")
+        if self.kd.teacher == "cached" and not self.cache.features:
+            raise ConfigError(f"{key}: with kd.teacher=cached the teacher's features come from the cache; set "
+                              "cache.features=true (or kd.teacher=online)")
+
     def stages(self) -> tuple[str, ...]:
         """The stages this run goes through, in order (stage=X runs X and the ones before it, and the report)."""
         chosen = STAGES if self.stage == "all" else STAGES[:STAGES.index(self.stage) + 1]
@@ -368,13 +379,7 @@ class ConfigBase:
         if self.cache.mix.on and self.kd.teacher == "cached" and self.student.mix.on:
             raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
         if self.kd.feature_weight > 0:
-            if self.teachers:
-                raise ConfigError("kd.feature_weight: feature distillation learns one teacher's feature; an "
-                                  "ensemble's teachers' features differ in meaning and width (drop teachers, or "
-                                  "kd.feature_weight=0)")
-            if self.kd.teacher == "cached" and not self.cache.features:
-                raise ConfigError("kd.feature_weight: with kd.teacher=cached the teacher's features come from the "
-                                  "cache; set cache.features=true (or kd.teacher=online)")
+            self.check_features("kd.feature_weight", "kd.feature_weight=0")
         count = max(len(self.teachers), 1)
         if self.kd.teacher_weights is not None and len(self.kd.teacher_weights) != count:
             raise ConfigError(f"kd.teacher_weights: {len(self.kd.teacher_weights)} weights for {count} teacher(s)")
@@ -433,8 +438,20 @@ def validate(raw: DictConfig | dict) -> ConfigBase:
     if isinstance(kd, dict):  # first without the methods' sections: their files import torch
         _checked(ConfigBase, {**raw, "kd": {k: v for k, v in kd.items() if k not in methods.names()}})
     cfg = _checked(schema(), raw)
-    methods.get(cfg.kd.loss).check(cfg)  # each method's own checks, last
+    _check_method(cfg)  # each method's own checks, last
     return cfg
+
+
+def _check_method(cfg: ConfigBase) -> None:
+    """kd.loss's rules: what its flags ask of the other sections (each sample's class: no mixing on the student's
+    side; a feature method: the teacher's features), then its own checks of the kd section."""
+    method = methods.get(cfg.kd.loss)
+    if method.needs_labels and cfg.student.mix.on:
+        raise ConfigError(f"student.mix: kd.loss={method.name} needs each sample's class; mix in the cache "
+                          "(cache.mix), where each mixed view keeps both classes")
+    if methods.chosen(cfg.kd).kind == "feature":
+        cfg.check_features("kd.loss", "a kd.loss that distils logits")
+    method.check(cfg.kd)
 
 
 def _checked(cls: type, raw: dict):
