@@ -78,6 +78,11 @@ class MixCfg:
     switch_prob: float = _f(0.5, doc="with both enabled, probability of cutmix instead of mixup", ge=0, le=1,
                             changes=OWNER)
 
+    @property
+    def on(self) -> bool:
+        """Whether these settings mix at all (mixup or cutmix enabled)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
 
 @dataclass
 class TrainCfg:
@@ -357,6 +362,16 @@ class ConfigBase:
     kd: KDBase = _f(factory=KDBase, changes=("student",))
     export: ExportCfg = _f(factory=ExportCfg, changes=NONE)
 
+    def check_features(self, key: str, off: str) -> None:
+        """Feature distillation's rules across sections, `key` naming what asks for it and `off` how to drop it:
+        one teacher, and with cached KD a cache that holds its features."""
+        if self.teachers:
+            raise ConfigError(f"{key}: feature distillation learns one teacher's feature; an ensemble's teachers' "
+                              f"features differ in meaning and width (drop teachers, or {off})")
+        if self.kd.teacher == "cached" and not self.cache.features:
+            raise ConfigError(f"{key}: with kd.teacher=cached the teacher's features come from the cache; set "
+                              "cache.features=true (or kd.teacher=online)")
+
     def stages(self) -> tuple[str, ...]:
         """The stages this run goes through, in order (stage=X runs X and the ones before it, and the report)."""
         pipeline = STAGES.names()  # the order `stage=all` runs them (registry.STAGES)
@@ -368,18 +383,10 @@ class ConfigBase:
         distillation's source, one weight per teacher, and an export that can state its preprocessing."""
         check_folder_name("name", self.name, "the run's name", "; the run writes to <run_root>/<name> (to write "
                           "elsewhere, set run_root=)")
-        student_mixes = self.student.mix.mixup_alpha or self.student.mix.cutmix_alpha
-        cache_mixes = self.cache.mix.mixup_alpha > 0 or self.cache.mix.cutmix_alpha > 0
-        if cache_mixes and self.kd.teacher == "cached" and student_mixes:
+        if self.cache.mix.on and self.kd.teacher == "cached" and self.student.mix.on:
             raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
         if self.kd.feature_weight > 0:
-            if self.teachers:
-                raise ConfigError("kd.feature_weight: feature distillation learns one teacher's feature; an "
-                                  "ensemble's teachers' features differ in meaning and width (drop teachers, or "
-                                  "kd.feature_weight=0)")
-            if self.kd.teacher == "cached" and not self.cache.features:
-                raise ConfigError("kd.feature_weight: with kd.teacher=cached the teacher's features come from the "
-                                  "cache; set cache.features=true (or kd.teacher=online)")
+            self.check_features("kd.feature_weight", "kd.feature_weight=0")
         count = max(len(self.teachers), 1)
         if self.kd.teacher_weights is not None and len(self.kd.teacher_weights) != count:
             raise ConfigError(f"kd.teacher_weights: {len(self.kd.teacher_weights)} weights for {count} teacher(s)")
@@ -438,8 +445,20 @@ def validate(raw: DictConfig | dict) -> ConfigBase:
     if isinstance(kd, dict):  # first without the methods' sections: their files import torch
         _checked(ConfigBase, {**raw, "kd": {k: v for k, v in kd.items() if k not in METHODS.names()}})
     cfg = _checked(schema(), raw)
-    METHODS.lookup(cfg.kd.loss).check(cfg)  # each method's own checks, last
+    _check_method(cfg)  # each method's own checks, last
     return cfg
+
+
+def _check_method(cfg: ConfigBase) -> None:
+    """kd.loss's rules: what its flags ask of the other sections (each sample's class: no mixing on the student's
+    side; a feature method: the teacher's features), then its own checks of the kd section."""
+    method = METHODS.lookup(cfg.kd.loss)
+    if method.needs_labels and cfg.student.mix.on:
+        raise ConfigError(f"student.mix: kd.loss={method.name} needs each sample's class; mix in the cache "
+                          "(cache.mix), where each mixed view keeps both classes")
+    if method.kind == "feature":
+        cfg.check_features("kd.loss", "a kd.loss that distils logits")
+    method.check(cfg.kd)
 
 
 def _checked(cls: type, raw: dict):

@@ -11,6 +11,7 @@ from pathlib import Path
 import timm
 
 from distill.training import models  # also registers the CIFAR ResNets, so their names are timm names
+from distill import methods
 from distill.config import Config, teacher_sections
 from distill.errors import ConfigError
 
@@ -154,10 +155,11 @@ def check_features(cfg: Config) -> None:
     """Feature distillation needs the pooled feature of the student and of the teacher (timm's forward_features
     and forward_head(pre_logits=True)); a feature cache, the teacher's."""
     wanted = {}
-    if cfg.kd.feature_weight > 0:
-        wanted["kd.feature_weight"] = [("student.model", cfg.student.model, cfg.student.model_args)]
-    if cfg.kd.feature_weight > 0 or cfg.cache.features:
-        key = "kd.feature_weight" if cfg.kd.feature_weight > 0 else "cache.features"
+    asks = "kd.feature_weight" if cfg.kd.feature_weight > 0 else "kd.loss" if methods.reads_features(cfg.kd) else None
+    if asks:  # the student learns the teacher's feature (the feature term, or a feature method)
+        wanted[asks] = [("student.model", cfg.student.model, cfg.student.model_args)]
+    if asks or cfg.cache.features:
+        key = asks or "cache.features"
         wanted.setdefault(key, []).extend((f"{k}.model", t.model, None) for k, t in teacher_sections(cfg).items())
     for key, found in wanted.items():
         for which, name, args in found:

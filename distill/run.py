@@ -109,7 +109,7 @@ def _hydra_main(raw: DictConfig) -> float | None:
 def _run(raw: DictConfig) -> float | None:
     """Validate, run the stages, and return the current KD student's top-1 (None when it was not trained)."""
     cfg = config.validate(raw)
-    summary = execute(cfg, sweep.point_dir(cfg))
+    summary = execute(*sweep.point_config_and_dir(cfg))
     student = (summary or {}).get("models", {}).get("student")
     return student["top1"] if student else None
 

@@ -3,6 +3,7 @@ the points share, and a point that fails recorded in its folder while the sweep 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import traceback
@@ -31,21 +32,29 @@ def _folder() -> Path | None:
         return Path(hc.runtime.output_dir)
 
 
-def point_dir(cfg: config.Config) -> Path | None:
-    """Under Hydra multirun (-m), each point runs in its own folder (_folder) and all points share the teacher in
-    <run_root>/<name>/teacher (unless teacher.dir says otherwise); the cache is shared by fingerprint."""
+def point_config_and_dir(cfg: config.Config) -> tuple[config.Config, Path | None]:
+    """This run's config and folder. Under Hydra multirun (-m) each point runs in its own folder (_folder) and, unless
+    the sweep changes the teacher (_sweeps_a_teacher), with the teachers the points share (`sharing_teachers`); the
+    cache is shared by fingerprint. Outside a multirun: (cfg, None). `cfg` itself is never changed."""
     folder = _folder()
-    if folder is None:
-        return None
-    if not _sweeps_a_teacher(sys.argv[1:]):  # a sweep over teacher settings trains a teacher per point
-        from distill.store import layout
+    if folder is None or _sweeps_a_teacher(sys.argv[1:]):  # a sweep over teacher settings trains one per point
+        return cfg, folder
+    return sharing_teachers(cfg), folder
 
-        shared = Path(cfg.run_root) / cfg.name  # each teacher's folder there (inert for an ensemble's `teacher`)
-        if cfg.teacher.dir is None:
-            cfg.teacher.dir = str(layout.default_teacher_dir(shared, layout.ONE_TEACHER))
-        for entry in cfg.teachers:
-            entry.setdefault("dir", str(layout.default_teacher_dir(shared, entry["name"])))
-    return folder
+
+def sharing_teachers(cfg: config.Config) -> config.Config:
+    """A copy of `cfg` whose teachers without a folder of their own (teacher.dir, a `teachers` entry's dir) are
+    given <run_root>/<name>/teacher (or teachers/NAME), the folder every point of a sweep shares (inert for an
+    ensemble's `teacher`); `cfg` is left as validated."""
+    from distill.store import layout
+
+    shared = Path(cfg.run_root) / cfg.name
+    teacher = cfg.teacher
+    if teacher.dir is None:
+        teacher = dataclasses.replace(teacher, dir=str(layout.default_teacher_dir(shared, layout.ONE_TEACHER)))
+    teachers = [entry if "dir" in entry else {**entry, "dir": str(layout.default_teacher_dir(shared, entry["name"]))}
+                for entry in cfg.teachers]
+    return dataclasses.replace(cfg, teacher=teacher, teachers=teachers)
 
 
 def _sweeps_a_teacher(args: list[str]) -> bool:

@@ -99,7 +99,7 @@ def test_a_bf16_student_step_from_the_cache_is_finite_and_close_to_fp32(shared):
     torch.manual_seed(0)
     net = models.create("resnet8", 3).to(DEVICE)
     for kd in (KDCfg(alpha=0.9, temperature=labels.temperature), KDCfg(loss="dkd", temperature=labels.temperature)):
-        objective = objectives.Distillation(kd, 3, 0.1, targets.CachedTeacher(3, labels.dense, labels.temperature))
+        objective = objectives.objective_for(kd, 3, 0.1, targets.CachedTeacher(3, labels.dense, labels.temperature))
         terms = {}
         for precision in ("fp32", "bf16"):
             net.zero_grad()

@@ -349,7 +349,7 @@ def test_the_method_file_to_copy_is_a_method_as_written():
                 return torch.randn(4, 3).log_softmax(1)
 
         logits = torch.randn(4, 3, requires_grad=True)
-        got = objectives.Distillation(cfg.kd, 3, 0.0, Fixed())(logits, labelled([0, 1, 2, 0]), None, None,
+        got = objectives.objective_for(cfg.kd, 3, 0.0, Fixed())(logits, labelled([0, 1, 2, 0]), None, None,
                                                                objectives.Progress(0, 0))
         got["loss"].backward()
         assert torch.isfinite(got["reverse_kd"]) and got["reverse_kd"] > 0 and logits.grad.abs().sum() > 0

@@ -67,10 +67,10 @@ def test_the_objective_adds_the_weighted_feature_loss_to_any_method(kind):
     batch = labelled([0, 1, 2, 3, 4, 0])
     teacher = _Teacher(torch.softmax(t / 4.0, 1), taught)
     for loss in ("kd", "dist", "hard"):
-        plain = objectives.Distillation(KDCfg(loss=loss), 5, 0.1, teacher)(logits, batch, None, None,
+        plain = objectives.objective_for(KDCfg(loss=loss), 5, 0.1, teacher)(logits, batch, None, None,
                                                                             objectives.Progress(0, 0))
         cfg = KDCfg(loss=loss, feature_weight=2.5, feature_loss=kind)
-        got = objectives.Distillation(cfg, 5, 0.1, teacher)({"logits": logits, "feature": own}, batch, None, None,
+        got = objectives.objective_for(cfg, 5, 0.1, teacher)({"logits": logits, "feature": own}, batch, None, None,
                                                             objectives.Progress(0, 0))
         a, b = own.double(), taught.double()
         want = (((a - b) ** 2).mean() if kind == "mse"
@@ -79,7 +79,7 @@ def test_the_objective_adds_the_weighted_feature_loss_to_any_method(kind):
         assert got["loss"].item() == pytest.approx(plain["loss"].item() + 2.5 * want, rel=1e-5)
     # the student's own mixing folds into cached features as into cached distributions
     perm, lam = torch.tensor([3, 2, 1, 0, 5, 4]), 0.3
-    mixed = objectives.Distillation(KDCfg(feature_weight=1.0), 5, 0.0, teacher)._teacher_feature(
+    mixed = objectives.objective_for(KDCfg(feature_weight=1.0), 5, 0.0, teacher)._teacher_feature(
         batch, tricks.Mix(perm=perm, lam=lam), None)
     assert torch.allclose(mixed, lam * taught + (1 - lam) * taught[perm])
 

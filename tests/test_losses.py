@@ -182,7 +182,7 @@ def test_every_method_is_exact_at_any_teacher_confidence(gap, wrong, temperature
                             ss = losses.standardize(s) if standardized else s
                             return getattr(losses, method)(ss, tt, *(
                                 [labels] if method == "dkd" else []), temperature, **WEIGHTS[method])[name]
-                        objective = objectives.Distillation(kd_cfg, classes, 0.0, teacher)
+                        objective = objectives.objective_for(kd_cfg, classes, 0.0, teacher)
                         return objective(s, batch, None, None, objectives.Progress(epoch=0, step=0))[name]
 
                     def theirs(s):
@@ -338,7 +338,7 @@ def test_hard_distillation_is_the_cross_entropy_to_the_teachers_top_class(smooth
 
         def log_probs(self, batch, x, temperature, standardized):
             return torch.log_softmax(teacher / temperature, 1)
-    objective = objectives.Distillation(kd, classes, 0.0, Fixed())
+    objective = objectives.objective_for(kd, classes, 0.0, Fixed())
     terms = objective(student, labelled(labels), None, None, objectives.Progress(epoch=0, step=0))
     ce = torch.nn.functional.cross_entropy(student.double(), labels)
     assert terms["loss"].item() == pytest.approx((0.5 * want + 0.5 * ce).item(), rel=1e-6)

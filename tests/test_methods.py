@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import ROOT, extension_file, labelled, run_cli
+from conftest import ROOT, cache_overrides, extension_file, labelled, run_cli, run_here
 from distill import config, methods
 from distill.errors import ConfigError
 from distill.registry import METHODS
@@ -32,6 +32,32 @@ class Toy(Method, help="kd.toymethod.weight * mean squared log-probability gap",
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch):
         term = (student_logits.float().log_softmax(1) - log_q).pow(2).mean()
         return {"toy": term, "loss": kd_cfg.toymethod.weight * term}
+'''
+
+
+TOY_FEATURE = ROOT / "distill" / "methods" / "toyfeature.py"
+TOY_FEATURE_SOURCE = '''"""A feature method written by tests/test_methods.py (removed after it): the squared distance
+between the student's pooled feature, through its projection to the teacher's width, and the teacher's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distill.fields import STUDENT, setting
+from distill.methods import Method
+from distill.registry import METHODS
+
+
+@dataclass
+class ToyFeatureSettings:
+    weight: float = setting(0.5, doc="the toy feature term's weight", ge=0, changes=STUDENT)
+
+
+@METHODS.register("toyfeature")
+class ToyFeature(Method, kind="feature", help="kd.toyfeature.weight * |P f_s - f_t|^2",
+                 cite="a test", settings=ToyFeatureSettings):
+    def __call__(self, student_feature, teacher_feature, batch, kd_cfg, epoch):
+        term = (student_feature.float() - teacher_feature).pow(2).sum(1).mean()
+        return {"toyfeature": term, "loss": kd_cfg.toyfeature.weight * term}
 '''
 
 
@@ -72,7 +98,7 @@ def test_a_new_method_file_is_selectable_validated_documented_and_on_the_card(to
 
     logits, log_q = torch.randn(4, 3), torch.randn(4, 3).log_softmax(1)
     batch = labelled([0, 1, 2, 0])
-    got = objectives.Distillation(cfg.kd, 3, 0.0, Fixed())(logits, batch, None, None, objectives.Progress(0, 0))
+    got = objectives.objective_for(cfg.kd, 3, 0.0, Fixed())(logits, batch, None, None, objectives.Progress(0, 0))
     toy = (logits.log_softmax(1) - log_q).pow(2).mean()
     ce = torch.nn.functional.cross_entropy(logits, batch.label)
     assert torch.allclose(got["toy"], toy) and torch.allclose(got["loss"], ce + 0.25 * toy)  # CE weight: 1
@@ -82,6 +108,46 @@ def test_a_new_method_file_is_selectable_validated_documented_and_on_the_card(to
     assert "toymethod: kd.toymethod.weight * mean squared log-probability gap (a test)" in helptext
     r = run_cli("kd.loss=toymethod", "kd.toymethod.weight=2", cwd=ROOT)
     assert (r.returncode, r.stderr.strip()) == (2, "error: kd.toymethod.weight: 2.0 must be <= 1")
+
+
+def test_a_feature_method_is_one_file_and_trains_a_student(shared, tmp_path):
+    """A method that distils features (FitNets' kind) is one file too: it declares kind="feature", is handed the
+    student's pooled feature through its projection to the teacher's width and the teacher's pooled feature, asks
+    for the teacher's features like kd.feature_weight does, and the student stage trains with it."""
+    import json
+
+    from distill.training import models, objectives
+
+    with method_file(TOY_FEATURE, TOY_FEATURE_SOURCE):
+        with pytest.raises(ConfigError, match=r"^kd\.loss: with kd\.teacher=cached the teacher's features come from"):
+            config.validate({"kd": {"loss": "toyfeature"}})
+        with pytest.raises(ConfigError, match=r"^kd\.logit_standardization: applies to kd\.loss=kd, dkd, not "):
+            config.validate({"kd": {"loss": "toyfeature", "logit_standardization": True}, "cache": {"features": True}})
+        with pytest.raises(ConfigError, match=r"^kd\.token: the distillation head learns the teacher's logits"):
+            config.validate({"kd": {"loss": "toyfeature", "token": "soft"}, "cache": {"features": True}})
+        cfg = config.validate({"kd": {"loss": "toyfeature"}, "cache": {"features": True}})
+        torch.manual_seed(0)
+        student = models.FeatureStudent(models.create("resnet8x4", 3), 64).train()  # 256 -> 64: a projection
+        taught = torch.randn(4, 64)
+        teacher = type("Fixed", (), {"sees_mixed_input": False, "feature": lambda self, batch, x: taught})()
+        objective = objectives.objective_for(cfg.kd, 3, 0.0, teacher)
+        x, batch = torch.randn(4, 3, 12, 12), labelled([0, 1, 2, 0])
+        out = student(x)
+        got = objective(out, batch, None, x, objectives.Progress(0, 0))
+        term = (out["feature"] - taught).pow(2).sum(1).mean()
+        ce = torch.nn.functional.cross_entropy(out["logits"], batch.label)
+        assert set(got) == {"loss", "ce", "toyfeature"} and torch.allclose(got["toyfeature"], term)
+        assert torch.allclose(got["loss"], ce + 0.5 * term)  # CE weight: 1, the method's default
+        got["loss"].backward()
+        assert student.project.weight.grad.abs().sum() > 0  # the projection learns with the student
+
+        shared.copy_cache(tmp_path, cache__features="true")
+        r = run_here(*cache_overrides(shared.data, tmp_path, shared.teacher_file, cache__features="true"),
+                     "stage=student", "student.model=resnet8x4", "student.epochs=1", "student.batch_size=16",
+                     "kd.loss=toyfeature", "kd.toyfeature.weight=2")
+        assert r.returncode == 0, r.stderr
+        epoch = json.loads((tmp_path / "runs" / "tiny" / "student" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert set(epoch["terms"]) == {"loss", "ce", "toyfeature"} and epoch["toyfeature"] > 0
 
 
 @pytest.mark.parametrize("old, new", sorted(config.RENAMED.items()))

@@ -40,7 +40,7 @@ def test_alpha_zero_is_ce_and_alpha_one_is_kd():
     kd = dense_kl(logits, t, 3.0) * 9.0
 
     def obj(alpha):
-        objective = objectives.Distillation(KDCfg(alpha=alpha, temperature=3.0), 5, 0.1,
+        objective = objectives.objective_for(KDCfg(alpha=alpha, temperature=3.0), 5, 0.1,
                                             _Fixed(torch.softmax(t / 3.0, 1)))
         return objective(logits, batch, None, None, START)
     assert obj(0.0)["loss"].item() == pytest.approx(ce.item(), rel=1e-6)
@@ -57,13 +57,14 @@ def test_dkd_objective_warms_up_and_dist_objective_weighs_its_relations():
     q = torch.softmax(t / 4.0, 1)
     ce = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch.label, 5, 0.0))
     terms = losses.dkd(logits, t, batch.label, 4.0, 1.0, 8.0)  # the public function, on the same teacher
-    dkd = objectives.Distillation(KDCfg(loss="dkd", dkd=DKDSettings(alpha=1.0, beta=8.0, warmup=20)), 5, 0.0, _Fixed(q))
+    kd = KDCfg(loss="dkd", dkd=DKDSettings(alpha=1.0, beta=8.0, warmup=20))
+    dkd = objectives.objective_for(kd, 5, 0.0, _Fixed(q))
     for epoch, warm in ((0, 1 / 20), (9, 10 / 20), (30, 1.0)):
         got = dkd(logits, batch, None, None, objectives.Progress(epoch=epoch, step=0))["loss"]
         want = ce + warm * (terms["tckd"] + 8.0 * terms["nckd"])
         assert got.item() == pytest.approx(want.item(), rel=1e-5)
     relations = losses.dist(logits, t, 4.0, 2.0, 2.0)
-    got = objectives.Distillation(KDCfg(loss="dist"), 5, 0.0, _Fixed(q))(logits, batch, None, None, START)
+    got = objectives.objective_for(KDCfg(loss="dist"), 5, 0.0, _Fixed(q))(logits, batch, None, None, START)
     assert got["loss"].item() == pytest.approx((ce + relations["loss"]).item(), rel=1e-5)
     assert got["inter"].item() == pytest.approx(relations["inter"].item(), rel=1e-5)
     assert set(got) == {"loss", "ce", "inter", "intra"}
@@ -109,7 +110,7 @@ def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(shared):
     teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
     assert labels.dense and labels.temperature == 1.0  # every logit kept: stored at T = 1, serves any T
     mix = tricks.draw_mix(np.random.default_rng(1), MixCfg(mixup_alpha=1.0), 8, 12, 12)
-    q = objectives.Distillation(KDCfg(temperature=4.0), 3, 0.0, teacher)._teacher(batch, mix, None).exp()
+    q = objectives.objective_for(KDCfg(temperature=4.0), 3, 0.0, teacher)._teacher(batch, mix, None).exp()
     rows = labels.rows(batch.index.numpy())
     r, v = np.arange(8), batch.view_id.numpy()
     logits = torch.zeros(8, 3).scatter_(1, torch.from_numpy(rows["classes"][r, v].astype(np.int64)),
@@ -137,8 +138,8 @@ def test_online_and_cached_give_the_same_loss_on_the_same_batch(shared, topk, me
     logits = models.create("resnet8", 3)(x)
     from accelerate import Accelerator
     kd = KDCfg(temperature=4.0, dkd=DKDSettings(warmup=0), **method)
-    cached = objectives.Distillation(kd, 3, 0.0, targets.CachedTeacher(3, labels.dense, labels.temperature))
-    online = objectives.Distillation(kd, 3, 0.0, targets.LiveTeacher(teacher, Accelerator(cpu=True).autocast))
+    cached = objectives.objective_for(kd, 3, 0.0, targets.CachedTeacher(3, labels.dense, labels.temperature))
+    online = objectives.objective_for(kd, 3, 0.0, targets.LiveTeacher(teacher, Accelerator(cpu=True).autocast))
     a, b = cached(logits, batch, None, x, START), online(logits, batch, None, x, START)
     assert a.keys() == b.keys()
     for name in a:  # fp16 storage of the logits is the only difference
@@ -156,7 +157,7 @@ def test_a_student_step_on_mixed_cached_views_equals_the_step_by_hand(shared):
     idx = list(range(16))
     batch = data.collate_replay([replay[i] for i in idx])
     kd = KDCfg(alpha=0.7, temperature=4.0)
-    objective = objectives.Distillation(kd, 3, 0.1, targets.CachedTeacher(3, labels.dense, labels.temperature))
+    objective = objectives.objective_for(kd, 3, 0.1, targets.CachedTeacher(3, labels.dense, labels.temperature))
     torch.manual_seed(0)
     net = models.create("resnet8", 3)
     loss = objective(net(to_input(batch)), batch, None, None, START)["loss"]
@@ -323,7 +324,7 @@ def test_a_method_registered_from_a_test_file_alone_trains_a_student(shared, tmp
     batch = labelled([0, 1, 2])
     logits, q = torch.randn(3, 3), torch.softmax(torch.randn(3, 3), 1)
     teacher = type("Fixed", (), {"sees_mixed_input": False, "log_probs": lambda self, *a: q.log()})()
-    got = objectives.Distillation(KDCfg(loss=throwaway.name), 3, 0.0, teacher)(logits, batch, None, None, START)
+    got = objectives.objective_for(KDCfg(loss=throwaway.name), 3, 0.0, teacher)(logits, batch, None, None, START)
     want = losses.soft_cross_entropy(logits, tricks.smooth_one_hot(batch.label, 3, 0.0)) + \
         3.0 * ((torch.softmax(logits / 4.0, 1) - q) ** 2).sum(1).mean()
     assert got["loss"].item() == pytest.approx(want.item(), rel=1e-6)

@@ -203,3 +203,18 @@ def test_sweep_table_on_a_folder_that_does_not_exist_is_one_line(tmp_path):
                        capture_output=True, text=True)
     assert (r.returncode, r.stderr.strip()) == (2, f"error: {tmp_path}: no sweep points (folders with summary.json "
                                                    "or failed.json) in it")
+
+
+def test_the_points_of_a_sweep_share_the_teacher_and_the_validated_config_is_left_as_it_was():
+    """sweep.sharing_teachers gives a new config whose teachers without a folder of their own train in the folder
+    every point shares; the validated config itself is unchanged."""
+    import copy
+
+    from distill import config, sweep
+    cfg = config.validate({"run_root": "/r", "name": "n", "teachers": [{"name": "a"}, {"name": "b", "dir": "/own"}]})
+    validated = copy.deepcopy(cfg)
+    shared = sweep.sharing_teachers(cfg)
+    assert cfg == validated
+    assert shared.teacher.dir == "/r/n/teacher"
+    assert shared.teachers == [{"name": "a", "dir": "/r/n/teachers/a"}, {"name": "b", "dir": "/own"}]
+    assert sweep.sharing_teachers(config.validate({"teacher": {"dir": "/t"}})).teacher.dir == "/t"

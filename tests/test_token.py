@@ -32,7 +32,7 @@ def test_the_class_head_learns_the_labels_and_the_distillation_head_the_teacher(
     cls, dist, teacher = (torch.randn(8, 5, generator=g, dtype=torch.float64) for _ in range(3))
     labels = torch.arange(8) % 5
     kd = KDCfg(alpha=0.5, temperature=4.0, token=token)
-    got = objectives.Distillation(kd, 5, 0.0, _Fixed(teacher))((cls.float(), dist.float()), labelled(labels), None,
+    got = objectives.objective_for(kd, 5, 0.0, _Fixed(teacher))((cls.float(), dist.float()), labelled(labels), None,
                                                                  None, objectives.Progress(0, 0))
     if token == "soft":
         q = torch.softmax(teacher / 4.0, 1)
@@ -62,12 +62,12 @@ def test_a_distilled_vit_trains_and_exports_its_averaged_heads_to_timm_and_onnx(
     import timm
 
     import distill  # noqa: F401  (the CIFAR ResNets)
-    seen, call = [], objectives.Distillation.__call__
+    seen, call = [], objectives.TokenObjective.__call__
 
     def recording(self, logits, *rest):  # what the student hands its objective at every step
         seen.append(type(logits))
         return call(self, logits, *rest)
-    monkeypatch.setattr(objectives.Distillation, "__call__", recording)
+    monkeypatch.setattr(objectives.TokenObjective, "__call__", recording)
     args = [a for a in cache_overrides(shared.data, tmp_path, shared.teacher_file) if a != "stage=cache"]
     r = run_here(*args, f"student.model={DEIT}", VIT, "student.init=timm", "student.zero_gamma=false",
                  "kd.token=hard", "kd.alpha=0.5", "student.epochs=1", "student.batch_size=16",

@@ -47,13 +47,12 @@ class KD(Method, balanceable=True, cite="Hinton et al. 2015",
         """Hinton's 1 - alpha."""
         return 1.0 - kd_cfg.alpha
 
-    def check(self, cfg) -> None:
+    def check(self, kd_cfg) -> None:
         """kd.alpha above 1 needs an explicit kd.ce_weight (1 - alpha would be negative); then the common checks."""
-        kd_cfg = cfg.kd
         if kd_cfg.alpha > 1 and kd_cfg.ce_weight is None:
             raise ConfigError(f"kd.ce_weight: needed when kd.alpha ({kd_cfg.alpha}) is above 1 (its default is "
                               "1 - alpha)")
-        super().check(cfg)
+        super().check(kd_cfg)
 
     def __call__(self, student_logits, log_q, batch, kd_cfg, epoch) -> dict[str, torch.Tensor]:
         temperature = kd_cfg.temperature

@@ -60,7 +60,7 @@ class ViewItems(Dataset):
                  mix: MixCfg | None = None, first_view: int = 0):
         self.images, self.cfg, self.num_views, self.eval_view, self.seed = images, cfg, num_views, eval_view, seed
         self.skip_bad = cfg.on_bad_image == "skip"  # an image that fails to decode is left out, as every stage does
-        self.mix = mix if mix is not None and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0) else None
+        self.mix = mix if mix is not None and mix.on else None
         self.first_view = first_view  # > 0 when growing a cache: views below it are already labelled
 
     def __len__(self) -> int:
@@ -306,7 +306,7 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
 
 def record_dtype(cfg: Config, num_classes: int) -> np.dtype:
     """The record of one image in the cache these settings make."""
-    mixed = cfg.cache.mix.mixup_alpha > 0 or cfg.cache.mix.cutmix_alpha > 0
+    mixed = cfg.cache.mix.on
     return softlabels.record_dtype(cfg.cache.views, min(cfg.cache.topk, num_classes), num_classes, mixed)
 
 

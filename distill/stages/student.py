@@ -1,5 +1,5 @@
 """Stage 3, student: train with the distillation objective `kd.loss` (a method of distill/methods/;
-objectives.Distillation).
+objectives.objective_for).
 
 `kd.teacher=cached` replays, for sample i at epoch e, one of its cached views (the very pixels the teacher
 labelled) with that view's soft label; `kd.teacher=online` runs the teacher on the student's exact (mixed) batch
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from distill import data, files
+from distill import data, files, methods
 from distill.config import Config, DataCfg
 from distill.data import views
 from distill.errors import ConfigError, DataError
@@ -136,7 +136,7 @@ def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train
     models.init_weights(model, s.init, s.zero_gamma)
     if cfg.kd.token and name == "student":  # training returns (class head, distillation head); eval their mean
         model.set_distilled_training(True)
-    if cfg.kd.feature_weight > 0 and name == "student":  # + its pooled feature, projected to the teacher's width
+    if methods.reads_features(cfg.kd) and name == "student":  # + its pooled feature, projected to the teacher's width
         model = models.FeatureStudent(model, objective.teacher.feature_dim)
     _, val_loader = data.loaders(bundle, cfg.data, s.batch_size, seed)
     job = engine.TrainingJob(cfg=s, out_dir=out, name=name, seed=seed, to_input=ctx.to_input,
@@ -165,7 +165,7 @@ def run(ctx: RunContext) -> dict:
     meta = artifacts.reusable(out, fp, "student")
     if meta is None:
         teacher, train_loader = _teacher_and_loader(ctx, caches)
-        objective = objectives.Distillation(kd, ctx.num_classes, cfg.student.label_smoothing, teacher)
+        objective = objectives.objective_for(kd, ctx.num_classes, cfg.student.label_smoothing, teacher)
         for line in objective.method.warnings(cfg):
             log.warning(f"student: {line}")
         meta = _train(ctx, out, "student", inputs, objective, train_loader)
@@ -216,7 +216,7 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
         if warning:
             log.warning(warning)
         replay = ReplayItems(ctx.data.images["train"], cfg.data, [c.folder for c in caches], cfg.kd.views, seed,
-                             features=cfg.kd.feature_weight > 0)  # cache.features=true: validated with the config
+                             features=methods.reads_features(cfg.kd))  # cache.features=true: validated with the config
         loader = data.make_loader(replay, s.batch_size, True, data.workers(cfg.data, replay.images), seed,
                                   collate_fn=data.collate_replay)
         teachers = [targets.CachedTeacher(c.num_classes, c.dense, c.temperature, j, c.feature_dim)
@@ -226,7 +226,7 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
         for teacher_ctx in ctx.teachers():
             model, _ = models.load_trained(teacher_ctx.teacher_dir, ctx.num_classes, "student", "teacher")
             width = None
-            if cfg.kd.feature_weight > 0:  # the live teacher answers (logits, pooled feature) in one forward
+            if methods.reads_features(cfg.kd):  # the live teacher answers (logits, pooled feature) in one forward
                 problem = models.feature_problem(model)
                 if problem:
                     raise ConfigError(f"kd.feature_weight: timm cannot give the pooled feature of the teacher "

@@ -1,10 +1,10 @@
 """The one training/evaluation loop every stage uses; the stage passes in the model and the objective.
 
-An objective is `objective(logits, batch, mix, x, progress) -> {"loss": ..., other terms}` (objectives.py): the
-engine draws the batch's mixing (a pure function of seed, process, epoch and step), mixes the images, runs the
-model, and hands the mixing, the (mixed) input and the progress to the objective, so that it mixes its targets the
-same way or runs a teacher on the very same input. Every term is averaged per epoch into metrics.jsonl, per log
-window into steps.jsonl, and sent to the trackers.
+An objective is `objective(out, batch, mix, x, progress) -> {"loss": ..., other terms}` (objectives.py; `out` the
+model's training output): the engine draws the batch's mixing (a pure function of seed, process, epoch and step),
+mixes the images, runs the model, and hands the mixing, the (mixed) input and the progress to the objective, so that
+it mixes its targets the same way or runs a teacher on the very same input. Every term is averaged per epoch into
+metrics.jsonl, per log window into steps.jsonl, and sent to the trackers.
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class Mix:
 def draw_lam(rng: np.random.Generator, cfg: MixCfg, height: int, width: int):
     """(lam, box) of one mixing, box None for mixup; None when this draw does not mix."""
     use_mixup, use_cutmix = cfg.mixup_alpha > 0, cfg.cutmix_alpha > 0
-    if not (use_mixup or use_cutmix) or rng.random() >= cfg.prob:
+    if not cfg.on or rng.random() >= cfg.prob:
         return None
     if not (use_cutmix and (not use_mixup or rng.random() < cfg.switch_prob)):
         return float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha)), None
