@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from distill import files
 from distill.config import DataCfg
 from distill.data import content, parquet, pixels, wholefiles
+from distill.data.identity import DataIdentity
 from distill.data.images import SKIP_HINT, Images, Rows, bad_image, labels_of
 from distill.errors import DataError
 
@@ -30,7 +31,7 @@ class DataBundle:
     class_names: list[str]
     image_column: str
     label_column: str
-    identity: dict = field(default_factory=dict)  # what identifies these splits, for stage fingerprints
+    identity: DataIdentity  # what identifies these splits, for stage fingerprints
     images: dict = field(default_factory=dict)  # "train"/"val"/"test" -> Images (decoded once when they fit)
     test: datasets.Dataset | None = None  # the held-out test split (data.test_split), scored at the end only
     test_identity: dict | None = None  # what identifies it (not part of any stage's fingerprint: nothing trains on it)
@@ -290,9 +291,9 @@ def load(cfg: DataCfg) -> DataBundle:
     test, test_rows, test_identity = (_test_split(cfg, source, splits, path, data_content, names, train, val,
                                                                   train_rows, val_rows)
                                       if cfg.test_split else (None,) * 3)
-    identity = {"source": source, "hub": path if source == "hub" else None, "hub_config": cfg.hub_config,
-                "content": data_content, "train": train_rows.key(), "val": val_rows.key(), "classes": names}
-    keys = {"train": identity["train"], "val": identity["val"], "test": test_identity}
+    identity = DataIdentity(source, path if source == "hub" else None, cfg.hub_config, data_content, train_rows.key(),
+                            val_rows.key(), names)
+    keys = {"train": identity.train, "val": identity.val, "test": test_identity}
     store = Path(content.cache_dir(data_content)) / "pixels"  # decoded once, for good
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
                             pixels.decode(ds, cfg.image_column, split, cfg.decode_mb,
