@@ -78,7 +78,8 @@ class CacheIdentity:
     """Everything a cache's bytes depend on (fingerprints.cache_identity builds it, RunContext once per teacher):
     its JSON's hash names the cache folder (`folder_name`), and its manifest holds that JSON (`inputs`). Not the
     data's identity (DataIdentity), which it holds. Settings are as the bytes use them: `kept` normalises
-    cache.topk and kd.temperature, so that caches that would be byte-identical share one folder."""
+    cache.topk and kd.temperature, so that caches that would be byte-identical share one folder; `precision`, among
+    the settings, is the one that runs (run.py sets it)."""
     teacher_sha256: str  # the teacher's weights
     data: DataIdentity
     normalization: dict[str, Any]
