@@ -28,7 +28,7 @@ def score(ctx: RunContext) -> dict | None:
     kd = cfg.kd
     key = {"weights_sha256": [m.get("weights_sha256") for m in metas], "rule": kd.ensemble,
            "teacher_weights": kd.teacher_weights, "temperature": kd.temperature,
-           "standardized": kd.logit_standardization, "data": bundle.identity, "test": bundle.test_identity}
+           "standardized": kd.logit_standardization, "data": bundle.identity.to_json(), "test": bundle.test_identity}
     saved = files.read_sealed(ctx.run_dir / RECORD, "ensemble", "delete it to score the ensemble again")
     if saved and saved.get("key") == key:
         return saved["metrics"]

@@ -18,9 +18,20 @@ from pathlib import Path
 from distill.errors import DataError, UserError
 
 
+def _plain(obj):
+    """What JSON holds of an object it has no type for: a record's own JSON (its `to_json()`: a record hashes and is
+    written exactly as the dict it serializes to), else its str (a Path)."""
+    return obj.to_json() if hasattr(obj, "to_json") else str(obj)
+
+
+def as_json(obj):
+    """`obj` as JSON reads it back: tuples as lists, a record as its JSON (`to_json`), a Path as its str."""
+    return json.loads(json.dumps(obj, default=_plain))
+
+
 def fingerprint(obj) -> str:
     """A short stable hash of a JSON-able object (config slices, data identity, ...)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
 
 
 def sha256(path: Path) -> str:
@@ -42,7 +53,7 @@ def write_json(path: Path, obj) -> None:
     """`obj` as JSON at `path`: written to a temporary name of this process's, fsynced and renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file at once
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
     _fsync_rename(tmp, path)
 
 
@@ -59,7 +70,7 @@ SEAL = "seal"  # a sealed file's hash of its other fields (meta.json names it me
 
 def seal(obj: dict, key: str = SEAL) -> dict:
     """`obj` as JSON reads it back, with its seal under `key`."""
-    plain = json.loads(json.dumps({k: v for k, v in obj.items() if k != key}, default=str))
+    plain = as_json({k: v for k, v in obj.items() if k != key})
     return plain | {key: fingerprint(plain)}
 
 

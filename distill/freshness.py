@@ -60,8 +60,7 @@ def survey(ctx: RunContext) -> Survey:
     cfg, out = ctx.cfg, Survey()
     for teacher_ctx in ctx.teachers():
         name = teacher_ctx.teacher_name
-        inputs = fingerprints.teacher_inputs(teacher_ctx.cfg, ctx.data.identity, ctx.norm)
-        found = _model(teacher_ctx.teacher_dir, inputs, "teacher", "stage=teacher")
+        found = _model(teacher_ctx.teacher_dir, teacher_ctx.teacher_inputs, "teacher", "stage=teacher")
         if found is not None:
             out.models[layout.named("teacher", name)] = found
         current = found is not None and found.stale is None
@@ -113,15 +112,10 @@ def _cache_stale(teacher_ctx: RunContext, record: dict, teacher_current: bool) -
     refresh = "run stage=cache to refresh"
     if not teacher_current:
         return f"made from a teacher the current settings do not make; {refresh}"
-    identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
-                                     teacher_ctx.acc.mixed_precision)
-    want = layout.cache_dir(teacher_ctx.cfg, identity)
-    manifest = softlabels.read_manifest(Path(record["folder"]))
+    want = teacher_ctx.cache_dir  # the run's identities, computed once (RunContext)
     if Path(record["folder"]) == want:
-        return None if manifest is not None else f"{want} is missing or incomplete; {refresh}"
-    had = (manifest or {}).get("inputs", {})
-    if had and had.get("teacher_sha256") != identity["teacher_sha256"]:
-        return f"made from another teacher; {refresh}"
-    if had and had.get("data") != identity["data"]:
-        return f"made with other data; {refresh}"
-    return f"made with other cache settings; {refresh}"
+        complete = softlabels.read_manifest(want) is not None
+        return None if complete else f"{want} is missing or incomplete; {refresh}"
+    differs = teacher_ctx.cache_identity.differs_in(softlabels.inputs_of(Path(record["folder"])))
+    return {"teacher": f"made from another teacher; {refresh}", "data": f"made with other data; {refresh}",
+            "settings": f"made with other cache settings; {refresh}"}[differs]

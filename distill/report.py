@@ -60,16 +60,10 @@ def summary(run_dir: Path, found: freshness.Survey, tests: dict | None = None, e
         out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
         if "test_top1" in rows["student"] and "test_top1" in rows["baseline"]:
             out["kd_gain_test_top1"] = rows["student"]["test_top1"] - rows["baseline"]["test_top1"]
-    teacher = _distilled(rows)
+    teacher = layout.distilled(rows)
     if teacher and "baseline" in rows:
         out["teacher_below_baseline"] = rows[teacher]["top1"] < rows["baseline"]["top1"]
     return out
-
-
-def _distilled(models: dict) -> str | None:
-    """The row of what the student learns from: the ensemble's, else the one teacher's (None: neither is shown)."""
-    teachers = [name for name in models if name.startswith("teacher")]
-    return "ensemble" if "ensemble" in models else teachers[0] if len(teachers) == 1 else None
 
 
 def table(s: dict) -> str:
@@ -103,7 +97,7 @@ def table(s: dict) -> str:
         lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1"
                      + (f" (test: {s['kd_gain_test_top1']:+.2f})" if "kd_gain_test_top1" in s else ""))
     if s.get("teacher_below_baseline"):
-        which = _distilled(s["models"])
+        which = layout.distilled(s["models"])
         t, b = s["models"][which]["top1"], s["models"]["baseline"]["top1"]
         lines.append(f"warning: the {which} ({t:.2f}%) scores below the CE baseline ({b:.2f}%): the student distils "
                      "a weaker model; train the teacher longer or pick a stronger one")

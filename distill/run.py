@@ -54,7 +54,7 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
     preflight.check_shared(acc, cfg, run_dir)  # several machines: one run folder (and cache root) all of them see
     bundle = data.load(cfg.data)
     log.info(f"data: {len(bundle.train)} train / {len(bundle.val)} validation images, {bundle.num_classes} "
-             f"classes ({bundle.identity['source']})")
+             f"classes ({bundle.identity.source})")
     preflight.after_data(cfg, len(bundle.train), bundle.num_classes)
     for line in preflight.unused(cfg, len(bundle.train)):
         log.warning(line)

@@ -21,7 +21,7 @@ from distill.errors import CheckpointError, ConfigError, DataError
 def test_a_data_path_given_to_the_demo_recipe_is_used(parquet_file):
     cfg = config.validate(compose_recipe("demo", [f"data.path={parquet_file}"]))
     bundle = data.load(cfg.data)
-    assert bundle.identity["source"] == "parquet" and bundle.class_names == CLASSES
+    assert bundle.identity.source == "parquet" and bundle.class_names == CLASSES
     assert config.validate(compose_recipe("demo")).data.path is None  # no path: the digits
     with pytest.raises(ConfigError, match="data.path: .* data.source=demo"):
         config.validate({"data": {"source": "demo", "path": str(parquet_file)}})

@@ -84,7 +84,7 @@ def _teacher(shared):
 def test_dense_cache_reproduces_teacher_logits_on_replayed_views(shared):
     folder = shared.cache(cache__topk=99)
     labels = softlabels.SoftLabels(folder, verify=True)
-    assert labels.manifest["dense"] and labels.topk == 3 and len(labels) == 48 and labels.temperature == 1.0
+    assert labels.manifest.kept.dense and labels.topk == 3 and len(labels) == 48 and labels.temperature == 1.0
     cfg, bundle, to_input = _tiny_data(shared)
     images = bundle.images["train"]
     items = cache.ViewItems(images, cfg.data, num_views=3, eval_view=True, seed=0)
@@ -137,7 +137,7 @@ def test_fingerprint_changes_with_what_the_bytes_depend_on(shared):
 
     def fp(raw=base, digest="a", b=bundle):
         c = config.validate(raw)
-        return files.fingerprint(fingerprints.cache_identity(c, b.identity, norm, b.num_classes, digest, "no"))
+        return fingerprints.cache_identity(c, b.identity, norm, b.num_classes, digest).folder_name()
 
     ref = fp()
     changed = [fp(digest="b"), fp(base | {"cache": {"topk": 2}}), fp(base | {"cache": {"topk": 2},
@@ -151,6 +151,37 @@ def test_fingerprint_changes_with_what_the_bytes_depend_on(shared):
             fp(base | {"kd": {"temperature": 2.0, "alpha": 0.5}}),  # a cache of every logit serves any T
             fp(base | {"cache": {"topk": 50}})]  # top-50 of 3 classes is every logit, as top-10 is
     assert set(same) == {ref}
+
+
+DATA = data.DataIdentity("parquet", None, None, "c0ffee", {"split": "train", "rows": 48, "rows_sha256": "ab"},
+                         {"split": "train", "rows": 12, "rows_sha256": "cd"}, ["red", "green", "blue"])
+NORM = {"per_image": False, "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+@pytest.mark.parametrize("raw", [{}, {"cache": {"topk": 2}}, {"cache": {"topk": 2}, "kd": {"temperature": 2.0}},
+                                 {"kd": {"temperature": 2.0}, "precision": "fp16"}])
+def test_the_cache_identity_is_the_dict_every_cache_folder_was_named_by(raw):
+    """The identity's JSON, whose hash names the folder, is the dict distill always hashed: the settings tagged
+    `cache` (config's own precision among them), top-k and label temperature as the bytes use them, the teacher's
+    weights, the data's identity and the normalization; and the manifest holds it."""
+    cfg = config.validate(raw)
+    identity = fingerprints.cache_identity(cfg, DATA, NORM, 3, "feed")
+    dense = cfg.cache.topk >= 3
+    legacy = {"format_version": softlabels.FORMAT_VERSION, "teacher_sha256": "feed", "data": DATA.to_json(),
+              "normalization": NORM, **fingerprints.settings(cfg, "cache"), "cache.topk": min(cfg.cache.topk, 3),
+              "kd.temperature": 1.0 if dense else cfg.kd.temperature}
+    assert identity.to_json() == legacy and identity.folder_name() == files.fingerprint(legacy)
+    assert (identity.kept.dense, identity.kept.k, identity.kept.temperature) == (dense, legacy["cache.topk"],
+                                                                                  legacy["kd.temperature"])
+
+
+@pytest.mark.parametrize("topk, temperature, name", [(10, 1.0, "7cbc8f4eb0e92096"), (2, 4.0, "5d58713874a92b6c")])
+def test_a_cache_folder_keeps_its_name(topk, temperature, name):
+    """Folder names pinned (hashed by the code before the identity was a record): a cache of these inputs keeps
+    its folder, so existing caches are reused."""
+    settings = {"precision": "no", "seed": 0, "cache.views": 4}
+    identity = softlabels.CacheIdentity("feed", DATA, NORM, softlabels.LogitsKept(topk, 3, temperature), settings)
+    assert identity.folder_name() == name and files.fingerprint(identity) == name  # a record hashes as its JSON
 
 
 def test_two_recipes_with_one_teacher_share_the_cache(shared):

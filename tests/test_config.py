@@ -155,13 +155,15 @@ def _with(cfg, key, value):
 
 @pytest.mark.parametrize("output", ["cache", "teacher", "student", "baseline"])
 def test_each_tagged_field_changes_its_outputs_fingerprint_and_no_other(output):
+    from distill.data import DataIdentity
     from distill.store import fingerprints
     cfg = config.validate({})
-    identity, norm = {"train_fingerprint": "x"}, {"mean": [0.5] * 3, "std": [0.25] * 3}
+    identity = DataIdentity("demo", None, None, "x", {"split": "train"}, {"split": "val"}, ["a", "b"])
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
 
     def fp(c):
         if output == "cache":
-            return files.fingerprint(fingerprints.cache_identity(c, identity, norm, 1000, "sha", "no"))
+            return fingerprints.cache_identity(c, identity, norm, 1000, "sha").folder_name()
         if output == "teacher":
             return fingerprints.teacher(c, identity, norm)
         return fingerprints.student(c, identity, norm, "source", baseline=output == "baseline")

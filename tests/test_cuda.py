@@ -92,7 +92,7 @@ def test_a_bf16_student_step_from_the_cache_is_finite_and_close_to_fp32(shared):
     cfg = config.validate({"data": {"source": "auto", "path": str(shared.data), "val_size": 12, "image_size": 12,
                                     "mean": [0.5] * 3, "std": [0.25] * 3, "padding": 2}})
     bundle = data.load(cfg.data)
-    replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", seed=0)
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, [folder], "cycle", seed=0)
     batch = data.collate_replay([replay[i] for i in range(32)]).to(DEVICE)
     labels = softlabels.SoftLabels(folder)
     x = transforms.ToInput(cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3})(batch)

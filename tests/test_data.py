@@ -24,18 +24,18 @@ def cfg(**kw) -> DataCfg:
 
 def test_parquet_file(parquet_file):
     bundle = data.load(cfg(path=str(parquet_file)))
-    assert bundle.identity["source"] == "parquet"
+    assert bundle.identity.source == "parquet"
     assert (len(bundle.train), len(bundle.val)) == (48, 12)
     assert bundle.class_names == CLASSES
     again = data.load(cfg(path=str(parquet_file)))
     assert again.identity == bundle.identity  # fingerprints are stable: stages can key on them
     other = data.load(cfg(path=str(parquet_file), split_seed=1))
-    assert other.identity["train"] != bundle.identity["train"]
+    assert other.identity.train != bundle.identity.train
 
 
 def test_imagefolder(imagefolder):
     bundle = data.load(cfg(path=str(imagefolder), val_size=0.2))
-    assert bundle.identity["source"] == "imagefolder"
+    assert bundle.identity.source == "imagefolder"
     assert bundle.class_names == sorted(CLASSES) and (len(bundle.train), len(bundle.val)) == (24, 6)
 
 
@@ -43,7 +43,7 @@ def test_save_to_disk_with_validation_split(tmp_path):
     d = datasets.DatasetDict({"train": tiny_dataset(30), "test": tiny_dataset(9, seed=1)})
     d.save_to_disk(str(tmp_path / "saved"))
     bundle = data.load(cfg(path=str(tmp_path / "saved"), val_split="test"))
-    assert bundle.identity["source"] == "disk" and (len(bundle.train), len(bundle.val)) == (30, 9)
+    assert bundle.identity.source == "disk" and (len(bundle.train), len(bundle.val)) == (30, 9)
     with pytest.raises(DataError, match="data.val_split: no split 'validation'; splits: train, test"):
         data.load(cfg(path=str(tmp_path / "saved"), val_split="validation"))
 

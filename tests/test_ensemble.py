@@ -210,7 +210,7 @@ def test_a_damaged_cache_of_one_teacher_is_finished_before_the_student_reads_it(
                  "student.baseline=false", "student.batch_size=16", teachers)
     assert r.returncode == 0, r.stderr
     assert f"{damaged / 'shard-00001.npy'} fails its checksum; recomputing it" in r.stderr
-    assert softlabels.failing(softlabels.read_manifest(damaged)["shards"], damaged) == []
+    assert softlabels.failing(softlabels.read_manifest(damaged).shards, damaged) == []
 
 
 def test_teachers_is_one_teacher_section_each_over_the_shared_one():

@@ -103,7 +103,7 @@ def test_the_feature_student_projects_only_when_widths_differ_and_evaluates_as_t
 def test_cached_features_are_the_live_teachers_pooled_features_on_the_same_views(shared):
     folder = shared.cache(**FEATURES)
     labels = softlabels.SoftLabels(folder, verify=True, features=True)
-    assert labels.manifest["features"] == {"dim": 64, "dtype": "<f2", "bytes_per_view": 128}
+    assert labels.manifest.to_json()["features"] == {"dim": 64, "dtype": "<f2", "bytes_per_view": 128}
     plain = shared.cache()
     assert folder != plain  # its own folder, and the same records: the logits do not depend on the features
     assert {n: b for n, b in _files(folder).items() if n.startswith("shard-") and n.endswith(".npy")} == \
@@ -132,7 +132,7 @@ def test_each_replayed_sample_brings_the_teachers_feature_of_the_very_view_it_re
     folder = shared.cache(**FEATURES)
     cfg, bundle, to_input = _tiny_data(shared)
     teacher = _teacher(shared)
-    replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", seed=0, features=True)
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, [folder], "cycle", seed=0, features=True)
     for epoch in range(3):  # each sample's view changes with the epoch; its feature must follow it
         replay.set_epoch(epoch)
         batch = data.collate_replay([replay[i] for i in (0, 7, 30, 47)])
@@ -142,7 +142,7 @@ def test_each_replayed_sample_brings_the_teachers_feature_of_the_very_view_it_re
             x = to_input(batch)
             live = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
         assert torch.allclose(batch.teachers[0].feature, live, rtol=2e-3, atol=1e-3)  # fp16 storage, folded BN
-    without = data.collate_replay([student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0)[0]])
+    without = data.collate_replay([student.ReplayItems(bundle.images["train"], cfg.data, [folder], "cycle", 0)[0]])
     assert without.teachers[0].feature is None
 
 

@@ -89,7 +89,7 @@ def test_student_sample_replays_the_view_the_teacher_labelled(shared):
     folder = shared.cache(cache__topk=99)
     cfg, bundle, to_input, _ = _setting(shared)
     items = cache.ViewItems(bundle.images["train"], cfg.data, 3, True, 0)
-    replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", seed=0)
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, [folder], "cycle", seed=0)
     seen = set()
     for epoch in range(4):
         replay.set_epoch(epoch)
@@ -106,7 +106,7 @@ def test_mixed_soft_labels_sum_to_one_and_equal_the_lambda_mix(shared):
     folder = shared.cache(cache__topk=99)
     cfg, bundle, _, _ = _setting(shared)
     labels = softlabels.SoftLabels(folder)
-    batch = _batch(student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0), range(8))
+    batch = _batch(student.ReplayItems(bundle.images["train"], cfg.data, [folder], "cycle", 0), range(8))
     teacher = targets.CachedTeacher(labels.num_classes, labels.dense, labels.temperature)
     assert labels.dense and labels.temperature == 1.0  # every logit kept: stored at T = 1, serves any T
     mix = tricks.draw_mix(np.random.default_rng(1), MixCfg(mixup_alpha=1.0), 8, 12, 12)
@@ -132,7 +132,7 @@ def test_online_and_cached_give_the_same_loss_on_the_same_batch(shared, topk, me
     folder = shared.cache(cache__topk=topk)
     cfg, bundle, to_input, teacher = _setting(shared)
     labels = softlabels.SoftLabels(folder)
-    batch = _batch(student.ReplayItems(bundle.images["train"], cfg.data, folder, "cycle", 0), range(12))
+    batch = _batch(student.ReplayItems(bundle.images["train"], cfg.data, [folder], "cycle", 0), range(12))
     x = to_input(batch)
     torch.manual_seed(0)
     logits = models.create("resnet8", 3)(x)
@@ -152,7 +152,7 @@ def test_a_student_step_on_mixed_cached_views_equals_the_step_by_hand(shared):
     folder = shared.cache(**MIXED)
     cfg, bundle, to_input, _ = _setting(shared, mix={"mixup_alpha": 1.0, "cutmix_alpha": 1.0, "prob": 0.8})
     images, labels = bundle.images["train"], softlabels.SoftLabels(folder)
-    replay = student.ReplayItems(images, cfg.data, folder, "cycle", seed=0)
+    replay = student.ReplayItems(images, cfg.data, [folder], "cycle", seed=0)
     replay.set_epoch(1)
     idx = list(range(16))
     batch = data.collate_replay([replay[i] for i in idx])
@@ -237,6 +237,30 @@ def test_rerun_skips_finished_stages_and_a_student_change_reruns_only_the_studen
     assert _meta(run, "teacher") == before["teacher"] and json.loads((run / "cache.json").read_text())["reused"]
     assert _meta(run, "student") != before["student"]
     assert _meta(run, "baseline") != before["baseline"]  # same recipe and budget as the student: retrained too
+
+
+def test_the_teachers_weights_are_hashed_once_a_run(shared, tmp_path, monkeypatch):
+    """The run's identities (the cache's, the student's source, what the report checks) come from the run context,
+    computed once: the teacher's weights are hashed once a run, by the teacher stage that writes or verifies them,
+    whether the run makes its teacher or reuses everything."""
+    from distill import files
+    hashed, sha256 = [], files.sha256
+
+    def counting(path):
+        hashed.append(Path(path))
+        return sha256(path)
+
+    monkeypatch.setattr(files, "sha256", counting)
+    monkeypatch.setattr(artifacts, "sha256", counting)  # imported by name there
+    shared.copy_cache(tmp_path)
+    args = cache_overrides(shared.data, tmp_path, shared.teacher_file) + [
+        "stage=student", "student.epochs=1", "student.batch_size=16", "student.baseline=false"]
+    weights = tmp_path / "runs" / "tiny" / "teacher" / "model.safetensors"
+    for run in ("made", "reused"):
+        hashed.clear()
+        r = run_here(*args)
+        assert r.returncode == 0, r.stderr
+        assert hashed.count(weights) == 1, (run, hashed)
 
 
 def test_online_mode_needs_no_cache(shared, tmp_path):

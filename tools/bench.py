@@ -104,7 +104,7 @@ def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
 def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     """The cached-KD training loader alone (replayed views with their soft labels), to normalised tensors on the
     training device, as the student stage feeds them (pinned memory on a GPU, normalised there)."""
-    replay = student.ReplayItems(bundle.images["train"], cfg.data, folder, cfg.kd.views, 0)
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, [folder], cfg.kd.views, 0)
     to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, device))
     loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
                                          num_workers=data.workers(cfg.data, replay.images),
@@ -168,11 +168,11 @@ def _synthetic_cache(folder: Path, images: int, views: int = 8, k: int = 10, cla
         arr["classes"] = rng.integers(0, classes, (rows, views, k))
         arr.flush()
         del arr
-        shards.append({"file": f"shard-{s:05d}.npy", "start": lo, "rows": rows, "sha256": ""})
-    files.write_sealed(folder / "manifest.json", {  # sealed, as the cache stage writes it
-        "format_version": softlabels.FORMAT_VERSION, "fingerprint": "synthetic", "num_images": images,
-        "num_classes": classes, "views": views, "topk": k, "dense": False, "temperature": 4.0,
-        "shard_size": shard_size, "shards": shards})
+        shards.append(softlabels.ShardEntry(f"shard-{s:05d}.npy", lo, rows, ""))
+    manifest = softlabels.CacheManifest(  # sealed, as the cache stage writes it
+        "synthetic", softlabels.shard_layout(dtype, False), {}, images, [str(c) for c in range(classes)], views,
+        softlabels.LogitsKept(k, classes, 4.0), shard_size, {}, dtype.itemsize, None, 0.0, [], shards)
+    files.write_sealed(folder / "manifest.json", manifest.to_json())
     return folder
 
 
@@ -301,7 +301,7 @@ def main() -> None:
         manifest = cache.run(RunContext.make(cfg_r, acc, bundle, norm, tmp / f"labelling{r}"))["teacher"]
         labelling.append({"raw": raw_rate, "views": n * args.views / (time.perf_counter() - start)})
         _phase(f"teacher inference and cache generation, round {r + 1} of {args.rounds}")
-    folder = Path(cfg.cache.root) / manifest["fingerprint"]  # the first round's copy (every round's is the same)
+    folder = Path(cfg.cache.root) / manifest.fingerprint  # the first round's copy (every round's is the same)
 
     # (a) and (c) through the real student stage, our online KD, (b) timm's task: back to back in each round
     online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},

@@ -79,7 +79,7 @@ def main() -> None:
     per_view = softlabels.record_dtype(1, 10, 1000).itemsize
 
     # (4) one batch of soft labels vs one student step
-    labels = softlabels.SoftLabels(Path(cfg.cache.root) / manifest["fingerprint"])
+    labels = softlabels.SoftLabels(Path(cfg.cache.root) / manifest.fingerprint)
     rng = np.random.default_rng(0)
     reps = 200
     start = time.perf_counter()

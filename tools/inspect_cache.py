@@ -34,9 +34,9 @@ def summarise(labels: softlabels.SoftLabels) -> dict:
             entropy += h.sum()
             mass += (1.0 - r).sum()
             count += h.size
-    return {"images": len(labels), "views": labels.views, "top-k": f"{k}{' (all logits)' if m['dense'] else ''}",
+    return {"images": len(labels), "views": labels.views, "top-k": f"{k}{' (all logits)' if labels.dense else ''}",
             "temperature": t, "classes": c, "size on disk": f"{labels.nbytes() / 2**20:.2f} MiB",
-            "bytes per view": f"{m['record_bytes'] / labels.views + feature_bytes:.1f}",
+            "bytes per view": f"{m.record_bytes / labels.views + feature_bytes:.1f}",
             "features": (f"pooled teacher features of width {labels.feature_dim} (fp16, {feature_bytes} B per view)"
                          if labels.feature_dim else "none (cache.features=false)"),
             "teacher top-1 on cached views": f"{100.0 * correct / max(count, 1):.2f}%",

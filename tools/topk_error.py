@@ -65,7 +65,7 @@ def measure(run: Path, ks: list[int], temperatures: list[float], batch_size: int
     nets = _students(run, cfg, labels.num_classes)
     rows: dict[tuple, list] = {}
     for epoch in range(labels.views):  # every cached view once: sample i at epoch e replays view (i + e) mod V
-        replay = student.ReplayItems(bundle.images["train"], cfg.data, cache_folder, "cycle", cfg.seed)
+        replay = student.ReplayItems(bundle.images["train"], cfg.data, [cache_folder], "cycle", cfg.seed)
         replay.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(replay, batch_size=batch_size, shuffle=False, num_workers=2,
                                              collate_fn=data.collate_replay)

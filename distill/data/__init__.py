@@ -6,6 +6,7 @@
                    `load` returns a DataBundle
     parquet.py     a parquet path's checks from its footers (shards complete, columns agree), struct image columns
     content.py     a data set's identity from its bytes (not its path or mtime), and the index that keeps it cheap
+    identity.py    DataIdentity: what identifies the splits (source, content, rows, classes), for the fingerprints
     wholefiles.py  an imagefolder's image files whole (head and tail: JPEG and PNG end markers), before any work
     images.py      Images: a split's images, decoded once into memory when they fit (pixels.py)
     batch.py       the batch types (Views, ViewBatch, ReplayBatch, CacheBatch) and the collate functions that make them
@@ -21,11 +22,12 @@ distill.errors, distill.registry and this folder; never the store, training or t
 from distill.data.batch import (BatchError, CacheBatch, MixedView, ReplayBatch, TeacherRecord, ViewBatch, Views,
                                  collate, collate_cache, collate_replay)
 from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, device_views
+from distill.data.identity import DataIdentity
 from distill.data.images import Images
 from distill.data.loaders import loaders, make_loader, workers
 from distill.data.splits import DataBundle, load
 from distill.data.transforms import channel_stats
 
-__all__ = ["BatchError", "CacheBatch", "DataBundle", "EpochItems", "Images", "ImageDataset", "MixedView", "ReplayBatch",
-           "SharedEpoch", "SPLITS", "TeacherRecord", "ViewBatch", "Views", "channel_stats", "collate", "collate_cache",
-           "collate_replay", "device_views", "load", "loaders", "make_loader", "workers"]
+__all__ = ["BatchError", "CacheBatch", "DataBundle", "DataIdentity", "EpochItems", "Images", "ImageDataset",
+           "MixedView", "ReplayBatch", "SharedEpoch", "SPLITS", "TeacherRecord", "ViewBatch", "Views", "channel_stats",
+           "collate", "collate_cache", "collate_replay", "device_views", "load", "loaders", "make_loader", "workers"]

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from distill import files
 from distill.config import DataCfg
 from distill.data import content, pixels
+from distill.data.identity import DataIdentity
 from distill.data.images import Images, Rows, bad_image, labels_of
 from distill.data.sources import detect, load_splits, local_path
 from distill.errors import DataError
@@ -31,7 +32,7 @@ class DataBundle:
     class_names: list[str]
     image_column: str
     label_column: str
-    identity: dict = field(default_factory=dict)  # what identifies these splits, for stage fingerprints
+    identity: DataIdentity  # what identifies these splits, for stage fingerprints
     images: dict = field(default_factory=dict)  # "train"/"val"/"test" -> Images (decoded once when they fit)
     test: datasets.Dataset | None = None  # the held-out test split (data.test_split), scored at the end only
     test_identity: dict | None = None  # what identifies it (not part of any stage's fingerprint: nothing trains on it)
@@ -162,9 +163,8 @@ def load(cfg: DataCfg) -> DataBundle:
                                                                   train_rows, val_rows)
                                       if cfg.test_split else (None,) * 3)
     by_name = None if SOURCES.lookup(source).local else path  # the hub's data set name (None for the demo)
-    identity = {"source": source, "hub": by_name, "hub_config": cfg.hub_config,
-                "content": data_content, "train": train_rows.key(), "val": val_rows.key(), "classes": names}
-    keys = {"train": identity["train"], "val": identity["val"], "test": test_identity}
+    identity = DataIdentity(source, by_name, cfg.hub_config, data_content, train_rows.key(), val_rows.key(), names)
+    keys = {"train": identity.train, "val": identity.val, "test": test_identity}
     store = Path(content.cache_dir(data_content)) / "pixels"  # decoded once, for good
     images = {split: Images(ds, cfg.image_column, cfg.label_column, split,
                             pixels.decode(ds, cfg.image_column, split, cfg.decode_mb,

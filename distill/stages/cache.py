@@ -30,7 +30,7 @@ from distill import data, faults, files
 from distill.config import Config, DataCfg, MixCfg
 from distill.data import transforms, views
 from distill.registry import STAGES
-from distill.store import artifacts, layout, softlabels
+from distill.store import artifacts, fingerprints, layout, softlabels
 from distill.training import models, tricks
 from distill.training.context import RunContext
 from distill.errors import ConfigError, DataError
@@ -239,7 +239,7 @@ class _Labeller:
 
 
 @STAGES.register("cache", help="the teacher's top-k soft labels of V recorded views of every training image")
-def run(ctx: RunContext) -> dict[str, dict] | None:
+def run(ctx: RunContext) -> dict[str, softlabels.CacheManifest] | None:
     """Label the cache of each teacher (RunContext.teachers) with this run's settings, or reuse it when it is
     complete and every checksum holds. Every teacher labels the same views (drawn from the global seed and the cache
     settings), so an added teacher labels its own cache only. {teacher name: its manifest}; None with online KD."""
@@ -249,20 +249,18 @@ def run(ctx: RunContext) -> dict[str, dict] | None:
     return {teacher_ctx.teacher_name: _one_teacher(teacher_ctx) for teacher_ctx in ctx.teachers()}
 
 
-def _one_teacher(ctx: RunContext) -> dict:
-    cfg, acc = ctx.cfg, ctx.acc
+def _one_teacher(ctx: RunContext) -> softlabels.CacheManifest:
     start_all = time.perf_counter()
     layout.require_trained(ctx.teacher_dir, "cache", "teacher")
-    identity = layout.cache_identity(cfg, ctx.data, ctx.norm, ctx.run_dir, acc.mixed_precision)
-    folder = layout.cache_dir(cfg, identity)
+    folder = ctx.cache_dir  # named by the cache's identity, computed once a run (RunContext)
     # one run labels a cache at a time; the lock beside the folder, whose bytes must not depend on who wrote them
-    with artifacts.held(acc, folder, lock=folder.with_name(f".{folder.name}.lock")):
-        return _labelled(ctx, identity, folder, start_all)
+    with artifacts.held(ctx.acc, folder, lock=folder.with_name(f".{folder.name}.lock")):
+        return _labelled(ctx, folder, start_all)
 
 
-def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -> dict:
+def _labelled(ctx: RunContext, folder: Path, start_all: float) -> softlabels.CacheManifest:
     """The complete cache in `folder`: reused when every checksum holds, else labelled (what is missing)."""
-    cfg, acc = ctx.cfg, ctx.acc
+    cfg, acc, identity = ctx.cfg, ctx.acc, ctx.cache_identity
     dtype = record_dtype(cfg, ctx.num_classes)
     shard_layout = softlabels.shard_layout(dtype, cfg.cache.features)
     complete = artifacts.on_main(acc, lambda: softlabels.reusable_or_cleared(folder, folder.name, shard_layout))
@@ -287,15 +285,13 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
     acc.wait_for_everyone()
     manifest = None
     if acc.is_main_process:
-        manifest = softlabels.write_manifest(
-            folder, folder.name, identity, num_images=len(ctx.data.train), num_classes=ctx.num_classes,
-            class_names=ctx.data.class_names, views=settings.views, topk=identity["cache.topk"],
-            temperature=identity["kd.temperature"], shard_size=settings.shard_size, dtype=dtype,
-            feature_dim=feature_dim)
+        manifest = softlabels.write_manifest(folder, identity, num_images=len(ctx.data.train),
+                                             class_names=ctx.data.class_names, shard_size=settings.shard_size,
+                                             dtype=dtype, feature_dim=feature_dim)
         if total:
             log.info(f"cache: labelled {total} images ({total * (settings.views - first)} views) in {elapsed:.1f} s "
                      f"({total / max(elapsed, 1e-9):.0f} img/s on the main process); teacher top-1 on the cached "
-                     f"views {manifest['teacher_view_top1']:.2f}%")
+                     f"views {manifest.teacher_view_top1:.2f}%")
     acc.wait_for_everyone()
     manifest = manifest or softlabels.read_manifest(folder)
     _record_run(acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest,
@@ -307,7 +303,7 @@ def _labelled(ctx: RunContext, identity: dict, folder: Path, start_all: float) -
 def record_dtype(cfg: Config, num_classes: int) -> np.dtype:
     """The record of one image in the cache these settings make."""
     mixed = cfg.cache.mix.on
-    return softlabels.record_dtype(cfg.cache.views, min(cfg.cache.topk, num_classes), num_classes, mixed)
+    return softlabels.record_dtype(cfg.cache.views, fingerprints.kept(cfg, num_classes).k, num_classes, mixed)
 
 
 def too_big(cfg: Config, num_images: int, dtype: np.dtype, feature_dim: int | None,
@@ -319,24 +315,24 @@ def too_big(cfg: Config, num_images: int, dtype: np.dtype, feature_dim: int | No
         return None
     per_view = f" + {2 * feature_dim} B of features per view" if feature_dim else ""
     return (f"cache.max_gb: {layout.named('the cache', teacher, ' of teacher ')} would take {need / 1e9:.1f} GB "
-            f"({num_images:,} images x {cfg.cache.views} views: {dtype.itemsize} B of soft labels per image{per_view}), "
-            f"more than cache.max_gb={cfg.cache.max_gb:g}; lower cache.views, or raise cache.max_gb")
+            f"({num_images:,} images x {cfg.cache.views} views: {dtype.itemsize} B of soft labels per image"
+            f"{per_view}), more than cache.max_gb={cfg.cache.max_gb:g}; lower cache.views, or raise cache.max_gb")
 
 
-def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, model: torch.nn.Module,
-                feature_dim: int | None) -> tuple[int, int, float]:
+def _label_mine(ctx: RunContext, identity: softlabels.CacheIdentity, folder: Path, dtype: np.dtype,
+                model: torch.nn.Module, feature_dim: int | None) -> tuple[int, int, float]:
     """This process's shards that are not done yet, labelled and written: (images labelled, first new view,
     seconds). Growing a smaller complete cache copies its views and labels only the new ones."""
     cfg, acc, settings = ctx.cfg, ctx.acc, ctx.cfg.cache
-    n, temperature = len(ctx.data.train), identity["kd.temperature"]
+    n, temperature = len(ctx.data.train), identity.kept.temperature
     n_shards = math.ceil(n / settings.shard_size)
     mine = [s for s in range(n_shards) if s % acc.num_processes == acc.process_index]
     shard_layout = softlabels.shard_layout(dtype, settings.features)
     todo = [s for s in mine if not softlabels.shard_done(folder, s, folder.name, shard_layout)]
     total = sum(min((s + 1) * settings.shard_size, n) - s * settings.shard_size for s in todo)
     base = softlabels.cache_to_grow_from(Path(settings.root), identity) if todo else None
-    first = base[1]["views"] if base is not None else 0
-    log.info(f"cache: {n} images x {settings.views} views, top-{identity['cache.topk']} at T={temperature:g}, "
+    first = base[1].views if base is not None else 0
+    log.info(f"cache: {n} images x {settings.views} views, top-{identity.kept.k} at T={temperature:g}, "
              f"{n_shards} shards ({len(mine) - len(todo)} of this process's {len(mine)} already done) -> {folder}")
     if base is not None:
         log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {settings.views - first} new "
@@ -359,11 +355,12 @@ def _label_mine(ctx: RunContext, identity: dict, folder: Path, dtype: np.dtype, 
     return total, first, time.perf_counter() - start
 
 
-def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: dict, timing: dict | None) -> None:
+def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: softlabels.CacheManifest,
+                timing: dict | None) -> None:
     """This run's view of the cache (which folder, how long it took) in `record` beside the run; never inside the
     cache, whose bytes must not depend on who computed them."""
     if acc.is_main_process:
         previous = layout.read_cache_record(record) or {}
         keep = previous if previous.get("folder") == str(folder) else {}
         files.write_sealed(record, keep | {"folder": str(folder), "reused": timing is None,
-                                           "skipped_images": len(manifest.get("skipped", []))} | (timing or {}))
+                                           "skipped_images": len(manifest.skipped)} | (timing or {}))

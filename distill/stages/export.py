@@ -104,12 +104,12 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
     teachers = [layout.named("teacher", key.removeprefix("teachers.")) for key in teacher_sections(cfg)]
     shown = [n for n in teachers + ["ensemble", "student", "baseline"] if n in models_]
     recipe, command = _origin(cfg)
-    members = [models_[n]["model"] for n in teachers if n in models_]
+    members, which = [models_[n]["model"] for n in teachers if n in models_], layout.distilled(models_)
     names = meta["class_names"]
     return string.Template(CARD.read_text()).substitute(
         model=meta["model"], classes=len(names), method=_method_line(cfg), temperature=kd.temperature,
         origin=(f"an ensemble of {', '.join(f'`{m}`' for m in members)} ({kd.ensemble.replace('_', ' ')})"
-                if "ensemble" in models_ else members[0] if len(members) == 1 else "a teacher"),
+                if which == "ensemble" else models_[which]["model"] if which else "a teacher"),
         source=(f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
                 if kd.teacher == "cached" else "the teacher run live every step (online KD)"),
         data=cfg.data.path or "the demo digits (scikit-learn)", recipe=recipe, command=command,

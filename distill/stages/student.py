@@ -71,10 +71,10 @@ class ReplayItems(data.EpochItems):
     (an ensemble's teachers, over the same views) each teacher's soft label for the view comes along, in the
     teachers' order (`teachers`)."""
 
-    def __init__(self, images: data.Images, cfg: DataCfg, folder: Path | list[Path], schedule: str, seed: int,
+    def __init__(self, images: data.Images, cfg: DataCfg, folders: list[Path], schedule: str, seed: int,
                  features: bool = False):
         super().__init__()
-        self.folders = list(folder) if isinstance(folder, (list, tuple)) else [folder]
+        self.folders = list(folders)  # each teacher's cache, in the teachers' order
         self.images, self.cfg, self.schedule, self.seed = images, cfg, schedule, seed
         self.skip_bad = cfg.on_bad_image == "skip"
         self.features = features  # the teacher's pooled feature of the view comes along too (its feature)
@@ -176,28 +176,19 @@ def run(ctx: RunContext) -> dict:
 
 
 def source(ctx: RunContext) -> str:
-    """What a KD student is made from, as its fingerprint records it: each teacher's cache fingerprint (cached KD)
-    or weights (online KD); several teachers', the hash of that list. Needs every teacher's weights on disk."""
-    sources = []
-    for teacher_ctx in ctx.teachers():
-        if ctx.cfg.kd.teacher == "cached":
-            identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
-                                             teacher_ctx.acc.mixed_precision)
-            sources.append(layout.cache_dir(teacher_ctx.cfg, identity).name)
-        else:
-            sources.append(files.sha256(teacher_ctx.teacher_dir / "model.safetensors"))
-    return sources[0] if len(sources) == 1 else files.fingerprint(sources)
+    """What a KD student is made from, as its fingerprint records it (fingerprints.student_source): each teacher's
+    cache folder (cached KD) or weights (online KD), from the identities its context computed once a run. Needs every
+    teacher's weights on disk."""
+    cached = ctx.cfg.kd.teacher == "cached"
+    return fingerprints.student_source([teacher_ctx.cache_dir.name if cached else teacher_ctx.teacher_sha256
+                                        for teacher_ctx in ctx.teachers()])
 
 
 def _soft_labels(ctx: RunContext) -> list[softlabels.SoftLabels]:
     """Each teacher's complete cache for this run's settings; an ensemble's must hold the same views of the same
     images and classes (one line naming both caches otherwise)."""
-    caches = []
-    for teacher_ctx in ctx.teachers():
-        identity = layout.cache_identity(teacher_ctx.cfg, teacher_ctx.data, teacher_ctx.norm, teacher_ctx.run_dir,
-                                         teacher_ctx.acc.mixed_precision)
-        folder = layout.cache_dir(teacher_ctx.cfg, identity)
-        caches.append(softlabels.SoftLabels(folder, fingerprint=folder.name))
+    caches = [softlabels.SoftLabels(teacher_ctx.cache_dir, fingerprint=teacher_ctx.cache_dir.name)
+              for teacher_ctx in ctx.teachers()]
     for other in caches[1:]:
         problem = softlabels.ensemble_problem(caches[0], other, ctx.cfg.kd.temperature)
         if problem:
@@ -206,9 +197,10 @@ def _soft_labels(ctx: RunContext) -> list[softlabels.SoftLabels]:
     return caches
 
 
-def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | None):
+def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | None
+                        ) -> tuple[targets.Ensemble, torch.utils.data.DataLoader]:
     """The soft targets and the training loader: the caches' views replayed with their soft labels, or the live
-    teachers on the student's own training views; several teachers combined (kd.ensemble)."""
+    teachers on the student's own training views; the teachers combined (kd.ensemble; one passes through)."""
     cfg, s, seed = ctx.cfg, ctx.cfg.student, seed_of(ctx.cfg)
     if caches is not None:
         labels = caches[0]
@@ -234,8 +226,6 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
                 model, width = models.PooledTeacher(model), models.feature_width(model)
             teachers.append(targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast, width))
         loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
-    if len(teachers) == 1:
-        return teachers[0], loader
     return targets.Ensemble(teachers, cfg.kd.teacher_weights, cfg.kd.ensemble), loader
 
 

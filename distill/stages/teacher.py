@@ -32,6 +32,9 @@ def run(ctx: RunContext) -> dict[str, dict]:
     for teacher_ctx in ctx.teachers():
         with artifacts.held(teacher_ctx.acc, teacher_ctx.teacher_dir):
             done[teacher_ctx.teacher_name] = _train_or_load(teacher_ctx)
+        # the weights' sha256 this stage just verified or wrote (meta.json's): the run's identities take it from here
+        teacher_ctx.weights_checked(layout.require_trained(teacher_ctx.teacher_dir, "teacher", "teacher")
+                                    ["weights_sha256"])
     return done
 
 
@@ -49,7 +52,7 @@ def _train_or_load(ctx: RunContext) -> dict:
     """The teacher of `ctx` (a teacher's context), trained or loaded, published in its folder: its meta."""
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
-    inputs = fingerprints.teacher_inputs(cfg, bundle.identity, norm)
+    inputs = ctx.teacher_inputs  # computed once a run (RunContext)
     fp = files.fingerprint(inputs)
     meta = artifacts.reusable(out, fp, "teacher")
     if meta is not None:

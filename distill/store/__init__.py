@@ -3,8 +3,11 @@
     artifacts.py     a stage's weights and its sealed meta.json, reuse checks, the run lock (atomic JSON and
                      checksums: distill/files.py)
     checkpoint.py    training checkpoints: written to a temporary folder and renamed, verified before loading
-    softlabels.py    the soft-label cache's file format: records, shards, manifest, the memory-mapped reader
-    fingerprints.py  each output's fingerprint, from the schema's `changes` tags
+    softlabels.py    the soft-label cache's file format: records, shards, the manifest (CacheManifest), what the
+                     bytes depend on (CacheIdentity: its hash names the folder), dense or top-k (LogitsKept), the
+                     memory-mapped reader
+    fingerprints.py  each output's fingerprint inputs (a cache's: its CacheIdentity), from the schema's `changes`
+                     tags
     layout.py        where each stage writes and the next one reads (run folder, cache folder, data statistics)
 
 May import: distill.config, distill.errors, distill.methods (the record's standardization) and

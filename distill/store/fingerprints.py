@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from distill import config, files
-from distill.store import softlabels
 from distill.config import Config
+from distill.data.identity import DataIdentity
+from distill.store.softlabels import CacheIdentity, LogitsKept
 
 
 def tags() -> dict[str, tuple | None]:
@@ -47,40 +48,44 @@ def parts(inputs: dict) -> dict[str, str]:
     return {part: files.fingerprint(value) for part, value in inputs.items()}
 
 
-def teacher_inputs(cfg: Config, identity: dict, norm: dict) -> dict:
+def teacher_inputs(cfg: Config, identity: DataIdentity, norm: dict) -> dict:
     """What the teacher's fingerprint hashes: its settings, the data's identity and the normalization."""
     inputs = settings(cfg, "teacher")
     if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
         inputs["teacher.checkpoint"] = files.sha256(Path(cfg.teacher.checkpoint))
-    return {"settings": inputs, "data": identity, "norm": norm}
+    return {"settings": inputs, "data": identity.to_json(), "norm": norm}
 
 
-def teacher(cfg: Config, identity: dict, norm: dict) -> str:
+def teacher(cfg: Config, identity: DataIdentity, norm: dict) -> str:
     return files.fingerprint(teacher_inputs(cfg, identity, norm))
 
 
-def label_temperature(cfg: Config, num_classes: int) -> float:
-    """The T at which the cache stores each view's logsumexp: the KD temperature when it keeps only the top k
-    (then the student's T must be this one), 1 when it keeps every logit (then the student may use any T)."""
-    return 1.0 if cfg.cache.topk >= num_classes else cfg.kd.temperature
+def kept(cfg: Config, num_classes: int) -> LogitsKept:
+    """What the cache these settings make keeps of each view's logits (dense or top-k, the label temperature)."""
+    return LogitsKept(cfg.cache.topk, num_classes, cfg.kd.temperature)
 
 
-def cache_identity(cfg: Config, identity: dict, norm: dict, num_classes: int, teacher_sha256: str,
-                   precision: str) -> dict:
-    """Everything the cached bytes depend on (its hash names the cache folder). Settings are normalised to what
-    the bytes use, so that caches that would be byte-identical share one folder."""
-    inputs = settings(cfg, "cache") | {"cache.topk": min(cfg.cache.topk, num_classes),
-                                  "kd.temperature": label_temperature(cfg, num_classes)}
-    return {"format_version": softlabels.FORMAT_VERSION, "teacher_sha256": teacher_sha256, "data": identity,
-            "normalization": norm, "precision": precision, **inputs}
+def cache_identity(cfg: Config, identity: DataIdentity, norm: dict, num_classes: int,
+                   teacher_sha256: str) -> CacheIdentity:
+    """Everything the cached bytes depend on (its hash names the cache folder): the teacher's weights, the data,
+    the normalization and the settings tagged `cache`, cache.topk and kd.temperature as the bytes use them."""
+    normalised = {"cache.topk", "kd.temperature"}  # held by `kept`, written by CacheIdentity.to_json
+    others = {key: value for key, value in settings(cfg, "cache").items() if key not in normalised}
+    return CacheIdentity(teacher_sha256, identity, norm, kept(cfg, num_classes), others)
 
 
-def student_inputs(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> dict:
+def student_source(sources: list[str]) -> str:
+    """A KD student's `source` from what each teacher gives (its cache folder's name, or its weights' sha256), as
+    the student's fingerprint hashes it: one teacher's as it is, several teachers' the hash of their list."""
+    return sources[0] if len(sources) == 1 else files.fingerprint(sources)
+
+
+def student_inputs(cfg: Config, identity: DataIdentity, norm: dict, source: str, baseline: bool) -> dict:
     """What a student's fingerprint hashes. `source`: the cache's fingerprint or the teacher's weights (KD student;
     an ensemble's: the hash of its teachers' list); empty for the CE baseline."""
-    return {"settings": settings(cfg, "baseline" if baseline else "student"), "data": identity, "norm": norm,
-            "source": source}
+    return {"settings": settings(cfg, "baseline" if baseline else "student"), "data": identity.to_json(),
+            "norm": norm, "source": source}
 
 
-def student(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> str:
+def student(cfg: Config, identity: DataIdentity, norm: dict, source: str, baseline: bool) -> str:
     return files.fingerprint(student_inputs(cfg, identity, norm, source, baseline))

@@ -16,7 +16,7 @@ from pathlib import Path
 from distill import data, files
 from distill.config import Config, DataCfg
 from distill.errors import DataError
-from distill.store import fingerprints
+from distill.store.softlabels import CacheIdentity
 
 log = logging.getLogger("distill")
 
@@ -28,6 +28,14 @@ def named(output: str, teacher: str, sep: str = "-") -> str:
     """Teacher `teacher`'s `output` as the report, the records, the logs and the errors name it: `output` for the
     one teacher, output<sep>NAME for an ensemble's teacher NAME (teacher-a, cache-a, "teacher a")."""
     return output if teacher == ONE_TEACHER else f"{output}{sep}{teacher}"
+
+
+def distilled(rows) -> str | None:
+    """Of the report's rows (their names), the one of what the student learns from: its teachers combined. That is
+    the `ensemble` row, scored for several teachers; one teacher's combination is that teacher (its own row, as
+    targets.Ensemble passes it through). None when the row is not shown (a teacher not current)."""
+    combined = ["ensemble"] if "ensemble" in rows else [name for name in rows if name.startswith("teacher")]
+    return combined[0] if len(combined) == 1 else None
 
 
 def teacher_dir(cfg: Config, run_dir: Path) -> Path:
@@ -66,15 +74,9 @@ def read_cache_record(record: Path) -> dict | None:
     return files.read_sealed(record, "cache", "delete it and run stage=cache to write it again")
 
 
-def cache_identity(cfg: Config, bundle, norm: dict, run_dir: Path, precision: str) -> dict:
-    """The cache's fingerprint inputs, given the teacher the teacher stage wrote."""
-    digest = files.sha256(teacher_dir(cfg, run_dir) / "model.safetensors")
-    return fingerprints.cache_identity(cfg, bundle.identity, norm, bundle.num_classes, digest, precision)
-
-
-def cache_dir(cfg: Config, identity: dict) -> Path:
-    """The folder of the cache with these fingerprint inputs (whether or not it exists yet)."""
-    return Path(cfg.cache.root) / files.fingerprint(identity)
+def cache_dir(cfg: Config, identity: CacheIdentity) -> Path:
+    """The folder of the cache with this identity (whether or not it exists yet): named by its hash."""
+    return Path(cfg.cache.root) / identity.folder_name()
 
 
 def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = None) -> dict:
@@ -84,7 +86,7 @@ def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = N
         return {"per_image": True, "mean": None, "std": None}
     if cfg.mean is not None:
         return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
-    key = files.fingerprint([bundle.identity["content"], bundle.identity["train"], cfg.image_size, cfg.transform,
+    key = files.fingerprint([bundle.identity.content, bundle.identity.train, cfg.image_size, cfg.transform,
                              cfg.crop_pct, cfg.stats_images])
     saved = files.read_sealed(record, "data", "delete it to compute the statistics again") if record else None
     if saved and saved.get("key") == key:

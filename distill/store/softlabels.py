@@ -1,6 +1,9 @@
 """The soft-label cache's format: the record, the shard files, the manifest, and the memory-mapped reader.
 
-The only module that reads or writes a cache folder (the cache stage computes records and hands them here):
+The only module that reads or writes a cache folder (the cache stage computes records and hands them here). Its
+typed records: CacheIdentity (what the bytes depend on; its hash names the folder), LogitsKept (dense or top-k,
+and the label temperature: decided there alone), CacheManifest and its ShardEntry list; a string key of theirs
+appears only in their to_json/from_json.
 
     shard-00000.npy     fixed-size records (numpy structured array, one row per image), read through mmap
     features-00000.npy  with cache.features: each view's pooled teacher feature, [rows, V, width] fp16, written
@@ -20,13 +23,16 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from distill import faults, files
 from distill.data import views
+from distill.data.identity import DataIdentity
 from distill.errors import DataError
 from distill.methods.common.standardize import standardize
 
@@ -39,6 +45,149 @@ FORMAT_VERSION = 6  # 2: one view per teacher forward (growable); 3: + true-clas
 # fingerprint and record layout
 
 MIX_FIELDS = ("partner", "partner_view", "lam", "box")
+FEATURE_DTYPE = "<f2"
+VIEWS = "cache.views"  # the setting a cache grows along (cache_to_grow_from)
+
+
+@dataclass(frozen=True)
+class LogitsKept:
+    """What a cache keeps of each view's logits, and the one place that says dense or top-k: every logit when
+    `topk` >= `num_classes` (dense: stored with their logsumexp at T = 1, so the student may use any T), else the
+    top `topk` with the tail's logsumexps at `kd_temperature` (the student's T must be that one)."""
+    topk: int  # cache.topk, or a cache's stored k read back (the same verdict)
+    num_classes: int
+    kd_temperature: float
+
+    @property
+    def dense(self) -> bool:
+        return self.topk >= self.num_classes
+
+    @property
+    def k(self) -> int:
+        """The logits stored per view."""
+        return self.num_classes if self.dense else self.topk
+
+    @property
+    def temperature(self) -> float:
+        """The label temperature: the T of the stored logsumexps."""
+        return 1.0 if self.dense else self.kd_temperature
+
+
+@dataclass(frozen=True)
+class CacheIdentity:
+    """Everything a cache's bytes depend on (fingerprints.cache_identity builds it, RunContext once per teacher):
+    its JSON's hash names the cache folder (`folder_name`), and its manifest holds that JSON (`inputs`). Not the
+    data's identity (DataIdentity), which it holds. Settings are as the bytes use them: `kept` normalises
+    cache.topk and kd.temperature, so that caches that would be byte-identical share one folder; `precision`, among
+    the settings, is the one that runs (run.py sets it)."""
+    teacher_sha256: str  # the teacher's weights
+    data: DataIdentity
+    normalization: dict[str, Any]
+    kept: LogitsKept
+    settings: dict[str, Any]  # every other setting tagged `cache` (config.py), by dotted key: a new one joins by tag
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def views(self) -> int:
+        return self.settings[VIEWS]
+
+    def to_json(self) -> dict[str, Any]:
+        """What is hashed and stored: every key and value as distill has always written them (a change here renames
+        every cache folder)."""
+        return {"format_version": self.format_version, "teacher_sha256": self.teacher_sha256,
+                "data": self.data.to_json(), "normalization": self.normalization, **self.settings,
+                "cache.topk": self.kept.k, "kd.temperature": self.kept.temperature}
+
+    def folder_name(self) -> str:
+        return files.fingerprint(self.to_json())
+
+    def grows_from(self, inputs: dict[str, Any]) -> bool:
+        """Whether the cache made from `inputs` (an identity's JSON, as a manifest holds it) has fewer views than
+        this one and is otherwise the same: its views are this cache's first ones, bit for bit."""
+        mine, theirs = files.as_json(self.to_json()), dict(inputs)
+        views, their_views = mine.pop(VIEWS), theirs.pop(VIEWS, None)
+        return their_views is not None and their_views < views and theirs == mine
+
+    def differs_in(self, inputs: dict[str, Any]) -> str:
+        """What makes the cache made from `inputs` (an identity's JSON, of any format; {} when unknown) another
+        than this one: "teacher", "data", or "settings"."""
+        if inputs and inputs.get("teacher_sha256") != self.teacher_sha256:
+            return "teacher"
+        if inputs and inputs.get("data") != files.as_json(self.data):
+            return "data"
+        return "settings"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard of a complete cache, as its manifest lists it: its records' file, first image and rows, each
+    file's sha256 (with cache.features, its features file too)."""
+    file: str
+    start: int
+    rows: int
+    sha256: str | None
+    features_file: str | None = None
+    features_sha256: str | None = None
+
+    def files(self) -> list[tuple[str, str | None]]:
+        """(file, sha256) of its records, and of its features when the cache has them."""
+        out = [(self.file, self.sha256)]
+        return out + [(self.features_file, self.features_sha256)] if self.features_file else out
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"file": self.file, "start": self.start, "rows": self.rows, "sha256": self.sha256}
+        if self.features_file:
+            out |= {"features_file": self.features_file, "features_sha256": self.features_sha256}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], file: str | None = None) -> "ShardEntry":
+        """The entry `to_json` wrote, or (with `file`: its records' file name) the one a shard's sidecar says."""
+        return cls(file or obj["file"], obj.get("start", 0), obj.get("rows", 0), obj.get("sha256"),
+                   obj.get("features_file"), obj.get("features_sha256"))
+
+
+@dataclass(frozen=True)
+class CacheManifest:
+    """A complete cache's manifest.json, sealed: its commit marker, written last (write_manifest) and read back
+    only of this format (read_manifest)."""
+    fingerprint: str  # the folder's name: the hash of `inputs`
+    layout: dict[str, Any]  # the records' layout (shard_layout)
+    inputs: dict[str, Any]  # the CacheIdentity's JSON it was made from
+    num_images: int
+    class_names: list[str]
+    views: int
+    kept: LogitsKept
+    shard_size: int
+    record: dict[str, list]  # each record field's dtype and shape
+    record_bytes: int
+    feature_dim: int | None  # the width of the pooled features it stores (None: none)
+    teacher_view_top1: float  # the teacher's top-1 over the cached views
+    skipped: list[int]  # images left out (failed to decode): no soft labels
+    shards: list[ShardEntry] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return self.kept.num_classes
+
+    def to_json(self) -> dict[str, Any]:
+        features = None if self.feature_dim is None else {
+            "dim": self.feature_dim, "dtype": FEATURE_DTYPE, "bytes_per_view": self.feature_dim * 2}
+        return {"format_version": self.format_version, "fingerprint": self.fingerprint, "layout": self.layout,
+                "inputs": self.inputs, "num_images": self.num_images, "num_classes": self.num_classes,
+                "class_names": self.class_names, "views": self.views, "topk": self.kept.k, "dense": self.kept.dense,
+                "temperature": self.kept.temperature, "shard_size": self.shard_size, "record": self.record,
+                "record_bytes": self.record_bytes, "features": features, "teacher_view_top1": self.teacher_view_top1,
+                "skipped": self.skipped, "shards": [sh.to_json() for sh in self.shards]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "CacheManifest":
+        """The manifest `to_json` wrote (this format's)."""
+        return cls(obj["fingerprint"], obj["layout"], obj["inputs"], obj["num_images"], obj["class_names"],
+                   obj["views"], LogitsKept(obj["topk"], obj["num_classes"], obj["temperature"]), obj["shard_size"],
+                   obj["record"], obj["record_bytes"], (obj["features"] or {}).get("dim"), obj["teacher_view_top1"],
+                   obj["skipped"], [ShardEntry.from_json(sh) for sh in obj["shards"]], obj["format_version"])
 
 def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) -> np.dtype:
     """One row per image: for each view its parameters, top-k logits (fp16) and classes, and in fp32 the logsumexp
@@ -147,23 +296,16 @@ def shard_done(folder: Path, s: int, fp: str, layout: dict) -> bool:
     side = _read(_shard(folder, s, "json"), folder)
     if side is None or not _ours(side, fp, layout) or not _shard(folder, s, "npy").exists():
         return False
-    bad = _failing_files({"file": _shard(folder, s, "npy").name} | side, folder)
+    bad = _failing_files(ShardEntry.from_json(side, file=_shard(folder, s, "npy").name), folder)
     if bad:
         log.warning(f"cache: {_fault(folder / bad[0])}; recomputing shard {s}")
         return False
     return True
 
 
-def _shard_files(sh: dict) -> list[tuple[str, str]]:
-    """(file, sha256) of each file of one shard entry: its records, and its features when the cache has them."""
-    out = [(sh["file"], sh["sha256"])]
-    return out + [(sh["features_file"], sh["features_sha256"])] if "features_file" in sh else out
-
-
-def _failing_files(sh: dict, folder: Path) -> list[str]:
+def _failing_files(sh: ShardEntry, folder: Path) -> list[str]:
     """The files of one shard entry that are missing or fail their checksum."""
-    return [name for name, sha in _shard_files(sh)
-            if not (folder / name).exists() or files.sha256(folder / name) != sha]
+    return [name for name, sha in sh.files() if not (folder / name).exists() or files.sha256(folder / name) != sha]
 
 
 def _fault(path: Path) -> str:
@@ -171,43 +313,50 @@ def _fault(path: Path) -> str:
     return f"{path} {'fails its checksum' if path.exists() else 'is missing'}"
 
 
-def failing(shards: list[dict], folder: Path) -> list[dict]:
-    """The shard entries ({file, sha256[, features_file, features_sha256]}) with a file missing or failing its
-    checksum."""
+def failing(shards: list[ShardEntry], folder: Path) -> list[ShardEntry]:
+    """The shard entries with a file missing or failing its checksum."""
     return [sh for sh in shards if _failing_files(sh, folder)]
 
 
 MANIFEST = "manifest.json"
 
 
-def read_manifest(folder: Path) -> dict | None:
-    """The cache's manifest, or None while it is incomplete: the one way this module reads it. One of this format
-    changed since it was written raises one line naming it."""
-    return _read(Path(folder) / MANIFEST, Path(folder))
+def read_manifest(folder: Path) -> CacheManifest | None:
+    """The cache's manifest, or None while it is incomplete or when it is of another format: the one way this
+    module reads it. One of this format changed since it was written raises one line naming it."""
+    obj = _read(Path(folder) / MANIFEST, Path(folder))
+    return CacheManifest.from_json(obj) if obj is not None and obj.get("format_version") == FORMAT_VERSION else None
 
 
-def _remove_shard(folder: Path, sh: dict) -> None:
+def inputs_of(folder: Path) -> dict[str, Any]:
+    """The identity's JSON (CacheIdentity.to_json) that the cache in `folder` was made from, whatever its format;
+    {} when it has no manifest."""
+    return (_read(Path(folder) / MANIFEST, Path(folder)) or {}).get("inputs") or {}
+
+
+def _remove_shard(folder: Path, sh: ShardEntry) -> None:
     """A shard's files (records, features) and its sidecar."""
-    for name, _ in _shard_files(sh):
+    for name, _ in sh.files():
         (folder / name).unlink(missing_ok=True)
-    (folder / sh["file"].replace(".npy", ".json")).unlink(missing_ok=True)
+    (folder / sh.file.replace(".npy", ".json")).unlink(missing_ok=True)
 
 
-def reusable_or_cleared(folder: Path, fp: str, layout: dict) -> dict | None:
+def reusable_or_cleared(folder: Path, fp: str, layout: dict) -> CacheManifest | None:
     """The manifest when the cache in `folder` is complete, names `fp` and `layout`, and every shard checks out;
     otherwise clear what must not be trusted (temporary files, a stale manifest, shards that fail their checksum,
     shards of another cache or format) and return None. A manifest or sidecar changed by hand raises."""
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob("*.tmp"):  # left by a killed writer: never complete
         tmp.unlink()
-    manifest = read_manifest(folder)
-    if manifest is not None and not _ours(manifest, fp, layout):
-        log.warning(f"cache: {folder}/manifest.json is from format {manifest.get('format_version')} or another "
+    found = _read(folder / MANIFEST, folder)
+    if found is not None and not _ours(found, fp, layout):
+        log.warning(f"cache: {folder}/manifest.json is from format {found.get('format_version')} or another "
                     "cache; recomputing")
         (folder / MANIFEST).unlink()
-        manifest = None
-    if manifest is not None:
-        bad = [(sh, names) for sh in manifest["shards"] if (names := _failing_files(sh, folder))]
+        found = None
+    if found is not None:
+        manifest = CacheManifest.from_json(found)
+        bad = [(sh, names) for sh in manifest.shards if (names := _failing_files(sh, folder))]
         if not bad:
             return manifest
         for sh, names in bad:
@@ -225,57 +374,45 @@ def _clear_foreign(folder: Path, fp: str, layout: dict) -> None:
     for path in sorted(folder.glob("shard-*.json")):
         side = _read(path, folder)
         if side is not None and not _ours(side, fp, layout):
-            _remove_shard(folder, {"file": path.with_suffix(".npy").name, "sha256": None}
-                          | {k: side[k] for k in ("features_file", "features_sha256") if k in side})
+            _remove_shard(folder, ShardEntry.from_json(side, file=path.with_suffix(".npy").name))
             foreign.append(path.name)
     if foreign:
         log.warning(f"cache: {folder}: {', '.join(foreign)} belong to another cache, format or record layout (a "
                     f"folder renamed or moved?); recomputing {'it' if len(foreign) == 1 else 'them'}")
 
 
-def write_manifest(folder: Path, fp: str, identity: dict, *, num_images: int, num_classes: int,
-                   class_names: list[str], views: int, topk: int, temperature: float, shard_size: int,
-                   dtype: np.dtype, feature_dim: int | None = None) -> dict:
-    """The whole cache's commit marker, from the shards' sidecars, with the teacher's top-1 over the views;
-    `feature_dim`: the width of the pooled features it stores (None: none)."""
+def write_manifest(folder: Path, identity: CacheIdentity, *, num_images: int, class_names: list[str],
+                   shard_size: int, dtype: np.dtype, feature_dim: int | None = None) -> CacheManifest:
+    """The whole cache's commit marker (named by its folder, the hash of `identity`), from the shards' sidecars,
+    with the teacher's top-1 over the views; `feature_dim`: the width of the pooled features it stores (None:
+    none)."""
     shards, correct, views_total, skipped = [], 0, 0, []
     layout = shard_layout(dtype, feature_dim is not None)
     for s in range(math.ceil(num_images / shard_size)):
         side = _read(_shard(folder, s, "json"), folder)
-        if side is None or not _ours(side, fp, layout):
+        if side is None or not _ours(side, folder.name, layout):
             raise DataError(f"cache: shard {s} is missing after every process finished; rerun stage=cache")
-        shards.append({"file": _shard(folder, s, "npy").name, "start": side["start"], "rows": side["rows"],
-                       "sha256": side["sha256"]}
-                      | {k: side[k] for k in ("features_file", "features_sha256") if k in side})
-        correct += int(np.load(folder / shards[-1]["file"], mmap_mode="r")["correct"].sum())
+        shards.append(ShardEntry.from_json(side, file=_shard(folder, s, "npy").name))
+        correct += int(np.load(folder / shards[-1].file, mmap_mode="r")["correct"].sum())
         skipped += side.get("skipped", [])
-        views_total += (side["rows"] - len(side.get("skipped", []))) * views
-    manifest = {"format_version": FORMAT_VERSION, "fingerprint": fp, "layout": layout, "inputs": identity,
-                "num_images": num_images,
-                "num_classes": num_classes, "class_names": class_names, "views": views, "topk": topk,
-                "dense": topk >= num_classes, "temperature": temperature, "shard_size": shard_size,
-                "record": {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names},
-                "record_bytes": dtype.itemsize, "features": None if feature_dim is None else {
-                    "dim": feature_dim, "dtype": FEATURE_DTYPE, "bytes_per_view": feature_dim * 2},
-                "teacher_view_top1": 100.0 * correct / max(views_total, 1),
-                "skipped": skipped, "shards": shards}
-    return files.write_sealed(folder / MANIFEST, manifest)
+        views_total += (side["rows"] - len(side.get("skipped", []))) * identity.views
+    manifest = CacheManifest(
+        folder.name, layout, identity.to_json(), num_images, class_names, identity.views, identity.kept, shard_size,
+        {name: [dtype[name].base.str, list(dtype[name].shape)] for name in dtype.names}, dtype.itemsize, feature_dim,
+        100.0 * correct / max(views_total, 1), skipped, shards)
+    return CacheManifest.from_json(files.write_sealed(folder / MANIFEST, manifest.to_json()))
 
 
-def cache_to_grow_from(root: Path, identity: dict) -> tuple[Path, dict] | None:
+def cache_to_grow_from(root: Path, identity: CacheIdentity) -> tuple[Path, CacheManifest] | None:
     """The complete cache under `root` with the most views below `identity`'s and otherwise the same inputs: the
     one to grow from. Its checksums are verified; a cache that fails them is passed over."""
-    views_key = "cache.views"
-    same = json.loads(json.dumps({k: v for k, v in identity.items() if k != views_key}))  # as the manifest holds it
     found = []
     for path in root.glob(f"*/{MANIFEST}"):
         manifest = read_manifest(path.parent)
-        theirs = (manifest or {}).get("inputs") or {}
-        fewer = theirs.get(views_key, identity[views_key]) < identity[views_key]
-        if fewer and {k: v for k, v in theirs.items() if k != views_key} == same:
-            found.append((theirs[views_key], path.parent, manifest))
+        if manifest is not None and identity.grows_from(manifest.inputs):
+            found.append((manifest.views, path.parent, manifest))
     for _, folder, manifest in sorted(found, key=lambda f: -f[0]):
-        if not failing(manifest["shards"], folder):
+        if not failing(manifest.shards, folder):
             return folder, manifest
         log.warning(f"cache: {folder} fails its checksums; not growing from it")
     return None
@@ -289,9 +426,6 @@ def shard_records(folder: Path, s: int) -> np.ndarray:
 def shard_features(folder: Path, s: int) -> np.ndarray:
     """The features of shard s of a complete cache that stores them ([rows, V, width] fp16), memory-mapped."""
     return np.load(_shard(folder, s, "npy", "features"), mmap_mode="r")
-
-
-FEATURE_DTYPE = "<f2"
 
 
 def cache_bytes(num_images: int, views: int, dtype: np.dtype, feature_dim: int | None) -> int:
@@ -312,37 +446,37 @@ class SoftLabels:
         cache these settings make, which the manifest must name (a folder renamed or moved is refused)."""
         self.folder = Path(folder)
         self.manifest = manifest = self._manifest(fingerprint)
-        self.shard_size, self.num_classes = manifest["shard_size"], manifest["num_classes"]
-        self.views, self.topk, self.temperature = manifest["views"], manifest["topk"], manifest["temperature"]
-        self.dense = self.topk >= self.num_classes
-        self.skipped = set(manifest.get("skipped", []))  # images left out (failed to decode): no soft labels
-        self.shards = [self._open(sh, verify) for sh in manifest["shards"]]
-        self.feature_dim = (manifest.get("features") or {}).get("dim")
+        self.shard_size, self.num_classes, self.views = manifest.shard_size, manifest.num_classes, manifest.views
+        self.topk, self.temperature, self.dense = manifest.kept.k, manifest.kept.temperature, manifest.kept.dense
+        self.skipped = set(manifest.skipped)  # images left out (failed to decode): no soft labels
+        self.shards = [self._open(sh, verify) for sh in manifest.shards]
+        self.feature_dim = manifest.feature_dim
         self.features = self._open_features() if features else None
 
-    def _manifest(self, fingerprint: str | None) -> dict:
+    def _manifest(self, fingerprint: str | None) -> CacheManifest:
         """The folder's manifest: complete, of this format, sealed, and naming `fingerprint` when given."""
-        manifest = read_manifest(self.folder)
-        if manifest is None:
+        found = _read(self.folder / MANIFEST, self.folder)
+        if found is None:
             what = "is incomplete" if self.folder.is_dir() else "does not exist yet"
             raise DataError(f"cache: {self.folder} {what} (no manifest.json): no soft labels for these settings; "
                             "run stage=cache")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"cache: {self.folder} is format {manifest.get('format_version')}, this distill reads "
+        if found.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"cache: {self.folder} is format {found.get('format_version')}, this distill reads "
                             f"{FORMAT_VERSION}; rerun stage=cache to rebuild it")
-        if fingerprint is not None and manifest["fingerprint"] != fingerprint:
-            raise DataError(f"cache: {self.folder} holds the cache {manifest['fingerprint']}, not {fingerprint} (a "
+        manifest = CacheManifest.from_json(found)
+        if fingerprint is not None and manifest.fingerprint != fingerprint:
+            raise DataError(f"cache: {self.folder} holds the cache {manifest.fingerprint}, not {fingerprint} (a "
                             "folder renamed or moved?); move it back, or rerun stage=cache to recompute it")
         return manifest
 
-    def _open(self, sh: dict, verify: bool) -> np.ndarray:
+    def _open(self, sh: ShardEntry, verify: bool) -> np.ndarray:
         """One shard's records, memory-mapped; with `verify`, its files' checksums and its sidecar checked first."""
-        path = self.folder / sh["file"]
+        path = self.folder / sh.file
         if verify and failing([sh], self.folder):  # the records and, with features, their file
-            named = " or ".join(name for name, _ in _shard_files(sh))
+            named = " or ".join(name for name, _ in sh.files())
             raise DataError(f"cache: {self.folder}: {named} fails its checksum; rerun stage=cache to recompute it")
         side = path.with_suffix(".json")
-        if verify and not _ours(_read(side, self.folder) or {}, self.manifest["fingerprint"], self.manifest["layout"]):
+        if verify and not _ours(_read(side, self.folder) or {}, self.manifest.fingerprint, self.manifest.layout):
             raise DataError(f"cache: {side} is missing or belongs to another cache, format or record layout than "
                             f"{self.folder / MANIFEST}; rerun stage=cache to recompute it")
         try:
@@ -350,8 +484,8 @@ class SoftLabels:
         except (OSError, ValueError) as e:  # missing, truncated or not a numpy file
             raise DataError(f"cache: {path} cannot be read ({str(e).splitlines()[0]}); rerun stage=cache to "
                             "recompute it") from None
-        if len(arr) != sh["rows"]:
-            raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh['rows']}")
+        if len(arr) != sh.rows:
+            raise DataError(f"cache: {path} holds {len(arr)} rows, the manifest says {sh.rows}")
         return arr
 
     def _open_features(self) -> list[np.ndarray]:
@@ -360,16 +494,16 @@ class SoftLabels:
             raise DataError(f"cache: {self.folder} stores no features (made with cache.features=false); feature "
                             "distillation from the cache needs cache.features=true")
         out = []
-        for sh in self.manifest["shards"]:
-            path = self.folder / sh["features_file"]
+        for sh in self.manifest.shards:
+            path = self.folder / sh.features_file
             try:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise DataError(f"cache: {path} cannot be read ({str(e).splitlines()[0]}); rerun stage=cache to "
                                 "recompute it") from None
-            if arr.shape != (sh["rows"], self.views, self.feature_dim):
+            if arr.shape != (sh.rows, self.views, self.feature_dim):
                 raise DataError(f"cache: {path} holds features of shape {arr.shape}, the manifest says "
-                                f"{(sh['rows'], self.views, self.feature_dim)}")
+                                f"{(sh.rows, self.views, self.feature_dim)}")
             out.append(arr)
         return out
 
@@ -379,7 +513,7 @@ class SoftLabels:
         return torch.from_numpy(self.features[shard][offset, v].astype(np.float32))
 
     def __len__(self) -> int:
-        return self.manifest["num_images"]
+        return self.manifest.num_images
 
     def row(self, index: int) -> np.void:
         """One image's record (all views): the per-sample read of the training loader."""
@@ -389,8 +523,9 @@ class SoftLabels:
     @staticmethod
     def view_label(rec: np.void, v: int) -> dict[str, torch.Tensor]:
         """View v's soft label out of one record (`row`), keyed as data.TeacherRecord's fields: top-k logits
-        (float32), classes, and the view's scalars (true-class logit, mean, std, the tail's logsumexps at T; a mixed view's partner-class
-        logit); it travels with each training sample, so the training step reads nothing from the cache."""
+        (float32), classes, and the view's scalars (true-class logit, mean, std, the tail's logsumexps at T; a mixed
+        view's partner-class logit); it travels with each training sample, so the training step reads nothing from
+        the cache."""
         out = {"logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
                "classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
                **{name: torch.tensor(float(rec[name][v]))
@@ -415,8 +550,7 @@ class SoftLabels:
         return out
 
     def nbytes(self) -> int:
-        return sum((self.folder / name).stat().st_size for sh in self.manifest["shards"]
-                   for name, _ in _shard_files(sh))
+        return sum((self.folder / name).stat().st_size for sh in self.manifest.shards for name, _ in sh.files())
 
 
 def ensemble_problem(a: SoftLabels, b: SoftLabels, temperature: float) -> str | None:
@@ -426,7 +560,7 @@ def ensemble_problem(a: SoftLabels, b: SoftLabels, temperature: float) -> str | 
         if not c.dense and c.temperature != temperature:
             return (f"{c.folder} keeps the top {c.topk} logits at T={c.temperature:g} and cannot serve "
                     f"kd.temperature={temperature:g}")
-    (n, names), (m, others) = ((c.manifest["num_classes"], c.manifest["class_names"]) for c in (a, b))
+    (n, names), (m, others) = ((c.num_classes, c.manifest.class_names) for c in (a, b))
     if n != m:
         return f"their class counts differ ({n} and {m})"
     if names != others:

@@ -1,16 +1,19 @@
-"""The run context: what every stage is handed, built once per run (run.py) instead of five loose values."""
+"""The run context: what every stage is handed, built once per run (run.py) instead of five loose values, with the
+run's identities (each teacher's weights and fingerprint inputs, its cache's identity) computed once."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from accelerate import Accelerator
 
-from distill import config, data
+from distill import config, data, files
 from distill.config import Config
 from distill.data import transforms
-from distill.store import layout
+from distill.store import fingerprints, layout
+from distill.store.softlabels import CacheIdentity
 
 
 @dataclass
@@ -26,6 +29,7 @@ class RunContext:
     teacher_name: str = layout.ONE_TEACHER  # a teacher's context (teachers()): its name, "teacher" or an ensemble's
     teacher_key: str = "teacher"  # its config section: teacher, or teachers.NAME
     shares_teacher_dir: bool = False  # its folder is one the user named (other runs may use it)
+    _teachers: list[RunContext] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def make(cls, cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> "RunContext":
@@ -33,18 +37,20 @@ class RunContext:
         to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
         return cls(cfg, acc, bundle, norm, run_dir, to_input)
 
-    def teachers(self) -> list["RunContext"]:
+    def teachers(self) -> list[RunContext]:
         """One context per teacher, in the config's order (the one `teacher` section, or each entry of `teachers`):
         its `teacher_name` and `teacher_key`, `cfg.teacher` its full section (config.teacher_sections) with `dir`
-        its folder (the one named, else layout.default_teacher_dir), and `cfg.teachers` empty."""
-        out = []
-        for key, section in config.teacher_sections(self.cfg).items():
-            name = key.removeprefix("teachers.")
-            folder = section.dir or str(layout.default_teacher_dir(self.run_dir, name))
-            cfg = dataclasses.replace(self.cfg, teacher=dataclasses.replace(section, dir=folder), teachers=[])
-            out.append(dataclasses.replace(self, cfg=cfg, teacher_name=name, teacher_key=key,
-                                           shares_teacher_dir=section.dir is not None))
-        return out
+        its folder (the one named, else layout.default_teacher_dir), and `cfg.teachers` empty. Built once: every
+        stage gets the same contexts, so each teacher's identities are computed once a run."""
+        if self._teachers is None:
+            self._teachers = []
+            for key, section in config.teacher_sections(self.cfg).items():
+                name = key.removeprefix("teachers.")
+                folder = section.dir or str(layout.default_teacher_dir(self.run_dir, name))
+                cfg = dataclasses.replace(self.cfg, teacher=dataclasses.replace(section, dir=folder), teachers=[])
+                self._teachers.append(dataclasses.replace(self, cfg=cfg, teacher_name=name, teacher_key=key,
+                                                          shares_teacher_dir=section.dir is not None))
+        return self._teachers
 
     @property
     def teacher_dir(self) -> Path:
@@ -55,3 +61,31 @@ class RunContext:
     def num_classes(self) -> int:
         """The data's class count."""
         return self.data.num_classes
+
+    @cached_property
+    def teacher_inputs(self) -> dict:
+        """A teacher's context: what its fingerprint hashes (fingerprints.teacher_inputs; a teacher.checkpoint file
+        is hashed here, once)."""
+        return fingerprints.teacher_inputs(self.cfg, self.data.identity, self.norm)
+
+    @cached_property
+    def teacher_sha256(self) -> str:
+        """A teacher's context: its weights' sha256, once a run: the one the teacher stage verified or wrote
+        (`weights_checked`), else the file's, hashed on first use (the teacher must be trained by then)."""
+        return files.sha256(self.teacher_dir / "model.safetensors")
+
+    def weights_checked(self, sha256: str) -> None:
+        """The teacher stage's word on a teacher's weights: their sha256 as it just verified or wrote them (its
+        meta.json's), which every identity of the run then takes instead of hashing the file again."""
+        self.__dict__["teacher_sha256"] = sha256
+
+    @cached_property
+    def cache_identity(self) -> CacheIdentity:
+        """A teacher's context: the identity of the cache these settings make of it (its hash names the folder)."""
+        return fingerprints.cache_identity(self.cfg, self.data.identity, self.norm, self.num_classes,
+                                           self.teacher_sha256)
+
+    @property
+    def cache_dir(self) -> Path:
+        """A teacher's context: the folder of its cache for these settings (whether or not it exists yet)."""
+        return layout.cache_dir(self.cfg, self.cache_identity)

@@ -5,8 +5,8 @@ each sample of the batch; every method takes its target in log space (distill/me
 is ever subtracted from 1. From a live teacher it is the log softmax of its logits on the student's very input `x`.
 From the cache it is the distribution the cache represents, built exactly from what it stores: every logit when the
 cache keeps them all; otherwise the top k, the true class (and a mixed view's partner class) at their exact
-probability, and the tail's mass, stored as its own logsumexp, spread evenly over the other classes. Several
-teachers (an ensemble) are one `Ensemble`, which combines their log-probabilities in log space.
+probability, and the tail's mass, stored as its own logsumexp, spread evenly over the other classes. The teachers,
+one or several, are one `Ensemble`, which combines their log-probabilities in log space.
 """
 from __future__ import annotations
 
@@ -109,18 +109,29 @@ class LiveTeacher:
 
 
 class Ensemble:
-    """Several teachers (CachedTeacher or LiveTeacher each) as one: their log-probabilities at T combined per sample
-    by `rule` with `weights` (logspace.ensemble: mean_probs or mean_logits). One teacher is passed through as is."""
+    """The teachers (CachedTeacher or LiveTeacher each, one or several) as the one target the student learns: their
+    log-probabilities at T combined per sample by `rule` with `weights` (logspace.ensemble: mean_probs or
+    mean_logits). The combination of one teacher is that teacher's own, passed through bit for bit."""
 
     def __init__(self, teachers: list, weights: list[float] | None, rule: str):
         self.teachers, self.rule = teachers, rule
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(teachers), dtype=torch.float64)
         self.sees_mixed_input = teachers[0].sees_mixed_input
 
+    @property
+    def feature_dim(self) -> int | None:
+        """The width of the teacher's pooled feature (None: it gives none). Feature distillation learns one
+        teacher's feature: config.py refuses kd.feature_weight with several."""
+        return self.teachers[0].feature_dim
+
+    def feature(self, batch: ViewBatch, x: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's pooled feature of each sample's view (feature_dim: one teacher's)."""
+        return self.teachers[0].feature(batch, x)
+
     def log_probs(self, batch: ViewBatch, x: torch.Tensor | None, temperature: float,
                   standardized: bool) -> torch.Tensor:
         """The combined target's log-probabilities at T."""
         parts = [t.log_probs(batch, x, temperature, standardized) for t in self.teachers]
-        if len(parts) == 1:
+        if len(parts) == 1:  # one distribution combined is itself: logspace.ensemble would round it
             return parts[0]
         return ensemble(torch.stack(parts), self.weights, self.rule)
