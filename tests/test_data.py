@@ -469,7 +469,7 @@ def test_a_data_source_added_as_one_file_is_detected_loaded_identified_by_its_by
         for source in ("auto", "toysource"):
             bundle = data.load(config.validate({"data": {"source": source, "path": str(toy), "val_size": 6}}).data)
             assert (len(bundle.train), len(bundle.val), bundle.class_names) == (24, 6, ["red", "green", "blue"])
-            assert bundle.identity["source"] == "toysource" and bundle.identity["content"] == content.content_hash(toy)
+            assert bundle.identity.source == "toysource" and bundle.identity.content == content.content_hash(toy)
             assert bundle.images["train"].image(0).shape[-2:] == (12, 12)
         with pytest.raises(DataError, match=r"^data\.path: no such file or directory: .*gone\.toy$"):
             data.load(cfg(source="toysource", path=str(tmp_path / "gone.toy")))
