@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from distill.errors import DataError, UserError
 from distill import files
-from distill.files import _fsync_rename, read_json, sha256
+from distill.files import fsync_rename, read_json, sha256
 
 SEAL = "meta_sha256"  # meta.json's seal (files.seal): a hand-edited number is never shown as measured
 
@@ -36,7 +36,7 @@ def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
-    _fsync_rename(tmp, folder / "model.safetensors")
+    fsync_rename(tmp, folder / "model.safetensors")
     files.write_sealed(folder / "meta.json", meta | {"weights_sha256": sha256(folder / "model.safetensors")}, SEAL)
 
 
