@@ -311,8 +311,8 @@ def test_a_skipped_image_is_left_out_by_every_stage_and_counted(tmp_path, capfd)
     (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside it: its lock file
     labels = softlabels.SoftLabels(folder)
     assert labels.skipped == {index} and (labels.row(index)["logits"] == 0).all()
-    assert summary["caches"]["teacher"]["skipped_images"] == 1
-    assert {name: summary["models"][name]["skipped_images"] for name in ("teacher", "student", "baseline")} == \
+    assert summary.caches["teacher"].skipped_images == 1
+    assert {name: summary.models[name].skipped_images for name in ("teacher", "student", "baseline")} == \
         {"teacher": 1, "student": 1, "baseline": 1}
     assert "left out, failing to decode (data.on_bad_image=skip): teacher 1 images, student 1 images, baseline 1 " \
            "images, cache 1 images" in capfd.readouterr().err

@@ -12,6 +12,7 @@ from distill import data, files
 from distill.config import Config
 from distill.errors import ConfigError
 from distill.store import artifacts, fingerprints, layout
+from distill.store.records import Meta, Metrics
 from distill.training import engine, models, objectives
 from distill.training.context import RunContext
 
@@ -40,7 +41,7 @@ def build(cfg: Config, num_classes: int, key: str = "teacher"):
     return model, teacher.finetune.epochs, teacher.finetune.lr
 
 
-def run(ctx: RunContext) -> dict[str, dict]:
+def run(ctx: RunContext) -> dict[str, Meta]:
     """Each teacher (RunContext.teachers) in its folder, held by one run at a time and reused while up to date.
     {teacher name: its meta}."""
     done = {}
@@ -53,14 +54,14 @@ def run(ctx: RunContext) -> dict[str, dict]:
 def _refuse_other_teacher(folder, fp: str) -> None:
     """A shared teacher.dir holds one teacher: runs with other teacher settings (or data) never train into it, since
     the runs that share it would then report next to weights they were not made from."""
-    held = files.read_json(folder / "meta.json")
-    if held and held.get("fingerprint") != fp:
+    held = Meta.in_folder(folder)
+    if held and held.fingerprint != fp:
         raise ConfigError(f"teacher.dir: {folder} holds a teacher made with other teacher settings or data "
-                          f"(fingerprint {held.get('fingerprint', '?')[:12]}, this run's {fp[:12]}), which the runs "
+                          f"(fingerprint {(held.fingerprint or '?')[:12]}, this run's {fp[:12]}), which the runs "
                           f"sharing it use; give this run its own teacher.dir, or delete {folder} to retrain it there")
 
 
-def _train_or_load(ctx: RunContext) -> dict:
+def _train_or_load(ctx: RunContext) -> Meta:
     """The teacher of `ctx` (a teacher's context), trained or loaded, published in its folder: its meta."""
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
@@ -86,8 +87,8 @@ def _train_or_load(ctx: RunContext) -> dict:
                                     objectives.CrossEntropy(bundle.num_classes, teacher.label_smoothing), acc)
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
-        metrics = engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False)
+        metrics = Metrics(engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False))
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, inputs=fingerprints.parts(inputs),
                           model=teacher.model, num_classes=bundle.num_classes, class_names=bundle.class_names,
                           image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(teacher),
-                          wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part
+                          wall_s=time.perf_counter() - start + metrics.earlier_wall_s)  # every part

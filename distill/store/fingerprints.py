@@ -12,6 +12,7 @@ from typing import Any
 
 from distill import config, files
 from distill.store import softlabels
+from distill.store.records import Normalization
 from distill.config import Config
 
 
@@ -47,15 +48,15 @@ def parts(inputs: dict) -> dict[str, str]:
     return {part: files.fingerprint(value) for part, value in inputs.items()}
 
 
-def teacher_inputs(cfg: Config, identity: dict, norm: dict) -> dict:
+def teacher_inputs(cfg: Config, identity: dict, norm: Normalization) -> dict:
     """What the teacher's fingerprint hashes: its settings, the data's identity and the normalization."""
     inputs = settings(cfg, "teacher")
     if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
         inputs["teacher.checkpoint"] = files.sha256(Path(cfg.teacher.checkpoint))
-    return {"settings": inputs, "data": identity, "norm": norm}
+    return {"settings": inputs, "data": identity, "norm": norm.to_json()}
 
 
-def teacher(cfg: Config, identity: dict, norm: dict) -> str:
+def teacher(cfg: Config, identity: dict, norm: Normalization) -> str:
     return files.fingerprint(teacher_inputs(cfg, identity, norm))
 
 
@@ -65,22 +66,22 @@ def label_temperature(cfg: Config, num_classes: int) -> float:
     return 1.0 if cfg.cache.topk >= num_classes else cfg.kd.temperature
 
 
-def cache_identity(cfg: Config, identity: dict, norm: dict, num_classes: int, teacher_sha256: str,
+def cache_identity(cfg: Config, identity: dict, norm: Normalization, num_classes: int, teacher_sha256: str,
                    precision: str) -> dict:
     """Everything the cached bytes depend on (its hash names the cache folder). Settings are normalised to what
     the bytes use, so that caches that would be byte-identical share one folder."""
     inputs = settings(cfg, "cache") | {"cache.topk": min(cfg.cache.topk, num_classes),
                                   "kd.temperature": label_temperature(cfg, num_classes)}
     return {"format_version": softlabels.FORMAT_VERSION, "teacher_sha256": teacher_sha256, "data": identity,
-            "normalization": norm, "precision": precision, **inputs}
+            "normalization": norm.to_json(), "precision": precision, **inputs}
 
 
-def student_inputs(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> dict:
+def student_inputs(cfg: Config, identity: dict, norm: Normalization, source: str, baseline: bool) -> dict:
     """What a student's fingerprint hashes. `source`: the cache's fingerprint or the teacher's weights (KD student;
     an ensemble's: the hash of its teachers' list); empty for the CE baseline."""
-    return {"settings": settings(cfg, "baseline" if baseline else "student"), "data": identity, "norm": norm,
-            "source": source}
+    return {"settings": settings(cfg, "baseline" if baseline else "student"), "data": identity,
+            "norm": norm.to_json(), "source": source}
 
 
-def student(cfg: Config, identity: dict, norm: dict, source: str, baseline: bool) -> str:
+def student(cfg: Config, identity: dict, norm: Normalization, source: str, baseline: bool) -> str:
     return files.fingerprint(student_inputs(cfg, identity, norm, source, baseline))
