@@ -99,7 +99,9 @@ class Training:
 
     @classmethod
     def from_json(cls, obj: dict) -> Training:
-        return cls(obj["epoch"], obj.get("step"), obj.get("lr"), {t: obj[t] for t in obj.get("terms", []) if t in obj},
+        named = set(obj.get("terms", []))
+        terms = {k: v for k, v in obj.items() if k in named}  # in the file's order: the objective's
+        return cls(obj["epoch"], obj.get("step"), obj.get("lr"), terms,
                    obj.get("images_per_s"), obj.get("data_wait_s"), obj.get("data_wait_share"),
                    obj.get("skipped_images", 0), obj.get("nonfinite_skipped"))
 
