@@ -14,6 +14,7 @@ from conftest import (CLASSES, ROOT, cache_overrides, compose_recipe, config_fro
                       tiny_images, tiny_overrides)
 from distill import config, data, preflight, run
 from distill.store import artifacts, fingerprints, softlabels
+from distill.store.records import Normalization
 from distill.training import models
 from distill.errors import CheckpointError, ConfigError, DataError
 
@@ -47,7 +48,7 @@ def test_one_class_is_refused(tmp_path):
 def test_teacher_fingerprint_follows_the_checkpoint_file_content(parquet_file, tmp_path):
     file = random_teacher(tmp_path / "t.safetensors", seed=0)
     cfg = config_from(cache_overrides(parquet_file, tmp_path, file))
-    bundle, norm = data.load(cfg.data), {"mean": [0.5] * 3, "std": [0.25] * 3, "per_image": False}
+    bundle, norm = data.load(cfg.data), Normalization((0.5,) * 3, (0.25,) * 3)
     before = fingerprints.teacher(cfg, bundle.identity, norm)
     moved = tmp_path / "elsewhere.safetensors"
     moved.write_bytes(file.read_bytes())

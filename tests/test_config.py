@@ -7,6 +7,7 @@ from conftest import ROOT, compose_recipe, run_cli
 from distill import cli, config, files
 from distill.stages import student
 from distill.errors import ConfigError
+from distill.store.records import Normalization
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml")))
@@ -157,7 +158,7 @@ def _with(cfg, key, value):
 def test_each_tagged_field_changes_its_outputs_fingerprint_and_no_other(output):
     from distill.store import fingerprints
     cfg = config.validate({})
-    identity, norm = {"train_fingerprint": "x"}, {"mean": [0.5] * 3, "std": [0.25] * 3}
+    identity, norm = {"train_fingerprint": "x"}, Normalization((0.5,) * 3, (0.25,) * 3)
 
     def fp(c):
         if output == "cache":
