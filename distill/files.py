@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 
 from distill.errors import DataError, UserError
 
@@ -43,7 +44,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
+def fsync_rename(tmp: Path, final: Path) -> None:
+    """A file written in full at `tmp` put in place as `final`: its bytes flushed to disk, then renamed over `final`
+    (a reader sees the old file or the new one, never half of one, even after a crash)."""
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -54,7 +57,7 @@ def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: two may write the same file at once
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
-    _fsync_rename(tmp, path)
+    fsync_rename(tmp, path)
 
 
 def read_json(path: Path):
@@ -99,3 +102,41 @@ def read_sealed(path: Path, what: str, advice: str, error: type[UserError] = Dat
     if obj is not None and not is_sealed(obj, key):
         raise error(changed(what, Path(path), advice))
     return obj
+
+
+class Sealed:
+    """A record kept in a sealed JSON file (distill/store/records.py's and checkpoint.py's): the one place where a
+    record is written sealed, read back with its seal checked, and its format version compared. A subclass gives
+    `to_json()` (exactly the dict the file holds), `from_json(obj)`, and, when not the default, `SEAL` (the key of
+    its seal) and `FORMAT_VERSION` (None: the file holds no version)."""
+    SEAL: ClassVar[str] = SEAL
+    FORMAT_VERSION: ClassVar[int | None] = None
+
+    def to_json(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, obj: dict):
+        raise NotImplementedError
+
+    def write(self, path: Path) -> dict:
+        """The record sealed and written atomically at `path` (write_sealed); returns what was written."""
+        return write_sealed(path, self.to_json(), self.SEAL)
+
+    def sealed_json(self) -> dict:
+        """The record as its file holds it, seal included (its fields give the seal: the same every time)."""
+        return seal(self.to_json(), self.SEAL)
+
+    @classmethod
+    def read(cls, path: Path, what: str, advice: str, error: type[UserError] = DataError):
+        """The record at `path`, or None when it is missing or unreadable; one changed since it was written raises
+        `error` with `changed`'s line (read_sealed)."""
+        obj = read_sealed(path, what, advice, error, cls.SEAL)
+        return None if obj is None else cls.from_json(obj)
+
+    @classmethod
+    def other_version(cls, obj: dict) -> int | None:
+        """The format version of a file this distill does not read (an older or newer layout: 1 when it names
+        none), or None when it is this distill's."""
+        version = obj.get("format_version", 1)
+        return None if cls.FORMAT_VERSION is None or version == cls.FORMAT_VERSION else version

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from distill import files
 from distill.stages import student
-from distill.store import artifacts, fingerprints, layout, softlabels
+from distill.store import fingerprints, layout, softlabels
+from distill.store.records import CacheRun, Meta
 from distill.training.context import RunContext
 
 _PARTS = {"settings": "with other {what} settings", "data": "with other data", "norm": "with another normalization"}
@@ -24,7 +25,7 @@ class Output:
     """One output found on disk: its folder, its record (a model's meta.json; a cache's record beside the run) and
     why the current settings would not make it, with the stage that refreshes it (None: they would)."""
     folder: Path
-    record: dict
+    record: Meta | CacheRun
     stale: str | None = None
 
 
@@ -67,7 +68,7 @@ def survey(ctx: RunContext) -> Survey:
         out.teachers_current &= current
         record = layout.read_cache_record(ctx.run_dir / layout.cache_record(name))
         if uses_cache(ctx) and record is not None:
-            out.caches[name] = Output(Path(record["folder"]), record, _cache_stale(teacher_ctx, record, current))
+            out.caches[name] = Output(Path(record.folder), record, _cache_stale(teacher_ctx, record, current))
     folder = layout.student_dir(ctx.run_dir)
     if out.teachers_current:
         inputs = fingerprints.student_inputs(cfg, ctx.data.identity, ctx.norm, student.source(ctx), baseline=False)
@@ -88,34 +89,34 @@ def survey(ctx: RunContext) -> Survey:
 def _model(folder: Path, inputs: dict | None, what: str, refresh: str, source: str = "") -> Output | None:
     """The model in `folder` (None: none there), stale unless its meta.json is sealed and made from `inputs`
     (None: its teacher is not current, so no such model can be)."""
-    meta = files.read_json(folder / "meta.json")
+    meta = Meta.in_folder(folder)
     if meta is None:
         return None
-    if not artifacts.sealed(meta):
+    if not meta.sealed:
         return Output(folder, meta, f"{folder / 'meta.json'} was changed after it was written; delete {folder} and "
                                     f"run {refresh} to remake it")
     if inputs is None:
         return Output(folder, meta, f"made from a teacher the current settings do not make; run {refresh} to "
                                     "refresh")
-    if meta.get("fingerprint") == files.fingerprint(inputs):
+    if meta.fingerprint == files.fingerprint(inputs):
         return Output(folder, meta)
-    had, want = meta.get("inputs") or {}, fingerprints.parts(inputs)
+    had, want = meta.inputs, fingerprints.parts(inputs)
     phrases = [source if part == "source" else _PARTS[part].format(what=what)
                for part in want if part in had and had[part] != want[part]]
     why = " and ".join(phrases) or "with other settings"
     return Output(folder, meta, f"made {why}; run {refresh} to refresh")
 
 
-def _cache_stale(teacher_ctx: RunContext, record: dict, teacher_current: bool) -> str | None:
+def _cache_stale(teacher_ctx: RunContext, record: CacheRun, teacher_current: bool) -> str | None:
     """Why the cache this run recorded for the teacher of `teacher_ctx` is not the one the current settings make
     (None: it is)."""
     refresh = "run stage=cache to refresh"
     if not teacher_current:
         return f"made from a teacher the current settings do not make; {refresh}"
     want = teacher_ctx.cache_dir  # the run's identities, computed once (RunContext)
-    if Path(record["folder"]) == want:
+    if Path(record.folder) == want:
         complete = softlabels.read_manifest(want) is not None
         return None if complete else f"{want} is missing or incomplete; {refresh}"
-    differs = teacher_ctx.cache_identity.differs_in(softlabels.inputs_of(Path(record["folder"])))
+    differs = teacher_ctx.cache_identity.differs_in(softlabels.inputs_of(Path(record.folder)))
     return {"teacher": f"made from another teacher; {refresh}", "data": f"made with other data; {refresh}",
             "settings": f"made with other cache settings; {refresh}"}[differs]

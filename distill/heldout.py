@@ -9,28 +9,30 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill import data, faults, files
+from distill import data, faults
+from distill.store.records import HeldOutScore, Meta
 from distill.training import engine, models
 from distill.training.context import RunContext
 
 log = logging.getLogger("distill")
 
 
-def key(meta: dict, bundle: data.DataBundle) -> dict:
-    return {"weights_sha256": meta.get("weights_sha256"), "test": bundle.test_identity}
+def key(meta: Meta, bundle: data.DataBundle) -> dict:
+    """What a model's test score is computed from: its weights and the test split."""
+    return {"weights_sha256": meta.weights_sha256, "test": bundle.test_identity}
 
 
-def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, dict]:
-    """{model: {top1, top5, count}} for each trained model in `folders` (by name), computed or read back."""
+def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, HeldOutScore]:
+    """Each trained model's score on the test split, for the models in `folders` (by name), computed or read back."""
     cfg, acc, bundle, out = ctx.cfg, ctx.acc, ctx.data, {}
     for name, folder in folders.items():
-        meta = files.read_json(folder / "meta.json")
+        meta = Meta.in_folder(folder)
         if meta is None:
             continue
         want = key(meta, bundle)
-        saved = files.read_sealed(folder / "test.json", name, f"delete it to score the {name} again")
-        if saved and saved.get("key") == want:
-            out[name] = saved["metrics"]
+        saved = HeldOutScore.kept(folder / "test.json", want, name, f"delete it to score the {name} again")
+        if saved is not None:
+            out[name] = saved
             continue
         net, _ = models.load_trained(folder, bundle.num_classes, "test", name)
         ds = data.ImageDataset(bundle.images["test"], cfg.data, train=False,
@@ -38,13 +40,12 @@ def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, dict]:
         loader = data.make_loader(ds, 256, False, data.workers(cfg.data, bundle.images["test"]), cfg.seed)
         acc.free_memory()
         prepared, loader = acc.prepare(net, loader)
-        scores = engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False)
-        metrics = {"top1": scores["top1"], "top5": scores["top5"], "count": scores["val_count"]}
+        test = HeldOutScore.of(engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False))
         if acc.is_main_process:
-            files.write_sealed(folder / "test.json", {"key": want, "metrics": metrics})
+            test.keep(folder / "test.json", want)
         faults.point("test", len(out) + 1)  # tests and chaos runs: an interruption after this model's score
-        log.info(f"{name}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['count']} "
+        log.info(f"{name}: test top-1 {test.top1:.2f}% top-5 {test.top5:.2f}% on {test.count} "
                  f"images of split '{cfg.data.test_split}'")
-        out[name] = metrics
+        out[name] = test
     acc.wait_for_everyone()
     return out

@@ -18,13 +18,14 @@ def load(folder: Path):
     import timm
 
     import distill  # noqa: F401  (registers the CIFAR ResNets with timm)
+    from distill.store.records import ExportRecord
 
     config = json.loads((folder / "config.json").read_text())
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ValueError(f"{folder}: no model.safetensors; give the export folder of a run (<run>/export)")
-    record = _record(folder)
-    if record.get("sha256", {}).get(weights.name) not in (None, _sha256(weights)):
+    record = ExportRecord.read(folder / "export.json")
+    if record and record.sha256.get(weights.name) not in (None, _sha256(weights)):
         raise ValueError(f"{weights} fails the checksum export.json recorded; rerun stage=export to rebuild it")
     try:
         model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()
@@ -33,13 +34,6 @@ def load(folder: Path):
         raise ValueError(f"{weights} cannot be loaded ({first}); rerun stage=export to rebuild it") from None
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     return model, transform, config.get("label_names") or [str(i) for i in range(config["num_classes"])]
-
-
-def _record(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "export.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _sha256(path: Path) -> str:

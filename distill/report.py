@@ -8,100 +8,88 @@ from pathlib import Path
 from distill import files, freshness
 from distill.registry import STAGES
 from distill.store import layout
+from distill.store.records import EnsembleScore, HeldOutScore, Meta, Metrics, Row, Stale, Summary
 
 log = logging.getLogger("distill")
 
-FORMAT_VERSION = 2  # summary.json; 2: `caches` by teacher name for one teacher too (1: `cache` or `caches`)
 
-
-def _metrics(folder: Path) -> list[dict]:
+def _metrics(folder: Path) -> list[Metrics]:
+    """Each epoch's line of the folder's metrics.jsonl, in order."""
     path = folder / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [Metrics.from_json(json.loads(line)) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _row(meta: dict, test: dict | None) -> dict:
+def _row(meta: Meta, test: HeldOutScore | None) -> Row:
     """A trained model's row, from its meta.json and its test score."""
-    metrics = meta["metrics"]
-    row = {"model": meta["model"], "top1": metrics["top1"], "top5": metrics["top5"], "params": meta["params"],
-           "train_images_per_s": metrics.get("images_per_s"), "wall_s": meta.get("wall_s"),
-           "epochs": metrics.get("epoch", 0), "skipped_images": metrics.get("skipped_images", 0),
-           "val_count": metrics.get("val_count")}
-    if test:
-        row |= {"test_top1": test["top1"], "test_top5": test["top5"], "test_count": test["count"]}
-    return row
+    m = meta.metrics
+    return Row(meta.model, m.top1, m.top5, meta.params, m.images_per_s, meta.wall_s, m.val_count, m.epochs,
+               m.skipped_images, test=test)
 
 
-def _ensemble_row(ensemble: dict) -> dict:
+def _ensemble_row(ensemble: EnsembleScore) -> Row:
     """The ensemble's row, from ensemble.score."""
-    row = {"model": ensemble["model"], "top1": ensemble["top1"], "top5": ensemble["top5"],
-           "params": ensemble["params"], "train_images_per_s": None, "wall_s": None, "rule": ensemble["rule"],
-           "val_count": ensemble["val_count"]}
-    return row | {k: ensemble[k] for k in ("test_top1", "test_top5", "test_count") if k in ensemble}
+    return Row(ensemble.model, ensemble.top1, ensemble.top5, ensemble.params, val_count=ensemble.val_count,
+               rule=ensemble.rule, test=ensemble.test)
 
 
-def summary(run_dir: Path, found: freshness.Survey, tests: dict | None = None, ensemble: dict | None = None) -> dict:
+def summary(run_dir: Path, found: freshness.Survey, tests: dict[str, HeldOutScore] | None = None,
+            ensemble: EnsembleScore | None = None) -> Summary:
     """The run's numbers from the outputs the current settings make (`found`, freshness.survey): a row per current
     model, each teacher's cache by teacher name (`caches`), the KD gain between a current student and baseline;
     every other output found is listed under `stale` with its folder and why, and none of its numbers. `tests`:
-    {model: {top1, top5, count}} on the held-out test split (heldout.score), when there is one; `ensemble`: the
-    combined teachers' own scores (ensemble.score), a row of its own."""
+    each model's score on the held-out test split (heldout.score), when there is one; `ensemble`: the combined
+    teachers' own scores (ensemble.score), a row of its own."""
     rows = {name: _row(o.record, (tests or {}).get(name)) for name, o in found.current_models().items()}
     if ensemble:  # after its teachers
         teachers = {name: r for name, r in rows.items() if name.startswith("teacher")}
         rows = teachers | {"ensemble": _ensemble_row(ensemble)} | {n: r for n, r in rows.items() if n not in teachers}
-    out = {"format_version": FORMAT_VERSION, "run": str(run_dir), "models": rows}
     caches = {teacher: o.record for teacher, o in found.current_caches().items()}  # in the teachers' order
-    if caches:
-        out["caches"] = caches
-    stale = found.stale()
-    if stale:
-        out["stale"] = {name: {"folder": str(o.folder), "why": o.stale} for name, o in stale.items()}
-    if "student" in rows and "baseline" in rows:
-        out["kd_gain_top1"] = rows["student"]["top1"] - rows["baseline"]["top1"]
-        if "test_top1" in rows["student"] and "test_top1" in rows["baseline"]:
-            out["kd_gain_test_top1"] = rows["student"]["test_top1"] - rows["baseline"]["test_top1"]
-    teacher = layout.distilled(rows)
-    if teacher and "baseline" in rows:
-        out["teacher_below_baseline"] = rows[teacher]["top1"] < rows["baseline"]["top1"]
-    return out
+    stale = {name: Stale(str(o.folder), o.stale) for name, o in found.stale().items()}
+    return Summary(str(run_dir), rows, caches, stale)
 
 
-def table(s: dict) -> str:
-    test = any("test_top1" in r for r in s["models"].values())
-    width = max([10, *map(len, s["models"])])
-    arch = max([12, *(len(r["model"]) for r in s["models"].values())])  # deit_tiny_distilled_patch16_224 fits too
+def table(s: Summary) -> str:
+    """The summary as the terminal shows it: a line per model, each cache, what was left out, the stale outputs,
+    the KD gain and a warning when the student learns from a model below the baseline."""
+    test = any(r.test for r in s.models.values())
+    width = max([10, *map(len, s.models)])
+    arch = max([12, *(len(r.model) for r in s.models.values())])  # deit_tiny_distilled_patch16_224 fits too
     head = (f"{'':{width}} {'model':{arch}} {'val top-1':>9} {'top-5':>7}" + (f" {'test top-1':>10}" if test else "")
             + f" {'params':>9} {'train img/s':>11} {'wall':>8}")
     lines = [head, "-" * len(head)]
-    for name, r in s["models"].items():
-        ips = f"{r['train_images_per_s']:.0f}" if r["train_images_per_s"] else "-"
-        wall = f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-"
-        t = (f" {r['test_top1']:9.2f}%" if "test_top1" in r else f" {'-':>10}") if test else ""
-        lines.append(f"{name:{width}} {r['model']:{arch}} {r['top1']:8.2f}% {r['top5']:6.2f}%{t} "
-                     f"{r['params'] / 1e6:8.3f}M {ips:>11} {wall:>8}")
-    caches = s.get("caches", {})
-    for teacher, c in caches.items():
-        lines.append(f"{layout.named('cache', teacher):{width}} {'reused' if c.get('reused') else 'computed':{arch}} "
-                     + (f"{c['images_per_s']:.0f} img/s, {c['wall_s']:.0f} s" if "wall_s" in c else "")
-                     + f"  {c['folder']}")
-    c = next(iter(caches.values()), None)
-    left_out = {name: r["skipped_images"] for name, r in s["models"].items() if r.get("skipped_images")}
-    if c and c.get("skipped_images"):
-        left_out["cache"] = c["skipped_images"]
+    for name, r in s.models.items():
+        ips = f"{r.train_images_per_s:.0f}" if r.train_images_per_s else "-"
+        wall = f"{r.wall_s:.0f} s" if r.wall_s is not None else "-"
+        t = (f" {r.test.top1:9.2f}%" if r.test else f" {'-':>10}") if test else ""
+        lines.append(f"{name:{width}} {r.model:{arch}} {r.top1:8.2f}% {r.top5:6.2f}%{t} "
+                     f"{r.params / 1e6:8.3f}M {ips:>11} {wall:>8}")
+    for teacher, c in s.caches.items():
+        lines.append(f"{layout.named('cache', teacher):{width}} {'reused' if c.reused else 'computed':{arch}} "
+                     + (f"{c.images_per_s:.0f} img/s, {c.wall_s:.0f} s" if c.timed else "") + f"  {c.folder}")
+    return "\n".join(lines + _notes(s, width))
+
+
+def _notes(s: Summary, width: int) -> list[str]:
+    """The table's lines after the models and caches: images left out, stale outputs, the KD gain, the warning."""
+    lines = []
+    c = next(iter(s.caches.values()), None)
+    left_out = {name: r.skipped_images for name, r in s.models.items() if r.skipped_images}
+    if c and c.skipped_images:
+        left_out["cache"] = c.skipped_images
     if left_out:
         lines.append("left out, failing to decode (data.on_bad_image=skip): "
                      + ", ".join(f"{name} {n} images" for name, n in left_out.items()) + " (training: last epoch)")
-    for name, stale in s.get("stale", {}).items():  # never a number of an output the current settings do not make
-        lines.append(f"{name:{width}} stale: {stale['why']} ({stale['folder']})")
-    if "kd_gain_top1" in s:
-        lines.append(f"KD gain over the CE baseline: {s['kd_gain_top1']:+.2f} points top-1"
-                     + (f" (test: {s['kd_gain_test_top1']:+.2f})" if "kd_gain_test_top1" in s else ""))
-    if s.get("teacher_below_baseline"):
-        which = layout.distilled(s["models"])
-        t, b = s["models"][which]["top1"], s["models"]["baseline"]["top1"]
+    for name, stale in s.stale.items():  # never a number of an output the current settings do not make
+        lines.append(f"{name:{width}} stale: {stale.why} ({stale.folder})")
+    if s.kd_gain_top1 is not None:
+        lines.append(f"KD gain over the CE baseline: {s.kd_gain_top1:+.2f} points top-1"
+                     + (f" (test: {s.kd_gain_test_top1:+.2f})" if s.kd_gain_test_top1 is not None else ""))
+    if s.teacher_below_baseline:
+        which = s.distilled
+        t, b = s.models[which].top1, s.models["baseline"].top1
         lines.append(f"warning: the {which} ({t:.2f}%) scores below the CE baseline ({b:.2f}%): the student distils "
                      "a weaker model; train the teacher longer or pick a stronger one")
-    return "\n".join(lines)
+    return lines
 
 
 def curves(folders: dict[str, Path], path: Path) -> dict[str, list[str]]:
@@ -116,13 +104,13 @@ def curves(folders: dict[str, Path], path: Path) -> dict[str, list[str]]:
         rows = _metrics(folder)
         if not rows:
             continue
-        epochs = [r["epoch"] for r in rows]
-        for ax, key in zip(axes, ("loss", "top1", "lr")):
-            ax.plot(epochs, [r[key] for r in rows], marker="o", markersize=3, label=name)
+        epochs = [m.epochs for m in rows]
+        for ax, values in zip(axes, ([m.loss for m in rows], [m.top1 for m in rows], [m.training.lr for m in rows])):
+            ax.plot(epochs, values, marker="o", markersize=3, label=name)
         if name == "student":
-            for term in rows[-1].get("terms", []):
+            for term in sorted(rows[-1].training.terms):
                 if term != "loss":
-                    values = [r.get(term, float("nan")) for r in rows]  # nan: an epoch logged before the term
+                    values = [m.training.terms.get(term, float("nan")) for m in rows]  # nan: an epoch before the term
                     axes[3].plot(epochs, values, marker="o", markersize=3, label=term)
     titles = ("training loss", "validation top-1 (%)", "learning rate (end of epoch)", "student loss terms")
     for ax, title in zip(axes, titles):
@@ -140,10 +128,11 @@ def curves(folders: dict[str, Path], path: Path) -> dict[str, list[str]]:
     return drawn
 
 
-def write(run_dir: Path, found: freshness.Survey, tests: dict | None = None, ensemble: dict | None = None) -> dict:
+def write(run_dir: Path, found: freshness.Survey, tests: dict[str, HeldOutScore] | None = None,
+          ensemble: EnsembleScore | None = None) -> Summary:
     """summary.json and curves.png in run_dir, and the table on the terminal; returns the summary."""
     result = summary(run_dir, found, tests, ensemble)
-    files.write_json(run_dir / "summary.json", result)
+    files.write_json(run_dir / "summary.json", result.to_json())
     curves({name: o.folder for name, o in found.current_models().items()}, run_dir / "curves.png")
     log.info("\n" + table(result) + f"\n(summary.json and curves.png in {run_dir})")
     return result
@@ -159,7 +148,7 @@ def print_fields(result: dict) -> None:
 
 @STAGES.register("report", help="score the current models (the test split too) and write the table, summary.json "
                                  "and curves.png")
-def run(ctx) -> dict | None:
+def run(ctx) -> Summary | None:
     """The report stage (registry.STAGES): the outputs the current settings make (freshness.survey), each current model
     scored once on the test split when there is one (heldout.py), the ensemble scored when its teachers are current,
     then the table, summary.json and curves.png; returns the summary (main process)."""

@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # started as a file: import `distill` as a packag
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -24,11 +25,14 @@ from distill import cli, config, sweep  # noqa: E402
 from distill.errors import Stopped, UserError  # noqa: E402
 from distill.registry import STAGES  # noqa: E402
 
+if TYPE_CHECKING:
+    from distill.store.records import Summary
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 log = logging.getLogger("distill")
 
 
-def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
+def execute(cfg: config.Config, run_dir: Path | None = None) -> Summary | None:
     """Run the chosen stages into run_dir (default <run_root>/<name>); return the run's summary."""
     # imported here, not at the top: --help and config errors answer before torch loads
     from distill import data, preflight
@@ -63,7 +67,7 @@ def execute(cfg: config.Config, run_dir: Path | None = None) -> dict | None:
         return _stages(cfg, acc, bundle, run_dir)
 
 
-def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> dict | None:
+def _stages(cfg: config.Config, acc, bundle, run_dir: Path) -> Summary | None:
     """Record the config and the normalization, then run the chosen stages in pipeline order: stage=X runs X and
     the stages before it, and every run ends with its report; a stage whose output is up to date is reused."""
     from distill.store import layout
@@ -110,8 +114,8 @@ def _run(raw: DictConfig) -> float | None:
     """Validate, run the stages, and return the current KD student's top-1 (None when it was not trained)."""
     cfg = config.validate(raw)
     summary = execute(*sweep.point_config_and_dir(cfg))
-    student = (summary or {}).get("models", {}).get("student")
-    return student["top1"] if student else None
+    student = summary.models.get("student") if summary else None
+    return student.top1 if student else None
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from distill import config, files
 from distill.cli import file_problem, hydra_args
 from distill.errors import ConfigError, Stopped, UserError
+from distill.store.records import Failure
 
 
 def _folder() -> Path | None:
@@ -118,7 +119,7 @@ class Sweep:
                 key, _, value = item.lstrip("+~").partition("=")
                 if key in self.swept:
                     settings[key] = value
-            record = {"reason": reason, "error": type(e).__name__, "overrides": list(overrides), "settings": settings}
+            record = Failure(reason, type(e).__name__, list(overrides), settings)
             where = self._record(folder, record, e if bug else None) if main else \
                 f"recorded in {folder / 'failed.json'}"
             self.failed.append((folder, bug))
@@ -130,7 +131,7 @@ class Sweep:
             return None
 
     @staticmethod
-    def _record(folder: Path, record: dict, bug: Exception | None) -> str:
+    def _record(folder: Path, record: Failure, bug: Exception | None) -> str:
         """Write folder/failed.json (and, for a bug, its traceback in folder/traceback.txt); says where, for the
         point's line. A folder that cannot be written keeps nothing: the line says so (and a bug's traceback is
         printed, not lost)."""
@@ -139,9 +140,9 @@ class Sweep:
             where = f"recorded in {folder / 'failed.json'}"
             if bug is not None:
                 (folder / "traceback.txt").write_text("".join(traceback.format_exception(bug)))
-                record["traceback"] = "traceback.txt"
+                record = dataclasses.replace(record, traceback="traceback.txt")
                 where += f", its traceback (an unexpected error) in {folder / 'traceback.txt'}"
-            files.write_json(folder / "failed.json", record)
+            files.write_json(folder / "failed.json", record.to_json())
             return where
         except OSError as w:
             if bug is not None:
@@ -230,7 +231,6 @@ def check(args: list[str], recipes: Path) -> int | None:
 
 def _models_of(cfg: config.Config) -> str:
     """What the model checks of a point depend on (points that share it are checked once)."""
-    import dataclasses
 
     return files.fingerprint([dataclasses.asdict(cfg.student), dataclasses.asdict(cfg.teacher), cfg.teachers,
                               cfg.data.image_size, dataclasses.asdict(cfg.kd), cfg.cache.features, cfg.log_with])

@@ -14,6 +14,7 @@ from conftest import (CLASSES, ROOT, cache_overrides, compose_recipe, config_fro
                       tiny_images, tiny_overrides)
 from distill import config, data, preflight, run
 from distill.store import artifacts, fingerprints, softlabels
+from distill.store.records import Normalization
 from distill.training import models
 from distill.errors import CheckpointError, ConfigError, DataError
 
@@ -47,7 +48,7 @@ def test_one_class_is_refused(tmp_path):
 def test_teacher_fingerprint_follows_the_checkpoint_file_content(parquet_file, tmp_path):
     file = random_teacher(tmp_path / "t.safetensors", seed=0)
     cfg = config_from(cache_overrides(parquet_file, tmp_path, file))
-    bundle, norm = data.load(cfg.data), {"mean": [0.5] * 3, "std": [0.25] * 3, "per_image": False}
+    bundle, norm = data.load(cfg.data), Normalization((0.5,) * 3, (0.25,) * 3)
     before = fingerprints.teacher(cfg, bundle.identity, norm)
     moved = tmp_path / "elsewhere.safetensors"
     moved.write_bytes(file.read_bytes())
@@ -311,8 +312,8 @@ def test_a_skipped_image_is_left_out_by_every_stage_and_counted(tmp_path, capfd)
     (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside it: its lock file
     labels = softlabels.SoftLabels(folder)
     assert labels.skipped == {index} and (labels.row(index)["logits"] == 0).all()
-    assert summary["caches"]["teacher"]["skipped_images"] == 1
-    assert {name: summary["models"][name]["skipped_images"] for name in ("teacher", "student", "baseline")} == \
+    assert summary.caches["teacher"].skipped_images == 1
+    assert {name: summary.models[name].skipped_images for name in ("teacher", "student", "baseline")} == \
         {"teacher": 1, "student": 1, "baseline": 1}
     assert "left out, failing to decode (data.on_bad_image=skip): teacher 1 images, student 1 images, baseline 1 " \
            "images, cache 1 images" in capfd.readouterr().err

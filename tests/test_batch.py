@@ -58,7 +58,7 @@ def test_a_consumer_given_a_batch_without_its_part_says_which_part():
         targets.CachedTeacher(3, True, 1.0).feature(replay, None)
     params = data.Views(view=torch.zeros(2, 6, dtype=torch.int16), split=torch.zeros(2), index=torch.arange(2))
     with pytest.raises(data.BatchError, match="without the device's renderers"):
-        transforms.ToInput(DataCfg(), {"mean": None})(params)
+        transforms.ToInput(DataCfg(), None, None)(params)
 
 
 def test_send_to_device_moves_every_tensor_and_leaves_the_jpeg_files_on_the_host():

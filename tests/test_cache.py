@@ -15,6 +15,7 @@ from conftest import ROOT, cache_overrides, config_from, random_teacher, run_her
 from distill import config, data, files
 from distill.data import transforms, views
 from distill.store import artifacts, fingerprints, softlabels
+from distill.store.records import Normalization
 from distill.training import models
 from distill.config import DataCfg
 from distill.errors import DataError
@@ -72,7 +73,7 @@ def _tiny_data(shared, **cache):
     cfg = config.validate({"data": {"source": "auto", "path": str(shared.data), "val_size": 12, "image_size": 12,
                                     "mean": [0.5] * 3, "std": [0.25] * 3, "flip": True, "padding": 2},
                            "cache": cache})
-    return cfg, data.load(cfg.data), transforms.ToInput(cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3})
+    return cfg, data.load(cfg.data), transforms.ToInput(cfg.data, [0.5] * 3, [0.25] * 3)
 
 
 def _teacher(shared):
@@ -133,7 +134,7 @@ def test_fingerprint_changes_with_what_the_bytes_depend_on(shared):
     base = {"data": {"source": "auto", "path": str(shared.data), "val_size": 12, "mean": [0.5] * 3,
                      "std": [0.25] * 3}}
     bundle = data.load(config.validate(base).data)
-    norm = {"per_image": False, "mean": [0.5] * 3, "std": [0.25] * 3}
+    norm = Normalization((0.5,) * 3, (0.25,) * 3)
 
     def fp(raw=base, digest="a", b=bundle):
         c = config.validate(raw)

@@ -7,6 +7,7 @@ from conftest import ROOT, compose_recipe, run_cli
 from distill import cli, config, files
 from distill.stages import student
 from distill.errors import ConfigError
+from distill.store.records import Normalization
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml")))
@@ -159,7 +160,7 @@ def test_each_tagged_field_changes_its_outputs_fingerprint_and_no_other(output):
     from distill.store import fingerprints
     cfg = config.validate({})
     identity = DataIdentity("demo", None, None, "x", {"split": "train"}, {"split": "val"}, ["a", "b"])
-    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    norm = Normalization((0.5,) * 3, (0.25,) * 3)
 
     def fp(c):
         if output == "cache":

@@ -95,7 +95,7 @@ def test_a_bf16_student_step_from_the_cache_is_finite_and_close_to_fp32(shared):
     replay = student.ReplayItems(bundle.images["train"], cfg.data, [folder], "cycle", seed=0)
     batch = data.collate_replay([replay[i] for i in range(32)]).to(DEVICE)
     labels = softlabels.SoftLabels(folder)
-    x = transforms.ToInput(cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3})(batch)
+    x = transforms.ToInput(cfg.data, [0.5] * 3, [0.25] * 3)(batch)
     torch.manual_seed(0)
     net = models.create("resnet8", 3).to(DEVICE)
     for kd in (KDCfg(alpha=0.9, temperature=labels.temperature), KDCfg(loss="dkd", temperature=labels.temperature)):

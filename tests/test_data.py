@@ -12,6 +12,7 @@ import torch
 from conftest import CLASSES, ROOT, extension_file, run_cli, run_here, tiny_dataset, tiny_images, tiny_overrides
 from distill import config, data, files
 from distill.store import layout
+from distill.store.records import Normalization
 from distill.data import pixels, transforms, views
 from distill.config import DataCfg
 from distill.errors import DataError
@@ -126,9 +127,9 @@ def test_views_shapes_and_norms():
     for kind, train in [("cifar", True), ("cifar", False), ("imagenet", True), ("imagenet", False)]:
         c = cfg(transform=kind, image_size=8)
         p = views.draw(c, views.train_rng(0, 0, 0), (12, 12)) if train else views.EVAL_VIEW
-        out = transforms.ToInput(c, {"mean": [0.5] * 3, "std": [0.2] * 3})(data.Views(image=views.apply(img, p, c)))
+        out = transforms.ToInput(c, [0.5] * 3, [0.2] * 3)(data.Views(image=views.apply(img, p, c)))
         assert out.shape == (3, 8, 8) and out.dtype == torch.float32
-    out = transforms.ToInput(cfg(per_image_norm=True), {"mean": None})(data.Views(image=img))
+    out = transforms.ToInput(cfg(per_image_norm=True), None, None)(data.Views(image=img))
     assert torch.allclose(out.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(out.std(dim=(1, 2)), torch.ones(3), atol=1e-4)
 
@@ -138,8 +139,8 @@ def test_computed_normalization_matches_numpy(parquet_file, tmp_path):
     bundle = data.load(c)
     norm = layout.normalization(c, bundle, tmp_path / "stats.json")
     pixels = np.stack([np.asarray(r["image"].convert("RGB"), dtype=np.float64) / 255 for r in bundle.train])
-    assert norm["mean"] == pytest.approx(pixels.mean(axis=(0, 1, 2)).tolist(), abs=1e-5)
-    assert norm["std"] == pytest.approx(pixels.std(axis=(0, 1, 2)).tolist(), abs=1e-5)
+    assert list(norm.mean) == pytest.approx(pixels.mean(axis=(0, 1, 2)).tolist(), abs=1e-5)
+    assert list(norm.std) == pytest.approx(pixels.std(axis=(0, 1, 2)).tolist(), abs=1e-5)
     assert layout.normalization(c, bundle, tmp_path / "stats.json") == norm  # read back, recorded once
 
 
@@ -147,13 +148,14 @@ def test_training_views_are_a_pure_function_of_seed_epoch_and_index(parquet_file
     c = cfg(path=str(parquet_file), padding=2)
     bundle = data.load(c)
     ds = data.ImageDataset(bundle.images["train"], c, train=True, seed=3)
-    norm = {"per_image": False, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    norm = Normalization((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     ds.set_epoch(4)
     batch = next(iter(data.make_loader(ds, 8, True, 2, 0)))  # drawn in worker processes
-    x = transforms.ToInput(c, norm)(batch)
+    x = transforms.ToInput(c, norm.mean, norm.std)(batch)
     for row, i in enumerate(batch.index.tolist()):
         p = views.draw(c, views.train_rng(3, 4, i), (12, 12))
-        want = transforms.ToInput(c, norm)(data.Views(image=views.apply(bundle.images["train"].image(i), p, c)))
+        want = transforms.ToInput(c, norm.mean, norm.std)(
+            data.Views(image=views.apply(bundle.images["train"].image(i), p, c)))
         assert torch.equal(x[row], want)
     ds.set_epoch(5)
     assert not all(torch.equal(ds[i]["image"], batch.image[r]) for r, i in enumerate(batch.index.tolist()))

@@ -109,7 +109,7 @@ def test_onnx_matches_pytorch_on_a_batch_of_images(tested, shared):
     run, _, _ = tested
     cfg = config.DataCfg(path=str(shared.data), val_size=12, image_size=12)
     images = data.load(cfg).images["val"]
-    x = transforms.ToInput(cfg, {"mean": [0.5] * 3, "std": [0.25] * 3})(
+    x = transforms.ToInput(cfg, [0.5] * 3, [0.25] * 3)(
         data.Views(image=torch.stack([images.image(i) for i in range(12)])))
     got = onnxruntime.InferenceSession(str(run / "export" / "model.onnx")).run(None, {"input": x.numpy()})[0]
     net, _ = _student(run)
@@ -198,7 +198,7 @@ def test_the_demo_ends_with_its_export_and_predict_gives_the_students_top1(demo,
         path = tmp_path / f"digit{i}.png"
         Image.fromarray(images.image(i).permute(1, 2, 0).numpy()).save(path)
         view = views.apply(images.image(i), views.EVAL_VIEW, cfg.data)  # the student's own evaluation view
-        x = transforms.ToInput(cfg.data, norm)(data.Views(image=view[None]))
+        x = transforms.ToInput(cfg.data, norm.mean, norm.std)(data.Views(image=view[None]))
         with torch.no_grad():
             want = meta["class_names"][int(net(x).argmax())]
         (ranked,) = predict.predict(folder, [path])

@@ -8,11 +8,12 @@ from conftest import run_here, tiny_dataset, tiny_overrides
 from distill import files, freshness, report
 from distill.errors import DataError
 from distill.store import artifacts, layout
+from distill.store.records import CacheRun, Meta, Summary
 
 
-def _meta(model: str, top1: float) -> dict:
-    return {"model": model, "params": 78042, "wall_s": 1.0,
-            "metrics": {"top1": top1, "top5": 99.0, "images_per_s": 100.0, "epoch": 2}}
+def _meta(model: str, top1: float) -> Meta:
+    return Meta.from_json({"model": model, "params": 78042, "wall_s": 1.0,
+                           "metrics": {"top1": top1, "top5": 99.0, "images_per_s": 100.0, "epoch": 2}})
 
 
 @pytest.mark.parametrize("teacher", ["teacher", "teacher-only"])  # the one teacher, or a one-teacher ensemble's
@@ -21,18 +22,18 @@ def test_report_flags_a_teacher_below_the_baseline(tmp_path, teacher, teacher_to
     found = freshness.Survey(models={name: freshness.Output(tmp_path / name, _meta("resnet8", top1)) for name, top1
                                      in ((teacher, teacher_top1), ("student", 74.0), ("baseline", 75.0))})
     s = report.summary(tmp_path, found)
-    assert s["teacher_below_baseline"] is below
+    assert s.teacher_below_baseline is below
     assert (f"warning: the {teacher} ({teacher_top1:.2f}%) scores below the CE baseline (75.00%)"
             in report.table(s)) is below
 
 
 @pytest.mark.parametrize("teachers, rows", [(["teacher"], ["cache     "]), (["a", "b"], ["cache-a   ", "cache-b   "])])
 def test_each_teachers_cache_is_listed_by_teacher_name_one_teacher_or_several(tmp_path, teachers, rows):
-    record = {"folder": "/c", "reused": True, "skipped_images": 2}
+    record = CacheRun("/c", reused=True, skipped_images=2)
     found = freshness.Survey(models={"student": freshness.Output(tmp_path / "s", _meta("resnet8", 74.0))},
                              caches={t: freshness.Output(tmp_path / "c", record) for t in teachers})
     s = report.summary(tmp_path, found)
-    assert s["caches"] == {t: record for t in teachers} and "cache" not in s
+    assert s.caches == {t: record for t in teachers} and "cache" not in s.to_json()
     lines = report.table(s).splitlines()
     assert [line[:10] for line in lines if line.startswith("cache")] == rows
     assert lines[-1] == "left out, failing to decode (data.on_bad_image=skip): cache 2 images (training: last epoch)"
@@ -44,25 +45,28 @@ def test_a_stale_output_is_listed_with_its_reason_and_none_of_its_numbers(tmp_pa
                                                                  "made from another cache; run stage=student"),
                                      "baseline": freshness.Output(tmp_path / "b", _meta("resnet8", 80.0))})
     s = report.summary(tmp_path, found)
-    assert set(s["models"]) == {"teacher", "baseline"} and "kd_gain_top1" not in s
+    assert set(s.models) == {"teacher", "baseline"} and "kd_gain_top1" not in s.to_json()
     why = "made from another cache; run stage=student"
-    assert s["stale"] == {"student": {"folder": str(tmp_path / "s"), "why": why}}
+    assert s.to_json()["stale"] == {"student": {"folder": str(tmp_path / "s"), "why": why}}
     text = report.table(s)
     assert "88.12" not in text and "KD gain" not in text
     assert "student    stale: made from another cache; run stage=student" in text
 
 
-def test_a_meta_json_edited_by_hand_is_not_sealed():
-    meta = artifacts.seal(_meta("resnet8", 70.0) | {"folder": __import__("pathlib").Path("/x")})
-    assert artifacts.sealed(json.loads(json.dumps(meta)))  # as read back from disk
+def test_a_meta_json_edited_by_hand_is_not_sealed(tmp_path):
+    _meta("resnet8", 70.0).write(tmp_path / "meta.json")
+    assert Meta.in_folder(tmp_path).sealed and Meta.in_folder(tmp_path).metrics.top1 == 70.0  # as read back
+    meta = json.loads((tmp_path / "meta.json").read_text())
     meta["metrics"]["top1"] = 99.9
-    assert not artifacts.sealed(meta)
-    assert not artifacts.sealed(_meta("resnet8", 70.0))  # no seal at all
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert not Meta.in_folder(tmp_path).sealed
+    (tmp_path / "meta.json").write_text(json.dumps(_meta("resnet8", 70.0).to_json()))  # no seal at all
+    assert not Meta.in_folder(tmp_path).sealed
 
 
 def test_a_meta_json_without_its_seal_is_refused_not_reused_or_redone(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights")
-    (tmp_path / "meta.json").write_text(json.dumps(_meta("resnet8", 70.0) | {"fingerprint": "fp"}))
+    (tmp_path / "meta.json").write_text(json.dumps(_meta("resnet8", 70.0).to_json() | {"fingerprint": "fp"}))
     with pytest.raises(DataError, match=r"^student: .*meta.json was changed after it was written"):
         artifacts.reusable(tmp_path, "fp", "student")
     assert artifacts.reusable(tmp_path, "other", "student") is None  # made with other settings: the stage runs
@@ -100,7 +104,7 @@ def _copy(pipeline, tmp_path):
 def test_the_full_run_shows_every_output_current(pipeline):
     s = _summary(pipeline[1])
     assert set(s["models"]) == {"teacher", "student", "baseline"} and "stale" not in s
-    assert "kd_gain_top1" in s and s["caches"]["teacher"]["folder"] and s["format_version"] == report.FORMAT_VERSION
+    assert "kd_gain_top1" in s and s["caches"]["teacher"]["folder"] and s["format_version"] == Summary.FORMAT_VERSION
 
 
 @pytest.mark.parametrize("change, stale, current", [

@@ -63,7 +63,7 @@ def test_interrupted_student_resumes_to_the_same_weights(student_setup, tmp_path
     if sig == signal.SIGTERM:  # preemption: a clean stop with a complete checkpoint
         assert code == 143 and "student: stopped by SIGTERM at step" in err and "Traceback" not in err
         newest = checkpoint.complete(out / "checkpoints")[-1]
-        assert checkpoint._problem(newest, files.read_json(newest / "progress.json")) is None
+        assert isinstance(checkpoint._progress(newest), checkpoint.Progress)
     else:
         assert code == -signal.SIGKILL
     r = run_here(*args(tmp_path))
@@ -130,7 +130,7 @@ def test_damaged_checkpoint_is_never_half_loaded(parquet_file, tmp_path, monkeyp
     caplog.set_level(logging.INFO, logger="distill")
     meta = _run_teacher(cfg, tmp_path)  # falls back to the oldest complete one
     assert "model.safetensors fails its checksum" in caplog.text and "random_states_0.pkl is missing" in caplog.text
-    assert f"resumed from {folder / names[0]}" in caplog.text and meta["metrics"]["epoch"] == 3
+    assert f"resumed from {folder / names[0]}" in caplog.text and meta.metrics.epochs == 3
 
 
 def test_foreign_or_unrestorable_checkpoints_stop_the_run(parquet_file, tmp_path, monkeypatch):
@@ -157,7 +157,7 @@ def test_foreign_or_unrestorable_checkpoints_stop_the_run(parquet_file, tmp_path
                                               r"checksum"):
         _run_teacher(cfg, tmp_path)
     meta = _run_teacher(_teacher_cfg(parquet_file, tmp_path, "resume=never"), tmp_path)  # starts over
-    assert meta["metrics"]["epoch"] == 3
+    assert meta.metrics.epochs == 3
 
 
 def test_a_progress_json_changed_by_hand_is_refused_in_one_line(parquet_file, tmp_path, monkeypatch):
@@ -223,7 +223,7 @@ def test_disk_full_keeps_the_last_good_checkpoint(parquet_file, tmp_path, monkey
     folder = tmp_path / "runs" / "tiny" / "teacher" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["step-000000002", "step-000000003"]  # no half-written one
     monkeypatch.undo()
-    assert _run_teacher(cfg, tmp_path)["metrics"]["epoch"] == 3
+    assert _run_teacher(cfg, tmp_path).metrics.epochs == 3
 
 
 def test_nonfinite_loss_stops_with_the_step_number_under_abort(parquet_file, tmp_path, monkeypatch):
@@ -239,7 +239,7 @@ def test_nonfinite_loss_stops_with_the_step_number_under_abort(parquet_file, tmp
 def test_nonfinite_loss_is_skipped_and_counted_under_skip(parquet_file, tmp_path, monkeypatch):
     _crash_at(monkeypatch, 5)
     meta = _run_teacher(_teacher_cfg(parquet_file, tmp_path, "on_nonfinite=skip"), tmp_path)
-    assert meta["metrics"]["nonfinite_skipped"] == 1 and meta["metrics"]["epoch"] == 3
+    assert meta.metrics.training.nonfinite_skipped == 1 and meta.metrics.epochs == 3
     assert all(torch.isfinite(v).all() for v in artifacts.load_weights(tmp_path / "runs" / "tiny" / "teacher").values()
                if v.is_floating_point())
     _crash_at(monkeypatch, 2)

@@ -77,7 +77,7 @@ def _setting(shared, **cache):
     bundle = data.load(cfg.data)
     teacher = models.create("resnet8", 3)
     teacher.load_state_dict(artifacts.load_weights(shared.teacher_dir))
-    return cfg, bundle, transforms.ToInput(cfg.data, {"mean": [0.5] * 3, "std": [0.25] * 3}), teacher.eval()
+    return cfg, bundle, transforms.ToInput(cfg.data, [0.5] * 3, [0.25] * 3), teacher.eval()
 
 
 def _batch(replay, idx):

@@ -124,7 +124,7 @@ def test_cached_mixing_is_tricks_blend_row_by_row_bit_for_bit():
     image, partner = (torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8) for _ in range(2))
     lam = torch.tensor([1.0, 0.3, 0.75, 0.6])
     box = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [2, 1, 4, 4], [5, 0, 3, 8]])  # unmixed, mixup, two cutmix
-    to_input = transforms.ToInput(DataCfg(), {"mean": [0.5] * 3, "std": [0.25] * 3})
+    to_input = transforms.ToInput(DataCfg(), [0.5] * 3, [0.25] * 3)
     got = to_input(data.Views(image=image, mixed=data.MixedView(image=partner, lam=lam, box=box)))
     x, y = to_input(data.Views(image=image)), to_input(data.Views(image=partner))
     for r in range(4):

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import config, data, files, report  # noqa: E402
 from distill.data import transforms  # noqa: E402
 from distill.store import artifacts, layout, softlabels  # noqa: E402
+from distill.store.records import Meta  # noqa: E402
 from distill.training import engine, models, tricks  # noqa: E402
 from distill.stages import cache, student  # noqa: E402
 from distill.training.context import RunContext  # noqa: E402
@@ -83,7 +84,8 @@ def _timm_task_rate(cfg, bundle, norm, teacher_net, acc) -> float:
                                  device=acc.device, verbose=False).train()
     optimizer = tricks.build_optimizer(net, s.optim, tricks.scaled_lr(s.optim.lr, s.batch_size))
     loader, _ = data.loaders(bundle, cfg.data, s.batch_size, 0)
-    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
+    to_input = transforms.ToInput(cfg.data, norm.mean, norm.std,
+                                  data.device_views(cfg.data, bundle, acc.device))
     for epoch in range(s.epochs):  # timed like the student stage: the last epoch only
         _sync()
         seen, start = 0, time.perf_counter()
@@ -105,7 +107,7 @@ def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
     """The cached-KD training loader alone (replayed views with their soft labels), to normalised tensors on the
     training device, as the student stage feeds them (pinned memory on a GPU, normalised there)."""
     replay = student.ReplayItems(bundle.images["train"], cfg.data, [folder], cfg.kd.views, 0)
-    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, device))
+    to_input = transforms.ToInput(cfg.data, norm.mean, norm.std, data.device_views(cfg.data, bundle, device))
     loader = torch.utils.data.DataLoader(replay, batch_size=cfg.student.batch_size, shuffle=True, drop_last=True,
                                          num_workers=data.workers(cfg.data, replay.images),
                                          collate_fn=data.collate_replay, pin_memory=torch.cuda.is_available())
@@ -277,14 +279,15 @@ def main() -> None:
     n = len(bundle.train)
     torch.manual_seed(0)
     teacher_net = models.create(args.teacher, bundle.num_classes)
-    artifacts.save_model(tmp / "teacher", teacher_net, {"model": args.teacher})
+    artifacts.save_model(tmp / "teacher", teacher_net, Meta(model=args.teacher))
     teacher_net = teacher_net.to(acc.device, memory_format=torch.channels_last).eval()  # as timm's task gets it
     teacher_folded = models.frozen(teacher_net, acc.device)  # as our cache stage and online KD run it
 
     # (e) raw teacher inference over the loader, then the cache stage (into a fresh root each round), per round
     eval_ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
     loader = data.make_loader(eval_ds, cfg.cache.batch_size, False, data.workers(cfg.data, eval_ds.images), 0)
-    to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
+    to_input = transforms.ToInput(cfg.data, norm.mean, norm.std,
+                                  data.device_views(cfg.data, bundle, acc.device))
     labelling = []
     for r in range(args.rounds):
         for _ in range(args.epochs):  # like training, the last pass is timed
@@ -310,10 +313,10 @@ def main() -> None:
     for r in range(args.rounds):
         metas = student.run(RunContext.make(cfg, acc, bundle, norm, tmp / f"round{r}"))
         online = student.run(RunContext.make(online_cfg, acc, bundle, norm, tmp / f"round{r}" / "online"))
-        rounds.append({"cached": metas["student"]["metrics"]["images_per_s"],
-                       "wait": metas["student"]["metrics"]["data_wait_share"],
-                       "ce": metas["baseline"]["metrics"]["images_per_s"],
-                       "online": online["student"]["metrics"]["images_per_s"],
+        rounds.append({"cached": metas["student"].metrics.images_per_s,
+                       "wait": metas["student"].metrics.training.data_wait_share,
+                       "ce": metas["baseline"].metrics.images_per_s,
+                       "online": online["student"].metrics.images_per_s,
                        "timm": _timm_task_rate(cfg, bundle, norm, teacher_net, acc)})
         _phase(f"training round {r + 1} of {args.rounds}")
 

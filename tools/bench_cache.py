@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill import config, data, report  # noqa: E402
 from distill.data import transforms  # noqa: E402
 from distill.store import artifacts, layout, softlabels  # noqa: E402
+from distill.store.records import Meta  # noqa: E402
 from distill.training import engine, models  # noqa: E402
 from distill.stages import cache  # noqa: E402
 from distill.training.context import RunContext  # noqa: E402
@@ -52,13 +53,13 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = models.create(args.teacher, bundle.num_classes)
     run_dir = tmp / "run"
-    artifacts.save_model(run_dir / "teacher", teacher, {"model": args.teacher})
+    artifacts.save_model(run_dir / "teacher", teacher, Meta(model=args.teacher))
     n = len(bundle.train)
 
     # (1) raw teacher inference over the loader
     ds = data.ImageDataset(bundle.images["train"], cfg.data, train=False)
     loader = data.make_loader(ds, args.batch, False, args.workers, 0)
-    to_input = transforms.ToInput(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm.mean, norm.std)
     model = teacher.to(acc.device, memory_format=torch.channels_last).eval()
     start = time.perf_counter()
     with torch.inference_mode(), acc.autocast():

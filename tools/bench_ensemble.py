@@ -62,7 +62,7 @@ def main() -> None:
             print(f"round {r + 1} of {args.rounds}: {k} teacher(s)", file=sys.stderr, flush=True)
             folder = tmp / f"{cfg.name}-round{r}"
             meta = student.run(RunContext.make(cfg, acc, bundle, norm, folder))["student"]
-            best[k] = max(best.get(k, 0.0), meta["metrics"]["images_per_s"])
+            best[k] = max(best.get(k, 0.0), meta.metrics.images_per_s)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
     result = {"device": device, "images": len(bundle.train), "teacher": args.teacher, "student": args.student,
               "batch": args.batch, "topk": args.topk, "rounds": args.rounds,

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_args  # noqa: E402  (tools/, beside this file)
 from distill import config, data, report  # noqa: E402
 from distill.store import artifacts, layout  # noqa: E402
+from distill.store.records import Meta  # noqa: E402
 from distill.training import engine, models, tricks  # noqa: E402
 from distill.stages import cache, student  # noqa: E402
 from distill.training.context import RunContext  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
     bundle = data.load(cfg.data)
     norm = layout.normalization(cfg.data, bundle)
     torch.manual_seed(0)
-    artifacts.save_model(tmp / "teacher", models.create(args.teacher, bundle.num_classes), {"model": args.teacher})
+    artifacts.save_model(tmp / "teacher", models.create(args.teacher, bundle.num_classes), Meta(model=args.teacher))
     ctx = RunContext.make(cfg, acc, bundle, norm, tmp / "bench")
     cache.run(ctx)
     rate = {}
@@ -75,11 +76,11 @@ def main() -> None:
         return student.run(RunContext.make(one, acc, bundle, norm, tmp / name))
 
     plain = student_rate("cached_kd", {}, baseline=True)  # cached KD, then the CE-only baseline
-    rate["ce_only"], rate["cached_kd"] = (plain[k]["metrics"]["images_per_s"] for k in ("baseline", "student"))
-    rate["cached_feature_kd"] = student_rate("cached_feature_kd", {"feature_weight": 1.0})["student"]["metrics"][
-        "images_per_s"]
+    rate["ce_only"], rate["cached_kd"] = (plain[k].metrics.images_per_s for k in ("baseline", "student"))
+    rate["cached_feature_kd"] = student_rate("cached_feature_kd", {"feature_weight": 1.0})[
+        "student"].metrics.images_per_s
     rate["online_feature_kd"] = student_rate("online_feature_kd", {"feature_weight": 1.0, "teacher": "online"})[
-        "student"]["metrics"]["images_per_s"]
+        "student"].metrics.images_per_s
     rate["timm_feature_task"] = timm_feature_task(cfg, ctx, tmp / "teacher")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
     result = {"device": device, "images": len(bundle.train), "teacher": args.teacher, "student": args.student,

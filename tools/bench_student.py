@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_args  # noqa: E402  (tools/, beside this file)
 from distill import config, data, report  # noqa: E402
 from distill.store import artifacts, layout  # noqa: E402
+from distill.store.records import Meta  # noqa: E402
 from distill.training import engine, models  # noqa: E402
 from distill.stages import cache, student  # noqa: E402
 from distill.training.context import RunContext  # noqa: E402
@@ -36,13 +37,13 @@ def main() -> None:
     bundle = data.load(cfg.data)
     norm = layout.normalization(cfg.data, bundle)
     torch.manual_seed(0)
-    artifacts.save_model(tmp / "teacher", models.create(args.teacher, bundle.num_classes), {"model": args.teacher})
+    artifacts.save_model(tmp / "teacher", models.create(args.teacher, bundle.num_classes), Meta(model=args.teacher))
     cache.run(RunContext.make(cfg, acc, bundle, norm, tmp / "bench"))
     cached = student.run(RunContext.make(cfg, acc, bundle, norm, tmp / "bench"))  # cached KD, then the CE-only baseline
     online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},
                                         "student": raw["student"] | {"baseline": False}})
     online = student.run(RunContext.make(online_cfg, acc, bundle, norm, tmp / "online"))
-    rate = {name: meta["metrics"]["images_per_s"] for name, meta in
+    rate = {name: meta.metrics.images_per_s for name, meta in
             (("ce_only", cached["baseline"]), ("cached_kd", cached["student"]), ("online_kd", online["student"]))}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
     result = {"device": device,

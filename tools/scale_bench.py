@@ -121,7 +121,7 @@ def infer(args: list[str]) -> None:
     order = np.random.default_rng(0).permutation(len(items))[:batch * (steps + 1)].tolist()
     loader = torch.utils.data.DataLoader(items, batch_size=batch, sampler=order, num_workers=cfg.data.num_workers,
                                          collate_fn=data.collate_cache)
-    to_input = transforms.ToInput(cfg.data, {"mean": cfg.data.mean, "std": cfg.data.std})
+    to_input = transforms.ToInput(cfg.data, cfg.data.mean, cfg.data.std)
     net = timm.create_model("scale_linear", num_classes=1000, img_size=cfg.data.image_size).eval()
     with torch.inference_mode():
         for i, b in enumerate(loader):

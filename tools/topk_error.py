@@ -61,7 +61,7 @@ def measure(run: Path, ks: list[int], temperatures: list[float], batch_size: int
                          "needs every logit (cache.topk >= classes)")
     bundle = data.load(cfg.data)
     norm = layout.normalization(cfg.data, bundle, run / "data_stats.json")  # as the stages found it
-    to_input = transforms.ToInput(cfg.data, norm)
+    to_input = transforms.ToInput(cfg.data, norm.mean, norm.std)
     nets = _students(run, cfg, labels.num_classes)
     rows: dict[tuple, list] = {}
     for epoch in range(labels.views):  # every cached view once: sample i at epoch e replays view (i + e) mod V

@@ -3,6 +3,8 @@ device, and the normalization statistics. (The crop/flip geometry lives in views
 replayed.)"""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torchvision.transforms import v2
 
@@ -25,13 +27,16 @@ class ToInput:
     lam < 1 mixes up, a non-empty box pastes). With data.renderer=device a batch carries view parameters
     instead of pixels, rendered here first. The one place every stage turns a batch into the input."""
 
-    def __init__(self, cfg: DataCfg, norm: dict, device_views: dict | None = None):
+    def __init__(self, cfg: DataCfg, mean: Sequence[float] | None, std: Sequence[float] | None,
+                 device_views: dict | None = None):
+        """`mean`, `std`: the channel statistics the input is normalised with (the run's Normalization; None: none,
+        or each image by its own with data.per_image_norm)."""
         self.device_views = device_views  # data.renderer=device: split index -> views.DeviceViews
         steps = [v2.ToDtype(torch.float32, scale=True)]
         if cfg.per_image_norm:
             steps.append(PerImageStandardize())
-        elif norm.get("mean") is not None:
-            steps.append(v2.Normalize(norm["mean"], norm["std"]))
+        elif mean is not None:
+            steps.append(v2.Normalize(list(mean), list(std)))
         self.normalize = v2.Compose(steps)
 
     def __call__(self, batch: Views) -> torch.Tensor:

@@ -17,7 +17,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,12 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from distill import data, faults, files
+from distill import data, faults
 from distill.config import Config, DataCfg, MixCfg
 from distill.data import transforms, views
 from distill.registry import STAGES
 from distill.store import artifacts, fingerprints, layout, softlabels
+from distill.store.records import CacheRun
 from distill.training import models, tricks
 from distill.training.context import RunContext
 from distill.errors import ConfigError, DataError
@@ -360,7 +361,7 @@ def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: softlabe
     """This run's view of the cache (which folder, how long it took) in `record` beside the run; never inside the
     cache, whose bytes must not depend on who computed them."""
     if acc.is_main_process:
-        previous = layout.read_cache_record(record) or {}
-        keep = previous if previous.get("folder") == str(folder) else {}
-        files.write_sealed(record, keep | {"folder": str(folder), "reused": timing is None,
-                                           "skipped_images": len(manifest.skipped)} | (timing or {}))
+        previous = layout.read_cache_record(record)
+        kept = previous if previous is not None and previous.folder == str(folder) else CacheRun(str(folder))
+        replace(kept, reused=timing is None, skipped_images=len(manifest.skipped),
+                **(timing or {})).write(record)

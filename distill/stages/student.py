@@ -28,6 +28,7 @@ from distill.data import views
 from distill.errors import ConfigError, DataError
 from distill.registry import STAGES
 from distill.store import artifacts, fingerprints, layout, softlabels
+from distill.store.records import Meta
 from distill.training import engine, models, objectives, targets
 from distill.training.context import RunContext
 
@@ -125,7 +126,7 @@ def seed_of(cfg: Config) -> int:
     return cfg.student.seed if cfg.student.seed is not None else cfg.seed
 
 
-def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train_loader) -> dict:
+def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train_loader) -> Meta:
     """Train and publish the student (or baseline) whose fingerprint hashes `inputs`."""
     cfg, acc, bundle = ctx.cfg, ctx.acc, ctx.data
     fp = files.fingerprint(inputs)
@@ -148,11 +149,11 @@ def _train(ctx: RunContext, out: Path, name: str, inputs: dict, objective, train
                           model=s.model, num_classes=bundle.num_classes, class_names=bundle.class_names,
                           model_args=s.model_args, image_size=cfg.data.image_size, normalization=ctx.norm, seed=seed,
                           config={"student": dataclasses.asdict(s), "kd": dataclasses.asdict(cfg.kd)},
-                          wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part
+                          wall_s=time.perf_counter() - start + metrics.earlier_wall_s)  # every part
 
 
 @STAGES.register("student", help="train the student from the cache (or a live teacher), and its CE-only baseline")
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> dict[str, Meta]:
     """The KD student (reused while its fingerprint holds) and, with student.baseline, its CE-only twin."""
     cfg, kd = ctx.cfg, ctx.cfg.kd
     caches = _soft_labels(ctx) if kd.teacher == "cached" else None
@@ -229,7 +230,7 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
     return targets.Ensemble(teachers, cfg.kd.teacher_weights, cfg.kd.ensemble), loader
 
 
-def _baseline(ctx: RunContext) -> dict:
+def _baseline(ctx: RunContext) -> Meta:
     """The same student, recipe, budget and seed with CE only."""
     cfg = ctx.cfg
     out = layout.student_dir(ctx.run_dir, baseline=True)

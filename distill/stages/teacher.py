@@ -13,6 +13,7 @@ from distill.config import Config
 from distill.errors import ConfigError
 from distill.registry import STAGES, TEACHER_SOURCES
 from distill.store import artifacts, fingerprints, layout
+from distill.store.records import Meta, Metrics
 from distill.training import engine, objectives
 from distill.training.context import RunContext
 
@@ -25,7 +26,7 @@ def build(cfg: Config, num_classes: int, key: str = "teacher"):
 
 
 @STAGES.register("teacher", help="train the teacher, or load it (timm hub weights or a checkpoint) and fine-tune it")
-def run(ctx: RunContext) -> dict[str, dict]:
+def run(ctx: RunContext) -> dict[str, Meta]:
     """Each teacher (RunContext.teachers) in its folder, held by one run at a time and reused while up to date.
     {teacher name: its meta}."""
     done = {}
@@ -34,21 +35,21 @@ def run(ctx: RunContext) -> dict[str, dict]:
             done[teacher_ctx.teacher_name] = _train_or_load(teacher_ctx)
         # the weights' sha256 this stage just verified or wrote (meta.json's): the run's identities take it from here
         teacher_ctx.weights_checked(layout.require_trained(teacher_ctx.teacher_dir, "teacher", "teacher")
-                                    ["weights_sha256"])
+                                    .weights_sha256)
     return done
 
 
 def _refuse_other_teacher(folder, fp: str) -> None:
     """A shared teacher.dir holds one teacher: runs with other teacher settings (or data) never train into it, since
     the runs that share it would then report next to weights they were not made from."""
-    held = files.read_json(folder / "meta.json")
-    if held and held.get("fingerprint") != fp:
+    held = Meta.in_folder(folder)
+    if held and held.fingerprint != fp:
         raise ConfigError(f"teacher.dir: {folder} holds a teacher made with other teacher settings or data "
-                          f"(fingerprint {held.get('fingerprint', '?')[:12]}, this run's {fp[:12]}), which the runs "
+                          f"(fingerprint {(held.fingerprint or '?')[:12]}, this run's {fp[:12]}), which the runs "
                           f"sharing it use; give this run its own teacher.dir, or delete {folder} to retrain it there")
 
 
-def _train_or_load(ctx: RunContext) -> dict:
+def _train_or_load(ctx: RunContext) -> Meta:
     """The teacher of `ctx` (a teacher's context), trained or loaded, published in its folder: its meta."""
     cfg, acc, bundle, norm = ctx.cfg, ctx.acc, ctx.data, ctx.norm
     out = ctx.teacher_dir
@@ -74,8 +75,8 @@ def _train_or_load(ctx: RunContext) -> dict:
                                     objectives.CrossEntropy(bundle.num_classes, teacher.label_smoothing), acc)
     else:
         prepared, val_loader = acc.prepare(model, val_loader)
-        metrics = engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False)
+        metrics = Metrics(engine.evaluate(prepared, val_loader, acc, ctx.to_input, channels_last=False))
     return engine.publish(acc, out, model, name, metrics, fingerprint=fp, inputs=fingerprints.parts(inputs),
                           model=teacher.model, num_classes=bundle.num_classes, class_names=bundle.class_names,
                           image_size=cfg.data.image_size, normalization=norm, config=dataclasses.asdict(teacher),
-                          wall_s=time.perf_counter() - start + metrics.get("earlier_wall_s", 0.0))  # every part
+                          wall_s=time.perf_counter() - start + metrics.earlier_wall_s)  # every part

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -13,48 +14,38 @@ from safetensors.torch import load_file, save_file
 
 from distill.errors import DataError, UserError
 from distill import files
-from distill.files import _fsync_rename, read_json, sha256
+from distill.files import fsync_rename, sha256
+from distill.store.records import Meta
 
-SEAL = "meta_sha256"  # meta.json's seal (files.seal): a hand-edited number is never shown as measured
-
-
-def seal(meta: dict) -> dict:
-    """`meta` as JSON reads it back, with its seal."""
-    return files.seal(meta, SEAL)
-
-
-def sealed(meta: dict) -> bool:
-    """Whether a meta.json read back is as save_model wrote it (not edited since)."""
-    return files.is_sealed(meta, SEAL)
-
-
-def save_model(folder: Path, model: torch.nn.Module, meta: dict) -> None:
+def save_model(folder: Path, model: torch.nn.Module, meta: Meta) -> Meta:
     """model.safetensors first, meta.json last (with the weights' sha256, sealed): meta.json is the marker that the
-    folder is complete, and says which weights its metrics belong to."""
+    folder is complete, and says which weights its metrics belong to. Returns the meta as written."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
-    _fsync_rename(tmp, folder / "model.safetensors")
-    files.write_sealed(folder / "meta.json", meta | {"weights_sha256": sha256(folder / "model.safetensors")}, SEAL)
+    fsync_rename(tmp, folder / "model.safetensors")
+    meta = dataclasses.replace(meta, weights_sha256=sha256(folder / "model.safetensors"))
+    meta.write(folder / "meta.json")
+    return meta
 
 
-def reusable(folder: Path, fp: str, name: str) -> dict | None:
+def reusable(folder: Path, fp: str, name: str) -> Meta | None:
     """The meta of a finished stage output made with this fingerprint, or None (then the stage must run). Weights
     that are not the ones meta.json scored, or a meta.json edited since it was written, stop the run: their metrics
     would be reported next to other weights, or as measured when they were not."""
     folder = Path(folder)
-    meta = read_json(folder / "meta.json")
-    if not (meta and meta.get("fingerprint") == fp and (folder / "model.safetensors").exists()):
+    meta = Meta.in_folder(folder)
+    if not (meta and meta.fingerprint == fp and (folder / "model.safetensors").exists()):
         return None
     redo = f"delete {folder} to {'retrain' if name != 'teacher' else 'rebuild'} it"
-    if not sealed(meta):
+    if not meta.sealed:
         raise DataError(files.changed(name, folder / "meta.json", redo, "its numbers would be shown as measured"))
-    if sha256(folder / "model.safetensors") != meta["weights_sha256"]:
+    if sha256(folder / "model.safetensors") != meta.weights_sha256:
         raise DataError(f"{name}: {folder / 'model.safetensors'} is not the file {folder / 'meta.json'} scored "
                         f"(changed or replaced since it was written); restore it, or {redo}")
-    logging.getLogger("distill").info(f"{name}: reusing {folder} (val top-1 {meta['metrics']['top1']:.2f}%)")
+    logging.getLogger("distill").info(f"{name}: reusing {folder} (val top-1 {meta.metrics.top1:.2f}%)")
     return meta
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import config, files
+from distill.store.records import Normalization
 from distill.config import Config
 from distill.data.identity import DataIdentity
 from distill.store.softlabels import CacheIdentity, LogitsKept
@@ -48,15 +49,15 @@ def parts(inputs: dict) -> dict[str, str]:
     return {part: files.fingerprint(value) for part, value in inputs.items()}
 
 
-def teacher_inputs(cfg: Config, identity: DataIdentity, norm: dict) -> dict:
+def teacher_inputs(cfg: Config, identity: DataIdentity, norm: Normalization) -> dict:
     """What the teacher's fingerprint hashes: its settings, the data's identity and the normalization."""
     inputs = settings(cfg, "teacher")
     if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():  # what the file holds, not its path
         inputs["teacher.checkpoint"] = files.sha256(Path(cfg.teacher.checkpoint))
-    return {"settings": inputs, "data": identity.to_json(), "norm": norm}
+    return {"settings": inputs, "data": identity.to_json(), "norm": norm.to_json()}
 
 
-def teacher(cfg: Config, identity: DataIdentity, norm: dict) -> str:
+def teacher(cfg: Config, identity: DataIdentity, norm: Normalization) -> str:
     return files.fingerprint(teacher_inputs(cfg, identity, norm))
 
 
@@ -65,7 +66,7 @@ def kept(cfg: Config, num_classes: int) -> LogitsKept:
     return LogitsKept(cfg.cache.topk, num_classes, cfg.kd.temperature)
 
 
-def cache_identity(cfg: Config, identity: DataIdentity, norm: dict, num_classes: int,
+def cache_identity(cfg: Config, identity: DataIdentity, norm: Normalization, num_classes: int,
                    teacher_sha256: str) -> CacheIdentity:
     """Everything the cached bytes depend on (its hash names the cache folder): the teacher's weights, the data,
     the normalization and the settings tagged `cache`, cache.topk and kd.temperature as the bytes use them."""
@@ -80,12 +81,12 @@ def student_source(sources: list[str]) -> str:
     return sources[0] if len(sources) == 1 else files.fingerprint(sources)
 
 
-def student_inputs(cfg: Config, identity: DataIdentity, norm: dict, source: str, baseline: bool) -> dict:
+def student_inputs(cfg: Config, identity: DataIdentity, norm: Normalization, source: str, baseline: bool) -> dict:
     """What a student's fingerprint hashes. `source`: the cache's fingerprint or the teacher's weights (KD student;
     an ensemble's: the hash of its teachers' list); empty for the CE baseline."""
     return {"settings": settings(cfg, "baseline" if baseline else "student"), "data": identity.to_json(),
-            "norm": norm, "source": source}
+            "norm": norm.to_json(), "source": source}
 
 
-def student(cfg: Config, identity: DataIdentity, norm: dict, source: str, baseline: bool) -> str:
+def student(cfg: Config, identity: DataIdentity, norm: Normalization, source: str, baseline: bool) -> str:
     return files.fingerprint(student_inputs(cfg, identity, norm, source, baseline))

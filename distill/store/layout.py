@@ -17,6 +17,7 @@ from distill import data, files
 from distill.config import Config, DataCfg
 from distill.errors import DataError
 from distill.store.softlabels import CacheIdentity
+from distill.store.records import CacheRun, Meta, Normalization
 
 log = logging.getLogger("distill")
 
@@ -54,12 +55,15 @@ def student_dir(run_dir: Path, baseline: bool = False) -> Path:
     return run_dir / ("baseline" if baseline else "student")
 
 
-def require_trained(folder: Path, needed_by: str, what: str) -> dict:
+def require_trained(folder: Path, needed_by: str, what: str) -> Meta:
     """The meta.json of the model stage `what` trained into `folder`; a missing one stops the run in one line
-    naming the stage that makes it."""
-    meta = files.read_json(folder / "meta.json")
+    naming the stage that makes it, one changed since it was written in one line saying so."""
+    meta = Meta.in_folder(folder)
     if meta is None:
         raise DataError(f"{needed_by}: no trained {what} in {folder}; run stage={what} first")
+    if not meta.sealed:
+        raise DataError(files.changed(needed_by, folder / "meta.json", f"delete {folder} and run stage={what} to "
+                                      "remake it"))
     return meta
 
 
@@ -69,9 +73,9 @@ def cache_record(teacher: str) -> str:
     return named("cache", teacher) + ".json"
 
 
-def read_cache_record(record: Path) -> dict | None:
+def read_cache_record(record: Path) -> CacheRun | None:
     """A run's record of its cache (cache_record), sealed; None when there is none."""
-    return files.read_sealed(record, "cache", "delete it and run stage=cache to write it again")
+    return CacheRun.read(record, "cache", "delete it and run stage=cache to write it again")
 
 
 def cache_dir(cfg: Config, identity: CacheIdentity) -> Path:
@@ -79,24 +83,24 @@ def cache_dir(cfg: Config, identity: CacheIdentity) -> Path:
     return Path(cfg.cache.root) / identity.folder_name()
 
 
-def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = None) -> dict:
+def normalization(cfg: DataCfg, bundle: data.DataBundle, record: Path | None = None) -> Normalization:
     """Mean/std from the recipe, or computed once from the training split (eval view, first `stats_images`
     images) and recorded in `record`, keyed by the split's identity (content and rows) so a later run reads it back."""
     if cfg.per_image_norm:
-        return {"per_image": True, "mean": None, "std": None}
+        return Normalization(per_image=True)
     if cfg.mean is not None:
-        return {"per_image": False, "mean": list(cfg.mean), "std": list(cfg.std)}
+        return Normalization(tuple(cfg.mean), tuple(cfg.std))
     key = files.fingerprint([bundle.identity.content, bundle.identity.train, cfg.image_size, cfg.transform,
                              cfg.crop_pct, cfg.stats_images])
     saved = files.read_sealed(record, "data", "delete it to compute the statistics again") if record else None
     if saved and saved.get("key") == key:
-        return saved["normalization"]
+        return Normalization.from_json(saved["normalization"])
     subset = bundle.images["train"].subset(min(cfg.stats_images, len(bundle.train)))
     ds = data.ImageDataset(subset, cfg, train=False, skip_bad=True, pixels=True)
     mean, std = data.channel_stats(data.make_loader(ds, 256, False, cfg.num_workers, 0))
-    norm = {"per_image": False, "mean": mean, "std": std}
+    norm = Normalization(tuple(mean), tuple(std))
     log.info(f"data: computed mean {mean} std {std} from {len(subset)} training images")
     if record:
         record.parent.mkdir(parents=True, exist_ok=True)
-        files.write_sealed(record, {"key": key, "normalization": norm})
+        files.write_sealed(record, {"key": key, "normalization": norm.to_json()})
     return norm

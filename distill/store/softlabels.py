@@ -82,7 +82,7 @@ class CacheIdentity:
     the settings, is the one that runs (run.py sets it)."""
     teacher_sha256: str  # the teacher's weights
     data: DataIdentity
-    normalization: dict[str, Any]
+    normalization: Any  # the Normalization (store/records.py), hashed as its JSON
     kept: LogitsKept
     settings: dict[str, Any]  # every other setting tagged `cache` (config.py), by dotted key: a new one joins by tag
     format_version: int = FORMAT_VERSION
@@ -95,7 +95,7 @@ class CacheIdentity:
         """What is hashed and stored: every key and value as distill has always written them (a change here renames
         every cache folder)."""
         return {"format_version": self.format_version, "teacher_sha256": self.teacher_sha256,
-                "data": self.data.to_json(), "normalization": self.normalization, **self.settings,
+                "data": self.data.to_json(), "normalization": files.as_json(self.normalization), **self.settings,
                 "cache.topk": self.kept.k, "kd.temperature": self.kept.temperature}
 
     def folder_name(self) -> str:
@@ -241,9 +241,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    files.fsync_rename(tmp, path)
 
 
 def shard_layout(dtype: np.dtype, features: bool) -> dict:

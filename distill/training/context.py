@@ -14,6 +14,7 @@ from distill.config import Config
 from distill.data import transforms
 from distill.store import fingerprints, layout
 from distill.store.softlabels import CacheIdentity
+from distill.store.records import Normalization
 
 
 @dataclass
@@ -23,7 +24,7 @@ class RunContext:
     cfg: Config
     acc: Accelerator
     data: data.DataBundle
-    norm: dict
+    norm: Normalization
     run_dir: Path
     to_input: transforms.ToInput
     teacher_name: str = layout.ONE_TEACHER  # a teacher's context (teachers()): its name, "teacher" or an ensemble's
@@ -32,9 +33,11 @@ class RunContext:
     _teachers: list[RunContext] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def make(cls, cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: dict, run_dir: Path) -> "RunContext":
+    def make(cls, cfg: Config, acc: Accelerator, bundle: data.DataBundle, norm: Normalization,
+             run_dir: Path) -> "RunContext":
         """The context, with the batch -> input transform built once (on the device views when rendered there)."""
-        to_input = transforms.ToInput(cfg.data, norm, data.device_views(cfg.data, bundle, acc.device))
+        views = data.device_views(cfg.data, bundle, acc.device)
+        to_input = transforms.ToInput(cfg.data, norm.mean, norm.std, views)
         return cls(cfg, acc, bundle, norm, run_dir, to_input)
 
     def teachers(self) -> list[RunContext]:

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 from distill import faults
 from distill.data.batch import ViewBatch, Views
 from distill.store import artifacts, checkpoint
+from distill.store.checkpoint import TrainState
+from distill.store.records import Meta, Metrics, Scores, StepLine, Training
 from distill.training import tricks
 from distill.training.objectives import Progress
 from distill.config import CheckpointCfg, Config, TrainCfg
@@ -83,7 +85,7 @@ def make_accelerator(precision: str = "auto", **kwargs) -> Accelerator:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, acc: Accelerator, to_input, channels_last: bool = True) -> dict:
+def evaluate(model: torch.nn.Module, loader, acc: Accelerator, to_input, channels_last: bool = True) -> Scores:
     """Top-1, top-5 and CE loss over the whole split; gather_for_metrics drops the padding DDP adds."""
     model.eval()
     sums = torch.zeros(3, device=acc.device, dtype=torch.float64)  # top-1 hits, top-5 hits, loss: one sync at the end
@@ -98,8 +100,8 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, to_input, channel
         sums += torch.stack([hit1.sum(), hit5.sum(), loss.sum()]).to(torch.float64)
         count += hit1.numel()
     correct1, correct5, loss_sum = sums.tolist()
-    return {"top1": 100.0 * correct1 / max(count, 1), "top5": 100.0 * correct5 / max(count, 1),
-            "val_loss": loss_sum / max(count, 1), "val_count": count}
+    return Scores(100.0 * correct1 / max(count, 1), 100.0 * correct5 / max(count, 1), loss_sum / max(count, 1),
+                  count)
 
 
 class _Preemption:
@@ -135,42 +137,19 @@ class _Logs:
         self.epochs, self.steps, self.main = out_dir / "metrics.jsonl", out_dir / "steps.jsonl", acc.is_main_process
         if self.main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            self._keep(self.epochs, lambda r: r["epoch"] <= epochs_done)
-            self._keep(self.steps, lambda r: r["step"] <= step)
+            self._keep(self.epochs, lambda obj: Metrics.from_json(obj).epochs <= epochs_done)
+            self._keep(self.steps, lambda obj: StepLine.from_json(obj).step <= step)
 
     @staticmethod
-    def _keep(path: Path, wanted) -> None:
+    def _keep(path: Path, wanted: Callable[[dict], bool]) -> None:
         rows = [line for line in path.read_text().splitlines() if wanted(json.loads(line))] if path.exists() else []
         path.write_text("".join(line + "\n" for line in rows))
 
-    def write(self, which: str, row: dict) -> None:
+    def write(self, line: Metrics | StepLine) -> None:
+        """An epoch's line (Metrics) to metrics.jsonl, a step's (StepLine) to steps.jsonl."""
         if self.main:
-            with open(self.epochs if which == "epoch" else self.steps, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-
-@dataclass
-class TrainState:
-    """Where training stands, saved with every checkpoint, so that a resumed stage continues bit for bit."""
-    epoch: int = 0  # the epoch being trained (= epochs done)
-    batch: int = 0  # batches of that epoch already trained
-    step: int = 0  # optimizer steps done
-    term_sums: dict = field(default_factory=dict)  # this epoch's sum of each objective term
-    window_terms: dict = field(default_factory=dict)  # each term's sum since the last steps.jsonl line
-    window_n: int = 0  # batches since the last steps.jsonl line
-    seen: int = 0  # images trained this epoch, this process
-    skipped: int = 0  # images left out this epoch (data.on_bad_image=skip), this process
-    nonfinite_skipped: int = 0  # updates skipped for a non-finite loss, whole stage
-    epoch_s: float = 0.0  # time this epoch trained before the last resume
-    wait_s: float = 0.0  # of this epoch's time, waiting for the next batch (as timm's data_time)
-    train_s: float = 0.0  # training time of the finished epochs
-    wall_s: float = 0.0  # the stage's wall time before this part (every part a resume continued)
-    best_top1: float | None = None
-
-    @classmethod
-    def from_checkpoint(cls, progress: dict) -> "TrainState":
-        """The state a checkpoint's progress.json saved."""
-        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls)})
+            with open(self.epochs if isinstance(line, Metrics) else self.steps, "a") as f:
+                f.write(json.dumps(line.line() if isinstance(line, Metrics) else line.to_json()) + "\n")
 
 
 class _Sums:
@@ -224,7 +203,7 @@ class _Epoch:
 
 
 def fit(model: torch.nn.Module, train_loader, val_loader, job: TrainingJob, objective: Objective,
-        acc: Accelerator) -> tuple[torch.nn.Module, dict]:
+        acc: Accelerator) -> tuple[torch.nn.Module, Metrics]:
     """Train for job.cfg.epochs, evaluating after each epoch, checkpointing every `checkpoint.every` steps and at each
     epoch end, resuming from the newest complete checkpoint; returns the unwrapped model and the last metrics."""
     return _Training(model, train_loader, val_loader, job, objective, acc).run()
@@ -255,7 +234,7 @@ class _Training:
         self.state, resumed = self._resume()
         self.earlier_wall_s = self.state.wall_s  # what the interrupted parts took
         self.logs = _Logs(job.out_dir, acc, self.state.step, self.state.epoch)
-        self.window, self.metrics = _Sums(self.state.window_terms, acc.device), {}
+        self.window, self.metrics = _Sums(self.state.window_terms, acc.device), None
         self.zero = torch.zeros((), device=acc.device)  # what a non-finite step adds to each term
         log.info(f"{job.name}: {cfg.epochs} epochs x {self.steps_per_epoch} steps, global batch {self.global_batch}, "
                  f"lr {self.lr:.4g} ({cfg.optim.name}), {acc.num_processes} process(es) on {acc.device}"
@@ -271,11 +250,11 @@ class _Training:
         if not found:
             return TrainState(), False
         switch_at = job.cfg.optim.switch_to_sgd_epoch
-        if switch_at is not None and (progress["epoch"], progress["batch"]) > (switch_at, 0):
+        if switch_at is not None and (progress.state.epoch, progress.state.batch) > (switch_at, 0):
             self._switch_to_sgd()
         checkpoint.restore(acc, found, job.name)
         checkpoint.restore_threads(progress, job.name)
-        return TrainState.from_checkpoint(progress), True
+        return progress.state, True
 
     def _switch_to_sgd(self) -> None:
         """A new SGD optimizer at optim.switch_lr (scaled to the global batch) and a new schedule over the stage."""
@@ -286,7 +265,7 @@ class _Training:
         self.schedule = tricks.build_schedule(self.optimizer, cfg.sched, cfg.epochs, self.steps_per_epoch)
         self.switched = True
 
-    def run(self) -> tuple[torch.nn.Module, dict]:
+    def run(self) -> tuple[torch.nn.Module, Metrics]:
         """Every remaining epoch: start it, train it, end it; the unwrapped model and the last epoch's metrics."""
         with _Preemption() as self.preemption:
             for epoch in range(self.state.epoch, self.job.cfg.epochs):
@@ -294,8 +273,8 @@ class _Training:
                 self._train_epoch(run)
                 self._end_epoch(run)
         self.acc.wait_for_everyone()
-        self.metrics |= {"train_wall_s": self.state.train_s, "best_top1": self.state.best_top1,
-                         "earlier_wall_s": self.earlier_wall_s}
+        self.metrics = dataclasses.replace(self.metrics, train_wall_s=self.state.train_s,
+                                           best_top1=self.state.best_top1, earlier_wall_s=self.earlier_wall_s)
         return self.acc.unwrap_model(self.model), self.metrics
 
     def _start_epoch(self, epoch: int) -> _Epoch:
@@ -379,10 +358,10 @@ class _Training:
         if boundary:
             run.first_bad.check(job, self.ckpt_dir, self.acc)
             lr_now = self.optimizer.param_groups[0]["lr"]
-            row = {"step": state.step, "epoch": run.index + 1,
-                   **{k: v / max(state.window_n, 1) for k, v in self.window.as_floats().items()}, "lr": lr_now}
-            self.logs.write("step", row)
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr_now:.3g}")
+            line = StepLine(state.step, run.index + 1,
+                            {k: v / max(state.window_n, 1) for k, v in self.window.as_floats().items()}, lr_now)
+            self.logs.write(line)
+            self.bar.set_postfix(loss=f"{line.loss:.4f}", lr=f"{lr_now:.3g}")
             self.window, state.window_n = _Sums({}, self.acc.device), 0
         stop = self.preemption.due(self.acc, boundary)
         if i + 1 < self.batches and ((job.checkpoint.every and state.step % job.checkpoint.every == 0) or stop):
@@ -399,28 +378,28 @@ class _Training:
         elapsed = state.epoch_s + time.perf_counter() - run.start
         n_skipped = int(acc.reduce(run.skipped, reduction="sum").item())
         sums = {k: acc.reduce(v, reduction="mean").item() / max(self.batches, 1) for k, v in run.sums.values.items()}
-        self.metrics = {"epoch": run.index + 1, "step": state.step, "lr": self.optimizer.param_groups[0]["lr"], **sums,
-                        "terms": sorted(sums), "images_per_s": run.seen * acc.num_processes / elapsed,
-                        "data_wait_s": run.wait_s, "data_wait_share": run.wait_s / max(elapsed, 1e-9),
-                        "skipped_images": n_skipped, "nonfinite_skipped": state.nonfinite_skipped,
-                        **evaluate(self.model, self.val_loader, acc, job.to_input, job.cfg.channels_last)}
+        training = Training(run.index + 1, state.step, self.optimizer.param_groups[0]["lr"], sums,
+                            run.seen * acc.num_processes / elapsed, run.wait_s, run.wait_s / max(elapsed, 1e-9),
+                            n_skipped, state.nonfinite_skipped)
+        self.metrics = metrics = Metrics(evaluate(self.model, self.val_loader, acc, job.to_input,
+                                                  job.cfg.channels_last), training)
         state.train_s += elapsed
-        state.best_top1 = max(self.metrics["top1"], state.best_top1 or 0.0)
-        metrics = self.metrics
-        log.info(f"{job.name} epoch {run.index + 1}/{job.cfg.epochs}: loss {metrics['loss']:.4f} | val top-1 "
-                 f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% | {metrics['images_per_s']:.0f} img/s")
+        state.best_top1 = max(metrics.top1, state.best_top1 or 0.0)
+        log.info(f"{job.name} epoch {run.index + 1}/{job.cfg.epochs}: loss {metrics.loss:.4f} | val top-1 "
+                 f"{metrics.top1:.2f}% top-5 {metrics.top5:.2f}% | {metrics.images_per_s:.0f} img/s")
         if n_skipped:
             log.warning(f"{job.name}: skipped {n_skipped} images that failed to decode this epoch")
-        self.logs.write("epoch", metrics)
-        acc.log({f"{job.name}/{k}": v for k, v in metrics.items() if k != "terms"}, step=state.step)  # needs log_with
+        self.logs.write(metrics)
+        logged = {f"{job.name}/{k}": v for k, v in metrics.line().items() if k != "terms"}
+        acc.log(logged, step=state.step)  # needs log_with
         self._save(dataclasses.replace(self._snapshot(run, 0, run.index + 1), epoch_s=0.0, wait_s=0.0))
         if self.preemption.due(acc, True):
             raise Stopped(f"{job.name}: stopped by SIGTERM after epoch {run.index + 1}; run the same command again "
                           "to resume")
 
     def _save(self, state: TrainState) -> Path:
-        progress = dataclasses.asdict(state) | {"fingerprint": self.job.fingerprint}
-        return checkpoint.save(self.acc, self.ckpt_dir, progress, self.job.checkpoint.keep, self.job.name)
+        return checkpoint.save(self.acc, self.ckpt_dir, state, self.job.fingerprint, self.job.checkpoint.keep,
+                               self.job.name)
 
     def _snapshot(self, run: _Epoch, batch_index: int, epochs_done: int) -> TrainState:
         """The state to resume from at this point: what the step loop has added so far, brought to the host."""
@@ -445,13 +424,14 @@ def _timed(loader, run: _Epoch):
         yield batch
 
 
-def publish(acc: Accelerator, out: Path, net: torch.nn.Module, name: str, metrics: dict, **meta) -> dict:
-    """Save a trained model with its meta.json (main process), drop its checkpoints, report its accuracy."""
-    meta = {"stage": name, "params": sum(p.numel() for p in net.parameters()), "metrics": metrics, **meta}
+def publish(acc: Accelerator, out: Path, net: torch.nn.Module, name: str, metrics: Metrics, **fields) -> Meta:
+    """Save a trained model with its meta.json (main process), drop its checkpoints, report its accuracy; `fields`:
+    the rest of its Meta. Returns the Meta as written (with the weights' sha256 on the main process)."""
+    meta = Meta(stage=name, params=sum(p.numel() for p in net.parameters()), metrics=metrics, **fields)
     if acc.is_main_process:
-        artifacts.save_model(out, net, meta)
+        meta = artifacts.save_model(out, net, meta)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the weights are saved: no longer needed
     acc.wait_for_everyone()
-    log.info(f"{name}: val top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% on {metrics['val_count']} "
+    log.info(f"{name}: val top-1 {metrics.top1:.2f}% top-5 {metrics.top5:.2f}% on {metrics.val_count} "
              f"images; saved {out}")
     return meta

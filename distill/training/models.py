@@ -14,6 +14,7 @@ from torch.fx.experimental.optimization import fuse
 from distill.training import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets in timm's registry)
 from distill.errors import CheckpointError
 from distill.store import artifacts, layout
+from distill.store.records import Meta
 
 log = logging.getLogger("distill")
 
@@ -237,11 +238,11 @@ class FeatureStudent(nn.Module):
                 "feature": self.project(self.model.forward_head(f, pre_logits=True))}
 
 
-def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> tuple[nn.Module, dict]:
+def load_trained(folder: Path, num_classes: int, needed_by: str, what: str) -> tuple[nn.Module, Meta]:
     """The model that stage `what` trained into `folder` (its meta.json names the architecture) and its meta; a
     missing one stops the run in one line naming the stage that makes it."""
     meta = layout.require_trained(folder, needed_by, what)
-    model = create(meta["model"], num_classes, model_args=meta.get("model_args"))
+    model = create(meta.model, num_classes, model_args=meta.model_args)
     model.load_state_dict(artifacts.load_weights(folder))
     return model, meta
 
