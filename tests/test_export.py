@@ -198,7 +198,7 @@ def test_the_demo_ends_with_its_export_and_predict_gives_the_students_top1(demo,
         path = tmp_path / f"digit{i}.png"
         Image.fromarray(images.image(i).permute(1, 2, 0).numpy()).save(path)
         view = views.apply(images.image(i), views.EVAL_VIEW, cfg.data)  # the student's own evaluation view
-        x = transforms.ToInput(cfg.data, norm.mean, norm.std)(data.Views(image=view[None]))
+        x = transforms.ToInput(cfg.data, norm["mean"], norm["std"])(data.Views(image=view[None]))
         with torch.no_grad():
             want = meta["class_names"][int(net(x).argmax())]
         (ranked,) = predict.predict(folder, [path])
