@@ -213,9 +213,9 @@ class _Labeller:
             if batch.jpeg is not None:  # each file decoded once for its n_new views
                 flat |= {"jpeg": batch.jpeg, "jpeg_of": torch.arange(b).repeat_interleave(n_new)}
             partner = {} if mixed is None else {"index": mixed.index.flatten(0, 1), "view": mixed.view.flatten(0, 1)}
-        if mixed is not None:
-            flat["mixed"] = data.MixedView(lam=mixed.lam.flatten(0, 1), box=mixed.box.flatten(0, 1), **partner)
-        return data.Views(**flat)
+        mixed = None if mixed is None else data.MixedView(lam=mixed.lam.flatten(0, 1), box=mixed.box.flatten(0, 1),
+                                                          **partner)
+        return data.Views(**flat, mixed=mixed)
 
     def _label(self, records: np.ndarray, features: np.ndarray | None, x: torch.Tensor, row: int, start: int) -> None:
         """The teacher's fields (and features) of every new view of images row .. row + len(x) of the shard

@@ -80,7 +80,7 @@ class RunContext:
     def weights_checked(self, sha256: str) -> None:
         """The teacher stage's word on a teacher's weights: their sha256 as it just verified or wrote them (its
         meta.json's), which every identity of the run then takes instead of hashing the file again."""
-        self.__dict__["teacher_sha256"] = sha256
+        setattr(self, "teacher_sha256", sha256)  # a cached_property is set as an attribute: later reads get this
 
     @cached_property
     def cache_identity(self) -> CacheIdentity:

@@ -317,8 +317,9 @@ class _Training:
         with contextlib.nullcontext() if sync else acc.no_sync(self.model):
             x = tricks.mix_images(x, mix)
             terms = self.objective(self.model(x), batch, mix, x, Progress(run.index, self.state.step))
-            acc.backward(terms["loss"] / cfg.grad_accum)
-        finite = torch.isfinite(terms["loss"].detach())
+            loss = terms["loss"]
+            acc.backward(loss / cfg.grad_accum)
+        finite = torch.isfinite(loss.detach())
         if self.job.on_nonfinite == "skip":  # decided before the update: one host sync per step
             run.bad_update |= acc.reduce((~finite).float(), reduction="sum").item() > 0
         else:

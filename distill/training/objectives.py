@@ -160,8 +160,8 @@ class FeatureObjective(StudentObjective):
         terms = super().terms(student, batch, mix, x, progress)
         if kd.feature_weight > 0:
             taught = self._teacher_feature(batch, mix, x)
-            terms["feature"] = feature.feature_loss(student.feature, taught, kd.feature_loss)
-            terms["loss"] = terms["loss"] + kd.feature_weight * terms["feature"]
+            term = feature.feature_loss(student.feature, taught, kd.feature_loss)
+            terms = terms | {"feature": term, "loss": terms["loss"] + kd.feature_weight * term}
         return terms
 
     def taught(self, student: Outputs, batch: ViewBatch, mix: tricks.Mix | None, x: torch.Tensor | None,
