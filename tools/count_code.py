@@ -40,7 +40,10 @@ under TYPE_CHECKING as well (a circle there is one of names: two modules that ea
 (iii) Extension idioms: the mechanisms by which a new method, data source, stage or teacher source is added, found
 by name: a decorator or function named register*/register_*, a module-level name holding REGISTRY, a class with
 __init_subclass__ (registration by subclassing), a package scan (pkgutil.iter_modules), and a function that returns
-a hand-kept table of stages (*_functions). Each is listed with where it is; the count is of distinct kinds.
+a hand-kept table of stages (*_functions). Each is listed with where it is; the count is of distinct kinds. An
+__init_subclass__ counts only when it registers (calls a register* function); Hydra's register_schema (the schema
+stored in Hydra's ConfigStore) is no extension point; distill/registry.py's own register decorator and folder scan
+are one kind, the registry.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+HYDRA = {"register_schema"}  # the schema stored in Hydra's ConfigStore: no extension point
 ANNOTATIONS = {"list", "dict", "tuple", "set", "frozenset", "type", "Optional", "Union", "Callable", "Dict", "List",
                "Tuple", "Literal", "Sequence", "Iterable", "Mapping", "ClassVar"}
 # (rule, files it applies in (None: every file), function it applies in (None: any), receiver pattern)
@@ -64,7 +68,7 @@ RULES = [
      r"raw|tree|entry|rules|.*\.metadata"),
     ("torch state_dict and optimizer param_groups", None, None, r".*state_dict\(\).*|.*param_groups\[.*"),
     ("`datasets` rows, features, cache files and batch columns", None, None, r"item|it|value|batch|fields|tensors"),
-    ("`datasets` cache files", ("content.py", "sources.py"), None, r"f"),
+    ("`datasets` cache files", ("content.py", "sources.py", "splits.py"), None, r"f"),
     ("`datasets` features in a parquet schema", ("parquet.py",), r"_classes", r".*"),
     ("a dataset item being built (__getitem__)", None, r"__getitem__", r".*"),
     ("numpy structured records (the cache's shard rows)", None, None, r"rec|records|(.*\.)?dtype"),
@@ -232,24 +236,41 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
+def _calls_register(node: ast.AST) -> bool:
+    """Whether a function's body calls a register* function (so that subclassing registers)."""
+    return any(isinstance(c, ast.Call) and re.match(r"_?register", ast.unparse(c.func).rsplit(".", 1)[-1])
+               for c in ast.walk(node))
+
+
+def _mechanisms(node: ast.AST) -> list[str]:
+    """The kinds of extension mechanism one AST node is (usually none)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        kinds = []
+        if re.match(r"_?register", node.name) and node.name not in HYDRA:
+            kinds.append("register function or decorator")
+        if node.name == "__init_subclass__" and _calls_register(node):
+            kinds.append("registration by subclassing (__init_subclass__)")
+        if node.name.endswith("_functions"):
+            kinds.append("a hand-kept table (*_functions)")
+        return kinds
+    if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and "REGISTRY" in t.id.upper()
+                                            for t in node.targets):
+        return ["a REGISTRY table"]
+    if isinstance(node, ast.Attribute) and node.attr == "iter_modules":
+        return ["a package scan (pkgutil.iter_modules)"]
+    return []
+
+
 def idioms(package: Path) -> dict[str, list[str]]:
-    """Each kind of extension mechanism found -> where (module: name)."""
+    """Each kind of extension mechanism found -> where (module: name or line). The mechanisms inside
+    distill/registry.py (its register decorator and its folder scan) are one kind: the registry."""
     found = defaultdict(list)
     for path in sorted(package.rglob("*.py")):
         module, tree = _module_name(package, path), ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if re.match(r"_?register", node.name):
-                    found["register function or decorator"].append(f"{module}: {node.name}")
-                if node.name == "__init_subclass__":
-                    found["registration by subclassing (__init_subclass__)"].append(f"{module}: {node.name}")
-                if node.name.endswith("_functions"):
-                    found["a hand-kept table (*_functions)"].append(f"{module}: {node.name}")
-            elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and "REGISTRY" in t.id.upper()
-                                                      for t in node.targets):
-                found["a REGISTRY table"].append(f"{module}: {ast.unparse(node.targets[0])}")
-            elif isinstance(node, ast.Attribute) and node.attr == "iter_modules":
-                found["a package scan (pkgutil.iter_modules)"].append(f"{module}: line {node.lineno}")
+            for kind in _mechanisms(node):
+                where = f"{module}: {getattr(node, 'name', None) or f'line {node.lineno}'}"
+                found["the registry (distill/registry.py)" if module == "distill.registry" else kind].append(where)
     return dict(found)
 
 
