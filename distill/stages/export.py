@@ -29,7 +29,8 @@ from distill.config import Config, teacher_sections
 from distill.data import transforms
 from distill.errors import DataError
 from distill.registry import STAGES
-from distill.store import layout
+from distill.store import hub, layout
+from distill.store.hub import hub_problem  # noqa: F401  (preflight asks export.hub_problem)
 from distill.training import models
 from distill.training.context import RunContext
 
@@ -172,33 +173,10 @@ def opset_problem(opset: int) -> str | None:
     return f"PyTorch {torch.__version__} writes ONNX opsets up to {newest}, not {opset}"
 
 
-def hub_problem() -> str | None:
-    """Why a push to the Hub cannot work from here (offline, not logged in), or None: checked before any work
-    (preflight) and again before the push."""
-    from huggingface_hub import constants, get_token
-
-    if constants.HF_HUB_OFFLINE:
-        return "offline (HF_HUB_OFFLINE=1), nothing pushed"
-    if get_token() is None:
-        return "not logged in to the Hugging Face Hub; run `hf auth login` (or set HF_TOKEN)"
-    return None
-
-
 def _push(folder: Path, repo: str) -> None:
     """Upload the folder with huggingface_hub; one line saying what to do when that cannot work."""
-    from huggingface_hub import HfApi
-
     then = f"the export is in {folder}; rerun stage=export export.hub_repo={repo} once that is fixed"
-    problem = hub_problem()
-    if problem:
-        raise DataError(f"export.hub_repo: {problem}; {then}")
-    try:
-        api = HfApi()
-        api.create_repo(repo, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="distill export")
-    except Exception as e:  # noqa: BLE001 - network and permission errors come in many types
-        raise DataError(f"export.hub_repo: could not push to {repo} ({str(e).splitlines()[0]}); {then}") from None
-    log.info(f"export: pushed {folder} to https://huggingface.co/{repo}")
+    hub.push(folder, repo, "export.hub_repo", then)
 
 
 @STAGES.register("export", help="the student as a timm model folder (safetensors, ONNX, model card), pushed to the "
