@@ -60,3 +60,114 @@ def test_published_folder_reads_with_datasets_and_pyarrow(shared, tmp_path):
     card = (folder / "README.md").read_text()
     meta = json.loads(json.dumps(__import__("yaml").safe_load(card.split("---")[1])))["distill"]
     assert meta["rows"] == 48 and meta["teacher_model"] == "resnet8" and len(meta["shards"]) == 3
+
+
+@pytest.fixture(scope="module")
+def topk(shared, tmp_path_factory):
+    """A top-2 cache (at T=4) published once: (its args, its folder); tests work on copies."""
+    tmp = tmp_path_factory.mktemp("topk")
+    args = cache_overrides(shared.data, tmp, shared.teacher_file, cache__topk=2)
+    r = run_here(*args, "stage=cache")
+    assert r.returncode == 0, r.stderr
+    r = run_here(*args, "stage=publish")
+    assert r.returncode == 0, r.stderr
+    return args, tmp / "runs" / "tiny" / "published"
+
+
+def test_hub_id_offline_through_snapshot_download(topk, tmp_path, monkeypatch):
+    """The folder placed in huggingface_hub's cache layout, read by its Hub id with HF_HUB_OFFLINE=1."""
+    from huggingface_hub import constants
+
+    args, folder = topk
+    repo = tmp_path / "hub" / "datasets--someone--tiny-soft-labels"
+    shutil.copytree(folder, repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert constants.HF_HUB_OFFLINE
+    r = run_here(*_published_args(args, tmp_path, "someone/tiny-soft-labels"), "stage=cache")
+    assert r.returncode == 0, r.stderr
+    assert "from the published cache someone/tiny-soft-labels" in r.stderr
+    r = run_here(*_published_args(args, tmp_path, "someone/other"), "stage=cache")
+    assert r.returncode == 2 and "teacher.path: someone/other is no local folder" in r.stderr
+
+
+def _shard(folder: Path) -> Path:
+    return sorted((folder / "data").glob("train-*.parquet"))[1]
+
+
+def _card_yaml(folder: Path, change) -> None:
+    import yaml
+
+    text = (folder / "README.md").read_text()
+    _, head, body = text.split("---", 2)
+    meta = yaml.safe_load(head)
+    change(meta["distill"])
+    (folder / "README.md").write_text(f"---\n{yaml.safe_dump(meta)}---{body}")
+
+
+def _other_data(tmp: Path, seed: int = 1, names=None) -> Path:
+    import datasets
+
+    from conftest import CLASSES, tiny_dataset
+
+    ds = tiny_dataset(seed=seed)
+    if names:
+        ds = ds.cast_column("label", datasets.ClassLabel(names=names))
+    path = tmp / "other.parquet"
+    ds.to_parquet(str(path))
+    return path
+
+
+BAD = {
+    "shard missing": (lambda f, t: _shard(f).unlink(), [], "is missing (the card"),
+    "shard truncated": (lambda f, t: _shard(f).write_bytes(_shard(f).read_bytes()[:-100]), [], "truncated or edited"),
+    "shard edited": (lambda f, t: _shard(f).write_bytes(_shard(f).read_bytes()[:-9] + b"x" +
+                                                        _shard(f).read_bytes()[-8:]), [], "truncated or edited"),
+    "card lacks a field": (lambda f, t: _card_yaml(f, lambda m: m.pop("data_checksum")), [],
+                           "lacks the required field distill.data_checksum"),
+    "card of a newer format": (lambda f, t: _card_yaml(f, lambda m: m.update(format_version=99)), [],
+                               "is format 99, this distill reads up to 1"),
+    "other images": (lambda f, t: None, lambda t: [f"data.path={_other_data(t)}"], "covers 0 of the 48"),
+    "other classes": (lambda f, t: None, lambda t: [f"data.path={_other_data(t, 0, ['a', 'b', 'c'])}"],
+                      "classes (3: red, green, blue...) are not the data's (3: a, b, c...)"),
+    "other views": (lambda f, t: None, ["data.padding=3"], "data.padding: 3 renders other views than the published "
+                                                           "cache's 2"),
+    "other temperature": (lambda f, t: None, ["kd.temperature=2"], "kd.temperature: 2, but the published cache keeps "
+                                                                    "the top 2 logits at T=4"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_published_cache_is_one_line(topk, tmp_path, case):
+    damage, extra, line = BAD[case]
+    args, folder = topk
+    copy = shutil.copytree(folder, tmp_path / "pub")
+    damage(copy, tmp_path)
+    extra = extra(tmp_path) if callable(extra) else extra
+    r = run_here(*_published_args(args, tmp_path, copy), *extra, *STUDENT)
+    assert r.returncode == 2, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and line in errors[0], r.stderr
+    assert not (tmp_path / "runs" / "tiny" / "student").exists()  # before any work
+    assert not list((tmp_path / "cache").glob("*/manifest.json"))
+
+
+def test_publish_refuses_without_cache_and_into_a_foreign_folder(shared, tmp_path):
+    args = cache_overrides(shared.data, tmp_path, shared.teacher_file)
+    assert run_here(*args, "stage=teacher").returncode == 0
+    r = run_here(*args, "stage=publish")
+    assert r.returncode == 2 and "publish: no complete cache for these settings" in r.stderr, r.stderr
+    assert run_here(*args, "stage=cache").returncode == 0
+    out = tmp_path / "runs" / "tiny" / "published"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = run_here(*args, "stage=publish")
+    assert r.returncode == 2 and "holds other files, not of this cache" in r.stderr, r.stderr
+    (out / "notes.txt").unlink()
+    assert run_here(*args, "stage=publish").returncode == 0
+    assert run_here(*args, "stage=publish").returncode == 0  # a previous publish of the same cache: replaced
+    r = run_here(*args, "cache.topk=2", "stage=cache")
+    assert r.returncode == 0
+    r = run_here(*args, "cache.topk=2", "stage=publish")
+    assert r.returncode == 2 and "holds a publish of the cache" in r.stderr, r.stderr
