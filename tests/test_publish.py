@@ -171,3 +171,30 @@ def test_publish_refuses_without_cache_and_into_a_foreign_folder(shared, tmp_pat
     assert r.returncode == 0
     r = run_here(*args, "cache.topk=2", "stage=publish")
     assert r.returncode == 2 and "holds a publish of the cache" in r.stderr, r.stderr
+
+
+def test_push_offline_refused_then_pushed_with_a_test_double(topk, monkeypatch):
+    """No offline route exists for an upload: refused in one line offline (before any work); with a test double of
+    huggingface_hub.HfApi (and a token), the folder goes to create_repo and upload_folder as a dataset repo."""
+    import huggingface_hub
+
+    from distill.store import hub
+
+    args, folder = topk
+    r = run_here(*args, "stage=publish", "publish.hub_repo=someone/tiny")
+    assert r.returncode == 2 and "error: publish.hub_repo: offline (HF_HUB_OFFLINE=1)" in r.stderr, r.stderr
+    calls = []
+
+    class Api:
+        def create_repo(self, repo, **kw):
+            calls.append(("create_repo", repo, kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw))
+
+    monkeypatch.setattr(hub, "hub_problem", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    r = run_here(*args, "stage=publish", "publish.hub_repo=someone/tiny")
+    assert r.returncode == 0, r.stderr
+    assert calls[0] == ("create_repo", "someone/tiny", {"repo_type": "dataset", "exist_ok": True})
+    assert calls[1][1]["folder_path"] == str(folder) and calls[1][1]["repo_type"] == "dataset"
