@@ -8,6 +8,7 @@ from pathlib import Path
 from distill import files, freshness
 from distill.registry import STAGES
 from distill.store import layout
+from distill.training.teachers import published
 
 log = logging.getLogger("distill")
 
@@ -83,7 +84,7 @@ def table(s: dict) -> str:
     for teacher, c in caches.items():
         lines.append(f"{layout.named('cache', teacher):{width}} {'reused' if c.get('reused') else 'computed':{arch}} "
                      + (f"{c['images_per_s']:.0f} img/s, {c['wall_s']:.0f} s" if "wall_s" in c else "")
-                     + f"  {c['folder']}")
+                     + f"  {c['folder']}" + (f", from {published.line(c['published'])}" if "published" in c else ""))
     c = next(iter(caches.values()), None)
     left_out = {name: r["skipped_images"] for name, r in s["models"].items() if r.get("skipped_images")}
     if c and c.get("skipped_images"):

@@ -198,3 +198,44 @@ def test_push_offline_refused_then_pushed_with_a_test_double(topk, monkeypatch):
     assert r.returncode == 0, r.stderr
     assert calls[0] == ("create_repo", "someone/tiny", {"repo_type": "dataset", "exist_ok": True})
     assert calls[1][1]["folder_path"] == str(folder) and calls[1][1]["repo_type"] == "dataset"
+
+
+def _docs_replay():
+    """The `replay` function of docs/published.md's plain-PyTorch snippet, as written there."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "published.md").read_text()
+    code = text.split("## The replay rule in plain PyTorch")[1].split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(code, scope)
+    return scope["replay"]
+
+
+@pytest.mark.parametrize("transform", ["cifar", "imagenet"])
+def test_the_docs_replay_snippet_gives_distills_pixels(transform):
+    import numpy as np
+    import torch
+
+    from distill.config import DataCfg
+    from distill.data import views
+
+    replay = _docs_replay()
+    cfg = DataCfg(image_size=16, transform=transform, padding=3, flip=True)
+    rng = np.random.default_rng(0)
+    for size in [(16, 16), (23, 31), (40, 17)]:
+        image = torch.from_numpy(rng.integers(0, 256, (3, *size), dtype=np.uint8))
+        for v in range(8):
+            params = views.draw(cfg, views.rng_for(0, v, v), size) if v else views.EVAL_VIEW
+            mine = replay(image, *params.tolist(), image_size=16, transform=transform, padding=3,
+                          crop_pct=cfg.crop_pct)
+            assert torch.equal(mine, views.apply(image, params, cfg)), (size, params)
+
+
+def test_the_report_names_the_published_cache_as_the_teacher(topk, tmp_path):
+    args, folder = topk
+    copy = shutil.copytree(folder, tmp_path / "pub")
+    r = run_here(*_published_args(args, tmp_path, copy), "kd.temperature=4", *STUDENT)
+    assert r.returncode == 0, r.stderr
+    assert f"from the published cache {copy} (teacher resnet8, top-1" in r.stderr
+    assert "stale" not in r.stderr
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["caches"]["teacher"]["published"]["teacher_model"] == "resnet8"
+    assert "student" in summary["models"]

@@ -268,7 +268,8 @@ def _from_published(ctx: RunContext, folder: Path) -> softlabels.CacheManifest:
     manifest = made or softlabels.read_manifest(folder)
     log.info(f"{layout.named('cache', ctx.teacher_name, ' ')}: {folder}, from the published cache "
              f"{ctx.cfg.teacher.path}")
-    _record_run(ctx.acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest, None)
+    _record_run(ctx.acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest,
+                {"published": published_teacher.described(ctx.cfg.teacher.path)})
     return manifest
 
 
@@ -376,5 +377,5 @@ def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: softlabe
     if acc.is_main_process:
         previous = layout.read_cache_record(record) or {}
         keep = previous if previous.get("folder") == str(folder) else {}
-        files.write_sealed(record, keep | {"folder": str(folder), "reused": timing is None,
+        files.write_sealed(record, keep | {"folder": str(folder), "reused": timing is None or "published" in timing,
                                            "skipped_images": len(manifest.skipped)} | (timing or {}))

@@ -33,6 +33,7 @@ from distill.store import hub, layout
 from distill.store.hub import hub_problem  # noqa: F401  (preflight asks export.hub_problem)
 from distill.training import models
 from distill.training.context import RunContext
+from distill.training.teachers import published as published_teacher
 
 log = logging.getLogger("distill")
 
@@ -99,6 +100,16 @@ def _throughput(model: torch.nn.Module, x: torch.Tensor, seconds: float = 1.0) -
 CARD = Path(__file__).with_name("model_card.md")  # the model card's text; `_card` fills in its ${fields}
 
 
+def _origin_line(summary: dict, members: list[str], which: str | None, rule: str) -> str:
+    """What the student was distilled from: an ensemble, a teacher, or a published cache (named with its teacher)."""
+    published = [c["published"] for c in summary.get("caches", {}).values() if "published" in c]
+    if published:
+        return " and ".join(published_teacher.line(p) for p in published)
+    if which == "ensemble":
+        return f"an ensemble of {', '.join(f'`{m}`' for m in members)} ({rule.replace('_', ' ')})"
+    return summary["models"][which]["model"] if which else "a teacher"
+
+
 def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> str:
     """The model card (README.md of the export folder): model_card.md with this run's numbers."""
     models_, kd, c = summary["models"], cfg.kd, cfg.cache
@@ -109,8 +120,7 @@ def _card(cfg: Config, meta: dict, summary: dict, checks: dict, pre: dict) -> st
     names = meta["class_names"]
     return string.Template(CARD.read_text()).substitute(
         model=meta["model"], classes=len(names), method=_method_line(cfg), temperature=kd.temperature,
-        origin=(f"an ensemble of {', '.join(f'`{m}`' for m in members)} ({kd.ensemble.replace('_', ' ')})"
-                if which == "ensemble" else models_[which]["model"] if which else "a teacher"),
+        origin=_origin_line(summary, members, which, kd.ensemble),
         source=(f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
                 if kd.teacher == "cached" else "the teacher run live every step (online KD)"),
         data=cfg.data.path or "the demo digits (scikit-learn)", recipe=recipe, command=command,

@@ -50,6 +50,23 @@ def folder_of(path: str) -> Path:
                         f"({str(e).splitlines()[0]})") from None
 
 
+def described(path: str) -> dict:
+    """What the report and the model card say of the published cache at `path` as the teacher: its id or folder,
+    revision (the Hub snapshot's; None for a local folder), teacher, and the teacher's published score."""
+    card, folder = card_of(path), folder_of(path)
+    revision = None if Path(path).is_dir() else folder.name
+    return {"path": path, "revision": revision, "teacher_model": card.teacher_model,
+            "teacher_top1": card.teacher_top1, "scored_on": card.teacher_scored_on}
+
+
+def line(published_cache: dict) -> str:
+    """The one line naming a published cache as the teacher (`described`)."""
+    p = published_cache
+    at = f"@{p['revision'][:12]}" if p["revision"] else ""
+    return (f"the published cache {p['path']}{at} (teacher {p['teacher_model']}, top-1 {p['teacher_top1']:.2f}% on "
+            f"its {p['scored_on']})")
+
+
 def card_of(path: str) -> published.PublishedCard:
     """The card of the published cache at `path`."""
     return published.read_card(folder_of(path))
