@@ -239,3 +239,36 @@ def test_the_report_names_the_published_cache_as_the_teacher(topk, tmp_path):
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["caches"]["teacher"]["published"]["teacher_model"] == "resnet8"
     assert "student" in summary["models"]
+
+
+def test_a_dense_published_cache_serves_any_temperature(topk):
+    import dataclasses
+
+    from conftest import CLASSES, config_from
+    from distill.errors import ConfigError
+    from distill.store import published
+    from distill.training.teachers import published as published_teacher
+
+    args, folder = topk
+    card = published.read_card(folder)
+    cfg = config_from(_published_args(args, folder.parent, folder) + ["kd.temperature=2"])
+    dense = dataclasses.replace(card, topk=3, dense=True, temperature=1.0)
+    published_teacher.check_settings(dense, cfg, card.normalization, CLASSES)  # any T
+    with pytest.raises(ConfigError, match="kd.temperature: 2, but the published cache keeps the top 2"):
+        published_teacher.check_settings(card, cfg, card.normalization, CLASSES)
+    with pytest.raises(ConfigError, match="data.mean/data.std: the normalization"):
+        published_teacher.check_settings(dense, cfg, {**card.normalization, "mean": [0.4] * 3}, CLASSES)
+
+
+def test_covered_only_trains_on_the_covered_images_and_says_how_many(topk, tmp_path):
+    from conftest import tiny_dataset
+
+    args, folder = topk
+    more = tmp_path / "more.parquet"
+    tiny_dataset(n=72).to_parquet(str(more))  # the published images and 12 more (carved anew: some in val)
+    base = _published_args(args, tmp_path, folder) + [f"data.path={more}", "kd.temperature=4"]
+    r = run_here(*base, *STUDENT)
+    assert r.returncode == 2 and "training images (" in r.stderr and "teacher.covered_only=true" in r.stderr, r.stderr
+    r = run_here(*base, "teacher.covered_only=true", *STUDENT)
+    assert r.returncode == 0, r.stderr
+    assert "teacher.covered_only: training on the " in r.stderr and " of 60 images the published cache covers" in r.stderr

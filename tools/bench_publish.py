@@ -26,7 +26,7 @@ from distill.store import published, softlabels  # noqa: E402
 
 SHAPES = {  # name: images, views, classes, k, transform
     "demo": (1437, 2, 10, 10, "cifar"),
-    "CIFAR-10 recipe": (50000, 3, 10, 10, "cifar"),
+    "CIFAR-10 recipe (cifar10_resnet20_to_resnet8)": (20000, 3, 10, 10, "cifar"),
     "ImageNet recipe (20,000-image sample)": (20000, 20, 1000, 10, "imagenet"),
 }
 
@@ -63,15 +63,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a run folder whose cache (cache.json) to publish and time")
     args = parser.parse_args()
-    print(f"{'cache':40} {'published B/view':>17} {'native B/view':>14} {'ratio':>6} {'publish us/img':>15}")
+    print(f"{'cache':48} {'published B/view':>17} {'native B/view':>14} {'ratio':>6} {'publish us/img':>15}")
     for name, (n, v, c, k, transform) in SHAPES.items():
         pub, native, us = measure(synthetic(n, v, c, k, transform), v)
-        print(f"{name:40} {pub:17.1f} {native:14.1f} {pub / native:6.2f} {us:15.1f}")
+        print(f"{name:48} {pub:17.1f} {native:14.1f} {pub / native:6.2f} {us:15.1f}")
     if args.run:
         record = json.loads((Path(args.run) / "cache.json").read_text())
         cache = softlabels.SoftLabels(record["folder"])
         pub, native, us = measure(cache.rows(np.arange(len(cache))), cache.views)
-        print(f"{'real cache of ' + args.run:40} {pub:17.1f} {native:14.1f} {pub / native:6.2f} {us:15.1f}")
+        print(f"{'real cache of ' + args.run:48} {pub:17.1f} {native:14.1f} {pub / native:6.2f} {us:15.1f}")
         label_us = 1e6 / record["images_per_s"] if record.get("images_per_s") else float("nan")
         print(f"labelling (the cache stage, {record.get('images')} images): {label_us:.0f} us per image; "
               f"publishing: {us:.0f} us per image ({us / label_us:.2%} of it)")

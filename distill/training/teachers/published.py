@@ -83,19 +83,17 @@ def identity(cfg: Config, data: DataIdentity, norm: dict, num_classes: int) -> s
 
 
 def check_settings(card: published.PublishedCard, cfg: Config, norm: dict, class_names: list[str]) -> None:
-    """The run's classes, view settings and temperature are the card's; one line naming the first that is not."""
+    """The run's classes, the settings that render a stored view (image size, transform, its padding or crop_pct,
+    normalization) and the temperature are the card's; one line naming the first that is not."""
     if card.class_names != class_names:
         raise DataError(f"teacher.path: the published cache's classes ({card.num_classes}: "
                         f"{', '.join(card.class_names[:5])}...) are not the data's ({len(class_names)}: "
                         f"{', '.join(class_names[:5])}...)")
-    d = cfg.data
-    mine = {"data.image_size": d.image_size, "data.transform": d.transform, "data.flip": d.flip,
-            "normalization": norm}
-    mine |= {"data.padding": d.padding} if d.transform == "cifar" else {"data.scale": list(d.scale),
-                                                                        "data.crop_pct": d.crop_pct}
+    d = cfg.data  # what decides a stored view's pixels (data.flip and data.scale only drew the views)
+    mine = {"data.image_size": d.image_size, "data.transform": d.transform, "normalization": norm,
+            **({"data.padding": d.padding} if d.transform == "cifar" else {"data.crop_pct": d.crop_pct})}
     theirs = {"data.image_size": card.image_size, "data.transform": card.transform,
-              "data.flip": card.transform_params["flip"], "normalization": card.normalization,
-              **{f"data.{k}": v for k, v in card.transform_params.items()}}
+              "normalization": card.normalization, **{f"data.{k}": v for k, v in card.transform_params.items()}}
     for key, value in mine.items():
         if files.as_json(value) != files.as_json(theirs[key]):
             raise ConfigError(f"{key}: {value} renders other views than the published cache's {theirs[key]}; set "
