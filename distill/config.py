@@ -118,10 +118,10 @@ class TeacherCfg(TrainCfg):
     pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights", changes=OWNER)
     checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file", changes=OWNER)
     path: Optional[str] = _f(None, doc="source=published: the published cache, a Hub dataset id (ORG/NAME, or "
-                                       "ORG/NAME@REVISION) or a local folder (docs/published.md); what it holds is in the "
-                                       "identity of the cache made of it, not its name", changes=NONE)
-    covered_only: bool = _f(False, doc="source=published: train on the training images the published cache covers "
-                                       "(matched by content), leaving the others out; false: refuse uncovered "
+                                       "ORG/NAME@REVISION) or a local folder (docs/published.md); what it holds is in "
+                                       "the identity of the cache made of it, not its name", changes=NONE)
+    covered_only: bool = _f(False, doc="source=published: train on the training images the published cache "
+                                       "covers (matched by content), leaving the others out; false: refuse uncovered "
                                        "images (held in the identity of the cache made of it)", changes=NONE)
     dir: Optional[str] = _f(None, doc="the teacher stage's folder; null: <run>/teacher. Runs that name one folder "
                                       "share one teacher (and so one cache); a run with other teacher settings or "

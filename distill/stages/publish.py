@@ -63,7 +63,7 @@ def _job(ctx: RunContext) -> tuple[RunContext, dict, softlabels.SoftLabels, Path
     meta = layout.require_trained(ctx.teacher_dir, "publish", "teacher")
     folder = ctx.cache_dir
     if softlabels.read_manifest(folder) is None:
-        raise DataError(f"publish: no complete cache for these settings ({folder} has no manifest.json); run "
+        raise DataError(f"publish: no complete cache for these settings in {folder} (no manifest.json); run "
                         "stage=cache first, with the settings you publish")
     cache = softlabels.SoftLabels(folder, verify=True, fingerprint=folder.name)
     out = ctx.run_dir / layout.named("published", ctx.teacher_name)
@@ -135,7 +135,7 @@ def card_words(card: published.PublishedCard, name: str) -> str:
     shards = "\n".join(f"| `{f}` | `{sha}` |" for f, sha in card.shards.items())
     return f"""# Soft labels of {card.teacher_model} ({card.rows} images x {card.views} views)
 
-A [distill](https://github.com/) soft-label cache: the teacher's answer on {card.views} recorded views of each of
+A distill soft-label cache: the teacher's answer on {card.views} recorded views of each of
 {card.rows} training images, so that a student can be distilled from it with no teacher at all.
 
 - **Teacher**: timm `{card.teacher_model}`, weights sha256 `{card.teacher_sha256}`, top-1 {card.teacher_top1:.2f}%
@@ -156,5 +156,6 @@ A [distill](https://github.com/) soft-label cache: the teacher's answer on {card
 
     python distill/run.py recipe={name} teacher.source=published teacher.path=THIS_REPO_OR_FOLDER stage=student
 
-with the same data (images are matched by content key) and data settings (image size, transform, normalization).
+(`recipe=` the recipe of the run that published it, `{name}`, or any recipe with these data settings), on the same
+images (matched by content key; `teacher.covered_only=true` trains on the covered ones of a larger set).
 """
