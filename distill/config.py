@@ -344,7 +344,8 @@ class ConfigBase:
     name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)", changes=NONE)
     stage: str = _f("all", doc=lambda: STAGES.listing() + " | all: runs that stage and the ones before it, in this "
                     "order (each reused when up to date; publish runs alone, only when named); every run ends with "
-                    "the report (test-split scores, table, summary.json, curves.png)", choices=lambda: (*STAGES.names(), "all"), changes=NONE)
+                    "the report (test-split scores, table, summary.json, curves.png)",
+                    choices=lambda: (*STAGES.names(), "all"), changes=NONE)
     seed: int = _f(0, doc="global seed", changes=ALL)
     run_root: str = _f("runs", doc="root folder of run outputs", changes=NONE)
     log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...",
