@@ -89,6 +89,9 @@ def test_hub_id_offline_through_snapshot_download(topk, tmp_path, monkeypatch):
     r = run_here(*_published_args(args, tmp_path, "someone/tiny-soft-labels"), "stage=cache")
     assert r.returncode == 0, r.stderr
     assert "from the published cache someone/tiny-soft-labels" in r.stderr
+    r = run_here(*_published_args(args, tmp_path, f"someone/tiny-soft-labels@{'a' * 40}"), "stage=cache")
+    assert r.returncode == 0, r.stderr
+    assert f"someone/tiny-soft-labels@{'a' * 40}" in r.stderr and f"@{'a' * 12} (teacher resnet8" in r.stderr
     r = run_here(*_published_args(args, tmp_path, "someone/other"), "stage=cache")
     assert r.returncode == 2 and "teacher.path: someone/other is no local folder" in r.stderr
 
