@@ -243,6 +243,11 @@ def test_the_report_names_the_published_cache_as_the_teacher(topk, tmp_path):
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["caches"]["teacher"]["published"]["teacher_model"] == "resnet8"
     assert "student" in summary["models"]
+    r = run_here(*_published_args(args, tmp_path, copy), "kd.temperature=4", *STUDENT[1:], "stage=export",
+                 "export.onnx=false")
+    assert r.returncode == 0, r.stderr
+    card = (tmp_path / "runs" / "tiny" / "export" / "README.md").read_text()
+    assert f"the published cache {copy} (teacher resnet8, top-1" in card
 
 
 def test_a_dense_published_cache_serves_any_temperature(topk):
