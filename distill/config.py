@@ -117,6 +117,12 @@ class TeacherCfg(TrainCfg):
                     changes=OWNER)
     pretrained: bool = _f(True, doc="source=timm without checkpoint: load the hub weights", changes=OWNER)
     checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file", changes=OWNER)
+    path: Optional[str] = _f(None, doc="source=published: the published cache, a Hub dataset id (ORG/NAME, or "
+                                       "ORG/NAME@REVISION) or a local folder (docs/published.md); what it holds is in "
+                                       "the identity of the cache made of it, not its name", changes=NONE)
+    covered_only: bool = _f(False, doc="source=published: train on the training images the published cache "
+                                       "covers (matched by content), leaving the others out; false: refuse uncovered "
+                                       "images (held in the identity of the cache made of it)", changes=NONE)
     dir: Optional[str] = _f(None, doc="the teacher stage's folder; null: <run>/teacher. Runs that name one folder "
                                       "share one teacher (and so one cache); a run with other teacher settings or "
                                       "data is refused there, never trained over it", changes=NONE)
@@ -138,6 +144,9 @@ class TeacherCfg(TrainCfg):
             if self.finetune.epochs > 0:
                 raise ConfigError(f"{key}.finetune.epochs: fine-tunes a loaded teacher ({key}.source=timm); a teacher "
                                   f"trained from scratch takes {key}.epochs")
+        elif self.source == "published" and not self.path:
+            raise ConfigError(f"{key}.path: {key}.source=published needs the published cache (a Hub dataset id "
+                              "ORG/NAME or a local folder)")
         elif self.source == "timm" and not self.checkpoint and not self.pretrained and self.finetune.epochs == 0:
             raise ConfigError(f"{key}.pretrained: false with no {key}.checkpoint loads no weights, so the teacher "
                               f"would be untrained; set {key}.checkpoint=FILE, {key}.pretrained=true, or "
@@ -316,6 +325,12 @@ class ExportCfg:
                                  changes=NONE)
 
 
+@dataclass
+class PublishCfg:
+    hub_repo: Optional[str] = _f(None, doc="stage=publish: push the published cache folder to this Hugging Face Hub "
+                                           "dataset repo (user/name)", changes=NONE)
+
+
 def _standardizable() -> str:
     """Which methods kd.logit_standardization applies to, and which it does not (their `standardizable` flag)."""
     able = [name for name, m in METHODS.entries().items() if m.standardizable]
@@ -328,8 +343,9 @@ class ConfigBase:
     """Every setting but the methods' own sections (Config adds them: `schema()`)."""
     name: str = _f("demo", doc="run name: outputs go to <run_root>/<name>/ (default: the recipe's name)", changes=NONE)
     stage: str = _f("all", doc=lambda: STAGES.listing() + " | all: runs that stage and the ones before it, in this "
-                    "order (each reused when up to date); every run ends with the report (test-split scores, table, "
-                    "summary.json, curves.png)", choices=lambda: (*STAGES.names(), "all"), changes=NONE)
+                    "order (each reused when up to date; publish runs alone, only when named); every run ends with "
+                    "the report (test-split scores, table, summary.json, curves.png)",
+                    choices=lambda: (*STAGES.names(), "all"), changes=NONE)
     seed: int = _f(0, doc="global seed", changes=ALL)
     run_root: str = _f("runs", doc="root folder of run outputs", changes=NONE)
     log_with: Optional[str] = _f(None, doc="also log metrics through accelerate's trackers: tensorboard | wandb | ...",
@@ -361,6 +377,7 @@ class ConfigBase:
     student: StudentCfg = _f(factory=StudentCfg, changes=("student", "baseline"))
     kd: KDBase = _f(factory=KDBase, changes=("student",))
     export: ExportCfg = _f(factory=ExportCfg, changes=NONE)
+    publish: PublishCfg = _f(factory=PublishCfg, changes=NONE)
 
     def check_features(self, key: str, off: str) -> None:
         """Feature distillation's rules across sections, `key` naming what asks for it and `off` how to drop it:
@@ -374,7 +391,9 @@ class ConfigBase:
 
     def stages(self) -> tuple[str, ...]:
         """The stages this run goes through, in order (stage=X runs X and the ones before it, and the report)."""
-        pipeline = STAGES.names()  # the order `stage=all` runs them (registry.STAGES)
+        if self.stage in STAGES.on_request:  # a stage run only when asked, alone: it reads what the others wrote
+            return (self.stage, "report")
+        pipeline = tuple(n for n in STAGES.names() if n not in STAGES.on_request)  # `stage=all`'s order (registry)
         chosen = pipeline if self.stage == "all" else pipeline[:pipeline.index(self.stage) + 1]
         return chosen if "report" in chosen else chosen + ("report",)
 
@@ -387,6 +406,10 @@ class ConfigBase:
             raise ConfigError("student.mix: the cache already holds mixed views (cache.mix); mix in one place only")
         if self.kd.feature_weight > 0:
             self.check_features("kd.feature_weight", "kd.feature_weight=0")
+        for key, t in teacher_sections(self).items():
+            if t.source == "published" and (self.kd.teacher != "cached" or self.kd.feature_weight > 0):
+                raise ConfigError(f"{key}.source=published: a published cache serves cached logit KD only; set "
+                                  "kd.teacher=cached and kd.feature_weight=0")
         count = max(len(self.teachers), 1)
         if self.kd.teacher_weights is not None and len(self.kd.teacher_weights) != count:
             raise ConfigError(f"kd.teacher_weights: {len(self.kd.teacher_weights)} weights for {count} teacher(s)")

@@ -61,10 +61,12 @@ def survey(ctx: RunContext) -> Survey:
     cfg, out = ctx.cfg, Survey()
     for teacher_ctx in ctx.teachers():
         name = teacher_ctx.teacher_name
-        found = _model(teacher_ctx.teacher_dir, teacher_ctx.teacher_inputs, "teacher", "stage=teacher")
+        published = teacher_ctx.cfg.teacher.source == "published"  # no model: its cache is the teacher
+        found = None if published else _model(teacher_ctx.teacher_dir, teacher_ctx.teacher_inputs, "teacher",
+                                              "stage=teacher")
         if found is not None:
             out.models[layout.named("teacher", name)] = found
-        current = found is not None and found.stale is None
+        current = published or found is not None and found.stale is None
         out.teachers_current &= current
         record = layout.read_cache_record(ctx.run_dir / layout.cache_record(name))
         if uses_cache(ctx) and record is not None:

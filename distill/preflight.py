@@ -63,6 +63,7 @@ def before_data(cfg: Config) -> None:
     check_tracker(cfg.log_with)
     if cfg.stage in ("export", "all"):  # found before the pipeline, not after it
         check_export(cfg)
+    check_publish(cfg)
 
 
 def check_export(cfg: Config) -> None:
@@ -79,6 +80,15 @@ def check_export(cfg: Config) -> None:
         if problem:
             raise ConfigError(f"export.hub_repo: {problem}; fix that, or drop export.hub_repo (checked before any "
                               "work)")
+
+
+def check_publish(cfg: Config) -> None:
+    """A push of the published cache that cannot happen (publish.hub_repo), refused before any work."""
+    from distill.store import hub
+
+    problem = hub.hub_problem() if cfg.stage == "publish" and cfg.publish.hub_repo else None
+    if problem:
+        raise ConfigError(f"publish.hub_repo: {problem}; fix that, or drop publish.hub_repo (checked before any work)")
 
 
 def makes_cache(cfg: Config) -> bool:

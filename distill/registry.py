@@ -45,10 +45,11 @@ class Entry:
 class Registry:
     """Names -> what registered under them, for the setting `key`. `where`: the modules holding the built-ins, each
     a package (its modules, each named as what it registers) or one module (named so); `order`: the names listed
-    first, in this order (the rest follow by name): the default first, or the pipeline's order."""
+    first, in this order (the rest follow by name): the default first, or the pipeline's order; `on_request`: the
+    names a run goes through only when it names them (stage=publish), never as part of another's pipeline."""
 
-    def __init__(self, key: str, *where: str, order: tuple[str, ...] = ()):
-        self.key, self.where, self.order = key, where, order
+    def __init__(self, key: str, *where: str, order: tuple[str, ...] = (), on_request: tuple[str, ...] = ()):
+        self.key, self.where, self.order, self.on_request = key, where, order, on_request
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
@@ -170,7 +171,8 @@ def _declared_help(module: str, name: str) -> str:
 
 METHODS = Registry("kd.loss", "distill.methods", order=("kd",))  # the default first
 SOURCES = Registry("data.source", "distill.data.sources", order=("demo", "hub", "parquet", "imagefolder", "disk"))
-# the stages in the order `stage=all` runs them: export after the report, whose numbers its model card carries
+# the stages in the order `stage=all` runs them: export after the report, whose numbers its model card carries;
+# publish only when asked (stage=publish, alone): a copy of the cache for others, made once, not on every run
 STAGES = Registry("stage", "distill.stages", "distill.report",
-                  order=("teacher", "cache", "student", "report", "export"))
+                  order=("teacher", "cache", "student", "report", "export", "publish"), on_request=("publish",))
 TEACHER_SOURCES = Registry("teacher.source", "distill.training.teachers", order=("train", "timm"))

@@ -65,7 +65,8 @@ def table(s: Summary) -> str:
                      f"{r.params / 1e6:8.3f}M {ips:>11} {wall:>8}")
     for teacher, c in s.caches.items():
         lines.append(f"{layout.named('cache', teacher):{width}} {'reused' if c.reused else 'computed':{arch}} "
-                     + (f"{c.images_per_s:.0f} img/s, {c.wall_s:.0f} s" if c.timed else "") + f"  {c.folder}")
+                     + (f"{c.images_per_s:.0f} img/s, {c.wall_s:.0f} s" if c.timed else "") + f"  {c.folder}"
+                     + (f", from {c.published.line}" if c.published else ""))
     return "\n".join(lines + _notes(s, width))
 
 

@@ -271,9 +271,10 @@ def test_every_extension_point_is_one_registry_whose_names_are_its_choices_and_i
             point.lookup("nope")
     for point in extension_points[1:]:  # a method's line is its class keywords', read once it is imported
         assert registry.Registry(point.key, *point.where, order=point.order).listing() == point.listing()
-    assert registry.STAGES.names() == ("teacher", "cache", "student", "report", "export")
+    assert registry.STAGES.names() == ("teacher", "cache", "student", "report", "export", "publish")
+    assert registry.STAGES.on_request == ("publish",)  # never part of stage=all
     assert set(registry.SOURCES.names()) == {"demo", "hub", "parquet", "imagefolder", "disk"}
-    assert registry.TEACHER_SOURCES.names() == ("train", "timm")
+    assert registry.TEACHER_SOURCES.names() == ("train", "timm", "published")
     from distill import report
     assert registry.STAGES.lookup("report") is report.run  # the report is a stage like the others
 

@@ -378,3 +378,37 @@ def test_every_error_line_on_the_troubleshooting_page_is_one_distill_prints():
         words = [w.strip(" :;,.") for w in PLACEHOLDERS.split(" ".join(line.removeprefix("error: ").split()))]
         wrong += [f"{line}: {w!r}" for w in words if len(w) >= 8 and w not in source]
     assert not wrong, wrong
+
+
+def _commands(page: str, heading: str) -> list[str]:
+    """The arguments of the `python distill/run.py ...` command in a page section's first bash block."""
+    block = _section(page, heading).split("```bash\n", 1)[1].split("```", 1)[0]
+    return block.split("python distill/run.py", 1)[1].split()
+
+
+def test_the_published_demo_trains_the_demos_student_again(demo, tmp_path):
+    """docs/published.md's commands after the demo, as written (in a copy of its folder): stage=publish writes
+    runs/demo/published/, and the command that trains a student from it, with the demo's teacher and cache deleted,
+    gives the demo's own student, bit for bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from conftest import run_cli
+
+    where, _ = demo
+    copy = tmp_path / "copy"
+    for part in ("runs", "cache"):
+        shutil.copytree(where / part, copy / part)
+    places = [f"run_root={copy / 'runs'}", f"cache.root={copy / 'cache'}"]
+    r = run_cli(*_commands("published.md", "Publishing"), *places, cwd=copy)
+    assert r.returncode == 0, r.stderr
+    assert (copy / "runs" / "demo" / "published" / "README.md").is_file()
+    shutil.rmtree(copy / "runs" / "demo" / "teacher")
+    for manifest in (copy / "cache").glob("*/manifest.json"):
+        shutil.rmtree(manifest.parent)
+    r = run_cli(*_commands("published.md", "Training from a published cache"), *places, cwd=copy)
+    assert r.returncode == 0, r.stderr
+    mine = load_file(str(copy / "runs" / "from_published" / "student" / "model.safetensors"))
+    demos = load_file(str(where / "runs" / "demo" / "student" / "model.safetensors"))
+    assert mine.keys() == demos.keys() and all((mine[k] == demos[k]).all() for k in mine)

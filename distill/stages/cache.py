@@ -34,6 +34,7 @@ from distill.store import artifacts, fingerprints, layout, softlabels
 from distill.store.records import CacheRun
 from distill.training import models, tricks
 from distill.training.context import RunContext
+from distill.training.teachers import published as published_teacher
 from distill.errors import ConfigError, DataError
 
 log = logging.getLogger("distill")
@@ -252,11 +253,25 @@ def run(ctx: RunContext) -> dict[str, softlabels.CacheManifest] | None:
 
 def _one_teacher(ctx: RunContext) -> softlabels.CacheManifest:
     start_all = time.perf_counter()
-    layout.require_trained(ctx.teacher_dir, "cache", "teacher")
+    published = ctx.cfg.teacher.source == "published"
+    if not published:
+        layout.require_trained(ctx.teacher_dir, "cache", "teacher")
     folder = ctx.cache_dir  # named by the cache's identity, computed once a run (RunContext)
     # one run labels a cache at a time; the lock beside the folder, whose bytes must not depend on who wrote them
     with artifacts.held(ctx.acc, folder, lock=folder.with_name(f".{folder.name}.lock")):
-        return _labelled(ctx, folder, start_all)
+        return _from_published(ctx, folder) if published else _labelled(ctx, folder, start_all)
+
+
+def _from_published(ctx: RunContext, folder: Path) -> softlabels.CacheManifest:
+    """The native cache of a published one (teacher.source=published) for this data: made once, then reused."""
+    made = artifacts.on_main(ctx.acc, lambda: published_teacher.native_cache(ctx.cfg, ctx.data, ctx.norm,
+                                                                             ctx.cache_identity, folder))
+    manifest = made or softlabels.read_manifest(folder)
+    log.info(f"{layout.named('cache', ctx.teacher_name, ' ')}: {folder}, from the published cache "
+             f"{ctx.cfg.teacher.path}")
+    _record_run(ctx.acc, ctx.run_dir / layout.cache_record(ctx.teacher_name), folder, manifest,
+                {"published": published_teacher.described(ctx.cfg.teacher.path)})
+    return manifest
 
 
 def _labelled(ctx: RunContext, folder: Path, start_all: float) -> softlabels.CacheManifest:
@@ -363,5 +378,5 @@ def _record_run(acc: Accelerator, record: Path, folder: Path, manifest: softlabe
     if acc.is_main_process:
         previous = layout.read_cache_record(record)
         kept = previous if previous is not None and previous.folder == str(folder) else CacheRun(str(folder))
-        replace(kept, reused=timing is None, skipped_images=len(manifest.skipped),
+        replace(kept, reused=timing is None or "published" in timing, skipped_images=len(manifest.skipped),
                 **(timing or {})).write(record)

@@ -32,8 +32,9 @@ from distill.config import Config, teacher_sections
 from distill.data import transforms
 from distill.errors import DataError
 from distill.registry import STAGES
-from distill.store import layout
+from distill.store import hub, layout
 from distill.store.records import ExportChecks, ExportRecord, Meta, Normalization, Row, Summary
+from distill.store.hub import hub_problem  # noqa: F401  (preflight asks export.hub_problem)
 from distill.training import models
 from distill.training.context import RunContext
 
@@ -119,6 +120,16 @@ def _throughput(model: torch.nn.Module, x: torch.Tensor, seconds: float = 1.0) -
 CARD = Path(__file__).with_name("model_card.md")  # the model card's text; `_card` fills in its ${fields}
 
 
+def _origin_line(summary: Summary, members: list[str], which: str | None, rule: str) -> str:
+    """What the student was distilled from: an ensemble, a teacher, or a published cache (named with its teacher)."""
+    published = [c.published for c in summary.caches.values() if c.published]
+    if published:
+        return " and ".join(p.line for p in published)
+    if which == "ensemble":
+        return f"an ensemble of {', '.join(f'`{m}`' for m in members)} ({rule.replace('_', ' ')})"
+    return summary.models[which].model if which else "a teacher"
+
+
 def _card(cfg: Config, meta: Meta, summary: Summary, checks: ExportChecks, pre: Preprocessing) -> str:
     """The model card (README.md of the export folder): model_card.md with this run's numbers."""
     models_, kd, c = summary.models, cfg.kd, cfg.cache
@@ -129,8 +140,7 @@ def _card(cfg: Config, meta: Meta, summary: Summary, checks: ExportChecks, pre: 
     names = meta.class_names
     return string.Template(CARD.read_text()).substitute(
         model=meta.model, classes=len(names), method=_method_line(cfg), temperature=kd.temperature,
-        origin=(f"an ensemble of {', '.join(f'`{m}`' for m in members)} ({kd.ensemble.replace('_', ' ')})"
-                if which == "ensemble" else models_[which].model if which else "a teacher"),
+        origin=_origin_line(summary, members, which, kd.ensemble),
         source=(f"soft labels from a cache of {c.views} recorded views per image (top-{c.topk} logits)"
                 if kd.teacher == "cached" else "the teacher run live every step (online KD)"),
         data=cfg.data.path or "the demo digits (scikit-learn)", recipe=recipe, command=command,
@@ -192,33 +202,10 @@ def opset_problem(opset: int) -> str | None:
     return f"PyTorch {torch.__version__} writes ONNX opsets up to {newest}, not {opset}"
 
 
-def hub_problem() -> str | None:
-    """Why a push to the Hub cannot work from here (offline, not logged in), or None: checked before any work
-    (preflight) and again before the push."""
-    from huggingface_hub import constants, get_token
-
-    if constants.HF_HUB_OFFLINE:
-        return "offline (HF_HUB_OFFLINE=1), nothing pushed"
-    if get_token() is None:
-        return "not logged in to the Hugging Face Hub; run `hf auth login` (or set HF_TOKEN)"
-    return None
-
-
 def _push(folder: Path, repo: str) -> None:
     """Upload the folder with huggingface_hub; one line saying what to do when that cannot work."""
-    from huggingface_hub import HfApi
-
     then = f"the export is in {folder}; rerun stage=export export.hub_repo={repo} once that is fixed"
-    problem = hub_problem()
-    if problem:
-        raise DataError(f"export.hub_repo: {problem}; {then}")
-    try:
-        api = HfApi()
-        api.create_repo(repo, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="distill export")
-    except Exception as e:  # noqa: BLE001 - network and permission errors come in many types
-        raise DataError(f"export.hub_repo: could not push to {repo} ({str(e).splitlines()[0]}); {then}") from None
-    log.info(f"export: pushed {folder} to https://huggingface.co/{repo}")
+    hub.push(folder, repo, "export.hub_repo", then)
 
 
 @STAGES.register("export", help="the student as a timm model folder (safetensors, ONNX, model card), pushed to the "

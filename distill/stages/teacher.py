@@ -31,6 +31,9 @@ def run(ctx: RunContext) -> dict[str, Meta]:
     {teacher name: its meta}."""
     done = {}
     for teacher_ctx in ctx.teachers():
+        if teacher_ctx.cfg.teacher.source == "published":  # no model: the cache stage reads its published cache
+            done[teacher_ctx.teacher_name] = {"published": teacher_ctx.cfg.teacher.path}
+            continue
         with artifacts.held(teacher_ctx.acc, teacher_ctx.teacher_dir):
             done[teacher_ctx.teacher_name] = _train_or_load(teacher_ctx)
         # the weights' sha256 this stage just verified or wrote (meta.json's): the run's identities take it from here

@@ -315,6 +315,33 @@ class EnsembleScore(_Kept):
 
 
 @dataclass(frozen=True)
+@dataclass(frozen=True)
+class PublishedTeacher:
+    """A published cache as the teacher, as the report and the model card name it: its Hub id or folder, the Hub
+    snapshot's revision (None: a local folder), the teacher it was labelled by and that teacher's published score."""
+    path: str
+    revision: str | None
+    teacher_model: str
+    teacher_top1: float | None
+    scored_on: str
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "revision": self.revision, "teacher_model": self.teacher_model,
+                "teacher_top1": self.teacher_top1, "scored_on": self.scored_on}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> PublishedTeacher:
+        return cls(obj["path"], obj["revision"], obj["teacher_model"], obj["teacher_top1"], obj["scored_on"])
+
+    @property
+    def line(self) -> str:
+        """The one line naming it as the teacher."""
+        at = f"@{self.revision[:12]}" if self.revision else ""
+        score = f"{self.teacher_top1:.2f}%" if self.teacher_top1 is not None else "not given"
+        return (f"the published cache {self.path}{at} (teacher {self.teacher_model}, top-1 {score} on its "
+                f"{self.scored_on})")
+
+
 class CacheRun(files.Sealed):
     """cache.json beside the run (cache-NAME.json: teacher NAME's): the cache folder the run used, whether it was
     reused, the images left out of it (failing to decode) and, when this run (or an earlier one, with the same
@@ -325,15 +352,18 @@ class CacheRun(files.Sealed):
     wall_s: float | None = None
     images: int | None = None
     images_per_s: float | None = None
+    published: PublishedTeacher | None = None  # when the cache came from a published one: what it names
 
     def to_json(self) -> dict:
         return {"folder": self.folder, "reused": self.reused, "skipped_images": self.skipped_images} | _given(
-            {"wall_s": self.wall_s, "images": self.images, "images_per_s": self.images_per_s})
+            {"wall_s": self.wall_s, "images": self.images, "images_per_s": self.images_per_s,
+             "published": self.published.to_json() if self.published else None})
 
     @classmethod
     def from_json(cls, obj: dict) -> CacheRun:
         return cls(obj["folder"], obj.get("reused", False), obj.get("skipped_images", 0), obj.get("wall_s"),
-                   obj.get("images"), obj.get("images_per_s"))
+                   obj.get("images"), obj.get("images_per_s"),
+                   PublishedTeacher.from_json(obj["published"]) if obj.get("published") else None)
 
     @property
     def timed(self) -> bool:

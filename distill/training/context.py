@@ -15,6 +15,7 @@ from distill.data import transforms
 from distill.store import fingerprints, layout
 from distill.store.softlabels import CacheIdentity
 from distill.store.records import Normalization
+from distill.training.teachers import published as published_teacher
 
 
 @dataclass
@@ -75,6 +76,8 @@ class RunContext:
     def teacher_sha256(self) -> str:
         """A teacher's context: its weights' sha256, once a run: the one the teacher stage verified or wrote
         (`weights_checked`), else the file's, hashed on first use (the teacher must be trained by then)."""
+        if self.cfg.teacher.source == "published":  # no weights here: the card's word on them
+            return published_teacher.card_of(self.cfg.teacher.path).teacher_sha256
         return files.sha256(self.teacher_dir / "model.safetensors")
 
     def weights_checked(self, sha256: str) -> None:
@@ -84,7 +87,10 @@ class RunContext:
 
     @cached_property
     def cache_identity(self) -> CacheIdentity:
-        """A teacher's context: the identity of the cache these settings make of it (its hash names the folder)."""
+        """A teacher's context: the identity of the cache these settings make of it (its hash names the folder); a
+        published cache's: the native cache made of it for this data (teachers/published.py)."""
+        if self.cfg.teacher.source == "published":
+            return published_teacher.identity(self.cfg, self.data.identity, self.norm, self.num_classes)
         return fingerprints.cache_identity(self.cfg, self.data.identity, self.norm, self.num_classes,
                                            self.teacher_sha256)
 
