@@ -315,7 +315,6 @@ class EnsembleScore(_Kept):
 
 
 @dataclass(frozen=True)
-@dataclass(frozen=True)
 class PublishedTeacher:
     """A published cache as the teacher, as the report and the model card name it: its Hub id or folder, the Hub
     snapshot's revision (None: a local folder), the teacher it was labelled by and that teacher's published score."""
@@ -342,6 +341,7 @@ class PublishedTeacher:
                 f"{self.scored_on})")
 
 
+@dataclass(frozen=True)
 class CacheRun(files.Sealed):
     """cache.json beside the run (cache-NAME.json: teacher NAME's): the cache folder the run used, whether it was
     reused, the images left out of it (failing to decode) and, when this run (or an earlier one, with the same
