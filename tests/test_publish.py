@@ -257,16 +257,18 @@ def test_a_dense_published_cache_serves_any_temperature(topk):
     from distill.errors import ConfigError
     from distill.store import published
     from distill.training.teachers import published as published_teacher
+    from distill.store.records import Normalization
 
     args, folder = topk
     card = published.read_card(folder)
     cfg = config_from(_published_args(args, folder.parent, folder) + ["kd.temperature=2"])
     dense = dataclasses.replace(card, topk=3, dense=True, temperature=1.0)
-    published_teacher.check_settings(dense, cfg, card.normalization, CLASSES)  # any T
+    published_teacher.check_settings(dense, cfg, Normalization.from_json(card.normalization), CLASSES)  # any T
     with pytest.raises(ConfigError, match="kd.temperature: 2, but the published cache keeps the top 2"):
-        published_teacher.check_settings(card, cfg, card.normalization, CLASSES)
+        published_teacher.check_settings(card, cfg, Normalization.from_json(card.normalization), CLASSES)
     with pytest.raises(ConfigError, match="data.mean/data.std: the normalization"):
-        published_teacher.check_settings(dense, cfg, {**card.normalization, "mean": [0.4] * 3}, CLASSES)
+        published_teacher.check_settings(dense, cfg, Normalization.from_json({**card.normalization, "mean": [0.4] * 3}),
+                                         CLASSES)
 
 
 def test_covered_only_trains_on_the_covered_images_and_says_how_many(topk, tmp_path):

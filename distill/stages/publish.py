@@ -126,7 +126,7 @@ def _card(ctx: RunContext, meta: Meta, cache: softlabels.SoftLabels, keys: list[
         temperature=m.kept.temperature,
         topk=m.kept.k, dense=m.kept.dense, views=m.views, mixed="partner" in cache.shards[0].dtype.names,
         num_classes=m.num_classes, class_names=m.class_names, image_size=cfg.image_size, transform=cfg.transform,
-        transform_params=params, normalization=ctx.norm, data_checksum=published.data_checksum(keys),
+        transform_params=params, normalization=ctx.norm.to_json(), data_checksum=published.data_checksum(keys),
         rows=len(keys), shards=shards, cache_fingerprint=m.fingerprint, distill_version=distill.__version__)
 
 

@@ -22,7 +22,7 @@ from distill.data.identity import DataIdentity
 from distill.errors import ConfigError, DataError
 from distill.registry import TEACHER_SOURCES
 from distill.store import published, softlabels
-from distill.store.records import PublishedTeacher
+from distill.store.records import Normalization, PublishedTeacher
 
 log = logging.getLogger("distill")
 
@@ -64,7 +64,7 @@ def card_of(path: str) -> published.PublishedCard:
     return published.read_card(folder_of(path))
 
 
-def identity(cfg: Config, data: DataIdentity, norm: dict, num_classes: int) -> softlabels.CacheIdentity:
+def identity(cfg: Config, data: DataIdentity, norm: Normalization, num_classes: int) -> softlabels.CacheIdentity:
     """The identity of the native cache made from the published one for this data: its card's teacher and data
     checksum, every shard's sha256, and this run's data."""
     card = card_of(cfg.teacher.path)
@@ -74,7 +74,7 @@ def identity(cfg: Config, data: DataIdentity, norm: dict, num_classes: int) -> s
     return softlabels.CacheIdentity(card.teacher_sha256, data, norm, kept, settings)
 
 
-def check_settings(card: published.PublishedCard, cfg: Config, norm: dict, class_names: list[str]) -> None:
+def check_settings(card: published.PublishedCard, cfg: Config, norm: Normalization, class_names: list[str]) -> None:
     """The run's classes, the settings that render a stored view (image size, transform, its padding or crop_pct,
     normalization) and the temperature are the card's; one line naming the first that is not."""
     if card.class_names != class_names:
@@ -82,7 +82,7 @@ def check_settings(card: published.PublishedCard, cfg: Config, norm: dict, class
                         f"{', '.join(card.class_names[:5])}...) are not the data's ({len(class_names)}: "
                         f"{', '.join(class_names[:5])}...)")
     d = cfg.data  # what decides a stored view's pixels (data.flip and data.scale only drew the views)
-    mine = {"data.image_size": d.image_size, "data.transform": d.transform, "normalization": norm,
+    mine = {"data.image_size": d.image_size, "data.transform": d.transform, "normalization": norm.to_json(),
             **({"data.padding": d.padding} if d.transform == "cifar" else {"data.crop_pct": d.crop_pct})}
     theirs = {"data.image_size": card.image_size, "data.transform": card.transform,
               "normalization": card.normalization, **{f"data.{k}": v for k, v in card.transform_params.items()}}
@@ -112,7 +112,7 @@ def rows_for(keys: list[bytes], table_keys: list[str], covered_only: bool) -> tu
     return rows, missing
 
 
-def native_cache(cfg: Config, bundle, norm: dict, identity: softlabels.CacheIdentity,
+def native_cache(cfg: Config, bundle, norm: Normalization, identity: softlabels.CacheIdentity,
                  folder: Path) -> softlabels.CacheManifest:
     """The native cache in `folder` (named by `identity`) of the published cache teacher.path for this data: reused
     when complete, else made: the published rows verified, checked and matched to the training images by content
