@@ -20,7 +20,7 @@ out (--excluded lists every read it left out, to check that none is a record):
       rules and X.metadata (a schema field's rules);
     - torch: X.state_dict(), X.param_groups[...];
     - `datasets`: rows, features, cache files and batch columns (item, it, value, batch, fields, tensors, f in
-      content.py, sources.py and splits.py, a parquet schema's features in parquet._classes), and anything read inside a
+      content.py and splits.py, a parquet schema's features in parquet._classes), and anything read inside a
       dataset's __getitem__ (the item being built for the collate);
     - numpy structured records (the cache's shard rows, typed by their dtype): rec, records, X.dtype;
     - timm: X.pretrained_cfg, and the exported folder's config.json (timm's Hugging Face layout) in predict.py;
@@ -68,7 +68,7 @@ RULES = [
      r"raw|tree|entry|rules|.*\.metadata"),
     ("torch state_dict and optimizer param_groups", None, None, r".*state_dict\(\).*|.*param_groups\[.*"),
     ("`datasets` rows, features, cache files and batch columns", None, None, r"item|it|value|batch|fields|tensors"),
-    ("`datasets` cache files", ("content.py", "sources.py", "splits.py"), None, r"f"),
+    ("`datasets` cache files", ("content.py", "splits.py"), None, r"f"),
     ("`datasets` features in a parquet schema", ("parquet.py",), r"_classes", r".*"),
     ("a dataset item being built (__getitem__)", None, r"__getitem__", r".*"),
     ("numpy structured records (the cache's shard rows)", None, None, r"rec|records|(.*\.)?dtype"),
