@@ -90,7 +90,7 @@ def _publish(ctx: RunContext, meta: Meta, cache: softlabels.SoftLabels, out: Pat
     """Write the cache's rows and card into `out` (an earlier publish of it replaced): its record."""
     start = time.perf_counter()
     bundle = ctx.data
-    rows = np.array([i for i in range(len(cache)) if i not in cache.skipped], dtype=np.int64)
+    rows = np.setdiff1d(np.arange(len(cache), dtype=np.int64), np.fromiter(cache.skipped, np.int64))
     keys = content.image_digests(bundle.train, bundle.image_column)
     records = cache.rows(np.arange(len(cache)))
     labels = np.asarray(bundle.images["train"].labels)

@@ -17,7 +17,6 @@ May import: what distill/store/ may.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -159,7 +158,7 @@ def write_shards(folder: Path, table: pa.Table, rows_per_shard: int) -> dict[str
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table.slice(i * rows_per_shard, rows_per_shard), tmp, compression="zstd",
                        write_statistics=False)
-        os.replace(tmp, path)
+        files.fsync_rename(tmp, path)
         out[shard_name(i, n)] = files.sha256(path)
     return out
 
