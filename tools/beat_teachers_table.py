@@ -54,7 +54,8 @@ def print_table(runs: Path, seeds: list[str]) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in sorted(teachers, key=lambda n: (n == "ensemble", n)):
         r = teachers[name]
-        print(f"| {name} | | | {r['top1']:.2f} | | {r['test_top1']:.2f} | | | | |")
+        label = f"their ensemble ({r['rule']})" if name == "ensemble" else f"{name} ({r['model']})"
+        print(f"| {label} | | | {r['top1']:.2f} | | {r['test_top1']:.2f} | | | | |")
     for name, settings in rows(runs):
         found = students(runs, name, seeds)
         if not found:
