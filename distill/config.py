@@ -122,8 +122,9 @@ class TeacherCfg(TrainCfg):
                                        "the identity of the cache made of it, not its name; in an ensemble, the "
                                        "local teachers label its views", changes=NONE)
     covered_only: bool = _f(False, doc="source=published: train on the training images the published cache "
-                                       "covers (matched by content), leaving the others out; false: refuse uncovered "
-                                       "images (held in the identity of the cache made of it)", changes=NONE)
+                                       "covers (matched by content), leaving the others out (of every teacher's cache "
+                                       "in an ensemble); false: refuse uncovered images (held in the identity of the "
+                                       "cache made of it)", changes=NONE)
     dir: Optional[str] = _f(None, doc="the teacher stage's folder; null: <run>/teacher. Runs that name one folder "
                                       "share one teacher (and so one cache); a run with other teacher settings or "
                                       "data is refused there, never trained over it", changes=NONE)

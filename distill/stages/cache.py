@@ -133,7 +133,8 @@ class ViewItems(Dataset):
         if self.mix:
             blank = torch.zeros_like(item["image"][0])
             item["mixed"]["image"] = torch.stack([
-                views.apply(load(int(j)), rec["partner_view"][v], self.cfg) if j >= 0 else blank
+                views.apply(load(int(j)), rec["partner_view"][v], self.cfg) if j >= 0 and not self.left_out(i)
+                else blank  # a left-out image's given record is cleared: its partner is no image to load
                 for v, j in enumerate(rec["partner"])])
         return item
 
@@ -274,7 +275,7 @@ def run(ctx: RunContext) -> dict[str, softlabels.CacheManifest] | None:
     teachers = ctx.teachers()
     published = [t for t in teachers if t.cfg.teacher.source == "published"]
     made = {t.teacher_name: _one_teacher(t) for t in published}  # first: their views are the local teachers'
-    if published and len(published) < len(teachers):
+    if 1 < len(published) < len(teachers):  # beside local teachers: one set of views for all
         published_teacher.check_same_views({t.teacher_key: t.cache_dir for t in published}, ctx.cfg.kd.temperature)
     made |= {t.teacher_name: _one_teacher(t) for t in teachers if t.teacher_name not in made}
     return {t.teacher_name: made[t.teacher_name] for t in teachers}
