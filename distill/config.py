@@ -119,16 +119,19 @@ class TeacherCfg(TrainCfg):
     checkpoint: Optional[str] = _f(None, doc="source=timm: local .safetensors/.pth/.pth.tar/.bin file", changes=OWNER)
     path: Optional[str] = _f(None, doc="source=published: the published cache, a Hub dataset id (ORG/NAME, or "
                                        "ORG/NAME@REVISION) or a local folder (docs/published.md); what it holds is in "
-                                       "the identity of the cache made of it, not its name", changes=NONE)
+                                       "the identity of the cache made of it, not its name; in an ensemble, the "
+                                       "local teachers label its views", changes=NONE)
     covered_only: bool = _f(False, doc="source=published: train on the training images the published cache "
-                                       "covers (matched by content), leaving the others out; false: refuse uncovered "
-                                       "images (held in the identity of the cache made of it)", changes=NONE)
+                                       "covers (matched by content), leaving the others out (of every teacher's cache "
+                                       "in an ensemble); false: refuse uncovered images (held in the identity of the "
+                                       "cache made of it)", changes=NONE)
     dir: Optional[str] = _f(None, doc="the teacher stage's folder; null: <run>/teacher. Runs that name one folder "
                                       "share one teacher (and so one cache); a run with other teacher settings or "
                                       "data is refused there, never trained over it", changes=NONE)
     finetune: FinetuneCfg = _f(factory=FinetuneCfg, changes=OWNER)
     seed: Optional[int] = _f(None, doc="teacher seed (init, data order, mixing); null: the global seed (which also "
-                                       "draws the cached views, shared by every teacher)", changes=OWNER)
+                                       "draws the cached views, shared by every teacher; an ensemble with a published "
+                                       "cache labels its views instead)", changes=OWNER)
 
     def check(self, key: str) -> None:
         """A teacher's settings that its source would ignore, or that leave it untrained, stop in one line: a file or

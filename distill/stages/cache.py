@@ -56,23 +56,44 @@ class ViewItems(Dataset):
     """Item i: views `first_view` .. V-1 of training image i, drawn from (seed, i, v), applied (uint8).
 
     With `mix`, a train view may be mixed with a partner image (its index, its own crop/flip, and lambda or the
-    cutmix box are drawn from the same generator and stored), so the teacher labels the mixed image itself."""
+    cutmix box are drawn from the same generator and stored), so the teacher labels the mixed image itself.
+    With `given` (the folder of a complete cache of these images, V views, mixed when `mix` is), the views are
+    not drawn: each is that cache's recorded view, every parameter as stored, and the images it leaves out are
+    left out here too (a published cache's, for the local teachers of its ensemble)."""
 
     def __init__(self, images: data.Images, cfg: DataCfg, num_views: int, eval_view: bool, seed: int,
-                 mix: MixCfg | None = None, first_view: int = 0):
+                 mix: MixCfg | None = None, first_view: int = 0, given: Path | None = None):
         self.images, self.cfg, self.num_views, self.eval_view, self.seed = images, cfg, num_views, eval_view, seed
         self.skip_bad = cfg.on_bad_image == "skip"  # an image that fails to decode is left out, as every stage does
         self.mix = mix if mix is not None and mix.on else None
         self.first_view = first_view  # > 0 when growing a cache: views below it are already labelled
+        self.given, self._given = given, None
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def __getstate__(self):
+        return self.__dict__ | {"_given": None}  # each loader worker maps the given cache itself
+
+    @property
+    def given_views(self) -> softlabels.SoftLabels:
+        """The cache whose recorded views these are (`given`), memory-mapped on first use."""
+        if self._given is None:
+            self._given = softlabels.SoftLabels(self.given)
+        return self._given
+
+    def left_out(self, i: int) -> bool:
+        """Whether image i is left out because the cache whose views these are (`given`) leaves it out."""
+        return self.given is not None and i in self.given_views.skipped
+
     def draw(self, i: int, hw: tuple[int, int], partner_hw) -> dict[str, np.ndarray]:
         """The stored parameters of views `first_view` .. V-1 of image i, of size `hw` (the record fields other
         than the teacher's), row 0 being view `first_view`; `partner_hw(j)` is partner j's size, None for an
-        image left out."""
+        image left out. With `given`: that cache's recorded parameters of these views, as stored."""
         first, s = self.first_view, self.cfg.image_size
+        if self.given is not None:
+            rec = self.given_views.row(i)
+            return {name: np.array(rec[name][first:]) for name in self.given_views.view_fields()}
         n = self.num_views - first
         out = {"view": np.tile(views.EVAL_VIEW, (n, 1))}
         if self.mix:
@@ -97,7 +118,7 @@ class ViewItems(Dataset):
         data.renderer=device, the parameters only: the views are rendered per batch on the device."""
         if self.cfg.renderer == "device":
             return self._params_only(i)
-        img, decoded = self.images.fetch(i, self.skip_bad), {}
+        img, decoded = None if self.left_out(i) else self.images.fetch(i, self.skip_bad), {}
         bad = img is None
         if bad:
             img = torch.zeros(3, self.cfg.image_size, self.cfg.image_size, dtype=torch.uint8)
@@ -112,7 +133,8 @@ class ViewItems(Dataset):
         if self.mix:
             blank = torch.zeros_like(item["image"][0])
             item["mixed"]["image"] = torch.stack([
-                views.apply(load(int(j)), rec["partner_view"][v], self.cfg) if j >= 0 else blank
+                views.apply(load(int(j)), rec["partner_view"][v], self.cfg) if j >= 0 and not self.left_out(i)
+                else blank  # a left-out image's given record is cleared: its partner is no image to load
                 for v, j in enumerate(rec["partner"])])
         return item
 
@@ -131,7 +153,7 @@ class ViewItems(Dataset):
             raise DataError("cache.mix: mixed views with data.renderer=device need the split decoded into memory "
                             "(data.decode_mb); use data.renderer=cpu")
         size = self.cfg.image_size
-        source = self.images.view_source_or_skip(i, self.skip_bad)
+        source = None if self.left_out(i) else self.images.view_source_or_skip(i, self.skip_bad)
         bad = source is None
         if bad:  # as the CPU path: views of a blank image, records cleared
             source = (size, size), (_blank_jpeg(size) if self.images.pixels is None else None)
@@ -244,11 +266,19 @@ class _Labeller:
 def run(ctx: RunContext) -> dict[str, softlabels.CacheManifest] | None:
     """Label the cache of each teacher (RunContext.teachers) with this run's settings, or reuse it when it is
     complete and every checksum holds. Every teacher labels the same views (drawn from the global seed and the cache
-    settings), so an added teacher labels its own cache only. {teacher name: its manifest}; None with online KD."""
+    settings), so an added teacher labels its own cache only; in an ensemble that holds published caches, those
+    are made first and every local teacher labels their views (RunContext.views_of). {teacher name: its manifest},
+    in the teachers' order; None with online KD."""
     if ctx.cfg.kd.teacher == "online" and ctx.cfg.stage != "cache":
         log.info("cache: skipped (kd.teacher=online runs the teacher every step)")
         return None
-    return {teacher_ctx.teacher_name: _one_teacher(teacher_ctx) for teacher_ctx in ctx.teachers()}
+    teachers = ctx.teachers()
+    published = [t for t in teachers if t.cfg.teacher.source == "published"]
+    made = {t.teacher_name: _one_teacher(t) for t in published}  # first: their views are the local teachers'
+    if 1 < len(published) < len(teachers):  # beside local teachers: one set of views for all
+        published_teacher.check_same_views({t.teacher_key: t.cache_dir for t in published}, ctx.cfg.kd.temperature)
+    made |= {t.teacher_name: _one_teacher(t) for t in teachers if t.teacher_name not in made}
+    return {t.teacher_name: made[t.teacher_name] for t in teachers}
 
 
 def _one_teacher(ctx: RunContext) -> softlabels.CacheManifest:
@@ -354,7 +384,7 @@ def _label_mine(ctx: RunContext, identity: softlabels.CacheIdentity, folder: Pat
         log.info(f"cache: growing {base[0]} ({first} views): the teacher labels the {settings.views - first} new "
                  f"views of each image ({total * (settings.views - first)} forwards), the first {first} are copied")
     items = ViewItems(ctx.data.images["train"], cfg.data, settings.views, settings.eval_view, cfg.seed, settings.mix,
-                      first)
+                      first, ctx.views_of.cache_dir if ctx.views_of is not None else None)
     teacher = models.frozen(models.PooledTeacher(model) if feature_dim else model, acc.device)
     labeller = _Labeller(teacher, items, ctx.to_input, temperature, cfg, acc, dtype, feature_dim)
     start = time.perf_counter()

@@ -16,6 +16,7 @@ from distill.store import artifacts, fingerprints, layout
 from distill.store.records import Meta, Metrics
 from distill.training import engine, objectives
 from distill.training.context import RunContext
+from distill.training.teachers import published as published_teacher
 
 
 def build(cfg: Config, num_classes: int, key: str = "teacher"):
@@ -28,7 +29,10 @@ def build(cfg: Config, num_classes: int, key: str = "teacher"):
 @STAGES.register("teacher", help="train the teacher, or load it (timm hub weights or a checkpoint) and fine-tune it")
 def run(ctx: RunContext) -> dict[str, Meta]:
     """Each teacher (RunContext.teachers) in its folder, held by one run at a time and reused while up to date.
-    {teacher name: its meta}."""
+    {teacher name: its meta}. Published caches beside local teachers are checked first, before any trains."""
+    if ctx.cfg.stage != "teacher":  # the cache is made: can the local teachers label the published views?
+        published_teacher.check_ensemble({t.teacher_key: t.cfg for t in ctx.teachers()}, ctx.norm,
+                                         ctx.data.class_names)
     done = {}
     for teacher_ctx in ctx.teachers():
         if teacher_ctx.cfg.teacher.source == "published":  # no model: the cache stage reads its published cache

@@ -31,6 +31,8 @@ class RunContext:
     teacher_name: str = layout.ONE_TEACHER  # a teacher's context (teachers()): its name, "teacher" or an ensemble's
     teacher_key: str = "teacher"  # its config section: teacher, or teachers.NAME
     shares_teacher_dir: bool = False  # its folder is one the user named (other runs may use it)
+    # a local teacher of an ensemble that holds a published cache: that teacher's context, whose views it labels
+    views_of: RunContext | None = field(default=None, repr=False, compare=False)
     _teachers: list[RunContext] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -45,7 +47,8 @@ class RunContext:
         """One context per teacher, in the config's order (the one `teacher` section, or each entry of `teachers`):
         its `teacher_name` and `teacher_key`, `cfg.teacher` its full section (config.teacher_sections) with `dir`
         its folder (the one named, else layout.default_teacher_dir), and `cfg.teachers` empty. Built once: every
-        stage gets the same contexts, so each teacher's identities are computed once a run."""
+        stage gets the same contexts, so each teacher's identities are computed once a run. When the ensemble holds
+        a published cache, every local teacher's `views_of` is the first published teacher's context."""
         if self._teachers is None:
             self._teachers = []
             for key, section in config.teacher_sections(self.cfg).items():
@@ -54,6 +57,10 @@ class RunContext:
                 cfg = dataclasses.replace(self.cfg, teacher=dataclasses.replace(section, dir=folder), teachers=[])
                 self._teachers.append(dataclasses.replace(self, cfg=cfg, teacher_name=name, teacher_key=key,
                                                           shares_teacher_dir=section.dir is not None))
+            published = [t for t in self._teachers if t.cfg.teacher.source == "published"]
+            for teacher_ctx in self._teachers if published else []:
+                if teacher_ctx.cfg.teacher.source != "published":
+                    teacher_ctx.views_of = published[0]
         return self._teachers
 
     @property
@@ -88,11 +95,17 @@ class RunContext:
     @cached_property
     def cache_identity(self) -> CacheIdentity:
         """A teacher's context: the identity of the cache these settings make of it (its hash names the folder); a
-        published cache's: the native cache made of it for this data (teachers/published.py)."""
+        published cache's: the native cache made of it for this data (teachers/published.py); a local teacher's
+        beside a published one (`views_of`) also names the native cache whose views it labels (only then: every
+        other identity hashes as it always has)."""
         if self.cfg.teacher.source == "published":
             return published_teacher.identity(self.cfg, self.data.identity, self.norm, self.num_classes)
-        return fingerprints.cache_identity(self.cfg, self.data.identity, self.norm, self.num_classes,
-                                           self.teacher_sha256)
+        identity = fingerprints.cache_identity(self.cfg, self.data.identity, self.norm, self.num_classes,
+                                               self.teacher_sha256)
+        if self.views_of is None:
+            return identity
+        return dataclasses.replace(identity, settings=identity.settings | {
+            published_teacher.VIEWS_FROM: self.views_of.cache_dir.name})
 
     @property
     def cache_dir(self) -> Path:

@@ -6,6 +6,10 @@ matched by content key, which the student stage replays as any cache: the same r
 Checked before anything is written, each in one line: every shard's sha256 against the card, the classes, the data
 settings that decide the views' pixels (image size, transform and its parameters, normalization), the temperature
 of a top-k cache, and that every training image is covered (teacher.covered_only=true trains on the covered ones).
+
+In an ensemble beside local teachers, the local teachers label the published views (RunContext.views_of: the cache
+stage takes each view's recorded parameters from the native cache made of the published one instead of drawing
+them, and leaves out the images it leaves out); `check_ensemble` checks, before any teacher trains, that they can.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from distill.store import published, softlabels
 from distill.store.records import Normalization, PublishedTeacher
 
 log = logging.getLogger("distill")
+
+VIEWS_FROM = "cache.views_from"  # a local teacher's cache identity beside a published one: whose views it labels
 
 
 @TEACHER_SOURCES.register("published", help="a published soft-label cache (teacher.path: Hub dataset id or folder); "
@@ -142,3 +148,41 @@ def native_cache(cfg: Config, bundle, norm: Normalization, identity: softlabels.
                     f"published cache covers ({len(missing)} left out)")
     return softlabels.write_manifest(folder, identity, num_images=len(keys), class_names=bundle.class_names,
                                      shard_size=size, dtype=dtype)
+
+
+def check_ensemble(teachers: dict[str, Config], norm: Normalization, class_names: list[str]) -> None:
+    """An ensemble that holds published caches beside local teachers (`teachers`: each teacher's key and its
+    context's config): the local teachers label the published views, so each published cache must fit this run's
+    data (check_settings) and the run's cache settings must make its records: as many views per image (cache.views)
+    and mixed alike (cache.mix). One line naming the first that does not, before any teacher trains; nothing to
+    check without local teachers or without published ones (the cache stage checks a published cache alone)."""
+    published = {key: cfg for key, cfg in teachers.items() if cfg.teacher.source == "published"}
+    if not published or len(published) == len(teachers):
+        return
+    for key, cfg in published.items():
+        card, where = card_of(cfg.teacher.path), f"the published cache {key} ({cfg.teacher.path})"
+        check_settings(card, cfg, norm, class_names)
+        if card.views != cfg.cache.views:
+            raise ConfigError(f"cache.views: {cfg.cache.views}, but {where} holds {card.views} views per image, "
+                              f"which the ensemble's local teachers label too; set cache.views={card.views}")
+        if card.mixed != cfg.cache.mix.on:
+            raise ConfigError(
+                f"cache.mix: {where} holds mixed views (a partner, lambda and box each), which the ensemble's local "
+                "teachers label too; set cache.mix.cutmix_alpha or cache.mix.mixup_alpha above 0 (the views come "
+                "from the published cache)" if card.mixed else
+                f"cache.mix: {where} holds unmixed views, which the ensemble's local teachers label too; set "
+                "cache.mix.mixup_alpha=0 and cache.mix.cutmix_alpha=0")
+
+
+def check_same_views(caches: dict[str, Path], temperature: float) -> None:
+    """The native caches made of an ensemble's published caches (teacher key -> folder, the first the one whose
+    views its local teachers label) hold the very same views (softlabels.ensemble_problem); one line naming the
+    first two that do not, before any local teacher labels."""
+    (first, folder), *others = caches.items()
+    views = softlabels.SoftLabels(folder)
+    for key, other in others:
+        problem = softlabels.ensemble_problem(views, softlabels.SoftLabels(other), temperature)
+        if problem:
+            raise DataError(f"{key}: the published caches {first} and {key} cannot be labelled beside local "
+                            f"teachers together: {problem}; an ensemble's published caches must hold the same views "
+                            "(e.g. each teacher's of one published ensemble), which its local teachers label")
