@@ -36,17 +36,27 @@ def create(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool
             "at a local .safetensors/.pth file") from None
 
 
-def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:
+def compiled(model: nn.Module, on: bool) -> nn.Module:
+    """`model` through torch.compile (inductor, its default mode) when `on`, else `model` itself. The compiled module
+    shares the model's parameters and buffers, and compiles at its first calls (in the caller's time). torch.compile
+    directly, not accelerate's dynamo_backend: accelerate compiles whatever `prepare` is given, for every stage of
+    the run alike, while each stage chooses its own (teacher.compile, student.compile, cache.compile,
+    kd.compile_teacher) and the teacher that labels the cache or runs online never goes through `prepare`."""
+    return torch.compile(model) if on else model
+
+
+def frozen(model: nn.Module, device: torch.device | str, compile: bool = False) -> nn.Module:
     """A model for inference only (the teacher that labels the cache, or runs online): eval mode, channels_last on
     `device`, and each Conv2d -> BatchNorm2d pair folded into one convolution by torch.fx (the same function up to
     float rounding, and faster: docs/benchmarks.md). timm's fused
-    BatchNormAct2d (MobileNetV3, EfficientNet) stays as it is, and so does a model fx cannot trace."""
+    BatchNormAct2d (MobileNetV3, EfficientNet) stays as it is, and so does a model fx cannot trace. `compile`: then
+    through torch.compile (`compiled`)."""
     model.eval()
     try:
         model = fuse(model)
     except Exception as e:  # noqa: BLE001 - tracing fails in many ways; the unfolded model is still correct
         log.info(f"teacher: BatchNorm left unfolded (torch.fx could not trace the model: {type(e).__name__})")
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return compiled(model.to(device, memory_format=torch.channels_last).eval(), compile)
 
 
 def init_weights(model: nn.Module, scheme: str, zero_gamma: bool) -> None:
