@@ -594,6 +594,10 @@ def inert(cfg: ConfigBase) -> list[str]:
         out.append(f"kd.feature_loss={kd.feature_loss} is read only with kd.feature_weight > 0; this run ignores it")
     if cfg.cache.features and kd.teacher == "online" and cfg.stage != "cache":
         out.append("cache.features=true: kd.teacher=online builds no cache; this run ignores it")
+    for key, t in teacher_sections(cfg).items():
+        if t.compile and t.source != "train" and not (t.source == "timm" and t.finetune.epochs > 0):
+            out.append(f"{key}.compile=true compiles the teacher's training; {key}.source={t.source} without "
+                       "fine-tuning trains nothing, and this run ignores it (cache.compile compiles its inference)")
     if cfg.cache.compile and kd.teacher == "online" and cfg.stage != "cache":
         out.append("cache.compile=true: kd.teacher=online builds no cache; this run ignores it (kd.compile_teacher "
                    "compiles the online teacher)")

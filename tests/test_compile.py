@@ -115,4 +115,13 @@ def test_a_bad_compile_value_is_one_line_naming_the_key(key):
     section, leaf = key.split(".")
     with pytest.raises(ConfigError) as e:
         config.validate({section: {leaf: "fast"}})
-    assert str(e.value).startswith(f"{key}: ") and "\n" not in str(e.value)
+    assert str(e.value) == f"{key}: Value 'fast' is not a valid bool (type str)"  # a setting that exists, a bool
+
+
+def test_a_compile_switch_the_run_never_reads_is_said_at_the_start():
+    timm_teacher = {"source": "timm", "checkpoint": "t.safetensors", "compile": True}
+    lines = config.inert(config.validate({"teacher": timm_teacher, "kd": {"compile_teacher": True}}))
+    assert [line.split(" ", 1)[0] for line in lines] == ["teacher.compile=true", "kd.compile_teacher=true"]
+    online = config.validate({"cache": {"compile": True}, "kd": {"teacher": "online", "compile_teacher": True},
+                              "student": {"compile": True}, "teacher": {"compile": True}})
+    assert [line.split(" ", 1)[0] for line in config.inert(online)] == ["cache.compile=true:"]
