@@ -45,18 +45,17 @@ def compiled(model: nn.Module, on: bool) -> nn.Module:
     return torch.compile(model) if on else model
 
 
-def frozen(model: nn.Module, device: torch.device | str, compile: bool = False) -> nn.Module:
+def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:
     """A model for inference only (the teacher that labels the cache, or runs online): eval mode, channels_last on
     `device`, and each Conv2d -> BatchNorm2d pair folded into one convolution by torch.fx (the same function up to
     float rounding, and faster: docs/benchmarks.md). timm's fused
-    BatchNormAct2d (MobileNetV3, EfficientNet) stays as it is, and so does a model fx cannot trace. `compile`: then
-    through torch.compile (`compiled`)."""
+    BatchNormAct2d (MobileNetV3, EfficientNet) stays as it is, and so does a model fx cannot trace."""
     model.eval()
     try:
         model = fuse(model)
     except Exception as e:  # noqa: BLE001 - tracing fails in many ways; the unfolded model is still correct
         log.info(f"teacher: BatchNorm left unfolded (torch.fx could not trace the model: {type(e).__name__})")
-    return compiled(model.to(device, memory_format=torch.channels_last).eval(), compile)
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def init_weights(model: nn.Module, scheme: str, zero_gamma: bool) -> None:
