@@ -101,6 +101,10 @@ class TrainCfg:
     zero_gamma: bool = _f(True, doc="zero the last BN gamma of each residual block", changes=OWNER)
     channels_last: bool = _f(True, doc="channels_last memory format", changes=OWNER)
     log_every: int = _f(50, doc="steps between progress-bar loss updates", ge=1, changes=NONE)
+    compile: bool = _f(False, doc="torch.compile the training forward and backward (inductor, its default mode; "
+                                  "validation stays eager). The first steps compile: counted in the stage's time. "
+                                  "Weights equal eager training's within float rounding, not bit for bit: in the "
+                                  "fingerprint when true (docs/stages.md, Compiling)", changes=OWNER, when_set=True)
 
 
 @dataclass
@@ -234,6 +238,10 @@ class CacheCfg:
                         changes=("cache",))
     max_gb: float = _f(20.0, doc="refuse, before any work, a cache whose files would exceed this many GB", gt=0,
                        changes=NONE)
+    compile: bool = _f(False, doc="torch.compile the teacher's forward that labels the cache; its logits equal "
+                                  "eager's within float rounding, not bit for bit, so a compiled cache has an "
+                                  "identity (folder) of its own (docs/stages.md, Compiling)", changes=("cache",),
+                       when_set=True)
 
 
 @dataclass
@@ -301,6 +309,10 @@ class KDBase:
     teacher_weights: Optional[List[float]] = _f(None, doc="several teachers: one weight each, in the order of "
                                                           "`teachers` (normalised to sum 1; each at most 1e6); "
                                                           "null: equal", le=MAX_WEIGHT, changes=("student",))
+    compile_teacher: bool = _f(False, doc="kd.teacher=online: torch.compile the teacher's forward run every step "
+                                          "(student.compile compiles the student's); the student's weights then "
+                                          "equal eager's within float rounding: in its fingerprint when true "
+                                          "(docs/stages.md, Compiling)", changes=("student",), when_set=True)
 
     def check(self, key: str) -> None:
         """kd.token=hard is hard-label distillation's; teacher weights that weigh something."""
@@ -585,6 +597,16 @@ def inert(cfg: ConfigBase) -> list[str]:
         out.append(f"kd.feature_loss={kd.feature_loss} is read only with kd.feature_weight > 0; this run ignores it")
     if cfg.cache.features and kd.teacher == "online" and cfg.stage != "cache":
         out.append("cache.features=true: kd.teacher=online builds no cache; this run ignores it")
+    for key, t in teacher_sections(cfg).items():
+        if t.compile and t.source != "train" and not (t.source == "timm" and t.finetune.epochs > 0):
+            out.append(f"{key}.compile=true compiles the teacher's training; {key}.source={t.source} without "
+                       "fine-tuning trains nothing, and this run ignores it (cache.compile compiles its inference)")
+    if cfg.cache.compile and kd.teacher == "online" and cfg.stage != "cache":
+        out.append("cache.compile=true: kd.teacher=online builds no cache; this run ignores it (kd.compile_teacher "
+                   "compiles the online teacher)")
+    if kd.compile_teacher and kd.teacher == "cached":
+        out.append("kd.compile_teacher=true is read with kd.teacher=online only; this run ignores it (cache.compile "
+                   "compiles the teacher that labels the cache)")
     if len(cfg.teachers) < 2 and kd.ensemble != default.ensemble:
         out.append(f"kd.ensemble={kd.ensemble} combines several teachers (teachers=[...]); this run has one and "
                    "ignores it")

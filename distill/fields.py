@@ -23,7 +23,9 @@ def setting(default: Any = None, *, factory: Any = None, doc: Any = "", changes:
     """A schema field with a help line, the outputs it changes (`changes`: names from OUTPUTS, or OWNER; a section
     field names its section's outputs) and rules: gt, ge, lt, le, choices (on a list: each value's) and count (a
     list's length). Every float, and every float of a list, must be finite. `doc` and `choices` may be functions,
-    called when needed (kd.loss's come from the methods' registry, which loads torch)."""
+    called when needed (kd.loss's come from the methods' registry, which loads torch). `when_set=True`: the setting
+    enters the fingerprints only when not at its default, so that the outputs made before it existed (with its
+    default's behaviour) keep their fingerprints and folders (student.compile)."""
     meta = dict(rules, doc=doc, changes=changes)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)

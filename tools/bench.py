@@ -9,14 +9,23 @@ On the same data, teacher, student and batch size, in this process:
       models.frozen), and our cache generation (views/s = forwards/s),
   (f) peak RSS growth of training that gathers soft labels for every image of a synthetic ImageNet-sized cache
       (1,281,167 images x 8 views x top-10, one full pass) against the same training without it (child processes),
+  (g) with --compile: (a) and (c) again with student.compile=true, right after the eager ones in each round: their
+      rates (the timed last epoch holds no compile), the compiled-over-eager ratios, and each of the four stages'
+      start-up, its wall time less its epochs at the timed epoch's rate (building, validation, saving, and the
+      compile: the warm-up the step rate leaves out); compile_s is a compiled stage's start-up less the eager one's.
+      Inductor's on-disk caches are off in this process and dynamo's compiled code is dropped before each round, so
+      the KD student's compile is a cold one, as a machine's first run pays it, in every round; the CE-only
+      baseline, trained after it in the same stage, reuses its compiled code when it is the same model (as in any
+      run). On a busy machine a start-up can come out below 0 (the timed epoch ran slower than the others),
 plus the ideal cached-over-online speed-up 1 + (teacher forward time) / (student step time), timed on fixed tensors
 with the teacher as timm's task runs it (BatchNorm not folded), and the folded teacher's forward time beside it.
-Training figures time the last of --epochs epochs. In each of --rounds rounds, (e) runs, and then (a), (b), (c) and
-online KD back to back; each rate and ratio is the median over rounds, a ratio taken within its round (on a machine
+Training figures time the last of --epochs epochs. In each of --rounds rounds, (e) runs, and then (a), (c), (g),
+online KD and (b) back to back; each rate and ratio is the median over rounds, a ratio taken within its round (on a machine
 whose speed drifts, the figures of one round saw it in about the same state).
 
     python tools/bench.py --data ../shared/data/cifar10/train.parquet [--json out.json]
     python tools/bench.py --data ... --quick      # about a minute: fewer images, a smaller synthetic cache
+    python tools/bench.py --data ... --compile --epochs 2   # (g): eager and compiled side by side, compile time
     python tools/bench.py --synthetic 4000 --image-size 224 --teacher resnet50 --student resnet18   # tools/gpu_bench.sh
 """
 from __future__ import annotations
@@ -117,6 +126,44 @@ def _loader_rate(cfg, bundle, norm, folder: Path, device) -> float:
         seen += len(batch.index)
     _sync()
     return seen / (time.perf_counter() - start)
+
+
+def _startup_s(meta: Meta, batch: int) -> float:
+    """A training stage's wall time less its epochs at the timed (last) epoch's rate: everything but its steady
+    steps (building, validation, saving, and a compiled stage's compile). One process, grad_accum 1."""
+    last = meta.metrics.training
+    epoch_s = last.step / last.epoch * batch / last.images_per_s
+    return meta.wall_s - last.epoch * epoch_s
+
+
+def _compiled_round(ctx: RunContext, eager: dict, batch: int) -> dict:
+    """(g) in one round: the student stage with student.compile=true (`ctx`), beside the eager one's metas
+    (`eager`): each kind's compiled rate and start-up, and the eager stage's start-up. Dynamo keeps compiled code
+    per forward function, not per model: it is reset first, so that each round's KD student compiles cold, and the
+    baseline after it (the same model) reuses that code, as in any run."""
+    torch._dynamo.reset()
+    compiled = student.run(ctx)
+    out = {}
+    for kind, stage in (("cached", "student"), ("ce", "baseline")):
+        out |= {f"{kind}_compiled": compiled[stage].metrics.images_per_s,
+                f"{kind}_startup": _startup_s(eager[stage], batch),
+                f"{kind}_compiled_startup": _startup_s(compiled[stage], batch)}
+    return out
+
+
+def _compile_fields(rounds: list[dict], median) -> dict:
+    """(g)'s result fields: per kind the compiled rate, its ratio to eager, both start-ups and the compile time
+    (medians over rounds), and the compile time of each round."""
+    out = {}
+    for kind, name in (("ce", "ce_only"), ("cached", "cached_kd")):
+        compile_s = [r[f"{kind}_compiled_startup"] - r[f"{kind}_startup"] for r in rounds]
+        out |= {f"{name}_compiled_images_per_s": round(median(lambda r: r[f"{kind}_compiled"]), 1),
+                f"{name}_compiled_vs_eager": round(median(lambda r: r[f"{kind}_compiled"] / r[kind]), 3),
+                f"{name}_startup_s": round(median(lambda r: r[f"{kind}_startup"]), 2),
+                f"{name}_compiled_startup_s": round(median(lambda r: r[f"{kind}_compiled_startup"]), 2),
+                f"{name}_compile_s": round(float(np.median(compile_s)), 2),
+                f"{name}_compile_s_rounds": [round(c, 2) for c in compile_s]}
+    return out
 
 
 def _photos(source: str, path: Path, n: int, size=(500, 375)) -> Path:
@@ -239,10 +286,14 @@ def main() -> None:
     p.add_argument("--memory-images", type=int, help="images in the synthetic cache of (f) (default ImageNet's)")
     p.add_argument("--memory-steps", type=int, help="training steps in each memory child (default 300)")
     p.add_argument("--quick", action="store_true", help="1,000 images, a 1/10 synthetic cache, 30 memory steps")
+    p.add_argument("--compile", action="store_true", help="(g): also the student stage with student.compile=true, "
+                                                            "beside the eager one (needs --epochs >= 2)")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args()
     if (args.data is None) == (args.synthetic is None):
         p.error("give --data or --synthetic")
+    if args.compile and args.epochs < 2:
+        p.error("--compile needs --epochs >= 2: the first epoch holds the compile, the last is timed")
     if args.photos and not args.data:
         p.error("--photos makes its JPEGs from --data")
     quick = {"images": 1000, "memory_images": IMAGENET // 10, "memory_steps": 30, "rounds": 1}
@@ -309,15 +360,22 @@ def main() -> None:
     # (a) and (c) through the real student stage, our online KD, (b) timm's task: back to back in each round
     online_cfg = config.validate(raw | {"name": "online", "kd": {"teacher": "online"},
                                         "student": raw["student"] | {"baseline": False}})
+    compiled_cfg = config.validate(raw | {"student": raw["student"] | {"compile": True}})
+    if args.compile:  # every compile a cold one: (g)'s compile times alike in every round and kind
+        import torch._inductor.config as inductor
+
+        inductor.force_disable_caches = True
     rounds = []
     for r in range(args.rounds):
         metas = student.run(RunContext.make(cfg, acc, bundle, norm, tmp / f"round{r}"))
+        compiled = _compiled_round(RunContext.make(compiled_cfg, acc, bundle, norm, tmp / f"round{r}" / "compiled"),
+                                   metas, args.batch) if args.compile else {}
         online = student.run(RunContext.make(online_cfg, acc, bundle, norm, tmp / f"round{r}" / "online"))
         rounds.append({"cached": metas["student"].metrics.images_per_s,
                        "wait": metas["student"].metrics.training.data_wait_share,
                        "ce": metas["baseline"].metrics.images_per_s,
                        "online": online["student"].metrics.images_per_s,
-                       "timm": _timm_task_rate(cfg, bundle, norm, teacher_net, acc)})
+                       "timm": _timm_task_rate(cfg, bundle, norm, teacher_net, acc), **compiled})
         _phase(f"training round {r + 1} of {args.rounds}")
 
     def median(fn, over=rounds) -> float:
@@ -387,6 +445,7 @@ def main() -> None:
         "synthetic_cache_gb": round(softlabels.SoftLabels(big).nbytes() / 1e9, 3) if big else None,
         "peak_rss_ce_only_gb": round(rss_plain / 1e9, 3), "peak_rss_with_cache_gb": round(rss_cached / 1e9, 3),
         "peak_rss_growth_gb": round((rss_cached - rss_plain) / 1e9, 3),
+        **(_compile_fields(rounds, median) if args.compile else {}),
     }
     report.print_fields(result)
     if args.json:

@@ -386,7 +386,8 @@ def _label_mine(ctx: RunContext, identity: softlabels.CacheIdentity, folder: Pat
     items = ViewItems(ctx.data.images["train"], cfg.data, settings.views, settings.eval_view, cfg.seed, settings.mix,
                       first, ctx.views_of.cache_dir if ctx.views_of is not None else None)
     teacher = models.frozen(models.PooledTeacher(model) if feature_dim else model, acc.device)
-    labeller = _Labeller(teacher, items, ctx.to_input, temperature, cfg, acc, dtype, feature_dim)
+    labeller = _Labeller(models.compiled(teacher, settings.compile), items, ctx.to_input, temperature, cfg, acc, dtype,
+                         feature_dim)
     start = time.perf_counter()
     with tqdm(total=total, desc="cache", unit="img", disable=not acc.is_main_process, dynamic_ncols=True) as bar:
         labeller.bar = bar

@@ -225,7 +225,8 @@ def _teacher_and_loader(ctx: RunContext, caches: list[softlabels.SoftLabels] | N
                     raise ConfigError(f"kd.feature_weight: timm cannot give the pooled feature of the teacher "
                                       f"{teacher_ctx.cfg.teacher.model}: {problem}")
                 model, width = models.PooledTeacher(model), models.feature_width(model)
-            teachers.append(targets.LiveTeacher(models.frozen(model, ctx.acc.device), ctx.acc.autocast, width))
+            live = models.compiled(models.frozen(model, ctx.acc.device), cfg.kd.compile_teacher)
+            teachers.append(targets.LiveTeacher(live, ctx.acc.autocast, width))
         loader, _ = data.loaders(ctx.data, cfg.data, s.batch_size, seed)
     return targets.Ensemble(teachers, cfg.kd.teacher_weights, cfg.kd.ensemble), loader
 

@@ -39,8 +39,11 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def settings(cfg: Config, output: str) -> dict[str, Any]:
-    """The settings that change `output`, by dotted key."""
-    return {key: _get(cfg, key) for key, outputs in tags().items() if outputs and output in outputs}
+    """The settings that change `output`, by dotted key; a `when_set` one (fields.setting) only when not at its
+    default."""
+    defaults = {key: f.default for key, f, _ in config.leaves() if f.metadata.get("when_set")}
+    return {key: _get(cfg, key) for key, outputs in tags().items() if outputs and output in outputs
+            and not (key in defaults and _get(cfg, key) == defaults[key])}
 
 
 def parts(inputs: dict) -> dict[str, str]:

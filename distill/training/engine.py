@@ -32,7 +32,7 @@ from distill.data.batch import ViewBatch, Views
 from distill.store import artifacts, checkpoint
 from distill.store.checkpoint import TrainState
 from distill.store.records import Meta, Metrics, Scores, StepLine, Training
-from distill.training import tricks
+from distill.training import models, tricks
 from distill.training.objectives import Progress
 from distill.config import CheckpointCfg, Config, TrainCfg
 from distill.errors import Stopped, TrainingError
@@ -223,6 +223,9 @@ class _Training:
         acc.free_memory()  # forget earlier stages' prepared objects: save_state/load_state must see only this stage's
         self.model, self.optimizer, self.train_loader, self.val_loader = acc.prepare(model, optimizer, train_loader,
                                                                                      val_loader)
+        # the training forward (and so its backward), compiled with job.cfg.compile; everything else (validation,
+        # no_sync, the checkpoints, the weights returned) uses the prepared model, whose parameters it shares
+        self.step_model = models.compiled(self.model, cfg.compile)
         self.batches = len(self.train_loader)
         self.steps_per_epoch = self.batches // cfg.grad_accum
         if self.steps_per_epoch < 1:
@@ -316,7 +319,7 @@ class _Training:
         mix = tricks.draw_mix(rng, cfg.mix, x.shape[0], x.shape[-2], x.shape[-1])
         with contextlib.nullcontext() if sync else acc.no_sync(self.model):
             x = tricks.mix_images(x, mix)
-            terms = self.objective(self.model(x), batch, mix, x, Progress(run.index, self.state.step))
+            terms = self.objective(self.step_model(x), batch, mix, x, Progress(run.index, self.state.step))
             loss = terms["loss"]
             acc.backward(loss / cfg.grad_accum)
         finite = torch.isfinite(loss.detach())

@@ -36,6 +36,15 @@ def create(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool
             "at a local .safetensors/.pth file") from None
 
 
+def compiled(model: nn.Module, on: bool) -> nn.Module:
+    """`model` through torch.compile (inductor, its default mode) when `on`, else `model` itself. The compiled module
+    shares the model's parameters and buffers, and compiles at its first calls (in the caller's time). torch.compile
+    directly, not accelerate's dynamo_backend: accelerate compiles whatever `prepare` is given, for every stage of
+    the run alike, while each stage chooses its own (teacher.compile, student.compile, cache.compile,
+    kd.compile_teacher) and the teacher that labels the cache or runs online never goes through `prepare`."""
+    return torch.compile(model) if on else model
+
+
 def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:
     """A model for inference only (the teacher that labels the cache, or runs online): eval mode, channels_last on
     `device`, and each Conv2d -> BatchNorm2d pair folded into one convolution by torch.fx (the same function up to
