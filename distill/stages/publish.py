@@ -1,6 +1,8 @@
 """stage=publish: each teacher's cache as a Hugging Face dataset folder (store/published.py's format) in
-<run>/published/ (an ensemble's teacher NAME: <run>/published-NAME/: each teacher's own distribution, not their
-combination), pushed to the Hub with publish.hub_repo.
+<run>/published/ (an ensemble's teacher NAME: <run>/published-NAME/, each teacher's own distribution, never their
+combination; publish.teacher=NAME: that one alone), pushed to the Hub with publish.hub_repo. Images that failed to
+decode have no row; the card lists their keys. The card states the teacher's top-1 on the run's test split when it
+has one (data.test_split), else on its validation split, publish.license, and the command that trains a student.
 
 Run only when asked (registry.STAGES' on_request), alone: it reads the teacher and the cache the other stages wrote
 and refuses, before any work, when either is missing, or when its folder holds anything but an earlier publish of
@@ -65,7 +67,7 @@ def _chosen(ctx: RunContext) -> list[RunContext]:
     wanted = [t for t in ctx.teachers() if ctx.cfg.publish.teacher in (None, t.teacher_name)]
     own = [t for t in wanted if t.cfg.teacher.source != "published"]
     for t in wanted:
-        if t not in own:
+        if t.cfg.teacher.source == "published":
             log.info(f"publish: {t.teacher_key} is the published cache {t.cfg.teacher.path}: not published again")
     if not own:
         raise DataError(f"publish: {wanted[0].teacher_key} is the published cache {wanted[0].cfg.teacher.path} "
@@ -90,7 +92,7 @@ def _job(ctx: RunContext) -> tuple[RunContext, Meta, softlabels.SoftLabels, Path
     cache = softlabels.SoftLabels(folder, verify=True, fingerprint=folder.name)
     out = ctx.run_dir / layout.named("published", ctx.teacher_name)
     _check_free(out, cache.manifest.fingerprint)
-    _score(ctx, meta)
+    _score(ctx, meta)  # with data.test_split: its score there is current, or one line now
     return ctx, meta, cache, out
 
 
@@ -207,7 +209,8 @@ def _launched() -> tuple[str | None, list[str]]:
     if not HydraConfig.initialized():
         return None, []
     hydra = HydraConfig.get()
-    return str(hydra.runtime.choices.get("recipe")), [str(a) for a in hydra.overrides.task]
+    recipe = hydra.runtime.choices.get("recipe")
+    return (str(recipe) if recipe else None), [str(a) for a in hydra.overrides.task]
 
 
 def card_words(card: published.PublishedCard, command: str) -> str:
