@@ -105,7 +105,8 @@ def test_an_image_skipped_as_undecodable_has_no_row_and_is_listed_on_the_card(tm
     from distill.data import content
 
     path = tmp_path / "broken.parquet"
-    args = cache_overrides(path, tmp_path / "a", random_teacher(tmp_path / "t.safetensors")) + ["data.on_bad_image=skip"]
+    teacher = random_teacher(tmp_path / "t.safetensors")
+    args = cache_overrides(path, tmp_path / "a", teacher) + ["data.on_bad_image=skip"]
     tiny_dataset(60).to_parquet(str(path))
     index = 3  # the training sample whose source row breaks (the carve depends on labels and seed only)
     row = int(data.load(config_from(args).data).images["train"].rows.rows[index])

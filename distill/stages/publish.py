@@ -209,8 +209,7 @@ def _launched() -> tuple[str | None, list[str]]:
     if not HydraConfig.initialized():
         return None, []
     hydra = HydraConfig.get()
-    recipe = hydra.runtime.choices.get("recipe")
-    return (str(recipe) if recipe else None), [str(a) for a in hydra.overrides.task]
+    return str(hydra.runtime.choices.recipe), [str(a) for a in hydra.overrides.task]  # recipes/config.yaml: always one
 
 
 def card_words(card: published.PublishedCard, command: str) -> str:
