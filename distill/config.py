@@ -343,7 +343,15 @@ class ExportCfg:
 @dataclass
 class PublishCfg:
     hub_repo: Optional[str] = _f(None, doc="stage=publish: push the published cache folder to this Hugging Face Hub "
-                                           "dataset repo (user/name)", changes=NONE)
+                                           "dataset repo (user/name; an ensemble's teacher NAME to user/name-NAME)",
+                                 changes=NONE)
+    teacher: Optional[str] = _f(None, doc="stage=publish of an ensemble (teachers=[...]): publish only its teacher "
+                                          "NAME (null: each teacher, into <run>/published-NAME); each is that "
+                                          "teacher's own distribution, never the ensemble's combination "
+                                          "(docs/published.md)", changes=NONE)
+    license: Optional[str] = _f(None, doc="stage=publish: the licence written into the dataset card's YAML `license` "
+                                          "(a Hub licence id: cc-by-4.0, mit, apache-2.0, other, ...); null: the card "
+                                          "states none", changes=NONE)
 
 
 def _standardizable() -> str:
@@ -425,6 +433,11 @@ class ConfigBase:
             if t.source == "published" and (self.kd.teacher != "cached" or self.kd.feature_weight > 0):
                 raise ConfigError(f"{key}.source=published: a published cache serves cached logit KD only; set "
                                   "kd.teacher=cached and kd.feature_weight=0")
+        names = [key.removeprefix("teachers.") for key in teacher_sections(self)] if self.teachers else []
+        if self.publish.teacher is not None and self.publish.teacher not in names:
+            raise ConfigError(f"publish.teacher: no teacher '{self.publish.teacher}' among this run's teachers "
+                              f"({', '.join(names)})" if names else "publish.teacher: this run has one teacher (the "
+                              "`teacher` section), which stage=publish publishes; drop publish.teacher")
         count = max(len(self.teachers), 1)
         if self.kd.teacher_weights is not None and len(self.kd.teacher_weights) != count:
             raise ConfigError(f"kd.teacher_weights: {len(self.kd.teacher_weights)} weights for {count} teacher(s)")

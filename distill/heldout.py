@@ -19,7 +19,7 @@ log = logging.getLogger("distill")
 
 def key(meta: Meta, bundle: data.DataBundle) -> dict:
     """What a model's test score is computed from: its weights and the test split."""
-    return {"weights_sha256": meta.weights_sha256, "test": bundle.test_identity}
+    return HeldOutScore.key(meta, bundle.test_identity)
 
 
 def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, HeldOutScore]:
@@ -30,7 +30,7 @@ def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, HeldOutScore]:
         if meta is None:
             continue
         want = key(meta, bundle)
-        saved = HeldOutScore.kept(folder / "test.json", want, name, f"delete it to score the {name} again")
+        saved = HeldOutScore.kept(folder / HeldOutScore.FILE, want, name, f"delete it to score the {name} again")
         if saved is not None:
             out[name] = saved
             continue
@@ -42,7 +42,7 @@ def score(ctx: RunContext, folders: dict[str, Path]) -> dict[str, HeldOutScore]:
         prepared, loader = acc.prepare(net, loader)
         test = HeldOutScore.of(engine.evaluate(prepared, loader, acc, ctx.to_input, channels_last=False))
         if acc.is_main_process:
-            test.keep(folder / "test.json", want)
+            test.keep(folder / HeldOutScore.FILE, want)
         faults.point("test", len(out) + 1)  # tests and chaos runs: an interruption after this model's score
         log.info(f"{name}: test top-1 {test.top1:.2f}% top-5 {test.top5:.2f}% on {test.count} "
                  f"images of split '{cfg.data.test_split}'")

@@ -29,8 +29,9 @@ from distill import files
 from distill.data import views
 from distill.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the card's teacher_split, ensemble_member, skipped_keys and license
 CARD = "README.md"
+LICENSE = "license"  # the card's YAML key of the licence (huggingface_hub's CardData field)
 DATA = "data"
 VIEW_FIELDS = {"view": "", "partner_view": "partner_"}  # record fields stored as one column per views.FIELDS entry
 PARTNER = "partner"  # the record's partner index: published as its content key
@@ -48,8 +49,11 @@ class PublishedCard:
     file -> sha256 of every shard, in order."""
     teacher_model: str  # timm name
     teacher_sha256: str  # its weights
-    teacher_top1: float  # its top-1 (%) on `teacher_scored_on`
-    teacher_scored_on: str  # the held-out split it was scored on
+    teacher_top1: float  # its top-1 (%) on `teacher_split`
+    teacher_split: str  # where it was scored: "test" (the run's held-out data.test_split) or "validation"
+    teacher_scored_on: str  # that split in words: its name and image count
+    ensemble_member: str | None  # the ensemble teacher's name when it is one of a run's `teachers` (its own
+    # distribution, not their combination); None: the run's one teacher
     temperature: float  # the T of the stored logsumexps (1 for a dense cache: any T can be served)
     topk: int  # logits kept per view (= num_classes: dense)
     dense: bool
@@ -63,21 +67,29 @@ class PublishedCard:
     normalization: dict[str, Any]  # mean/std of pixels in [0, 1] the teacher's input was normalised with
     data_checksum: str  # sha256 over every row's 16-byte content key, in row order
     rows: int
+    skipped_keys: list[str]  # hex content keys of the training images that failed to decode (data.on_bad_image=
+    # skip) when the cache was labelled: no row of theirs; a student's run leaves them out, as the native cache does
     shards: dict[str, str]
     cache_fingerprint: str  # the native cache it was published from
     distill_version: str
+    license: str | None  # the Hub licence id (publish.license), the card's YAML `license`; None: not stated
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The YAML `distill` block: every field but `license` (the card's own `license` key)."""
+        return {k: v for k, v in asdict(self).items() if k != LICENSE}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: Path) -> "PublishedCard":
-        """The card's `distill` block; one of a newer format, or without a required field, raises one line."""
+        """The card's `distill` block with its `license`; one of another format, or without a required field,
+        raises one line."""
         version = obj.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise DataError(f"published: {where} is format {version}, this distill reads up to {FORMAT_VERSION}; "
                             "upgrade distill")
+        if version < FORMAT_VERSION:
+            raise DataError(f"published: {where} is format {version}, this distill reads {FORMAT_VERSION} (its card "
+                            "lists the undecodable images and where the teacher was scored); republish it")
         missing = [f.name for f in fields(cls) if f.name not in obj]
         if missing:
             raise DataError(f"published: {where} lacks the required field distill.{missing[0]}"
@@ -111,6 +123,18 @@ def _flat(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...], dtype: np.
     return arr.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, *shape)
 
 
+def _partner_keys(partners: np.ndarray, keys: list[bytes]) -> pa.Array:
+    """Partner row indices (NO_PARTNER: none) as their 16-byte content keys, null where there is none: gathered
+    from one [N, 16] byte array (a null slot's bytes zero, as pyarrow writes them)."""
+    none = partners == NO_PARTNER
+    table = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), 16)
+    data = table[np.where(none, 0, partners)]
+    data[none] = 0
+    valid = pa.py_buffer(np.packbits(~none, bitorder="little")) if none.any() else None
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(partners), [valid, pa.py_buffer(data.tobytes())],
+                                                null_count=int(none.sum()))
+
+
 def to_table(records: np.ndarray, keys: list[bytes], labels: np.ndarray) -> pa.Table:
     """A native cache's records (rows in the data's order) as the published table: `keys` are the rows' 16-byte
     content keys, `labels` their classes."""
@@ -120,8 +144,7 @@ def to_table(records: np.ndarray, keys: list[bytes], labels: np.ndarray) -> pa.T
         if name in VIEW_FIELDS:
             columns |= {VIEW_FIELDS[name] + f: _nested(values[..., j]) for j, f in enumerate(views.FIELDS)}
         elif name == PARTNER:
-            flat = [None if p == NO_PARTNER else keys[p] for p in values.reshape(-1).tolist()]
-            columns["partner_key"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.binary(16)),
+            columns["partner_key"] = pa.FixedSizeListArray.from_arrays(_partner_keys(values.reshape(-1), keys),
                                                                        values.shape[1])
         else:
             columns[name] = _nested(values)
@@ -178,7 +201,7 @@ def card_text(card: PublishedCard, text: str) -> str:
     `text`, the same in words."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    data = DatasetCardData(configs=[{"config_name": "default", "data_files": [
+    data = DatasetCardData(license=card.license, configs=[{"config_name": "default", "data_files": [
         {"split": "train", "path": f"{DATA}/train-*.parquet"}]}], tags=["knowledge-distillation", "soft-labels"],
         distill=card.to_json())
     return str(DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + text))
@@ -192,7 +215,7 @@ def read_card(folder: Path) -> PublishedCard:
     if not path.is_file():
         raise DataError(f"published: {folder} has no {CARD} (the dataset card); not a published cache")
     meta = DatasetCard.load(path).data.to_dict()
-    return PublishedCard.from_json(meta.get("distill") or {}, path)
+    return PublishedCard.from_json({**(meta.get("distill") or {}), LICENSE: meta.get(LICENSE)}, path)
 
 
 def verified(folder: Path, card: PublishedCard) -> None:

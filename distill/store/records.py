@@ -266,6 +266,7 @@ class _Kept(files.Sealed):
 @dataclass(frozen=True)
 class HeldOutScore(_Kept):
     """A model's score on the test split (heldout.py): top-1, top-5 (%) and the number of images."""
+    FILE = "test.json"  # kept in the model's folder
     top1: float
     top5: float
     count: int
@@ -281,6 +282,11 @@ class HeldOutScore(_Kept):
     def of(cls, scores: Scores) -> HeldOutScore:
         """engine.evaluate's scores on the test split."""
         return cls(scores.top1, scores.top5, scores.val_count)
+
+    @staticmethod
+    def key(meta: Meta, test_identity: dict | None) -> dict:
+        """What a model's test score is computed from (the key it is kept with): its weights and the test split."""
+        return {"weights_sha256": meta.weights_sha256, "test": test_identity}
 
     def as_row(self) -> dict:
         """As a row holds it: test_top1, test_top5, test_count."""

@@ -104,16 +104,19 @@ def check_settings(card: published.PublishedCard, cfg: Config, norm: Normalizati
                           f"kd.temperature={card.temperature:g}")
 
 
-def rows_for(keys: list[bytes], table_keys: list[str], covered_only: bool) -> tuple[np.ndarray, list[int]]:
+def rows_for(keys: list[bytes], table_keys: list[str], covered_only: bool,
+             skipped: frozenset[str] = frozenset()) -> tuple[np.ndarray, list[int]]:
     """For each training image (its content key), the published row holding it (-1: none), and the images not
-    covered; any not covered is one line unless `covered_only`."""
+    covered; any not covered is one line unless `covered_only`, or the card lists it among the images that failed
+    to decode (`skipped`: hex keys; left out as the native cache left it out)."""
     row_of = {bytes.fromhex(k): r for r, k in enumerate(table_keys)}
     rows = np.array([row_of.get(k, -1) for k in keys], dtype=np.int64)
     missing = np.flatnonzero(rows < 0).tolist()
-    if missing and not covered_only:
+    uncovered = [i for i in missing if keys[i].hex() not in skipped]
+    if uncovered and not covered_only:
         raise DataError(f"teacher.path: the published cache covers {len(keys) - len(missing)} of the "
-                        f"{len(keys)} training images ({len(missing)} missing; the first: training image "
-                        f"{missing[0]}, content key {keys[missing[0]].hex()}); use its data, or set "
+                        f"{len(keys)} training images ({len(uncovered)} missing; the first: training image "
+                        f"{uncovered[0]}, content key {keys[uncovered[0]].hex()}); use its data, or set "
                         "teacher.covered_only=true to train on the covered images only")
     return rows, missing
 
@@ -130,7 +133,8 @@ def native_cache(cfg: Config, bundle, norm: Normalization, identity: softlabels.
         return found
     pub = published.open_folder(folder_of(cfg.teacher.path))
     keys = content.image_digests(bundle.train, bundle.image_column)
-    rows, missing = rows_for(keys, pub.table["key"].to_pylist(), cfg.teacher.covered_only)
+    rows, missing = rows_for(keys, pub.table["key"].to_pylist(), cfg.teacher.covered_only,
+                             frozenset(card.skipped_keys))
     dtype = softlabels.record_dtype(card.views, card.topk, card.num_classes, card.mixed)
     try:
         records = published.to_records(pub.table, dtype, np.maximum(rows, 0), {k: i for i, k in enumerate(keys)})
@@ -143,7 +147,7 @@ def native_cache(cfg: Config, bundle, norm: Normalization, identity: softlabels.
     for s, start in enumerate(range(0, len(keys), size)):
         softlabels.write_shard(folder, s, start, records[start:start + size],
                                [i for i in missing if start <= i < start + size], fp=folder.name)
-    if missing:
+    if missing and cfg.teacher.covered_only:
         log.warning(f"teacher.covered_only: training on the {len(keys) - len(missing)} of {len(keys)} images the "
                     f"published cache covers ({len(missing)} left out)")
     return softlabels.write_manifest(folder, identity, num_images=len(keys), class_names=bundle.class_names,
