@@ -1,11 +1,12 @@
-"""Fingerprint what the code does, to show a refactor changed nothing: run the demo (every stage, export included),
-then the student again killed at an optimizer step and resumed, and print one JSON object with the demo's numbers
-and the sha256 of every file that holds behaviour: the cache's shard files, each trained model's weights, the
-export's weights and ONNX file, and the resumed student's weights.
+"""Fingerprint what the code does, to show a refactor changed nothing: run a recipe (the demo unless --recipe;
+every stage, export included), then its student again killed at an optimizer step and resumed, and print one JSON
+object with the run's numbers and the sha256 of every file that holds behaviour: the cache's shard files, each
+trained model's weights, the export's weights and ONNX file, and the resumed student's weights.
 
     python tools/same_behaviour.py --out before.json        # on the old commit
     python tools/same_behaviour.py --out after.json         # on the new one
     python tools/same_behaviour.py --compare before.json after.json
+    python tools/same_behaviour.py --recipe demo_ensemble --out ens.json   # another recipe (default: demo)
 
 Compared: each model's scores, epochs and size, the KD gain, and the bytes of those files, the cache's folder named
 "<fingerprint>" (its name is a hash of settings). Left out: metadata (meta.json, cache.json, export.json, the model
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,32 +50,34 @@ def _weights(folder: Path) -> dict[str, str]:
     return out
 
 
-def measure(work: Path) -> dict:
-    common = [f"run_root={work}/runs", f"cache.root={work}/cache", "data.num_workers=0"]
+def measure(work: Path, recipe: str) -> dict:
+    common = [f"recipe={recipe}", f"run_root={work}/runs", f"cache.root={work}/cache", "data.num_workers=0"]
     if _run(common) != 0:
-        raise SystemExit("same_behaviour: the demo failed")
-    run = work / "runs" / "demo"
+        raise SystemExit(f"same_behaviour: recipe {recipe} failed")
+    run = work / "runs" / recipe
     summary = json.loads((run / "summary.json").read_text())
     scores = {name: {k: v for k, v in model.items() if k in SCORES} for name, model in summary["models"].items()}
     cache = {"/".join(["<fingerprint>", *rel.split("/")[1:]]): sha for rel, sha in _weights(work / "cache").items()}
     out = {"summary": {"models": scores, "kd_gain_top1": summary.get("kd_gain_top1")},
            "files": {"cache": cache, "run": _weights(run)}}
-    # the student killed after optimizer step 7, then resumed: its final weights
-    again = [*common, "name=resumed", f"teacher.dir={run}/teacher", "stage=student", "student.baseline=false",
-             "checkpoint.every=5"]
-    if _run(again, {"DISTILL_FAULT": "student:7:KILL"}) != -signal.SIGKILL:  # else "resumed" would be a fresh run
+    # the student again in the same run (its teachers and caches reused), killed after optimizer step 7, then
+    # resumed: its final weights
+    shutil.rmtree(run / "student")
+    again = [*common, "stage=student", "student.baseline=false", "checkpoint.every=5"]
+    if _run(again, {"DISTILL_FAULT": "student:7:KILL"}) != -signal.SIGKILL:  # else it would be a fresh run
         raise SystemExit("same_behaviour: the student was not killed at step 7")
-    if not list((work / "runs" / "resumed" / "student").rglob("step-*")):
+    if not list((run / "student").rglob("step-*")):
         raise SystemExit("same_behaviour: the killed student left no checkpoint to resume from")
     if _run(again) != 0:
         raise SystemExit("same_behaviour: the resumed student failed")
-    out["files"]["resumed"] = _weights(work / "runs" / "resumed" / "student")
+    out["files"]["resumed"] = _weights(run / "student")
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="write the fingerprint here (JSON)")
+    ap.add_argument("--recipe", default="demo", help="the recipe to run (default: the demo)")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
                     help="compare two fingerprints; exit 1 when they differ")
     args = ap.parse_args()
@@ -86,7 +90,7 @@ def main() -> None:
         print("same behaviour" if same else "DIFFERENT")
         raise SystemExit(0 if same else 1)
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(Path(tmp))
+        result = measure(Path(tmp), args.recipe)
     text = json.dumps(result, indent=1, sort_keys=True)
     if args.out:
         args.out.write_text(text + "\n")
