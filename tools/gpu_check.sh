@@ -18,7 +18,8 @@
 # GPU_CHECK_DRY=1 runs the same parts on the CPU: the install into a scratch folder from the local wheels, the CUDA
 # tests on the CPU (DISTILL_CUDA_TEST_DEVICE=cpu), the benches at a tiny size (compiled too when tools/bench.py has
 # BENCH_COMPILE; a dry run whose tools/bench.py lacks it says so and passes, a GPU run fails the bench part).
-# Dry run on the 2-core CPU, shared with other work (2026-12-07): see docs/benchmarks.md "The GPU check".
+# Dry run on the 2-core CPU, shared with other work (2026-12-07; the bench part without its compiled runs): install
+# 4 s, card 8 s, tests 345 s, decode 11 s, bench 193 s, ensemble 72 s (docs/benchmarks.md, "The GPU check").
 # Estimate for an H100 or H200, from the last GPU figures (docs/benchmarks.md: the H100 sections) and each part's
 # work, the part's time limit after it: install 5 s (40), card 10 s (30), tests 95 s (the demo test took 46 to 73 s
 # on an H100; 140), decode 15 s (40), bench 210 s (photographs 90 s: 8,000 JPEGs made on one core, 30,000 resnet50
@@ -47,7 +48,9 @@ export work site py
 
 part() {  # part NAME SECONDS COMMAND...: run it (a function of this file too) under a time limit, timed
   local name=$1 limit=$2 start rc; shift 2
-  if [ -n "$ONLY" ] && [[ " install card $ONLY " != *" $name "* ]]; then echo "=== $name skipped (GPU_CHECK_PARTS)"; return 0; fi
+  if [ -n "$ONLY" ] && [[ " install card $ONLY " != *" $name "* ]]; then
+    echo "=== $name skipped (GPU_CHECK_PARTS)"; return 0
+  fi
   echo "=== $name"
   start=$(date +%s.%N)
   timeout "$limit" bash -c '"$@"' _ "$@" 2>&1 | tr '\r' '\n' | grep -v -e '%|' -e '^ *$'
