@@ -1,9 +1,11 @@
 """Ensembles of cached teachers (teachers=[...]): each labels its own cache over the same views; the student learns
 from their combination (kd.ensemble, kd.teacher_weights)."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,3 +235,70 @@ def test_an_online_ensemble_runs_its_teachers_live_and_labels_no_cache(shared, t
     assert "cache: skipped (kd.teacher=online" in r.stderr and not (tmp_path / "cache").exists()
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert {"teacher-a", "teacher-b", "ensemble", "student"} <= set(summary["models"])
+
+
+def _other_teacher(src: Path, dst: Path, shift: int) -> Path:
+    """A copy of the cache `src` whose teacher fields (and features) are moved `shift` images along in each shard:
+    another teacher over the same views, whose every record differs from its neighbours' and from `src`'s."""
+    shutil.copytree(src, dst)
+    for path in [*dst.glob("shard-*.npy"), *dst.glob("features-*.npy")]:
+        array = np.load(path)
+        if array.dtype.names is None:
+            array = np.roll(array, shift, axis=0)
+        for name in set(softlabels.TEACHER_FIELDS) & set(array.dtype.names or ()):
+            array[name] = np.roll(array[name], shift, axis=0)
+        np.save(path, array)
+    return dst
+
+
+def _same(a, b, where="batch") -> None:
+    """Two batches (or parts, lists, tensors) equal bit for bit: the same fields, dtypes, shapes and values."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for j, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{j}]")
+    elif dataclasses.is_dataclass(a):
+        for f in dataclasses.fields(a):
+            _same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("settings", [{"cache__topk": 99, "cache__mix__mixup_alpha": 1.0,
+                                       "cache__mix__cutmix_alpha": 1.0, "cache__mix__prob": 0.8},
+                                      {"cache__topk": 2, "cache__features": "true"}], ids=["mixed", "topk-features"])
+def test_a_batch_read_at_once_equals_its_samples_read_one_by_one(shared, tmp_path, monkeypatch, settings):
+    """ReplayItems.__getitems__ (every teacher's records of the batch in one gather per shard, the views picked
+    vectorized) gives the batch its samples read one by one give, bit for bit: three teachers whose records differ
+    per image and per teacher, a mixed-view cache and a top-k one with features, an image left out, two epochs;
+    the training loader reads batches that way (no record read per sample), in worker processes too."""
+    from distill import data
+    from distill.stages import student
+    first = shared.cache(**settings)
+    folders = [first, _other_teacher(first, tmp_path / "b", 1), _other_teacher(first, tmp_path / "c", 2)]
+    cfg, bundle, _, _ = _setting(shared)
+    features = "cache__features" in settings
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, folders, "cycle", 0, features=features)
+    replay.labels.skipped = {9}  # as if image 9 had failed to decode
+    for epoch in (1, 2):
+        replay.set_epoch(epoch)
+        idx = [31, 9, 0, 17, 5, 46, 12, 3]
+        batched = data.collate_replay(replay.__getitems__(idx))
+        _same(batched, _batch(replay, idx))
+        assert int(batched.skipped) == 1 and len(batched.teachers) == 3
+        assert not torch.equal(batched.teachers[0].logits, batched.teachers[1].logits)
+        assert (batched.teachers[0].feature is not None) == features
+    _same(data.collate_replay(replay.__getitems__([9])), _batch(replay, [9]))  # every image left out
+
+    def per_sample(*args):
+        raise AssertionError("the loader read a record per sample")
+    replay = student.ReplayItems(bundle.images["train"], cfg.data, folders, "cycle", 0, features=features)
+    with monkeypatch.context() as m:
+        m.setattr(softlabels.SoftLabels, "row", per_sample)
+        batches = [next(iter(data.make_loader(replay, 8, True, workers, 0, collate_fn=data.collate_replay)))
+                   for workers in (0, 1)]
+    _same(batches[0], batches[1])
+    _same(batches[0], _batch(replay, batches[0].index.tolist()))

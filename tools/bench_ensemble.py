@@ -1,12 +1,16 @@
 """Benchmark of an ensemble student (not a test): student training images/s from the caches of 1, 3 and 5 teachers
-(each sample reads K records and the target combines K distributions), beside CE-only, in one run on the same
-data, through the real stages (one student epoch each, the rate counting only the training loop; the best of
-`--rounds` rounds, taken in turn, so that a slow moment of the machine does not fall on one K alone).
+(the loader reads each teacher's records of a batch at once, student.ReplayItems.__getitems__, and the target
+combines K distributions), beside CE-only, in one run on the same data, through the real stages (one student epoch
+each, the rate counting only the training loop; the best of `--rounds` rounds, taken in turn, so that a slow moment
+of the machine does not fall on one K alone); prints each K's rate and its ratio to one teacher's and to CE-only's.
 
     python tools/bench_ensemble.py --data ../shared/data/cifar10/train.parquet [--images 5000] [--teachers 1 3 5]
+        [--json out.json]
 """
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +34,7 @@ def main() -> None:
     p.add_argument("--teachers", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the result here (tools/gpu_check.sh collects it)")
     args = p.parse_args()
 
     acc = engine.make_accelerator("auto")
@@ -71,6 +76,9 @@ def main() -> None:
               **{f"teachers_{k}_vs_1": round(best[k] / best[args.teachers[0]], 3) for k in args.teachers[1:]},
               **{f"teachers_{k}_vs_ce_only": round(best[k] / best[0], 3) for k in args.teachers}}
     report.print_fields(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)  # the caches and runs of every K
 
 
 if __name__ == "__main__":

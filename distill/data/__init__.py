@@ -19,8 +19,8 @@
 A new data source is one file in sources/ (a `Source` registered by name). May import: distill.config,
 distill.errors, distill.registry and this folder; never the store, training or the stages.
 """
-from distill.data.batch import (BatchError, CacheBatch, MixedView, ReplayBatch, TeacherRecord, ViewBatch, Views,
-                                 collate, collate_cache, collate_replay)
+from distill.data.batch import (BatchError, CacheBatch, GatheredItems, MixedView, ReplayBatch, TeacherRecord,
+                                 ViewBatch, Views, collate, collate_cache, collate_replay)
 from distill.data.datasets import SPLITS, EpochItems, ImageDataset, SharedEpoch, device_views
 from distill.data.identity import DataIdentity
 from distill.data.images import Images
@@ -28,6 +28,7 @@ from distill.data.loaders import loaders, make_loader, workers
 from distill.data.splits import DataBundle, load
 from distill.data.transforms import channel_stats
 
-__all__ = ["BatchError", "CacheBatch", "DataBundle", "DataIdentity", "EpochItems", "Images", "ImageDataset",
-           "MixedView", "ReplayBatch", "SharedEpoch", "SPLITS", "TeacherRecord", "ViewBatch", "Views", "channel_stats",
-           "collate", "collate_cache", "collate_replay", "device_views", "load", "loaders", "make_loader", "workers"]
+__all__ = ["BatchError", "CacheBatch", "DataBundle", "DataIdentity", "EpochItems", "GatheredItems", "Images",
+           "ImageDataset", "MixedView", "ReplayBatch", "SharedEpoch", "SPLITS", "TeacherRecord", "ViewBatch", "Views",
+           "channel_stats", "collate", "collate_cache", "collate_replay", "device_views", "load", "loaders",
+           "make_loader", "workers"]

@@ -6,7 +6,8 @@
                    count of images left out (data.on_bad_image=skip)
     ReplayBatch    a replayed cached view (stages/student.py ReplayItems): ViewBatch + the view ids and one
                    TeacherRecord per teacher, in the teachers' order; a mixed view's MixedView carries its partner's
-                   class, and every record the partner class's logit
+                   class, and every record the partner class's logit (the records of a batch come read at once,
+                   GatheredItems, or with each item)
     CacheBatch     the cache stage's loader batch (stages/cache.py ViewItems): V views of each of b images, their
                    stored parameters and which images were left out
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -171,13 +173,32 @@ def collate(items: list) -> ViewBatch:
     return ViewBatch(**fields, jpeg=jpeg, skipped=skipped)
 
 
+class GatheredItems(list):
+    """A batch's items (None for an image skipped) whose soft labels were read for the whole batch at once
+    (student.ReplayItems.__getitems__), given as each teacher's TeacherRecord fields (numpy arrays, a row per item
+    that is not None, in the items' order). `teachers` holds them as torch tensors:
+    one per field stacked over the teachers, each teacher's field a view of it, so that a batch crosses from a
+    loader worker in as many tensors for five teachers as for one (each tensor is a shared-memory file there)."""
+
+    def __init__(self, items: list, teachers: list[dict]):
+        super().__init__(items)
+        self.teachers = [{} for _ in teachers]
+        for name in dict.fromkeys(name for fields in teachers for name in fields):
+            holders = [j for j, fields in enumerate(teachers) if name in fields]
+            stacked = torch.from_numpy(np.stack([teachers[j][name] for j in holders]))
+            for row, j in enumerate(holders):
+                self.teachers[j][name] = stacked[row]
+
+
 def collate_replay(items: list) -> ReplayBatch | ViewBatch:
-    """ReplayItems' items (each with `teachers`, a list of TeacherRecord fields, and a mixed view's `mixed`) -> a
-    ReplayBatch; a batch whose every image was skipped is an empty ViewBatch."""
+    """ReplayItems' items (each with `teachers`, a list of TeacherRecord fields, and a mixed view's `mixed`; or
+    GatheredItems, whose teachers' fields come batched beside the items) -> a ReplayBatch; a batch whose every image
+    was skipped is an empty ViewBatch."""
     fields, jpeg, skipped = _collated(items)
     if fields is None:
         return collate(items)
-    teachers = [TeacherRecord(**t) for t in fields.pop("teachers")]
+    records = items.teachers if isinstance(items, GatheredItems) else fields.pop("teachers")
+    teachers = [TeacherRecord(**t) for t in records]
     return ReplayBatch(**fields | {"mixed": _part(MixedView, fields.get("mixed"))}, teachers=teachers, jpeg=jpeg,
                        skipped=skipped)
 

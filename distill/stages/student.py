@@ -96,30 +96,61 @@ class ReplayItems(data.EpochItems):
         return self.__dict__ | {"_caches": None}
 
     def __getitem__(self, i: int) -> dict | None:
+        """Sample i, its teachers' soft labels read one record per teacher (the loader reads a batch's at once:
+        `__getitems__`)."""
         if i in self.labels.skipped:  # failed to decode, left out of the cache (on_bad_image=skip): collate drops it
             return None
-        v = view_of(i, self.epoch.get(), self.labels.views, self.schedule, self.seed)
-        rec, label = self.labels.row(i), int(self.images.labels[i])
-        # the view's parameters and its soft labels travel with the sample: the training step reads no cache
-        out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
-               "view_id": v, "split": 0, "teachers": [self.labels.view_label(rec, v)]}
+        v = self._view_id(i)
+        out = self._sample(i, self.labels.row(i), v)
+        out["teachers"] = [c.view_label(c.row(i), v) for c in self.caches]  # the teachers' labels of the same view
         if self.features:
             out["teachers"][0]["feature"] = self.labels.feature(i, v)
-        for other in self.caches[1:]:  # the other teachers' labels of the same view
-            out["teachers"].append(other.view_label(other.row(i), v))
-        p = int(rec["partner"][v]) if "partner" in rec.dtype.names else None
-        if p is not None:  # a mixed view: its partner too, and the hard labels mixed alike
-            out["mixed"] = {"index": p, "view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
-                            "label": int(self.images.labels[p]) if p >= 0 else label,
-                            "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
-        if self.cfg.renderer == "device":  # rendered per batch on the device (a JPEG file travels if not decoded)
-            return out if self.images.pixels is not None else out | {"jpeg": self.images.encoded(i)[0]}
-        out["image"] = views.apply(self.images.fetch(i, self.skip_bad), rec["view"][v], self.cfg)
-        if p is not None:
-            partner = self.images.fetch(p, self.skip_bad) if p >= 0 else None
-            out["mixed"]["image"] = (views.apply(partner, rec["partner_view"][v], self.cfg) if partner is not None
-                                     else torch.zeros_like(out["image"]))
         return out
+
+    def __getitems__(self, indices: list[int]) -> data.GatheredItems:
+        """The items of a batch (what torch's DataLoader asks for when a dataset defines it): every teacher's
+        records of the batch read at once (one gather per shard) and their soft labels picked vectorized, handed to
+        data.collate_replay beside the items: the same batch, bit for bit, as the items read one by one."""
+        kept = [i for i in indices if i not in self.labels.skipped]
+        view_ids = [self._view_id(i) for i in kept]
+        records = [c.rows(kept) for c in self.caches]
+        samples = iter([self._sample(i, rec, v) for i, rec, v in zip(kept, records[0], view_ids)])
+        teachers = [c.view_labels(rec, view_ids) for c, rec in zip(self.caches, records)]
+        if self.features:  # the first teacher's pooled features of the views
+            teachers[0] = teachers[0] | {"feature": self.labels.features_of(kept, view_ids)}
+        return data.GatheredItems([None if i in self.labels.skipped else next(samples) for i in indices], teachers)
+
+    def _view_id(self, i: int) -> int:
+        return view_of(i, self.epoch.get(), self.labels.views, self.schedule, self.seed)
+
+    def _sample(self, i: int, rec: np.void, v: int) -> dict:
+        """Sample i's fields but the soft labels: view v of its record `rec` (the first cache's: every teacher's
+        views are the same), its image and, for a mixed view, its partner's."""
+        label = int(self.images.labels[i])
+        # the view's parameters and its soft labels travel with the sample: the training step reads no cache
+        out = {"view": torch.from_numpy(rec["view"][v].astype(np.int64)), "label": label, "index": i,
+               "view_id": v, "split": 0}
+        device = self.cfg.renderer == "device"  # rendered per batch on the device
+        image = None if device else views.apply(self.images.fetch(i, self.skip_bad), rec["view"][v], self.cfg)
+        if "partner" in rec.dtype.names:  # a mixed view: its partner too, and the hard labels mixed alike
+            out |= {"mixed": self._partner(rec, v, label, image)}
+        if device:  # a JPEG file travels if the split is not decoded
+            return out if self.images.pixels is not None else out | {"jpeg": self.images.encoded(i)[0]}
+        return out | {"image": image}
+
+    def _partner(self, rec: np.void, v: int, label: int, image: torch.Tensor | None) -> dict:
+        """View v's partner (a mixed view): its index (-1: none), view, class (the image's own `label` when none),
+        lambda and box, and beside the image's pixels (`image`; None: rendered on the device) its pixels (zeros
+        when none)."""
+        p = int(rec["partner"][v])
+        out = {"index": p, "view": torch.from_numpy(rec["partner_view"][v].astype(np.int64)),
+               "label": int(self.images.labels[p]) if p >= 0 else label,
+               "lam": float(rec["lam"][v]), "box": torch.from_numpy(rec["box"][v].copy())}
+        if image is None:
+            return out
+        partner = self.images.fetch(p, self.skip_bad) if p >= 0 else None
+        return out | {"image": views.apply(partner, rec["partner_view"][v], self.cfg) if partner is not None
+                      else torch.zeros_like(image)}
 
 
 def seed_of(cfg: Config) -> int:

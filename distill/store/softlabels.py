@@ -207,6 +207,7 @@ def record_dtype(num_views: int, k: int, num_classes: int, mixed: bool = False) 
     return np.dtype(fields)
 
 
+LABEL_SCALARS = ("target", "mean", "std", "lse_rest", "lse_std_rest")  # a view's soft label beyond its top k
 TEACHER_FIELDS = ("logits", "classes", "lse", "target", "mean", "std", "lse_rest", "lse_std_rest", "top1", "correct",
                   "partner_target")  # what the teacher wrote (cleared for an image left out)
 
@@ -435,7 +436,8 @@ def cache_bytes(num_images: int, views: int, dtype: np.dtype, feature_dim: int |
 # ---------------------------------------------------------------- reading
 
 class SoftLabels:
-    """Read side: shards memory-mapped (never read whole into RAM), one image's record read per sample; with
+    """Read side: shards memory-mapped (never read whole into RAM); a batch's records read at once (`rows`, one
+    gather per shard; `view_labels`, `features_of`), or one image's (`row`, `view_label`, `feature`); with
     `features`, the shards' feature files too (the cache must store them)."""
 
     def __init__(self, folder: str | Path, verify: bool = False, features: bool = False,
@@ -510,6 +512,15 @@ class SoftLabels:
         shard, offset = divmod(int(index), self.shard_size)
         return torch.from_numpy(self.features[shard][offset, v].astype(np.float32))
 
+    def features_of(self, indices, view_ids) -> np.ndarray:
+        """The teacher's pooled features of view view_ids[j] of image indices[j], for a whole batch at once (float32
+        [b, width], from fp16; one gather per shard): `feature` of each, stacked."""
+        view_ids = np.asarray(view_ids, dtype=np.int64)
+        out = np.empty((len(view_ids), self.feature_dim), dtype=np.float32)
+        for s, sel, offset in self._by_shard(indices):
+            out[sel] = self.features[s][offset, view_ids[sel]]
+        return out
+
     def __len__(self) -> int:
         return self.manifest.num_images
 
@@ -526,11 +537,21 @@ class SoftLabels:
         the cache."""
         out = {"logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
                "classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
-               **{name: torch.tensor(float(rec[name][v]))
-                  for name in ("target", "mean", "std", "lse_rest", "lse_std_rest")}}
+               **{name: torch.tensor(float(rec[name][v])) for name in LABEL_SCALARS}}
         if "partner_target" in rec.dtype.names:
             out["partner_target"] = torch.tensor(float(rec["partner_target"][v]))
         return out
+
+    @staticmethod
+    def view_labels(records: np.ndarray, view_ids) -> dict[str, np.ndarray]:
+        """The soft labels of a whole batch at once: view view_ids[j] of records[j] (`rows`), picked vectorized; the
+        very values, dtypes and keys of `view_label` of each, as numpy arrays with a leading batch dimension (what the
+        loader's collate stacks them into)."""
+        pick = np.arange(len(records)), np.asarray(view_ids, dtype=np.int64)
+        scalars = LABEL_SCALARS + (("partner_target",) if "partner_target" in records.dtype.names else ())
+        return {"logits": records["logits"][pick].astype(np.float32),
+                "classes": records["classes"][pick].astype(np.int64),
+                **{name: records[name][pick].astype(np.float32) for name in scalars}}
 
     def view_fields(self) -> tuple[str, ...]:
         """The record fields that say which pixels a view is (its crop and flip; a mixed view's partner, lambda
@@ -538,14 +559,19 @@ class SoftLabels:
         return ("view",) + tuple(n for n in MIX_FIELDS if n in self.shards[0].dtype.names)
 
     def rows(self, indices) -> np.ndarray:
-        """The full records of these images (all views), in the order given."""
-        indices = np.asarray(indices, dtype=np.int64)
+        """The full records of these images (all views), in the order given: one gather per shard."""
         out = np.empty(len(indices), dtype=self.shards[0].dtype)
-        shard, offset = np.divmod(indices, self.shard_size)
+        for s, sel, offset in self._by_shard(indices):
+            out[sel] = self.shards[s][offset]
+        return out
+
+    def _by_shard(self, indices):
+        """For each shard that `indices` fall in: the shard, which of them fall in it (a mask) and their rows in it;
+        one gather per shard reads them."""
+        shard, offset = np.divmod(np.asarray(indices, dtype=np.int64), self.shard_size)
         for s in np.unique(shard):
             sel = shard == s
-            out[sel] = self.shards[s][offset[sel]]
-        return out
+            yield int(s), sel, offset[sel]
 
     def nbytes(self) -> int:
         return sum((self.folder / name).stat().st_size for sh in self.manifest.shards for name, _ in sh.files())
