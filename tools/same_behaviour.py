@@ -32,6 +32,7 @@ from distill import files  # noqa: E402
 # metadata: names settings and fingerprints (a refactor may rename them); not behaviour
 SKIP = {"meta.json", "cache.json", "export.json", "README.md", "config.json", "summary.json", "config.yaml"}
 SKIP_SUFFIXES = (".lock", ".jsonl", ".png")  # a process id, logs, a plot
+SKIP_PREFIX = "cache-"  # cache-NAME.json: an ensemble teacher's cache.json
 SCORES = ("top1", "top5", "epochs", "params", "val_count", "model")
 
 
@@ -45,7 +46,8 @@ def _weights(folder: Path) -> dict[str, str]:
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        if p.is_file() and p.name not in SKIP and not p.name.endswith(SKIP_SUFFIXES) and "checkpoints" not in rel:
+        metadata = p.name in SKIP or (p.name.startswith(SKIP_PREFIX) and p.suffix == ".json")
+        if p.is_file() and not metadata and not p.name.endswith(SKIP_SUFFIXES) and "checkpoints" not in rel:
             out[rel] = files.sha256(p)[:16]
     return out
 
