@@ -30,7 +30,7 @@ from distill.store.records import Normalization, PublishedTeacher
 
 log = logging.getLogger("distill")
 
-VIEWS_FROM = "cache.views_from"  # a local teacher's cache identity beside a published one: whose views it labels
+VIEWS_FROM = "views_from"  # a local teacher's cache identity beside a published one: whose views it labels
 
 
 @TEACHER_SOURCES.register("published", help="a published soft-label cache (teacher.path: Hub dataset id or folder); "
