@@ -64,6 +64,19 @@ def tiny_dataset(n: int = 60, seed: int = 0, size: int = 12) -> datasets.Dataset
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
+def parquet_with_a_broken_image(path: Path, args: list[str], index: int = 3) -> None:
+    """Write tiny_dataset(60) to `path` with the source row of training sample `index` (under the run settings
+    `args`, whose data.path is `path`) replaced by bytes that are no image."""
+    from distill import data
+
+    tiny_dataset(60).to_parquet(str(path))
+    row = int(data.load(config_from(args).data).images["train"].rows.rows[index])  # the carve: labels and seed only
+    ds = tiny_dataset(60).cast_column("image", datasets.Image(decode=False))
+    rows = ds.to_dict()
+    rows["image"][row] = {"bytes": b"not an image", "path": None}
+    datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image()).to_parquet(str(path))
+
+
 @pytest.fixture
 def parquet_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.parquet"

@@ -295,19 +295,14 @@ def test_errors_name_the_source_row_not_the_index_after_the_carve(tmp_path, deco
 
 
 def test_a_skipped_image_is_left_out_by_every_stage_and_counted(tmp_path, capfd):
-    from conftest import tiny_dataset
+    from conftest import parquet_with_a_broken_image
     path = tmp_path / "broken.parquet"
     args = [a for a in cache_overrides(path, tmp_path, random_teacher(tmp_path / "t.safetensors"))
             if not a.startswith("teacher.checkpoint=")] + [  # the teacher trains: no file to read
         "stage=all", "student.epochs=1", "student.batch_size=16", "student.baseline=true", "data.on_bad_image=skip",
         "teacher.source=train", "teacher.epochs=1"]
-    tiny_dataset(60).to_parquet(str(path))
-    index = 3  # the training sample whose source row breaks (the carve depends on labels and seed only)
-    row = int(data.load(config_from(args).data).images["train"].rows.rows[index])
-    ds = tiny_dataset(60).cast_column("image", datasets.Image(decode=False))
-    rows = ds.to_dict()
-    rows["image"][row] = {"bytes": b"not an image", "path": None}
-    datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image()).to_parquet(str(path))
+    index = 3  # the training sample whose source row breaks
+    parquet_with_a_broken_image(path, args, index)
     summary = run.execute(config_from(args))
     (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # beside it: its lock file
     labels = softlabels.SoftLabels(folder)

@@ -98,22 +98,15 @@ def test_an_image_skipped_as_undecodable_has_no_row_and_is_listed_on_the_card(tm
     """data.on_bad_image=skip: the cache records the image that fails to decode; the published folder has no row
     of it and the card lists its key, so that a student from the folder (the same data) leaves it out as the native
     cache did, with no teacher.covered_only, and equals the native cache's student bit for bit."""
-    import datasets
-
-    from conftest import config_from, random_teacher, tiny_dataset
+    from conftest import config_from, parquet_with_a_broken_image, random_teacher
     from distill import data
     from distill.data import content
 
     path = tmp_path / "broken.parquet"
     teacher = random_teacher(tmp_path / "t.safetensors")
     args = cache_overrides(path, tmp_path / "a", teacher) + ["data.on_bad_image=skip"]
-    tiny_dataset(60).to_parquet(str(path))
-    index = 3  # the training sample whose source row breaks (the carve depends on labels and seed only)
-    row = int(data.load(config_from(args).data).images["train"].rows.rows[index])
-    ds = tiny_dataset(60).cast_column("image", datasets.Image(decode=False))
-    rows = ds.to_dict()
-    rows["image"][row] = {"bytes": b"not an image", "path": None}
-    datasets.Dataset.from_dict(rows, features=ds.features).cast_column("image", datasets.Image()).to_parquet(str(path))
+    index = 3  # the training sample whose source row breaks
+    parquet_with_a_broken_image(path, args, index)
     r = run_here(*args, *STUDENT)
     assert r.returncode == 0, r.stderr
     r = run_here(*args, "stage=publish")
@@ -204,7 +197,7 @@ def _card_yaml(folder: Path, change) -> None:
 def _other_data(tmp: Path, seed: int = 1, names=None) -> Path:
     import datasets
 
-    from conftest import CLASSES, tiny_dataset
+    from conftest import tiny_dataset
 
     ds = tiny_dataset(seed=seed)
     if names:
