@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,11 @@ def photo_jpegs(n: int = 12) -> list[bytes]:
         img.save(buf, format="JPEG", quality=90, subsampling=2, progressive=i % 3 == 2)
         files.append(buf.getvalue())
     return files
+
+
+# inductor (torch.compile on a CPU) builds C++: tests that compile skip where no C++ compiler is found
+HAS_CXX = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
+needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="torch.compile on a CPU needs a C++ compiler (g++)")
 
 
 def tiny_dataset(n: int = 60, seed: int = 0, size: int = 12) -> datasets.Dataset:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import cache_overrides, random_teacher, run_here, tiny_dataset
+from conftest import cache_overrides, needs_cxx, random_teacher, run_here, tiny_dataset
 from distill import config
 from distill.errors import ConfigError
 from distill.store import fingerprints, softlabels
@@ -35,6 +35,7 @@ def shared(tmp_path_factory):
     return tmp / "d.parquet", random_teacher(tmp / "teacher.safetensors")
 
 
+@needs_cxx
 def test_a_compiled_student_step_has_eager_loss_and_gradients():
     torch.manual_seed(0)
     eager = models.create("resnet8", 3).to(memory_format=torch.channels_last)
@@ -54,6 +55,7 @@ def test_a_compiled_student_step_has_eager_loss_and_gradients():
         torch.testing.assert_close(q.grad, p.grad, **FLOAT32, msg=name)
 
 
+@needs_cxx
 def test_compiled_training_and_online_teacher_write_plain_weights_under_their_own_fingerprint(shared, tmp_path,
                                                                                               monkeypatch):
     data_path, teacher_file = shared
@@ -77,6 +79,7 @@ def test_compiled_training_and_online_teacher_write_plain_weights_under_their_ow
     assert fingerprints.settings(on, "baseline") == fingerprints.settings(cfg, "baseline") | {"student.compile": True}
 
 
+@needs_cxx
 def test_a_compiled_teacher_labels_the_cache_as_eager_does_in_a_folder_of_its_own(shared, tmp_path, monkeypatch):
     """The rule: the cache identity holds cache.compile only when true, because the bytes can differ: inductor's
     float32 logits differ from eager's in the last bits (here, resnet8 at 32 pixels: every shard's bytes differ,
