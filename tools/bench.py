@@ -243,8 +243,8 @@ batches = len(order) // {batch}
 x = torch.randn({batch}, 3, 32, 32)
 for b in range(batches):  # one full pass of soft-label reads over the cache, {steps} training steps among them
     idx = order[b * {batch}:(b + 1) * {batch}]
-    if labels is not None:  # read as the student's loader reads them: one record per sample, one view's label
-        got = [labels.view_label(labels.row(i), v) for i, v in zip(idx, rng.integers(0, labels.views, len(idx)))]
+    if labels is not None:  # read as the student's loader reads them: a batch's records at once, one view each
+        got = labels.view_labels(labels.rows(idx), rng.integers(0, labels.views, len(idx)))
     if b % max(batches // {steps}, 1) == 0:
         loss = torch.nn.functional.cross_entropy(net(x), torch.randint(0, 1000, ({batch},)))
         opt.zero_grad(); loss.backward(); opt.step()

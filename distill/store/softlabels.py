@@ -535,12 +535,9 @@ class SoftLabels:
         (float32), classes, and the view's scalars (true-class logit, mean, std, the tail's logsumexps at T; a mixed
         view's partner-class logit); it travels with each training sample, so the training step reads nothing from
         the cache."""
-        out = {"logits": torch.from_numpy(rec["logits"][v].astype(np.float32)),
-               "classes": torch.from_numpy(rec["classes"][v].astype(np.int64)),
-               **{name: torch.tensor(float(rec[name][v])) for name in LABEL_SCALARS}}
-        if "partner_target" in rec.dtype.names:
-            out["partner_target"] = torch.tensor(float(rec["partner_target"][v]))
-        return out
+        batch = SoftLabels.view_labels(np.asarray(rec)[None], [v])  # one definition of the fields: the batch read's
+        return {name: torch.from_numpy(values[0]) if values.ndim > 1 else torch.tensor(values[0])
+                for name, values in batch.items()}
 
     @staticmethod
     def view_labels(records: np.ndarray, view_ids) -> dict[str, np.ndarray]:
