@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -541,9 +540,9 @@ class SoftLabels:
 
     @staticmethod
     def view_labels(records: np.ndarray, view_ids) -> dict[str, np.ndarray]:
-        """The soft labels of a whole batch at once: view view_ids[j] of records[j] (`rows`), picked vectorized; the
-        very values, dtypes and keys of `view_label` of each, as numpy arrays with a leading batch dimension (what the
-        loader's collate stacks them into)."""
+        """The soft labels of a whole batch at once: view view_ids[j] of records[j] (`rows`), picked vectorized, as
+        numpy arrays with a leading batch dimension (what the loader's collate stacks them into). The one definition
+        of the fields and their dtypes: `view_label` is this of one record."""
         pick = np.arange(len(records)), np.asarray(view_ids, dtype=np.int64)
         scalars = LABEL_SCALARS + (("partner_target",) if "partner_target" in records.dtype.names else ())
         return {"logits": records["logits"][pick].astype(np.float32),
