@@ -53,8 +53,11 @@ start=$SECONDS
 run teachers "$all" stage=cache  # the three teachers and their caches, once; the report scores them and the ensemble
 for name in dist-s0 dist-ens dist-ens-logits kd-ens dist-ens-v15 dist-ens-mix; do row "$name" "${ROW[$name]}"; done
 for lever in "t2:kd.temperature=2" "bg1:kd.dist.beta=1 kd.dist.gamma=1"; do
+  tag=${lever%%:*}  # a rerun resumes the lever's row as first chosen (RUNS/rows.tsv), never a lever on a lever
+  chosen=$(awk -F'\t' -v t=".$tag" 'substr($1, length($1) - length(t) + 1) == t' "$RUNS/rows.tsv" | head -1)
+  if [ -n "$chosen" ]; then row "${chosen%%	*}" "${chosen#*	}"; continue; fi
   best=$(table --best)  # the best row so far by mean validation top-1, and its settings
-  row "${best%%	*}.${lever%%:*}" "${best#*	} ${lever#*:}"
+  row "${best%%	*}.$tag" "${best#*	} ${lever#*:}"
 done
 echo "beat-teachers experiment: $((SECONDS - start)) s wall"
 table | tee "$RUNS/beat_teachers.md"
