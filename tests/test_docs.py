@@ -412,3 +412,36 @@ def test_the_published_demo_trains_the_demos_student_again(demo, tmp_path):
     mine = load_file(str(copy / "runs" / "from_published" / "student" / "model.safetensors"))
     demos = load_file(str(where / "runs" / "demo" / "student" / "model.safetensors"))
     assert mine.keys() == demos.keys() and all((mine[k] == demos[k]).all() for k in mine)
+
+
+def test_the_ensemble_recipe_holds_the_beat_teachers_best_row_and_quotes_its_numbers():
+    """recipes/recipe/cifar10_ensemble_to_resnet8.yaml holds the settings of the best row by validation mean of
+    docs/results.md's beat-the-teachers table (the table tools/beat_teachers_table.py printed), and the numbers in its
+    header are that table's: the row's test top-1 of each seed and their mean, each teacher's, their ensemble's."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from conftest import compose_recipe
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import results_plot
+
+    page = (ROOT / "docs" / "results.md").read_text()
+    rows = {r["model"]: r for r in results_plot.table(page, "A student against each of its teachers")}
+    students = {name: r for name, r in rows.items() if r["settings"]}
+    best = max(students, key=lambda name: float(students[name]["val mean ±"].split()[0]))
+    row = students[best]
+    recipe = RECIPES / "recipe" / "cifar10_ensemble_to_resnet8.yaml"
+    header = " ".join(line[1:].strip() for line in recipe.read_text().splitlines() if line.startswith("#"))
+    assert (f"(row {best}, student seeds 0, 1, 2): {row['test top-1 (each)']} test top-1, "
+            f"mean {row['test mean ±']}") in header
+    teachers = " / ".join(rows[f"teacher-s{i} (resnet20)"]["test top-1 (each)"] for i in range(3))
+    assert f"teachers s0 / s1 / s2: {teachers} test top-1" in header
+    ensemble = next(r for name, r in rows.items() if name.startswith("their ensemble"))
+    assert f"their ensemble {ensemble['test top-1 (each)']}" in header
+    which, *settings = row["settings"].strip("`").split()  # "all kd.loss=dist ...": the three teachers, then keys
+    cfg = compose_recipe("cifar10_ensemble_to_resnet8")
+    assert which == "all" and [t.seed for t in cfg.teachers] == [0, 1, 2]
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        assert OmegaConf.select(cfg, key) == yaml.safe_load(value), f"the recipe's {key} is not the row's {value}"

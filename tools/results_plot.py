@@ -1,6 +1,6 @@
 """Draw the comparison plots of docs/results.md from the tables on that page (never from numbers of its own).
 
-    python tools/results_plot.py            # writes docs/img/results-{methods,ensemble,feature-token}.png
+    python tools/results_plot.py            # writes docs/img/results-{methods,ensemble,feature-token,beat-teachers}.png
 
 Each plot takes the first table under its section heading: a bar per student row (its mean over the seeds, a dot
 per seed) and a dashed line per reference row (teachers, the ensemble), on the test column where there is one.
@@ -24,6 +24,8 @@ PLOTS = {  # output name -> (section heading, value column, title)
                          "CIFAR-10, 10,000 images: test top-1"),
     "results-feature-token": ("Feature, hard-label and token distillation", ("test top-1 (seeds 0, 1)",),
                               "CIFAR-10, 10,000 images: test top-1"),
+    "results-beat-teachers": ("A student against each of its teachers", ("test top-1 (each)",),
+                              "CIFAR-10, 20,000 images, three seeds: test top-1"),
 }
 REFERENCE = ("teacher", "their ensemble")
 
@@ -53,7 +55,9 @@ def plot(rows: list[dict[str, str]], columns: tuple[str, ...], title: str, out: 
         ax.plot(values, [i] * len(values), "o", color="tab:blue", ms=4)
         ax.text(max(values) + 0.25, i, f"{sum(values) / len(values):.2f}", va="center", fontsize=8)
     everything = [v for _, values in bars + lines for v in values]
-    for (name, values), color in zip(lines, ("tab:red", "tab:green", "tab:purple")):
+    teachers = iter(("tab:red", "tab:orange", "tab:brown"))  # a line per teacher row; the ensemble's green
+    for name, values in lines:
+        color = "tab:green" if name.startswith("their ensemble") else next(teachers)
         for j, v in enumerate(values):
             ax.axvline(v, ls="--", color=color, lw=1, label=name if j == 0 else None)
     ax.set_yticks(range(len(bars)), [name for name, _ in reversed(bars)], fontsize=8)
