@@ -8,6 +8,7 @@ per seed) and a dashed line per reference row (teachers, the ensemble), on the t
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def plot(rows: list[dict[str, str]], columns: tuple[str, ...], title: str, out: 
         ax.plot(values, [i] * len(values), "o", color="tab:blue", ms=4)
         ax.text(max(values) + 0.25, i, f"{sum(values) / len(values):.2f}", va="center", fontsize=8)
     everything = [v for _, values in bars + lines for v in values]
-    teachers = iter(("tab:red", "tab:orange", "tab:brown"))  # a line per teacher row; the ensemble's green
+    teachers = itertools.cycle(("tab:red", "tab:orange", "tab:brown"))  # a line per teacher row; the ensemble's green
     for name, values in lines:
         color = "tab:green" if name.startswith("their ensemble") else next(teachers)
         for j, v in enumerate(values):
